@@ -1,0 +1,145 @@
+//! Adapters: what an entrypoint gives the bus (databases, brokers, clients of
+//! other services), and how handlers receive them.
+
+use std::any::{Any, TypeId};
+use std::fmt;
+
+use crate::adapters::memory::InMemoryDatabase;
+use crate::bus::{Context, MessageBus};
+use crate::error::Error;
+use crate::message::{MessageId, Metadata};
+use crate::outbox::ExternalMessage;
+use crate::private::BoxFuture;
+use crate::registry::Requirements;
+
+/// Something an entrypoint gives the bus with
+/// [`BusBuilder::adapter`](crate::BusBuilder::adapter), that handlers then
+/// receive by type: a handler parameter `&EmailSender` is resolved to the
+/// `EmailSender` adapter.
+///
+/// ```
+/// use eda_core::Adapter;
+///
+/// pub struct EmailSender { pub from: String }
+/// impl Adapter for EmailSender {}
+/// ```
+pub trait Adapter: Send + Sync + 'static {
+    /// If this adapter is a database, the database: units of work begin
+    /// their transactions on it.
+    fn as_database(&self) -> Option<&dyn Database> {
+        None
+    }
+
+    #[doc(hidden)]
+    fn __as_memory_database(&self) -> Option<&InMemoryDatabase> {
+        None
+    }
+
+    #[doc(hidden)]
+    fn __as_in_process_bus(&self) -> Option<&crate::adapters::memory::InProcessBus> {
+        None
+    }
+}
+
+/// A database that units of work begin transactions on. The Postgres and
+/// SQLite adapters implement it; so can a user's own.
+pub trait Database: Send + Sync + 'static {
+    /// Where it is, for logs (with any password hidden).
+    fn describe(&self) -> String;
+    /// The connection type its transactions lend to repositories.
+    fn connection_type(&self) -> (TypeId, &'static str);
+    /// Begins a transaction.
+    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>>;
+}
+
+/// One open transaction of a [`Database`]. Dropping it rolls it back.
+pub trait DatabaseTransaction: Send {
+    /// The connection repositories run their queries on: an instance of
+    /// [`Database::connection_type`].
+    fn connection(&mut self) -> &mut (dyn Any + Send);
+    /// Writes outbox rows, in this transaction.
+    fn write_outbox<'a>(
+        &'a mut self,
+        messages: &'a [ExternalMessage],
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    /// Records that `handler` handled message `id`, in this transaction.
+    /// Returns `false` if it was recorded already (a redelivery).
+    fn record_inbox<'a>(
+        &'a mut self,
+        id: MessageId,
+        handler: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
+    /// Commits.
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    /// Rolls back.
+    fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+}
+
+/// A handler parameter the bus can provide: `&T` for any [`Adapter`] `T`
+/// given to the bus, `&Metadata` (of the message being handled) and
+/// `&MessageBus` (to send commands from a handler).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be injected into a handler",
+    label = "neither an adapter nor a unit of work",
+    note = "implement `eda_core::Adapter` for `{Self}` and give it to `MessageBus::builder().adapter(..)`, or derive `UnitOfWork` for it and take it as `&mut {Self}`"
+)]
+pub trait Dependency: Send + Sync + 'static {
+    #[doc(hidden)]
+    fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a Self, Error>;
+    #[doc(hidden)]
+    fn __require(requirements: &mut Requirements);
+}
+
+impl<T: Adapter> Dependency for T {
+    fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a Self, Error> {
+        ctx.bus
+            .adapter::<T>()
+            .ok_or(Error::MissingAdapter(std::any::type_name::<T>()))
+    }
+    fn __require(requirements: &mut Requirements) {
+        requirements.adapter::<T>();
+    }
+}
+
+impl Dependency for Metadata {
+    fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a Self, Error> {
+        Ok(ctx.metadata)
+    }
+    fn __require(_: &mut Requirements) {}
+}
+
+impl Dependency for MessageBus {
+    fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a Self, Error> {
+        Ok(ctx.bus)
+    }
+    fn __require(_: &mut Requirements) {}
+}
+
+/// An adapter as the bus stores it.
+#[derive(Clone)]
+pub(crate) struct AdapterEntry {
+    pub(crate) name: &'static str,
+    pub(crate) value: std::sync::Arc<dyn AnyAdapter>,
+    /// The same adapter, to downcast to an `Arc<T>`.
+    pub(crate) any: std::sync::Arc<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for AdapterEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+pub(crate) trait AnyAdapter: Send + Sync {
+    fn as_any(&self) -> &(dyn Any + Send + Sync);
+    fn adapter(&self) -> &dyn Adapter;
+}
+
+impl<T: Adapter> AnyAdapter for T {
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+    fn adapter(&self) -> &dyn Adapter {
+        self
+    }
+}

@@ -1,0 +1,326 @@
+//! The in-memory kit: a database and an external bus that live in the
+//! process, for unit tests and for running a service with nothing installed.
+//!
+//! [`InMemoryDatabase`] plays the part of "Architecture Patterns with
+//! Python"'s `FakeUnitOfWork` and `FakeRepository`, for every aggregate at
+//! once and with the same guarantees as a real database: transactions are
+//! isolated (reads see committed state, writes are staged until commit),
+//! commits are atomic and check versions, the outbox and inbox are kept.
+//!
+//! ```
+//! use eda_core::{InMemoryDatabase, MessageBus};
+//!
+//! let db = InMemoryDatabase::new();
+//! let bus = MessageBus::builder().adapter(db.clone()).scope("my_service").build()?;
+//! // … bus.handle(…), then assert on db.get::<Product>(…), db.outbox(), db.commits()
+//! # Ok::<(), eda_core::WiringError>(())
+//! ```
+
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::broadcast;
+
+use crate::adapter::Adapter;
+use crate::aggregate::Aggregate;
+use crate::error::Error;
+use crate::message::MessageId;
+use crate::outbox::ExternalMessage;
+use crate::repository::{Finder, RepositoryError};
+
+/// A database in memory. Clones share the same data.
+#[derive(Clone, Default)]
+pub struct InMemoryDatabase {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    data: Mutex<Data>,
+    publish_to: Mutex<Option<InProcessBus>>,
+}
+
+#[derive(Default)]
+struct Data {
+    tables: HashMap<TypeId, Box<dyn Any + Send>>,
+    outbox: Vec<ExternalMessage>,
+    inbox: HashSet<(MessageId, String)>,
+    commits: u64,
+}
+
+type Table<A> = HashMap<<A as Aggregate>::Id, A>;
+
+impl Data {
+    fn table<A: Aggregate>(&self) -> Option<&Table<A>> {
+        self.tables
+            .get(&TypeId::of::<A>())
+            .and_then(|t| t.downcast_ref::<Table<A>>())
+    }
+
+    fn table_mut<A: Aggregate>(&mut self) -> &mut Table<A> {
+        self.tables
+            .entry(TypeId::of::<A>())
+            .or_insert_with(|| Box::new(Table::<A>::new()))
+            .downcast_mut::<Table<A>>()
+            .expect("tables are keyed by their aggregate's type id")
+    }
+}
+
+impl fmt::Debug for InMemoryDatabase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let data = self.data();
+        f.debug_struct("InMemoryDatabase")
+            .field("tables", &data.tables.len())
+            .field("outbox", &data.outbox.len())
+            .field("commits", &data.commits)
+            .finish()
+    }
+}
+
+impl InMemoryDatabase {
+    /// An empty database.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn data(&self) -> MutexGuard<'_, Data> {
+        // A panic while the lock is held cannot leave the data half-written
+        // (commits apply after all checks), so a poisoned lock is still usable.
+        self.inner.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores an aggregate as committed state, outside any unit of work
+    /// (to set up a test).
+    pub fn insert<A: Aggregate>(&self, aggregate: A) {
+        let mut data = self.data();
+        data.table_mut::<A>()
+            .insert(aggregate.id().clone(), aggregate);
+    }
+
+    /// The committed state of an aggregate.
+    pub fn get<A: Aggregate>(&self, id: &A::Id) -> Option<A> {
+        self.data().table::<A>().and_then(|t| t.get(id)).cloned()
+    }
+
+    /// Every committed aggregate of a type, in no particular order.
+    pub fn all<A: Aggregate>(&self) -> Vec<A> {
+        self.data()
+            .table::<A>()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every external event committed so far, in commit order.
+    pub fn outbox(&self) -> Vec<ExternalMessage> {
+        self.data().outbox.clone()
+    }
+
+    /// How many transactions committed (APwP's `uow.committed`, as a count).
+    pub fn commits(&self) -> u64 {
+        self.data().commits
+    }
+
+    /// Publishes every external event, once committed, on this in-process
+    /// bus. The message bus does this when it is given both adapters.
+    pub fn publish_to(&self, bus: InProcessBus) {
+        *self
+            .inner
+            .publish_to
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(bus);
+    }
+
+    pub(crate) fn begin(&self) -> MemoryTransaction {
+        MemoryTransaction {
+            db: self.clone(),
+            staged: Vec::new(),
+            inbox: Vec::new(),
+        }
+    }
+}
+
+impl Adapter for InMemoryDatabase {
+    fn __as_memory_database(&self) -> Option<&InMemoryDatabase> {
+        Some(self)
+    }
+}
+
+/// A transaction on an [`InMemoryDatabase`]: reads see committed state,
+/// writes are staged and applied at once on commit, after every version check
+/// passed.
+pub(crate) struct MemoryTransaction {
+    db: InMemoryDatabase,
+    staged: Vec<Box<dyn Staged>>,
+    inbox: Vec<(MessageId, String)>,
+}
+
+trait Staged: Send {
+    fn check(&self, data: &Data) -> Result<(), RepositoryError>;
+    fn apply(self: Box<Self>, data: &mut Data);
+}
+
+struct Save<A: Aggregate> {
+    aggregate: A,
+    expected: Option<u64>,
+}
+
+impl<A: Aggregate> Staged for Save<A> {
+    fn check(&self, data: &Data) -> Result<(), RepositoryError> {
+        let id = self.aggregate.id();
+        let current = data.table::<A>().and_then(|t| t.get(id));
+        match (self.expected, current) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(RepositoryError::AlreadyExists {
+                aggregate: A::NAME,
+                id: format!("{id:?}"),
+            }),
+            (Some(expected), Some(current)) if current.version() == expected => Ok(()),
+            (Some(expected), _) => Err(RepositoryError::Conflict {
+                aggregate: A::NAME,
+                id: format!("{id:?}"),
+                expected,
+            }),
+        }
+    }
+
+    fn apply(self: Box<Self>, data: &mut Data) {
+        let mut aggregate = self.aggregate;
+        aggregate.events_mut().clear();
+        data.table_mut::<A>()
+            .insert(aggregate.id().clone(), aggregate);
+    }
+}
+
+impl MemoryTransaction {
+    pub(crate) fn get<A: Aggregate>(&self, id: &A::Id) -> Option<A> {
+        self.db.get::<A>(id)
+    }
+
+    pub(crate) fn find<A: Aggregate, F: Finder<A>>(&self, finder: &F) -> Option<A> {
+        let data = self.db.data();
+        data.table::<A>()?
+            .values()
+            .find(|a| finder.matches(a))
+            .cloned()
+    }
+
+    pub(crate) fn stage<A: Aggregate>(&mut self, aggregate: A, expected: Option<u64>) {
+        self.staged.push(Box::new(Save {
+            aggregate,
+            expected,
+        }));
+    }
+
+    pub(crate) fn record_inbox(&mut self, id: MessageId, handler: &str) -> bool {
+        let key = (id, handler.to_owned());
+        if self.inbox.contains(&key) || self.db.data().inbox.contains(&key) {
+            return false;
+        }
+        self.inbox.push(key);
+        true
+    }
+
+    pub(crate) fn commit(self, outbox: Vec<ExternalMessage>) -> Result<(), Error> {
+        let publish = {
+            let mut data = self.db.data();
+            for staged in &self.staged {
+                staged.check(&data)?;
+            }
+            if self.inbox.iter().any(|k| data.inbox.contains(k)) {
+                // Another transaction handled the same message meanwhile.
+                return Err(RepositoryError::AlreadyExists {
+                    aggregate: "inbox",
+                    id: format!("{:?}", self.inbox),
+                }
+                .into());
+            }
+            for staged in self.staged {
+                staged.apply(&mut data);
+            }
+            data.inbox.extend(self.inbox);
+            data.commits += 1;
+            data.outbox.extend(outbox.iter().cloned());
+            outbox
+        };
+        if !publish.is_empty() {
+            let bus = self
+                .db
+                .inner
+                .publish_to
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(bus) = bus {
+                for message in publish {
+                    bus.publish(message);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An external bus in the process: what other services would receive over
+/// RabbitMQ, delivered to subscribers in the same process. Clones share the
+/// same bus.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use eda_core::{ExternalMessage, InProcessBus, Metadata};
+///
+/// let bus = InProcessBus::new();
+/// let mut inbox = bus.subscribe();
+/// bus.publish(ExternalMessage { name: "a.b".into(), metadata: Metadata::new(), payload: b"{}".to_vec() });
+/// assert_eq!(inbox.recv().await.unwrap().name, "a.b");
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct InProcessBus {
+    sender: broadcast::Sender<ExternalMessage>,
+}
+
+impl InProcessBus {
+    /// A bus that keeps up to 1024 messages for a slow subscriber.
+    pub fn new() -> Self {
+        Self::with_capacity(1024)
+    }
+
+    /// A bus that keeps up to `capacity` messages for a slow subscriber.
+    pub fn with_capacity(capacity: usize) -> Self {
+        InProcessBus {
+            sender: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+
+    /// Receives every message published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ExternalMessage> {
+        self.sender.subscribe()
+    }
+
+    /// Publishes a message to the current subscribers (none is fine).
+    pub fn publish(&self, message: ExternalMessage) {
+        let _ = self.sender.send(message);
+    }
+}
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for InProcessBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessBus")
+            .field("subscribers", &self.sender.receiver_count())
+            .finish()
+    }
+}
+
+impl Adapter for InProcessBus {
+    fn __as_in_process_bus(&self) -> Option<&InProcessBus> {
+        Some(self)
+    }
+}

@@ -1,0 +1,763 @@
+//! The internal message bus: runs a command's handler, then the handlers of
+//! every event raised, in order, until its queue is empty.
+
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::Instrument;
+
+use crate::adapter::{Adapter, AdapterEntry, AnyAdapter};
+use crate::adapters::memory::InMemoryDatabase;
+use crate::aggregate::Aggregate;
+use crate::error::{CommandError, Error, IncomingError};
+use crate::message::{AnyEvent, Command, Envelope, Event, Metadata, Raised};
+use crate::private::{CallOutcome, EventOutcome};
+use crate::registry::{
+    CommandHandlerRegistration, EventHandlerRegistration, HandlerRef, MessageRegistration, Wiring,
+    WiringError, WiringProblem,
+};
+use crate::repository::{Finder, FinderVTable, RepositoryVTable};
+use crate::retry::RetryPolicy;
+
+/// A `TypeId` is already a hash: use it as is.
+#[derive(Default)]
+pub(crate) struct TypeIdHasher(u64);
+
+impl Hasher for TypeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= n as u64 ^ (n >> 64) as u64;
+    }
+}
+
+type TypeIdMap<V> = HashMap<TypeId, V, BuildHasherDefault<TypeIdHasher>>;
+
+/// The queue of events waiting for their handlers.
+pub(crate) type EventQueue = VecDeque<Box<dyn AnyEvent>>;
+
+/// Appends committed events to the queue, without copying when it is empty.
+pub(crate) fn enqueue(queue: &mut EventQueue, events: Vec<Box<dyn AnyEvent>>) {
+    if events.is_empty() {
+    } else if queue.is_empty() {
+        *queue = VecDeque::from(events);
+    } else {
+        queue.extend(events);
+    }
+}
+
+pub(crate) enum DatabaseRole {
+    None,
+    Memory(InMemoryDatabase),
+    Other { adapter: Arc<dyn AnyAdapter> },
+}
+
+pub(crate) struct BusInner {
+    commands: TypeIdMap<&'static CommandHandlerRegistration>,
+    events: TypeIdMap<Box<[&'static EventHandlerRegistration]>>,
+    messages: HashMap<&'static str, &'static MessageRegistration>,
+    adapters: TypeIdMap<AdapterEntry>,
+    pub(crate) database: DatabaseRole,
+    repositories: TypeIdMap<&'static (dyn Any + Send + Sync)>,
+    finders: HashMap<(TypeId, TypeId), &'static (dyn Any + Send + Sync)>,
+    command_retry: RetryPolicy,
+    event_retry: RetryPolicy,
+    metrics: Metrics,
+}
+
+/// The internal message bus. Cheap to clone (an `Arc`); build it once at
+/// start with [`MessageBus::builder`] and share it with every entrypoint.
+///
+/// ```standalone_crate
+/// # use eda_core::*;
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+/// #[command(name = "doc.greet", output = String)]
+/// pub struct Greet { pub name: String }
+///
+/// #[command_handler]
+/// async fn greet(cmd: Greet) -> Result<String, BoxError> {
+///     Ok(format!("hello, {}", cmd.name))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = MessageBus::builder().build()?;
+/// assert_eq!(bus.handle(Greet { name: "you".into() }).await?, "hello, you");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MessageBus {
+    pub(crate) inner: Arc<BusInner>,
+}
+
+impl fmt::Debug for MessageBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageBus")
+            .field("commands", &self.inner.commands.len())
+            .field("events", &self.inner.events.len())
+            .field(
+                "adapters",
+                &self.inner.adapters.values().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// What the bus gives a generated handler: itself, and the metadata of the
+/// message being handled.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub(crate) bus: &'a MessageBus,
+    pub(crate) metadata: &'a Metadata,
+    /// The message came from outside the service: handlers record it in
+    /// their inbox, so that a redelivery changes nothing.
+    pub(crate) incoming: bool,
+}
+
+impl<'a> Context<'a> {
+    /// The bus.
+    pub fn bus(&self) -> &'a MessageBus {
+        self.bus
+    }
+
+    /// The metadata of the message being handled.
+    pub fn metadata(&self) -> &'a Metadata {
+        self.metadata
+    }
+}
+
+/// One call of a command handler, type-erased.
+#[doc(hidden)]
+pub struct CommandCall<'a> {
+    pub ctx: Context<'a>,
+    pub message: &'a (dyn Any + Send + Sync),
+    pub out: &'a mut (dyn Any + Send),
+    pub events: &'a mut EventQueue,
+}
+
+/// One call of an event handler, type-erased.
+#[doc(hidden)]
+pub struct EventCall<'a> {
+    pub ctx: Context<'a>,
+    pub event: &'a (dyn Any + Send + Sync),
+    pub events: &'a mut EventQueue,
+    pub handler: &'static str,
+}
+
+/// An event handler that failed after its retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventHandlerFailure {
+    /// The event's name.
+    pub event: &'static str,
+    /// The event's metadata.
+    pub metadata: Metadata,
+    /// The handler.
+    pub handler: HandlerRef,
+    /// How many times it ran.
+    pub attempts: u32,
+    /// Its last error, displayed.
+    pub error: String,
+}
+
+impl fmt::Display for EventHandlerFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "handler {} of event `{}` ({}) failed after {} attempt(s): {}",
+            self.handler, self.event, self.metadata.message_id, self.attempts, self.error
+        )
+    }
+}
+
+/// What happened to the events a message raised: which event handlers failed
+/// after their retries. A failing event handler does not fail the command
+/// that raised the event; it is reported here, logged, and counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// How many event handler runs succeeded.
+    pub handled: usize,
+    /// The event handlers that failed.
+    pub failures: Vec<EventHandlerFailure>,
+}
+
+impl Report {
+    /// Whether every event handler succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Counters of the bus since it was built.
+#[derive(Default, Debug)]
+struct Metrics {
+    commands: AtomicU64,
+    command_conflicts: AtomicU64,
+    event_handler_failures: AtomicU64,
+    event_handler_retries: AtomicU64,
+}
+
+/// A snapshot of the bus's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusMetrics {
+    /// Commands handled (successfully or not).
+    pub commands: u64,
+    /// Command runs that ended in a version conflict (and were retried, or
+    /// returned once out of attempts).
+    pub command_conflicts: u64,
+    /// Event handlers that failed after their retries.
+    pub event_handler_failures: u64,
+    /// Event handler runs that failed and were retried.
+    pub event_handler_retries: u64,
+}
+
+impl MessageBus {
+    /// Starts building a bus: give it the adapters this entrypoint uses, then
+    /// [`build`](BusBuilder::build) it, which checks the wiring.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    /// Handles a command that starts a conversation: runs its handler,
+    /// processes the events it raised, and returns the handler's result.
+    pub async fn handle<C: Command>(
+        &self,
+        command: C,
+    ) -> Result<C::Output, CommandError<C::Error>> {
+        self.handle_envelope(Envelope::new(command)).await
+    }
+
+    /// Handles a command with the given metadata (e.g. caused by another
+    /// message).
+    pub async fn handle_envelope<C: Command>(
+        &self,
+        envelope: Envelope<C>,
+    ) -> Result<C::Output, CommandError<C::Error>> {
+        let mut report = Report::default();
+        self.run_command(&envelope, &mut report, false).await
+    }
+
+    /// Like [`handle`](Self::handle), and also returns the report of the
+    /// event handlers that ran.
+    pub async fn handle_with_report<C: Command>(
+        &self,
+        envelope: Envelope<C>,
+    ) -> (Result<C::Output, CommandError<C::Error>>, Report) {
+        let mut report = Report::default();
+        let result = self.run_command(&envelope, &mut report, false).await;
+        (result, report)
+    }
+
+    /// Handles an event that was not raised by an aggregate of this service
+    /// (a test, an entrypoint): runs its handlers and the events they raise.
+    pub async fn publish<E: Event>(&self, envelope: Envelope<E>) -> Report {
+        self.run_event(envelope, false).await
+    }
+
+    async fn run_event<E: Event>(&self, envelope: Envelope<E>, incoming: bool) -> Report {
+        let mut report = Report::default();
+        let mut queue = EventQueue::new();
+        queue.push_back(Box::new(Raised {
+            metadata: envelope.metadata,
+            event: envelope.message,
+        }));
+        self.process_events(&mut queue, &mut report, incoming).await;
+        report
+    }
+
+    /// Handles a message that arrived from outside the service (a broker):
+    /// decodes it by name and handles it as a command or an event.
+    ///
+    /// Errors say why it was not handled: an unknown name or a malformed body
+    /// (the consumer dead-letters those at once), or a handler error (the
+    /// consumer retries).
+    pub async fn handle_incoming(
+        &self,
+        name: &str,
+        metadata: Metadata,
+        payload: &[u8],
+    ) -> Result<(), IncomingError> {
+        let Some(registration) = self.inner.messages.get(name) else {
+            return Err(IncomingError::UnknownMessage {
+                name: name.to_owned(),
+            });
+        };
+        (registration.dispatch)(self, metadata, payload).await
+    }
+
+    /// The adapter of type `T`, if the bus was given one.
+    pub fn adapter<T: Adapter>(&self) -> Option<&T> {
+        self.inner
+            .adapters
+            .get(&TypeId::of::<T>())
+            .and_then(|a| a.value.as_any().downcast_ref::<T>())
+    }
+
+    pub(crate) fn adapter_arc<T: Adapter>(&self) -> Option<Arc<T>> {
+        let entry = self.inner.adapters.get(&TypeId::of::<T>())?;
+        entry.any.clone().downcast::<T>().ok()
+    }
+
+    /// Counters since the bus was built.
+    pub fn metrics(&self) -> BusMetrics {
+        let m = &self.inner.metrics;
+        BusMetrics {
+            commands: m.commands.load(Ordering::Relaxed),
+            command_conflicts: m.command_conflicts.load(Ordering::Relaxed),
+            event_handler_failures: m.event_handler_failures.load(Ordering::Relaxed),
+            event_handler_retries: m.event_handler_retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The names of the messages this bus can decode, with whether each has
+    /// a handler in this bus: what a consumer binds its queue to.
+    pub fn handled_message_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self
+            .inner
+            .messages
+            .values()
+            .filter(|m| {
+                self.inner.commands.contains_key(&m.type_id)
+                    || self.inner.events.contains_key(&m.type_id)
+            })
+            .map(|m| m.name)
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    pub(crate) fn repository<A: Aggregate>(&self) -> Result<&'static RepositoryVTable<A>, Error> {
+        self.inner
+            .repositories
+            .get(&TypeId::of::<A>())
+            .and_then(|v| v.downcast_ref::<RepositoryVTable<A>>())
+            .ok_or(Error::MissingRepository {
+                aggregate: A::NAME,
+                backend: self.backend_name(),
+            })
+    }
+
+    pub(crate) fn finder<A: Aggregate, F: Finder<A>>(
+        &self,
+    ) -> Result<&'static FinderVTable<A, F>, Error> {
+        self.inner
+            .finders
+            .get(&(TypeId::of::<A>(), TypeId::of::<F>()))
+            .and_then(|v| v.downcast_ref::<FinderVTable<A, F>>())
+            .ok_or(Error::FinderMissing {
+                aggregate: A::NAME,
+                finder: std::any::type_name::<F>(),
+                backend: self.backend_name(),
+            })
+    }
+
+    fn backend_name(&self) -> &'static str {
+        match &self.inner.database {
+            DatabaseRole::None => "no database",
+            DatabaseRole::Memory(_) => "the in-memory database",
+            DatabaseRole::Other { adapter } => adapter
+                .adapter()
+                .as_database()
+                .map(|d| d.connection_type().1)
+                .unwrap_or("the database"),
+        }
+    }
+
+    async fn run_command<C: Command>(
+        &self,
+        envelope: &Envelope<C>,
+        report: &mut Report,
+        incoming: bool,
+    ) -> Result<C::Output, CommandError<C::Error>> {
+        let Some(entry) = self.inner.commands.get(&TypeId::of::<C>()) else {
+            return Err(CommandError::Bus(Error::NoHandler(C::NAME)));
+        };
+        self.inner.metrics.commands.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!(
+            "command",
+            name = C::NAME,
+            id = %envelope.metadata.message_id,
+            handler = entry.handler,
+        );
+        let mut queue = EventQueue::new();
+        let result = async {
+            let policy = &self.inner.command_retry;
+            let mut attempt = 1;
+            loop {
+                let mut out: Option<Result<C::Output, C::Error>> = None;
+                let outcome = (entry.call)(CommandCall {
+                    ctx: Context {
+                        bus: self,
+                        metadata: &envelope.metadata,
+                        incoming,
+                    },
+                    message: &envelope.message,
+                    out: &mut out,
+                    events: &mut queue,
+                })
+                .await;
+                match outcome {
+                    CallOutcome::Done => {}
+                    CallOutcome::Conflict => {
+                        self.inner
+                            .metrics
+                            .command_conflicts
+                            .fetch_add(1, Ordering::Relaxed);
+                        if attempt < policy.attempts() {
+                            let delay = policy.delay(attempt);
+                            tracing::debug!(attempt, ?delay, "version conflict, retrying");
+                            tokio::time::sleep(delay).await;
+                            attempt += 1;
+                            continue;
+                        }
+                        tracing::warn!(attempt, "version conflict, out of attempts");
+                    }
+                    CallOutcome::Duplicate => {
+                        return Err(CommandError::Bus(Error::AlreadyHandled(
+                            envelope.metadata.message_id,
+                        )));
+                    }
+                    CallOutcome::Failed(e) => return Err(CommandError::Bus(e)),
+                }
+                return match out {
+                    Some(result) => result.map_err(CommandError::Handler),
+                    None => Err(CommandError::Bus(Error::NoHandler(C::NAME))),
+                };
+            }
+        }
+        .instrument(span)
+        .await;
+        // Events committed by the handler are processed even when it failed
+        // afterwards: their state is saved, so they must not be lost.
+        if !queue.is_empty() {
+            self.process_events(&mut queue, report, false).await;
+        }
+        result
+    }
+
+    /// Runs the handlers of each queued event, in order, until the queue is
+    /// empty. `incoming`: the first event came from outside the service.
+    pub(crate) async fn process_events(
+        &self,
+        queue: &mut EventQueue,
+        report: &mut Report,
+        mut incoming: bool,
+    ) {
+        while let Some(event) = queue.pop_front() {
+            if let Some(handlers) = self.inner.events.get(&event.__type_id()) {
+                for handler in handlers.iter() {
+                    self.run_event_handler(handler, &*event, queue, report, incoming)
+                        .await;
+                }
+            }
+            incoming = false;
+        }
+    }
+
+    async fn run_event_handler(
+        &self,
+        handler: &'static EventHandlerRegistration,
+        event: &dyn AnyEvent,
+        queue: &mut EventQueue,
+        report: &mut Report,
+        incoming: bool,
+    ) {
+        let policy = &self.inner.event_retry;
+        let span = tracing::debug_span!(
+            "event",
+            name = event.name(),
+            id = %event.metadata().message_id,
+            handler = handler.handler,
+        );
+        async {
+            let mut attempt = 1;
+            loop {
+                let outcome = (handler.call)(EventCall {
+                    ctx: Context {
+                        bus: self,
+                        metadata: event.metadata(),
+                        incoming,
+                    },
+                    event: event.as_any(),
+                    events: queue,
+                    handler: handler.handler,
+                })
+                .await;
+                match outcome {
+                    EventOutcome::Done => {
+                        report.handled += 1;
+                        return;
+                    }
+                    EventOutcome::Failed { error, committed } => {
+                        // A handler that committed before failing is not run
+                        // again: its effects are saved.
+                        if !committed && attempt < policy.attempts() {
+                            self.inner
+                                .metrics
+                                .event_handler_retries
+                                .fetch_add(1, Ordering::Relaxed);
+                            let delay = policy.delay(attempt);
+                            tracing::debug!(attempt, ?delay, %error, "event handler failed, retrying");
+                            tokio::time::sleep(delay).await;
+                            attempt += 1;
+                            continue;
+                        }
+                        let failure = EventHandlerFailure {
+                            event: event.name(),
+                            metadata: *event.metadata(),
+                            handler: handler.describe(),
+                            attempts: attempt,
+                            error,
+                        };
+                        tracing::error!(%failure, "event handler failed");
+                        self.inner
+                            .metrics
+                            .event_handler_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        report.failures.push(failure);
+                        return;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Runs an incoming command (see [`MessageBus::handle_incoming`]).
+pub(crate) async fn dispatch_command<C: Command>(
+    bus: &MessageBus,
+    metadata: Metadata,
+    payload: &[u8],
+) -> Result<(), IncomingError> {
+    let command: C =
+        serde_json::from_slice(payload).map_err(|source| IncomingError::Malformed {
+            name: C::NAME,
+            source,
+        })?;
+    let envelope = Envelope::with_metadata(command, metadata);
+    let mut report = Report::default();
+    match bus.run_command(&envelope, &mut report, true).await {
+        Ok(_) | Err(CommandError::Bus(Error::AlreadyHandled(_))) => Ok(()),
+        Err(CommandError::Handler(e)) => Err(IncomingError::Handler {
+            name: C::NAME,
+            error: e.to_string(),
+            conflict: false,
+        }),
+        Err(CommandError::Bus(e)) => Err(IncomingError::Framework {
+            name: C::NAME,
+            source: Box::new(e),
+        }),
+    }
+}
+
+/// Runs an incoming event (see [`MessageBus::handle_incoming`]).
+pub(crate) async fn dispatch_event<E: Event>(
+    bus: &MessageBus,
+    metadata: Metadata,
+    payload: &[u8],
+) -> Result<(), IncomingError> {
+    let event: E = serde_json::from_slice(payload).map_err(|source| IncomingError::Malformed {
+        name: E::NAME,
+        source,
+    })?;
+    let report = bus
+        .run_event(Envelope::with_metadata(event, metadata), true)
+        .await;
+    match report.failures.first() {
+        None => Ok(()),
+        Some(first) => Err(IncomingError::EventHandlers {
+            name: E::NAME,
+            failed: report.failures.len(),
+            first: first.to_string(),
+        }),
+    }
+}
+
+/// Builds a [`MessageBus`]: the adapters an entrypoint chooses, the retry
+/// policies, and which handlers to include.
+#[derive(Default)]
+pub struct BusBuilder {
+    adapters: Vec<AdapterEntry>,
+    adapter_ids: Vec<TypeId>,
+    scopes: Vec<String>,
+    unhandled_allowed: Vec<TypeId>,
+    command_retry: Option<RetryPolicy>,
+    event_retry: Option<RetryPolicy>,
+}
+
+impl fmt::Debug for BusBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field("adapters", &self.adapters)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+impl BusBuilder {
+    /// Gives the bus an adapter: a database (units of work begin their
+    /// transactions on it), an external bus, or anything handlers take as
+    /// `&T`.
+    pub fn adapter<T: Adapter>(mut self, adapter: T) -> Self {
+        let adapter = Arc::new(adapter);
+        self.adapters.push(AdapterEntry {
+            name: std::any::type_name::<T>(),
+            value: adapter.clone(),
+            any: adapter,
+        });
+        self.adapter_ids.push(TypeId::of::<T>());
+        self
+    }
+
+    /// Includes only the handlers (and commands) declared in these modules
+    /// and their submodules, e.g. `"allocation"` or `module_path!()`. By
+    /// default every handler linked into the binary is included.
+    ///
+    /// Handlers register themselves globally; a test binary that holds the
+    /// handlers of several services uses scopes to build each one's bus.
+    pub fn scope(mut self, module_path: impl Into<String>) -> Self {
+        self.scopes.push(module_path.into());
+        self
+    }
+
+    /// Accepts that command `C` has no handler in this bus (it is sent to
+    /// another service).
+    pub fn allow_unhandled<C: Command>(mut self) -> Self {
+        self.unhandled_allowed.push(TypeId::of::<C>());
+        self
+    }
+
+    /// How command handlers are retried on a version conflict (default: 5
+    /// attempts, 5 ms to 200 ms apart, jittered).
+    pub fn command_retry(mut self, policy: RetryPolicy) -> Self {
+        self.command_retry = Some(policy);
+        self
+    }
+
+    /// How failing event handlers are retried (default: 3 attempts, 10 ms to
+    /// 1 s apart).
+    pub fn event_retry(mut self, policy: RetryPolicy) -> Self {
+        self.event_retry = Some(policy);
+        self
+    }
+
+    /// Checks the whole wiring and builds the bus. Every problem is reported
+    /// in the one error, each naming the handler and where it is declared:
+    /// a command without a handler or with two, a dependency no adapter
+    /// provides, a unit of work without a database, an aggregate without a
+    /// repository for the database, two message types with one name.
+    pub fn build(self) -> Result<MessageBus, WiringError> {
+        let mut problems = Vec::new();
+
+        let mut adapters: TypeIdMap<AdapterEntry> = TypeIdMap::default();
+        let mut database = DatabaseRole::None;
+        let mut databases = 0;
+        let mut in_process_bus = None;
+        for (entry, id) in self.adapters.into_iter().zip(self.adapter_ids) {
+            let adapter = entry.value.adapter();
+            if let Some(memory) = adapter.__as_memory_database() {
+                databases += 1;
+                database = DatabaseRole::Memory(memory.clone());
+            } else if adapter.as_database().is_some() {
+                databases += 1;
+                database = DatabaseRole::Other {
+                    adapter: entry.value.clone(),
+                };
+            }
+            if let Some(bus) = adapter.__as_in_process_bus() {
+                in_process_bus = Some(bus.clone());
+            }
+            if adapters.insert(id, entry.clone()).is_some() {
+                problems.push(WiringProblem::DuplicateAdapter {
+                    adapter: entry.name,
+                });
+            }
+        }
+        if databases > 1 {
+            problems.push(WiringProblem::DuplicateAdapter {
+                adapter: "database",
+            });
+        }
+        if let (DatabaseRole::Memory(db), Some(bus)) = (&database, in_process_bus) {
+            db.publish_to(bus);
+        }
+
+        let backend = match &database {
+            DatabaseRole::Other { adapter } => {
+                adapter.adapter().as_database().map(|d| d.connection_type())
+            }
+            DatabaseRole::None | DatabaseRole::Memory(_) => None,
+        };
+        let has_adapter = |id: TypeId| adapters.contains_key(&id);
+        let registry = Wiring {
+            scopes: &self.scopes,
+            unhandled_allowed: &self.unhandled_allowed,
+            adapters: &has_adapter,
+            has_database: !matches!(database, DatabaseRole::None),
+            backend,
+        }
+        .check(&mut problems);
+
+        if !problems.is_empty() {
+            return Err(WiringError { problems });
+        }
+
+        let mut commands = TypeIdMap::default();
+        for c in registry.commands {
+            commands.insert(c.command, c);
+        }
+        let mut events: TypeIdMap<Vec<&'static EventHandlerRegistration>> = TypeIdMap::default();
+        for e in registry.events {
+            events.entry(e.event).or_default().push(e);
+        }
+        let mut repositories = TypeIdMap::default();
+        let mut finders = HashMap::new();
+        for r in registry.repositories {
+            match r.finder {
+                None => {
+                    repositories.insert(r.aggregate, r.vtable);
+                }
+                Some((finder, _)) => {
+                    finders.insert((r.aggregate, finder), r.vtable);
+                }
+            }
+        }
+
+        Ok(MessageBus {
+            inner: Arc::new(BusInner {
+                commands,
+                events: events
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_boxed_slice()))
+                    .collect(),
+                messages: registry.messages,
+                adapters,
+                database,
+                repositories,
+                finders,
+                command_retry: self.command_retry.unwrap_or_else(|| {
+                    RetryPolicy::new(5).backoff(
+                        std::time::Duration::from_millis(5),
+                        std::time::Duration::from_millis(200),
+                    )
+                }),
+                event_retry: self.event_retry.unwrap_or_default(),
+                metrics: Metrics::default(),
+            }),
+        })
+    }
+}

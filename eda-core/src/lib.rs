@@ -1,0 +1,93 @@
+//! # eda: event-driven services, checked by the compiler
+//!
+//! Commands and events flow through an internal [`MessageBus`] into handlers
+//! that work on aggregates through a unit of work; the events that matter to
+//! other services leave through an outbox. Handlers, repositories and units of
+//! work are declared with macros and collected at start-up; nothing is wired
+//! by hand, and [`BusBuilder::build`] checks the wiring before the service
+//! takes any work.
+//!
+//! ```standalone_crate
+//! use eda_core::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+//! #[command(name = "shop.add_product", output = ())]
+//! pub struct AddProduct { pub sku: String }
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+//! #[event(name = "shop.product_added", external)]
+//! pub struct ProductAdded { pub sku: String }
+//!
+//! #[derive(Debug, Clone, Aggregate)]
+//! pub struct Product { #[aggregate(id)] pub sku: String, pub version: u64, pub events: Events }
+//!
+//! #[derive(UnitOfWork)]
+//! pub struct ShopUow { #[uow(transaction)] tx: Transaction, products: IdentityMap<Product> }
+//!
+//! #[command_handler]
+//! async fn add_product(cmd: AddProduct, uow: &mut ShopUow) -> Result<(), eda_core::Error> {
+//!     let mut product = Product { sku: cmd.sku.clone(), version: 0, events: Events::new() };
+//!     product.events.raise(ProductAdded { sku: cmd.sku });
+//!     uow.products().add(product)?;
+//!     uow.commit().await
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = InMemoryDatabase::new();
+//! let bus = MessageBus::builder().adapter(db.clone()).build()?;
+//! bus.handle(AddProduct { sku: "LAMP".into() }).await?;
+//! assert!(db.get::<Product>(&"LAMP".to_string()).is_some());
+//! assert_eq!(db.outbox()[0].name, "shop.product_added");
+//! # Ok(()) }
+//! ```
+//!
+//! See the README for the architecture, and `examples/allocation` for a
+//! whole service.
+
+pub mod adapter;
+pub mod adapters;
+pub mod aggregate;
+pub mod bus;
+pub mod error;
+pub mod message;
+pub mod outbox;
+pub mod registry;
+pub mod repository;
+pub mod retry;
+pub mod uow;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+pub(crate) use __private as private;
+
+pub use adapter::{Adapter, Database, DatabaseTransaction, Dependency};
+pub use adapters::memory::{InMemoryDatabase, InProcessBus};
+pub use aggregate::{Aggregate, Events};
+pub use bus::{BusBuilder, BusMetrics, Context, EventHandlerFailure, MessageBus, Report};
+pub use error::{BoxError, CommandError, Error, IncomingError};
+pub use message::{
+    AnyEvent, Command, Envelope, Event, Message, MessageId, MessageKind, Metadata, Timestamp,
+};
+pub use outbox::ExternalMessage;
+pub use registry::{HandlerRef, Location, WiringError, WiringProblem};
+pub use repository::{Find, Finder, Repository, RepositoryError};
+pub use retry::RetryPolicy;
+pub use uow::{Aggregates, IdentityMap, Transaction, UnitOfWork, UowField};
+
+#[cfg(feature = "macros")]
+pub use eda_macros::{
+    Aggregate, Command, Event, UnitOfWork, command_handler, event_handler, repository,
+};
+
+/// The names a service module usually needs.
+pub mod prelude {
+    pub use crate::{
+        Adapter, Aggregate, BoxError, Command, CommandError, Envelope, Event, Events, Finder,
+        IdentityMap, InMemoryDatabase, InProcessBus, MessageBus, Metadata, Repository,
+        RepositoryError, Transaction, UnitOfWork,
+    };
+    #[cfg(feature = "macros")]
+    pub use crate::{command_handler, event_handler, repository};
+}

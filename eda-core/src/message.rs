@@ -1,0 +1,315 @@
+//! Messages: commands and events, the metadata they travel with, and the
+//! type-erased form events take between an aggregate and their handlers.
+
+use std::any::Any;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::BoxError;
+
+/// What commands and events have in common: a stable name and a serde form.
+///
+/// Derive it through [`Command`](macro@crate::Command) or
+/// [`Event`](macro@crate::Event), which also register the message so that it
+/// can be decoded by name when it arrives from a broker.
+pub trait Message: fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The message's stable name, e.g. `allocation.allocated`. It is the
+    /// routing key on the broker and the `type` of a serialised message, so it
+    /// must not change when the Rust type is renamed or moved.
+    const NAME: &'static str;
+}
+
+/// A request to change the state of the service. It has exactly one handler,
+/// whose result is returned to the caller of
+/// [`MessageBus::handle`](crate::MessageBus::handle).
+///
+/// ```
+/// use eda_core::Command;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+/// #[command(name = "allocation.allocate", output = Option<String>)]
+/// pub struct Allocate { pub orderid: String, pub sku: String, pub qty: u32 }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a command",
+    label = "not a command",
+    note = "derive it: `#[derive(Debug, Clone, Serialize, Deserialize, eda_core::Command)]`"
+)]
+pub trait Command: Message {
+    /// What the command's handler returns on success.
+    type Output: Send + 'static;
+    /// The error the command's handler returns; [`BoxError`] unless the
+    /// derive says `error = MyError`.
+    type Error: fmt::Debug + fmt::Display + Send + Sync + 'static;
+}
+
+/// Something that happened. It has zero or more handlers, each run in its own
+/// unit of work. An external event is also written to the outbox and
+/// published to the broker, for other services.
+///
+/// ```
+/// use eda_core::Event;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+/// #[event(name = "allocation.allocated", external)]
+/// pub struct Allocated { pub orderid: String, pub batchref: String }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event",
+    label = "not an event",
+    note = "derive it: `#[derive(Debug, Clone, Serialize, Deserialize, eda_core::Event)]`"
+)]
+pub trait Event: Message + Clone {
+    /// Whether the event is published to other services through the outbox.
+    const EXTERNAL: bool;
+}
+
+/// The unique id of one message (UUID v7: ordered by creation time).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(Uuid);
+
+impl MessageId {
+    /// A new id.
+    pub fn new() -> Self {
+        MessageId(Uuid::now_v7())
+    }
+
+    /// The id as a UUID.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Uuid> for MessageId {
+    fn from(id: Uuid) -> Self {
+        MessageId(id)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::str::FromStr for MessageId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(MessageId)
+    }
+}
+
+/// When a message was created, in milliseconds since the Unix epoch.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// Now.
+    pub fn now() -> Self {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Timestamp(since.as_millis() as u64)
+    }
+
+    /// From milliseconds since the Unix epoch.
+    pub fn from_millis(millis: u64) -> Self {
+        Timestamp(millis)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn as_millis(&self) -> u64 {
+        self.0
+    }
+
+    /// As a [`SystemTime`].
+    pub fn to_system_time(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+}
+
+/// Where a message comes from: its id, the conversation it belongs to
+/// (correlation), the message that caused it (causation), and when.
+///
+/// A handler can take `&Metadata` as a parameter to read the metadata of the
+/// message it handles.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Metadata {
+    /// This message's id.
+    pub message_id: MessageId,
+    /// The id of the first message of the conversation (a command from an
+    /// entrypoint starts one: its correlation id is its own id).
+    pub correlation_id: MessageId,
+    /// The id of the message whose handling raised this one.
+    pub causation_id: Option<MessageId>,
+    /// When it was created.
+    pub timestamp: Timestamp,
+}
+
+impl Metadata {
+    /// The metadata of a message that starts a conversation.
+    pub fn new() -> Self {
+        let id = MessageId::new();
+        Metadata {
+            message_id: id,
+            correlation_id: id,
+            causation_id: None,
+            timestamp: Timestamp::now(),
+        }
+    }
+
+    /// The metadata of a message raised while handling the message with this
+    /// metadata.
+    pub fn caused_by(&self) -> Self {
+        Metadata {
+            message_id: MessageId::new(),
+            correlation_id: self.correlation_id,
+            causation_id: Some(self.message_id),
+            timestamp: Timestamp::now(),
+        }
+    }
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A message with its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope<M> {
+    /// Id, correlation, causation, timestamp.
+    pub metadata: Metadata,
+    /// The message.
+    pub message: M,
+}
+
+impl<M> Envelope<M> {
+    /// A message that starts a conversation.
+    pub fn new(message: M) -> Self {
+        Envelope {
+            metadata: Metadata::new(),
+            message,
+        }
+    }
+
+    /// A message with the given metadata (e.g. as it arrived from a broker).
+    pub fn with_metadata(message: M, metadata: Metadata) -> Self {
+        Envelope { metadata, message }
+    }
+}
+
+/// An event whose type has been erased: what an aggregate holds in its
+/// [`Events`](crate::Events) and what the bus queues.
+pub trait AnyEvent: fmt::Debug + Send + Sync + 'static {
+    /// The event's [`Message::NAME`].
+    fn name(&self) -> &'static str;
+    /// Whether the event goes to the outbox.
+    fn is_external(&self) -> bool;
+    /// The event, to downcast.
+    fn as_any(&self) -> &(dyn Any + Send + Sync);
+    /// The event in JSON, as it is written to the outbox.
+    fn to_json(&self) -> Result<Vec<u8>, BoxError>;
+    /// Metadata given when its unit of work committed.
+    fn metadata(&self) -> &Metadata;
+    #[doc(hidden)]
+    fn __set_metadata(&mut self, metadata: Metadata);
+    #[doc(hidden)]
+    fn __clone_box(&self) -> Box<dyn AnyEvent>;
+    #[doc(hidden)]
+    fn __type_id(&self) -> std::any::TypeId;
+}
+
+impl dyn AnyEvent {
+    /// The event as `E`, if it is one.
+    pub fn downcast_ref<E: Event>(&self) -> Option<&E> {
+        self.as_any().downcast_ref::<E>()
+    }
+
+    /// Whether the event is an `E`.
+    pub fn is<E: Event>(&self) -> bool {
+        self.as_any().is::<E>()
+    }
+}
+
+/// An event with its metadata, boxed once when raised: the same box travels
+/// from the aggregate through the unit of work to the bus's queue.
+pub(crate) struct Raised<E> {
+    pub(crate) metadata: Metadata,
+    pub(crate) event: E,
+}
+
+impl<E: Event> fmt::Debug for Raised<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.event.fmt(f)
+    }
+}
+
+impl<E: Event> AnyEvent for Raised<E> {
+    fn name(&self) -> &'static str {
+        E::NAME
+    }
+    fn is_external(&self) -> bool {
+        E::EXTERNAL
+    }
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        &self.event
+    }
+    fn to_json(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(serde_json::to_vec(&self.event)?)
+    }
+    fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+    fn __set_metadata(&mut self, metadata: Metadata) {
+        self.metadata = metadata;
+    }
+    fn __clone_box(&self) -> Box<dyn AnyEvent> {
+        Box::new(Raised {
+            metadata: self.metadata,
+            event: self.event.clone(),
+        })
+    }
+    fn __type_id(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<E>()
+    }
+}
+
+/// The kind of a message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MessageKind {
+    /// A [`Command`].
+    Command,
+    /// An [`Event`].
+    Event,
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MessageKind::Command => "command",
+            MessageKind::Event => "event",
+        })
+    }
+}

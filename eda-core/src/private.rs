@@ -1,0 +1,249 @@
+//! What the macros' generated code names, and nothing else. Not a public
+//! API: it changes without notice.
+#![allow(missing_docs)]
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+pub use inventory;
+
+pub use crate::bus::{CommandCall, Context, EventCall};
+pub use crate::registry::{
+    CommandHandlerRegistration, EventHandlerRegistration, MessageRegistration, Requirements,
+};
+pub use crate::repository::{FinderVTableOf, RepositoryRegistration, RepositoryVTableOf};
+
+use crate::MessageBus;
+use crate::bus::{EventQueue, enqueue};
+use crate::error::{BoxError, IncomingError};
+use crate::message::{Command, Event, Metadata};
+use crate::uow::UnitOfWork;
+
+/// A boxed, `Send` future: the one allocation per handler call.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How a command handler's run ended.
+pub enum CallOutcome {
+    /// It returned; its result is in the output slot.
+    Done,
+    /// It returned an error after its unit of work hit a version conflict:
+    /// run it again.
+    Conflict,
+    /// The message was handled before (inbox): nothing ran.
+    Duplicate,
+    /// The framework could not run it.
+    Failed(Error),
+}
+
+/// How an event handler's run ended.
+pub enum EventOutcome {
+    Done,
+    Failed { error: String, committed: bool },
+}
+
+impl EventOutcome {
+    pub fn framework(e: Error) -> Self {
+        EventOutcome::Failed {
+            error: e.to_string(),
+            committed: false,
+        }
+    }
+}
+
+impl<'a> CommandCall<'a> {
+    #[allow(clippy::type_complexity)]
+    pub fn into_parts<C: Command>(
+        self,
+    ) -> (
+        Context<'a>,
+        &'a C,
+        &'a mut (dyn Any + Send),
+        &'a mut EventQueue,
+    ) {
+        let message = self
+            .message
+            .downcast_ref::<C>()
+            .expect("the bus calls a handler with the command it registered for");
+        (self.ctx, message, self.out, self.events)
+    }
+}
+
+impl<'a> EventCall<'a> {
+    pub fn into_parts<E: Event>(self) -> (Context<'a>, &'a E, &'a mut EventQueue, &'static str) {
+        let event = self
+            .event
+            .downcast_ref::<E>()
+            .expect("the bus calls a handler with the event it registered for");
+        (self.ctx, event, self.events, self.handler)
+    }
+}
+
+/// Begins the unit of work of a handler; for a message from outside, records
+/// it in the inbox first. `None`: it was handled already.
+pub async fn begin<U: UnitOfWork>(ctx: &Context<'_>, handler: &str) -> Result<Option<U>, Error> {
+    let mut uow = U::__begin(ctx).await?;
+    if ctx.incoming {
+        if let Some(tx) = uow.__transaction() {
+            if !tx.__record_inbox(handler).await? {
+                tracing::debug!(handler, "already handled (inbox), skipped");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(uow))
+}
+
+/// After a command handler without a unit of work returned.
+pub fn finish_command(_failed: bool) -> CallOutcome {
+    CallOutcome::Done
+}
+
+/// After a command handler with a unit of work returned: queue the events it
+/// committed, and ask for a retry if it failed on a version conflict.
+pub fn finish_command_uow<U: UnitOfWork>(
+    failed: bool,
+    uow: &mut U,
+    events: &mut EventQueue,
+) -> CallOutcome {
+    let conflicted = match uow.__transaction() {
+        Some(tx) => {
+            enqueue(events, tx.take_committed_events());
+            tx.conflicted()
+        }
+        None => false,
+    };
+    if failed && conflicted {
+        CallOutcome::Conflict
+    } else {
+        CallOutcome::Done
+    }
+}
+
+/// After an event handler without a unit of work returned.
+pub fn finish_event(error: Option<String>) -> EventOutcome {
+    match error {
+        None => EventOutcome::Done,
+        Some(error) => EventOutcome::Failed {
+            error,
+            committed: false,
+        },
+    }
+}
+
+/// After an event handler with a unit of work returned.
+pub fn finish_event_uow<U: UnitOfWork>(
+    error: Option<String>,
+    uow: &mut U,
+    events: &mut EventQueue,
+) -> EventOutcome {
+    let committed = match uow.__transaction() {
+        Some(tx) => {
+            let committed = tx.is_committed();
+            enqueue(events, tx.take_committed_events());
+            committed
+        }
+        None => false,
+    };
+    match error {
+        None => EventOutcome::Done,
+        Some(error) => EventOutcome::Failed { error, committed },
+    }
+}
+
+/// What an event handler may return: `()` or `Result<(), E>` with a
+/// displayable `E`.
+#[diagnostic::on_unimplemented(
+    message = "an event handler must return `()` or `Result<(), E>`, not `{Self}`",
+    label = "wrong return type for an event handler",
+    note = "`E` is any error that implements `Display` (e.g. `anyhow::Error`, `eda_core::BoxError`, your own)"
+)]
+pub trait EventHandlerResult {
+    fn into_error(self) -> Option<String>;
+}
+
+impl EventHandlerResult for () {
+    fn into_error(self) -> Option<String> {
+        None
+    }
+}
+
+impl<E: fmt::Display> EventHandlerResult for Result<(), E> {
+    fn into_error(self) -> Option<String> {
+        self.err().map(|e| format!("{e:#}"))
+    }
+}
+
+/// What a command handler for `C` may return.
+#[diagnostic::on_unimplemented(
+    message = "a handler of command `{C}` must return `Result<<{C} as Command>::Output, E>`, not `{Self}`",
+    label = "wrong return type for this command",
+    note = "the output type is set by `#[command(output = …)]`; `E` must convert into the command's error type (`#[command(error = …)]`, `eda_core::BoxError` by default)"
+)]
+pub trait CommandHandlerResult<C: Command> {
+    /// Writes the result in the bus's output slot; returns whether it is an
+    /// error.
+    fn write(self, out: &mut (dyn Any + Send)) -> bool;
+}
+
+impl<C: Command, E: Into<C::Error>> CommandHandlerResult<C> for Result<C::Output, E> {
+    fn write(self, out: &mut (dyn Any + Send)) -> bool {
+        let failed = self.is_err();
+        if let Some(slot) = out.downcast_mut::<Option<Result<C::Output, C::Error>>>() {
+            *slot = Some(self.map_err(Into::into));
+        }
+        failed
+    }
+}
+
+/// Boxes a handler's future; the `Send` bound is checked here, at the
+/// handler's name.
+pub fn send<'a, F: Future + Send + 'a>(future: F) -> BoxFuture<'a, F::Output> {
+    Box::pin(future)
+}
+
+/// A message a handler takes by value: the bus clones it for each run, so
+/// that it can run the handler again.
+#[diagnostic::on_unimplemented(
+    message = "a handler that takes `{Self}` by value needs `{Self}: Clone`",
+    label = "the bus keeps the message to retry the handler",
+    note = "derive `Clone` for `{Self}`, or take it by reference (`&{Self}`)"
+)]
+pub trait ByValue: Sized {
+    fn take(&self) -> Self;
+}
+
+impl<T: Clone> ByValue for T {
+    fn take(&self) -> Self {
+        self.clone()
+    }
+}
+
+/// Decodes and runs an incoming command.
+pub fn dispatch_command<'a, C: Command>(
+    bus: &'a MessageBus,
+    metadata: Metadata,
+    payload: &'a [u8],
+) -> BoxFuture<'a, Result<(), IncomingError>> {
+    Box::pin(crate::bus::dispatch_command::<C>(bus, metadata, payload))
+}
+
+/// Decodes and runs an incoming event.
+pub fn dispatch_event<'a, E: Event>(
+    bus: &'a MessageBus,
+    metadata: Metadata,
+    payload: &'a [u8],
+) -> BoxFuture<'a, Result<(), IncomingError>> {
+    Box::pin(crate::bus::dispatch_event::<E>(bus, metadata, payload))
+}
+
+pub type DefaultError = BoxError;
+
+pub use crate::adapter::Dependency;
+pub use crate::aggregate::{Aggregate, Events};
+pub use crate::error::Error;
+pub use crate::message::{Message, MessageKind};
+pub use crate::repository::{Find, FinderVTable, Repository, RepositoryVTable};
+pub use crate::uow::{Transaction, UowField};
+pub use crate::{Command as CommandTrait, Event as EventTrait, UnitOfWork as UnitOfWorkTrait};

@@ -1,0 +1,570 @@
+//! The registry: what the macros declare (messages, handlers, repositories),
+//! collected through `inventory`, and the check of the whole wiring that
+//! [`BusBuilder::build`](crate::BusBuilder::build) runs once.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::adapter::Adapter;
+use crate::aggregate::Aggregate;
+use crate::bus::{CommandCall, EventCall, MessageBus};
+use crate::error::IncomingError;
+use crate::message::{Command, Event, Message, MessageKind, Metadata};
+use crate::private::{BoxFuture, CallOutcome, EventOutcome};
+use crate::repository::RepositoryRegistration;
+
+/// Where something was declared in the user's code.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Location {
+    /// The source file.
+    pub file: &'static str,
+    /// The line.
+    pub line: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+#[doc(hidden)]
+pub type CommandCallFn = for<'a> fn(CommandCall<'a>) -> BoxFuture<'a, CallOutcome>;
+#[doc(hidden)]
+pub type EventCallFn = for<'a> fn(EventCall<'a>) -> BoxFuture<'a, EventOutcome>;
+#[doc(hidden)]
+pub type DispatchFn =
+    for<'a> fn(&'a MessageBus, Metadata, &'a [u8]) -> BoxFuture<'a, Result<(), IncomingError>>;
+
+/// A command handler, as `#[command_handler]` registers it.
+#[doc(hidden)]
+pub struct CommandHandlerRegistration {
+    pub command: TypeId,
+    pub command_name: &'static str,
+    pub handler: &'static str,
+    pub module: &'static str,
+    pub location: Location,
+    pub call: CommandCallFn,
+    pub requirements: fn(&mut Requirements),
+}
+
+impl CommandHandlerRegistration {
+    pub const fn new<C: Command>(
+        handler: &'static str,
+        module: &'static str,
+        file: &'static str,
+        line: u32,
+        call: CommandCallFn,
+        requirements: fn(&mut Requirements),
+    ) -> Self {
+        CommandHandlerRegistration {
+            command: TypeId::of::<C>(),
+            command_name: C::NAME,
+            handler,
+            module,
+            location: Location { file, line },
+            call,
+            requirements,
+        }
+    }
+
+    fn describe(&self) -> HandlerRef {
+        HandlerRef {
+            name: self.handler,
+            module: self.module,
+            location: self.location,
+        }
+    }
+}
+
+/// An event handler, as `#[event_handler]` registers it.
+#[doc(hidden)]
+pub struct EventHandlerRegistration {
+    pub event: TypeId,
+    pub event_name: &'static str,
+    pub handler: &'static str,
+    pub module: &'static str,
+    pub location: Location,
+    pub call: EventCallFn,
+    pub requirements: fn(&mut Requirements),
+}
+
+impl EventHandlerRegistration {
+    pub const fn new<E: Event>(
+        handler: &'static str,
+        module: &'static str,
+        file: &'static str,
+        line: u32,
+        call: EventCallFn,
+        requirements: fn(&mut Requirements),
+    ) -> Self {
+        EventHandlerRegistration {
+            event: TypeId::of::<E>(),
+            event_name: E::NAME,
+            handler,
+            module,
+            location: Location { file, line },
+            call,
+            requirements,
+        }
+    }
+
+    pub(crate) fn describe(&self) -> HandlerRef {
+        HandlerRef {
+            name: self.handler,
+            module: self.module,
+            location: self.location,
+        }
+    }
+}
+
+/// A message type, as the `Command` and `Event` derives register it, so that
+/// it can be decoded by name when it arrives from outside.
+#[doc(hidden)]
+pub struct MessageRegistration {
+    pub type_id: TypeId,
+    pub name: &'static str,
+    pub type_name: &'static str,
+    pub kind: MessageKind,
+    pub module: &'static str,
+    pub location: Location,
+    pub dispatch: DispatchFn,
+}
+
+impl MessageRegistration {
+    pub const fn new<M: Message>(
+        kind: MessageKind,
+        type_name: &'static str,
+        module: &'static str,
+        file: &'static str,
+        line: u32,
+        dispatch: DispatchFn,
+    ) -> Self {
+        MessageRegistration {
+            type_id: TypeId::of::<M>(),
+            name: M::NAME,
+            type_name,
+            kind,
+            module,
+            location: Location { file, line },
+            dispatch,
+        }
+    }
+}
+
+inventory::collect!(CommandHandlerRegistration);
+inventory::collect!(EventHandlerRegistration);
+inventory::collect!(MessageRegistration);
+
+/// What a handler needs from the bus, as its registration declares it.
+#[derive(Default, Debug)]
+pub struct Requirements {
+    items: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Requirement {
+    Adapter {
+        type_id: TypeId,
+        name: &'static str,
+    },
+    Database {
+        unit_of_work: &'static str,
+    },
+    Repository {
+        aggregate: TypeId,
+        name: &'static str,
+    },
+}
+
+impl Requirements {
+    /// An adapter of type `T`.
+    pub fn adapter<T: Adapter>(&mut self) {
+        self.items.push(Requirement::Adapter {
+            type_id: TypeId::of::<T>(),
+            name: std::any::type_name::<T>(),
+        });
+    }
+
+    /// A database, for the transaction of this unit of work.
+    pub fn database(&mut self, unit_of_work: &'static str) {
+        self.items.push(Requirement::Database { unit_of_work });
+    }
+
+    /// A repository of `A` on the bus's database.
+    pub fn repository<A: Aggregate>(&mut self) {
+        self.items.push(Requirement::Repository {
+            aggregate: TypeId::of::<A>(),
+            name: A::NAME,
+        });
+    }
+
+    pub(crate) fn items(&self) -> &[Requirement] {
+        &self.items
+    }
+}
+
+/// A handler, named in a wiring problem.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct HandlerRef {
+    /// The handler function's name.
+    pub name: &'static str,
+    /// Its module path.
+    pub module: &'static str,
+    /// Where it is declared.
+    pub location: Location,
+}
+
+impl fmt::Display for HandlerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}::{}` ({})", self.module, self.name, self.location)
+    }
+}
+
+/// One thing wrong with the wiring.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum WiringProblem {
+    /// A command that no handler handles.
+    CommandWithoutHandler {
+        /// The command's name.
+        command: &'static str,
+        /// Its Rust type.
+        type_name: &'static str,
+        /// Where it is declared.
+        location: Location,
+    },
+    /// A command with more than one handler.
+    DuplicateCommandHandler {
+        /// The command's name.
+        command: &'static str,
+        /// Every handler of it.
+        handlers: Vec<HandlerRef>,
+    },
+    /// A handler needs an adapter the bus was not given.
+    MissingAdapter {
+        /// The handler.
+        handler: HandlerRef,
+        /// The adapter's type.
+        adapter: &'static str,
+    },
+    /// A handler's unit of work needs a database, and the bus has none.
+    MissingDatabase {
+        /// The handler.
+        handler: HandlerRef,
+        /// The unit of work's type.
+        unit_of_work: &'static str,
+    },
+    /// A handler's unit of work has an aggregate with no repository on the
+    /// bus's database.
+    MissingRepository {
+        /// The handler.
+        handler: HandlerRef,
+        /// The aggregate.
+        aggregate: &'static str,
+        /// The database's connection type.
+        backend: &'static str,
+    },
+    /// Two message types with one name.
+    DuplicateMessageName {
+        /// The name.
+        name: &'static str,
+        /// The types and where they are declared.
+        types: Vec<(&'static str, Location)>,
+    },
+    /// Two repositories (or finders) for one aggregate on one database.
+    DuplicateRepository {
+        /// The aggregate.
+        aggregate: &'static str,
+        /// The database's connection type.
+        backend: &'static str,
+        /// The repositories and where they are declared.
+        repositories: Vec<(&'static str, Location)>,
+    },
+    /// Two adapters of the same type, or two databases.
+    DuplicateAdapter {
+        /// The adapter's type, or `"database"`.
+        adapter: &'static str,
+    },
+}
+
+impl fmt::Display for WiringProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WiringProblem::CommandWithoutHandler {
+                command,
+                type_name,
+                location,
+            } => write!(
+                f,
+                "command `{command}` ({type_name}, {location}) has no handler: add a `#[command_handler]` fn taking it"
+            ),
+            WiringProblem::DuplicateCommandHandler { command, handlers } => {
+                write!(
+                    f,
+                    "command `{command}` has {} handlers, it must have exactly one:",
+                    handlers.len()
+                )?;
+                for h in handlers {
+                    write!(f, " {h};")?;
+                }
+                Ok(())
+            }
+            WiringProblem::MissingAdapter { handler, adapter } => write!(
+                f,
+                "handler {handler} needs adapter `{adapter}`, which was not given to the bus: add `.adapter(…)` to `MessageBus::builder()`"
+            ),
+            WiringProblem::MissingDatabase {
+                handler,
+                unit_of_work,
+            } => write!(
+                f,
+                "handler {handler} takes unit of work `{unit_of_work}`, which needs a database adapter, and the bus has none"
+            ),
+            WiringProblem::MissingRepository {
+                handler,
+                aggregate,
+                backend,
+            } => write!(
+                f,
+                "handler {handler} works on {aggregate}, which has no repository for {backend}: add `#[repository] impl Repository for …` with `type Connection = {backend}` (and link its crate)"
+            ),
+            WiringProblem::DuplicateMessageName { name, types } => {
+                write!(f, "message name `{name}` is used by {} types:", types.len())?;
+                for (t, l) in types {
+                    write!(f, " {t} ({l});")?;
+                }
+                Ok(())
+            }
+            WiringProblem::DuplicateRepository {
+                aggregate,
+                backend,
+                repositories,
+            } => {
+                write!(
+                    f,
+                    "{aggregate} has {} repositories for {backend}:",
+                    repositories.len()
+                )?;
+                for (r, l) in repositories {
+                    write!(f, " {r} ({l});")?;
+                }
+                Ok(())
+            }
+            WiringProblem::DuplicateAdapter { adapter } => {
+                write!(f, "two adapters of type `{adapter}` were given to the bus")
+            }
+        }
+    }
+}
+
+/// Everything wrong with the wiring, found by
+/// [`BusBuilder::build`](crate::BusBuilder::build) in one pass.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct WiringError {
+    /// The problems, one per line of the message.
+    pub problems: Vec<WiringProblem>,
+}
+
+impl fmt::Display for WiringError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the message bus is miswired ({} problem",
+            self.problems.len()
+        )?;
+        if self.problems.len() != 1 {
+            f.write_str("s")?;
+        }
+        f.write_str("):")?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for WiringError {}
+
+/// Whether a module path is inside one of the scopes (`None`: everything).
+pub(crate) fn in_scope(scopes: &[String], module: &str) -> bool {
+    scopes.is_empty()
+        || scopes.iter().any(|s| {
+            module == s
+                || (module.len() > s.len()
+                    && module.starts_with(s.as_str())
+                    && module[s.len()..].starts_with("::"))
+        })
+}
+
+/// The registrations in scope, checked.
+pub(crate) struct Registry {
+    pub(crate) commands: Vec<&'static CommandHandlerRegistration>,
+    pub(crate) events: Vec<&'static EventHandlerRegistration>,
+    pub(crate) messages: HashMap<&'static str, &'static MessageRegistration>,
+    pub(crate) repositories: Vec<&'static RepositoryRegistration>,
+}
+
+pub(crate) struct Wiring<'a> {
+    pub(crate) scopes: &'a [String],
+    pub(crate) unhandled_allowed: &'a [TypeId],
+    pub(crate) adapters: &'a dyn Fn(TypeId) -> bool,
+    pub(crate) has_database: bool,
+    /// `None`: the in-memory database, which stores any aggregate.
+    pub(crate) backend: Option<(TypeId, &'static str)>,
+}
+
+impl Wiring<'_> {
+    pub(crate) fn check(&self, problems: &mut Vec<WiringProblem>) -> Registry {
+        let commands: Vec<_> = inventory::iter::<CommandHandlerRegistration>
+            .into_iter()
+            .filter(|r| in_scope(self.scopes, r.module))
+            .collect();
+        let mut events: Vec<_> = inventory::iter::<EventHandlerRegistration>
+            .into_iter()
+            .filter(|r| in_scope(self.scopes, r.module))
+            .collect();
+        // Linker order is arbitrary; make the order of event handlers stable.
+        events.sort_by_key(|r| (r.module, r.location.file, r.location.line));
+
+        // Message names are global: a message from outside is decoded by name.
+        let mut messages: HashMap<&'static str, &'static MessageRegistration> = HashMap::new();
+        let mut by_name: HashMap<&'static str, Vec<&'static MessageRegistration>> = HashMap::new();
+        for m in inventory::iter::<MessageRegistration> {
+            let same = by_name.entry(m.name).or_default();
+            if !same.iter().any(|o| o.type_id == m.type_id) {
+                same.push(m);
+            }
+            messages.insert(m.name, m);
+        }
+        let mut duplicates: Vec<_> = by_name.into_iter().filter(|(_, v)| v.len() > 1).collect();
+        duplicates.sort_by_key(|(n, _)| *n);
+        for (name, types) in duplicates {
+            problems.push(WiringProblem::DuplicateMessageName {
+                name,
+                types: types.iter().map(|m| (m.type_name, m.location)).collect(),
+            });
+        }
+
+        // Exactly one handler per command.
+        let mut per_command: HashMap<TypeId, Vec<&'static CommandHandlerRegistration>> =
+            HashMap::new();
+        for c in &commands {
+            per_command.entry(c.command).or_default().push(c);
+        }
+        let mut duplicated: Vec<_> = per_command.values().filter(|v| v.len() > 1).collect();
+        duplicated.sort_by_key(|v| v[0].command_name);
+        for handlers in duplicated {
+            problems.push(WiringProblem::DuplicateCommandHandler {
+                command: handlers[0].command_name,
+                handlers: handlers.iter().map(|h| h.describe()).collect(),
+            });
+        }
+        let mut unhandled: Vec<_> = inventory::iter::<MessageRegistration>
+            .into_iter()
+            .filter(|m| {
+                m.kind == MessageKind::Command
+                    && in_scope(self.scopes, m.module)
+                    && !per_command.contains_key(&m.type_id)
+                    && !self.unhandled_allowed.contains(&m.type_id)
+            })
+            .collect();
+        unhandled.sort_by_key(|m| m.name);
+        unhandled.dedup_by_key(|m| m.type_id);
+        for m in unhandled {
+            problems.push(WiringProblem::CommandWithoutHandler {
+                command: m.name,
+                type_name: m.type_name,
+                location: m.location,
+            });
+        }
+
+        // Repositories of the bus's database, one per aggregate (and finder).
+        let repositories: Vec<_> = match self.backend {
+            None => Vec::new(),
+            Some((backend, _)) => inventory::iter::<RepositoryRegistration>
+                .into_iter()
+                .filter(|r| r.connection == backend)
+                .collect(),
+        };
+        let mut per_key: HashMap<(TypeId, Option<TypeId>), Vec<&RepositoryRegistration>> =
+            HashMap::new();
+        for r in &repositories {
+            per_key
+                .entry((r.aggregate, r.finder.map(|f| f.0)))
+                .or_default()
+                .push(r);
+        }
+        let mut dup_repos: Vec<_> = per_key.values().filter(|v| v.len() > 1).collect();
+        dup_repos.sort_by_key(|v| (v[0].aggregate_name, v[0].finder.map(|f| f.1)));
+        for repos in dup_repos {
+            problems.push(WiringProblem::DuplicateRepository {
+                aggregate: repos[0].aggregate_name,
+                backend: (repos[0].connection_name)(),
+                repositories: repos
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.repository,
+                            Location {
+                                file: r.file,
+                                line: r.line,
+                            },
+                        )
+                    })
+                    .collect(),
+            });
+        }
+
+        // Every dependency of every handler in scope.
+        let handlers = commands
+            .iter()
+            .map(|c| (c.describe(), c.requirements))
+            .chain(events.iter().map(|e| (e.describe(), e.requirements)));
+        for (handler, requirements) in handlers {
+            let mut req = Requirements::default();
+            requirements(&mut req);
+            let mut reported_database = false;
+            for item in req.items() {
+                match *item {
+                    Requirement::Adapter { type_id, name } => {
+                        if !(self.adapters)(type_id) {
+                            problems.push(WiringProblem::MissingAdapter {
+                                handler,
+                                adapter: name,
+                            });
+                        }
+                    }
+                    Requirement::Database { unit_of_work } => {
+                        if !self.has_database && !reported_database {
+                            reported_database = true;
+                            problems.push(WiringProblem::MissingDatabase {
+                                handler,
+                                unit_of_work,
+                            });
+                        }
+                    }
+                    Requirement::Repository { aggregate, name } => {
+                        if let Some((_, backend)) = self.backend {
+                            if !per_key.contains_key(&(aggregate, None)) {
+                                problems.push(WiringProblem::MissingRepository {
+                                    handler,
+                                    aggregate: name,
+                                    backend,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        Registry {
+            commands,
+            events,
+            messages,
+            repositories,
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Repositories: the queries that load and save one aggregate type on one
+//! database, and finders (lookups other than by id).
+//!
+//! A repository is written once per database and marked `#[repository]`; the
+//! unit of work picks the one for the database the bus was built with, so the
+//! same handlers run on Postgres, on SQLite and on the in-memory database of
+//! unit tests. The in-memory database needs no repository at all.
+
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::future::Future;
+
+use crate::aggregate::Aggregate;
+use crate::error::BoxError;
+use crate::private::BoxFuture;
+
+/// Loads and saves one aggregate type on one database.
+///
+/// Implement it for a (usually unit) struct and mark the impl with
+/// [`#[repository]`](macro@crate::repository), which registers it. The unit
+/// of work calls these functions; handlers never do.
+///
+/// ```ignore
+/// pub struct PgProductRepository;
+///
+/// #[repository]
+/// impl Repository for PgProductRepository {
+///     type Aggregate = Product;
+///     type Connection = sqlx::PgConnection;
+///
+///     async fn get(conn: &mut PgConnection, sku: &String) -> Result<Option<Product>, RepositoryError> { … }
+///     async fn add(conn: &mut PgConnection, product: &Product) -> Result<(), RepositoryError> { … }
+///     async fn update(conn: &mut PgConnection, product: &Product, expected_version: u64)
+///         -> Result<bool, RepositoryError> { … }
+/// }
+/// ```
+pub trait Repository: Send + Sync + 'static {
+    /// The aggregate it stores.
+    type Aggregate: Aggregate;
+    /// The connection of the database it talks to (e.g. `sqlx::PgConnection`).
+    /// The unit of work lends it the connection of its transaction.
+    type Connection: Send + 'static;
+
+    /// Loads the aggregate with this id, or `None`.
+    fn get(
+        conn: &mut Self::Connection,
+        id: &<Self::Aggregate as Aggregate>::Id,
+    ) -> impl Future<Output = Result<Option<Self::Aggregate>, RepositoryError>> + Send;
+
+    /// Inserts a new aggregate. An aggregate with the same id that already
+    /// exists is [`RepositoryError::AlreadyExists`] (a conflict: the command is
+    /// retried and will find it).
+    fn add(
+        conn: &mut Self::Connection,
+        aggregate: &Self::Aggregate,
+    ) -> impl Future<Output = Result<(), RepositoryError>> + Send;
+
+    /// Saves a changed aggregate, if and only if its stored version is still
+    /// `expected_version` (`UPDATE … WHERE id = $1 AND version = $expected`),
+    /// writing `aggregate.version()`. Returns whether it was saved: `false` is
+    /// a conflict.
+    fn update(
+        conn: &mut Self::Connection,
+        aggregate: &Self::Aggregate,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<bool, RepositoryError>> + Send;
+}
+
+/// A way to find one aggregate other than by its id, e.g. the product that
+/// holds a batch. The in-memory database answers it with [`matches`];
+/// databases with a [`Find`] implementation of their repository.
+///
+/// [`matches`]: Finder::matches
+///
+/// ```
+/// # use eda_core::{Aggregate, Events, Finder};
+/// # #[derive(Clone, Aggregate)] struct Product { #[aggregate(id)] sku: String, batches: Vec<String>, version: u64, events: Events }
+/// pub struct ByBatchref(pub String);
+///
+/// impl Finder<Product> for ByBatchref {
+///     fn matches(&self, product: &Product) -> bool {
+///         product.batches.iter().any(|b| *b == self.0)
+///     }
+/// }
+/// ```
+pub trait Finder<A: Aggregate>: Send + Sync + 'static {
+    /// Whether this aggregate is the one sought (the in-memory answer).
+    fn matches(&self, aggregate: &A) -> bool;
+}
+
+/// A repository's implementation of a [`Finder`] on its database. Mark the
+/// impl with [`#[repository]`](macro@crate::repository).
+pub trait Find<F: Finder<Self::Aggregate>>: Repository {
+    /// Loads the aggregate the finder describes, or `None`.
+    fn find(
+        conn: &mut Self::Connection,
+        finder: &F,
+    ) -> impl Future<Output = Result<Option<Self::Aggregate>, RepositoryError>> + Send;
+}
+
+/// What a repository can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepositoryError {
+    /// Someone else saved the aggregate since it was loaded.
+    #[error("version conflict on {aggregate} {id}: it is no longer at version {expected}")]
+    Conflict {
+        /// The aggregate's name.
+        aggregate: &'static str,
+        /// Its id (`Debug`).
+        id: String,
+        /// The version it had when this unit of work loaded it.
+        expected: u64,
+    },
+    /// An aggregate with this id exists already (someone else added it).
+    #[error("{aggregate} {id} already exists")]
+    AlreadyExists {
+        /// The aggregate's name.
+        aggregate: &'static str,
+        /// Its id (`Debug`).
+        id: String,
+    },
+    /// A stored value cannot be turned into the domain model.
+    #[error("cannot decode column `{column}` of table `{table}`: {source}")]
+    Decode {
+        /// The table.
+        table: &'static str,
+        /// The column.
+        column: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[source] BoxError),
+}
+
+impl RepositoryError {
+    /// A conflict: the aggregate changed (or appeared) under this unit of
+    /// work. The bus retries the command.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            RepositoryError::Conflict { .. } | RepositoryError::AlreadyExists { .. }
+        )
+    }
+
+    /// A database error.
+    pub fn database(e: impl Into<BoxError>) -> Self {
+        RepositoryError::Database(e.into())
+    }
+
+    /// A decoding error naming the table and column.
+    pub fn decode(table: &'static str, column: &'static str, e: impl Into<BoxError>) -> Self {
+        RepositoryError::Decode {
+            table,
+            column,
+            source: e.into(),
+        }
+    }
+}
+
+/// The functions of one repository, type-erased over its connection.
+#[doc(hidden)]
+pub struct RepositoryVTable<A: Aggregate> {
+    pub get: for<'c> fn(
+        &'c mut (dyn Any + Send),
+        &'c A::Id,
+    ) -> BoxFuture<'c, Result<Option<A>, RepositoryError>>,
+    pub add:
+        for<'c> fn(&'c mut (dyn Any + Send), &'c A) -> BoxFuture<'c, Result<(), RepositoryError>>,
+    pub update: for<'c> fn(
+        &'c mut (dyn Any + Send),
+        &'c A,
+        u64,
+    ) -> BoxFuture<'c, Result<bool, RepositoryError>>,
+}
+
+/// The function of one finder on one repository, type-erased.
+#[doc(hidden)]
+pub struct FinderVTable<A: Aggregate, F> {
+    pub find: for<'c> fn(
+        &'c mut (dyn Any + Send),
+        &'c F,
+    ) -> BoxFuture<'c, Result<Option<A>, RepositoryError>>,
+}
+
+fn connection<C: Any>(conn: &mut (dyn Any + Send)) -> &mut C {
+    match conn.downcast_mut::<C>() {
+        Some(c) => c,
+        // The bus only hands a repository the connection type it registered
+        // for (both are keyed by the same TypeId).
+        None => unreachable!("repository called with a foreign connection type"),
+    }
+}
+
+#[doc(hidden)]
+pub trait RepositoryVTableOf: Repository {
+    const VTABLE: RepositoryVTable<Self::Aggregate>;
+}
+
+impl<R: Repository> RepositoryVTableOf for R {
+    const VTABLE: RepositoryVTable<R::Aggregate> = RepositoryVTable {
+        get: |conn, id| Box::pin(R::get(connection::<R::Connection>(conn), id)),
+        add: |conn, a| Box::pin(R::add(connection::<R::Connection>(conn), a)),
+        update: |conn, a, v| Box::pin(R::update(connection::<R::Connection>(conn), a, v)),
+    };
+}
+
+#[doc(hidden)]
+pub trait FinderVTableOf<F: Finder<Self::Aggregate>>: Find<F> {
+    const VTABLE: FinderVTable<Self::Aggregate, F>;
+}
+
+impl<F: Finder<R::Aggregate>, R: Find<F>> FinderVTableOf<F> for R {
+    const VTABLE: FinderVTable<R::Aggregate, F> = FinderVTable {
+        find: |conn, f| Box::pin(R::find(connection::<R::Connection>(conn), f)),
+    };
+}
+
+/// A repository, as `#[repository]` registers it.
+#[doc(hidden)]
+pub struct RepositoryRegistration {
+    pub aggregate: TypeId,
+    pub aggregate_name: &'static str,
+    pub connection: TypeId,
+    pub connection_name: fn() -> &'static str,
+    /// `Some(finder)` for a `Find<F>` impl.
+    pub finder: Option<(TypeId, &'static str)>,
+    pub repository: &'static str,
+    pub file: &'static str,
+    pub line: u32,
+    pub vtable: &'static (dyn Any + Send + Sync),
+}
+
+impl RepositoryRegistration {
+    pub const fn repository<R: Repository>(
+        repository: &'static str,
+        file: &'static str,
+        line: u32,
+        vtable: &'static RepositoryVTable<R::Aggregate>,
+    ) -> Self {
+        RepositoryRegistration {
+            aggregate: TypeId::of::<R::Aggregate>(),
+            aggregate_name: <R::Aggregate as Aggregate>::NAME,
+            connection: TypeId::of::<R::Connection>(),
+            connection_name: std::any::type_name::<R::Connection>,
+            finder: None,
+            repository,
+            file,
+            line,
+            vtable,
+        }
+    }
+
+    pub const fn finder<F: Finder<R::Aggregate>, R: Find<F>>(
+        repository: &'static str,
+        finder_name: &'static str,
+        file: &'static str,
+        line: u32,
+        vtable: &'static FinderVTable<R::Aggregate, F>,
+    ) -> Self {
+        RepositoryRegistration {
+            aggregate: TypeId::of::<R::Aggregate>(),
+            aggregate_name: <R::Aggregate as Aggregate>::NAME,
+            connection: TypeId::of::<R::Connection>(),
+            connection_name: std::any::type_name::<R::Connection>,
+            finder: Some((TypeId::of::<F>(), finder_name)),
+            repository,
+            file,
+            line,
+            vtable,
+        }
+    }
+}
+
+impl fmt::Debug for RepositoryRegistration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepositoryRegistration")
+            .field("repository", &self.repository)
+            .field("aggregate", &self.aggregate_name)
+            .field("connection", &(self.connection_name)())
+            .field("finder", &self.finder.map(|f| f.1))
+            .field("location", &format_args!("{}:{}", self.file, self.line))
+            .finish()
+    }
+}
+
+inventory::collect!(RepositoryRegistration);

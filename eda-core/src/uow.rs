@@ -1,0 +1,541 @@
+//! The unit of work: one transaction, the repositories that work in it, and
+//! the aggregates they loaded or added (an identity map).
+//!
+//! A user declares a unit of work as a struct and derives
+//! [`UnitOfWork`](macro@crate::UnitOfWork):
+//!
+//! ```
+//! use eda_core::{Aggregate, Events, IdentityMap, Transaction, UnitOfWork};
+//!
+//! #[derive(Clone, Aggregate)]
+//! pub struct Product { #[aggregate(id)] pub sku: String, pub version: u64, pub events: Events }
+//!
+//! #[derive(UnitOfWork)]
+//! pub struct AllocationUow {
+//!     #[uow(transaction)]
+//!     tx: Transaction,
+//!     products: IdentityMap<Product>,
+//! }
+//! ```
+//!
+//! The bus begins one for each handler that takes `&mut AllocationUow`. The
+//! handler reaches the products through the generated accessor
+//! `uow.products()`, changes them, and calls `uow.commit()`: every product
+//! loaded or added is saved (with a version check), external events are
+//! written to the outbox in the same transaction, and the events are handed to
+//! the bus. Not committing, returning an error, or dropping the unit of work
+//! rolls it back and discards the events.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::adapter::{Adapter, DatabaseTransaction};
+use crate::adapters::memory::MemoryTransaction;
+use crate::aggregate::Aggregate;
+use crate::bus::{Context, DatabaseRole, MessageBus};
+use crate::error::Error;
+use crate::message::{AnyEvent, Metadata};
+use crate::outbox::ExternalMessage;
+use crate::registry::Requirements;
+use crate::repository::{Finder, FinderVTable, RepositoryError, RepositoryVTable};
+
+/// A unit of work: derive it with [`#[derive(UnitOfWork)]`](macro@crate::UnitOfWork).
+///
+/// The derive also gives the struct inherent `commit` and `rollback` methods
+/// and an accessor per repository field, so handlers need no import.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a unit of work",
+    label = "a handler's `&mut` parameter must be a unit of work",
+    note = "derive it: `#[derive(eda_core::UnitOfWork)]`; adapters are taken by shared reference (`&{Self}`)"
+)]
+pub trait UnitOfWork: Sized + Send + 'static {
+    #[doc(hidden)]
+    fn __begin<'a>(ctx: &'a Context<'a>) -> impl Future<Output = Result<Self, Error>> + Send + 'a;
+    #[doc(hidden)]
+    fn __require(requirements: &mut Requirements);
+    #[doc(hidden)]
+    fn __transaction(&mut self) -> Option<&mut Transaction>;
+
+    /// Saves every aggregate loaded or added (checking versions), writes the
+    /// outbox, commits, and hands the events raised to the bus.
+    ///
+    /// On a version conflict nothing is saved, the error is
+    /// [`Error::is_conflict`], and the bus runs the command again.
+    fn commit(&mut self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Rolls back and discards the events raised. Dropping an uncommitted
+    /// unit of work does the same.
+    fn rollback(&mut self) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// A field of a unit of work: an [`IdentityMap`] of a repository, or an
+/// adapter (`Arc<T>`). The derive calls these; users do not.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a field of a unit of work",
+    label = "not a repository or adapter",
+    note = "a unit of work holds `IdentityMap<Aggregate>` fields, `Arc<Adapter>` fields, one `#[uow(transaction)] Transaction`, and `#[uow(skip)]` fields built with `Default`"
+)]
+pub trait UowField: Sized + Send {
+    /// What the generated accessor returns.
+    type Handle<'a>
+    where
+        Self: 'a;
+    #[doc(hidden)]
+    const NEEDS_TRANSACTION: bool;
+    #[doc(hidden)]
+    fn __begin(ctx: &Context<'_>) -> Result<Self, Error>;
+    #[doc(hidden)]
+    fn __require(requirements: &mut Requirements);
+    #[doc(hidden)]
+    fn __handle<'a>(&'a mut self, tx: &'a mut Transaction) -> Self::Handle<'a>;
+    #[doc(hidden)]
+    fn __flush<'a>(
+        &'a mut self,
+        tx: &'a mut Transaction,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a;
+    #[doc(hidden)]
+    fn __discard(&mut self);
+}
+
+impl<T: Adapter> UowField for Arc<T> {
+    type Handle<'a> = &'a T;
+    const NEEDS_TRANSACTION: bool = false;
+    fn __begin(ctx: &Context<'_>) -> Result<Self, Error> {
+        ctx.bus
+            .adapter_arc::<T>()
+            .ok_or(Error::MissingAdapter(std::any::type_name::<T>()))
+    }
+    fn __require(requirements: &mut Requirements) {
+        requirements.adapter::<T>();
+    }
+    fn __handle<'a>(&'a mut self, _: &'a mut Transaction) -> &'a T {
+        self
+    }
+    async fn __flush<'a>(&'a mut self, _: &'a mut Transaction) -> Result<(), Error> {
+        Ok(())
+    }
+    fn __discard(&mut self) {}
+}
+
+enum Backend {
+    Memory(MemoryTransaction),
+    Database(Box<dyn DatabaseTransaction>),
+    Ended,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Active,
+    Committed,
+    RolledBack,
+}
+
+/// The transaction of a unit of work, begun on the bus's database.
+///
+/// Repositories run in it; it also holds the events collected at commit, and
+/// writes the outbox. A handler can run its own queries in it through
+/// [`Transaction::connection`].
+pub struct Transaction {
+    backend: Backend,
+    bus: MessageBus,
+    metadata: Metadata,
+    events: Vec<Box<dyn AnyEvent>>,
+    state: State,
+    conflict: bool,
+}
+
+impl fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("state", &self.state)
+            .field("events", &self.events.len())
+            .finish()
+    }
+}
+
+impl Transaction {
+    #[doc(hidden)]
+    pub async fn __begin(ctx: &Context<'_>) -> Result<Self, Error> {
+        let backend = match &ctx.bus.inner.database {
+            DatabaseRole::Memory(db) => Backend::Memory(db.begin()),
+            DatabaseRole::Other { adapter } => {
+                let db = adapter.adapter().as_database().ok_or(Error::NoDatabase)?;
+                Backend::Database(db.begin().await?)
+            }
+            DatabaseRole::None => return Err(Error::NoDatabase),
+        };
+        Ok(Transaction {
+            backend,
+            bus: ctx.bus.clone(),
+            metadata: *ctx.metadata,
+            events: Vec::new(),
+            state: State::Active,
+            conflict: false,
+        })
+    }
+
+    /// The connection of this transaction, if the database's connection type
+    /// is `C` (e.g. `sqlx::PgConnection`): for a handler's own queries, such
+    /// as keeping a read model, in the same transaction.
+    pub fn connection<C: Any>(&mut self) -> Option<&mut C> {
+        match &mut self.backend {
+            Backend::Database(tx) => tx.connection().downcast_mut::<C>(),
+            Backend::Memory(_) | Backend::Ended => None,
+        }
+    }
+
+    /// Whether the transaction committed.
+    pub fn is_committed(&self) -> bool {
+        self.state == State::Committed
+    }
+
+    /// Whether it is still open.
+    pub fn is_active(&self) -> bool {
+        self.state == State::Active
+    }
+
+    /// Whether the last commit failed on a version conflict.
+    pub fn conflicted(&self) -> bool {
+        self.conflict
+    }
+
+    /// The metadata of the message being handled (the cause of the events
+    /// this transaction raises).
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Records that the current message was handled by `handler`, in this
+    /// transaction. Returns `false` if it was recorded already: the message
+    /// is a redelivery and the handler must not run again.
+    #[doc(hidden)]
+    pub async fn __record_inbox(&mut self, handler: &str) -> Result<bool, Error> {
+        self.check_active()?;
+        let id = self.metadata.message_id;
+        match &mut self.backend {
+            Backend::Memory(tx) => Ok(tx.record_inbox(id, handler)),
+            Backend::Database(tx) => tx.record_inbox(id, handler).await,
+            Backend::Ended => Err(Error::TransactionFinished("ended")),
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn __check_active(&self) -> Result<(), Error> {
+        self.check_active()
+    }
+
+    fn check_active(&self) -> Result<(), Error> {
+        match self.state {
+            State::Active => Ok(()),
+            State::Committed => Err(Error::TransactionFinished("committed")),
+            State::RolledBack => Err(Error::TransactionFinished("rolled back")),
+        }
+    }
+
+    /// Ends the transaction after a failed flush: rolls back, remembers a
+    /// conflict, and returns the error.
+    #[doc(hidden)]
+    pub async fn __abort(&mut self, error: Error) -> Result<(), Error> {
+        self.conflict = error.is_conflict();
+        let _ = self.end_rollback().await;
+        Err(error)
+    }
+
+    /// Writes the outbox and commits (the repositories were flushed).
+    #[doc(hidden)]
+    pub async fn __commit(&mut self) -> Result<(), Error> {
+        self.check_active()?;
+        for event in &mut self.events {
+            event.__set_metadata(self.metadata.caused_by());
+        }
+        let outbox = match self
+            .events
+            .iter()
+            .filter(|e| e.is_external())
+            .map(|e| ExternalMessage::from_event(&**e))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(outbox) => outbox,
+            Err(e) => return self.__abort(Error::database(e)).await,
+        };
+        let backend = std::mem::replace(&mut self.backend, Backend::Ended);
+        let result = match backend {
+            Backend::Memory(tx) => tx.commit(outbox),
+            Backend::Database(mut tx) => {
+                let written = if outbox.is_empty() {
+                    Ok(())
+                } else {
+                    tx.write_outbox(&outbox).await
+                };
+                match written {
+                    Ok(()) => tx.commit().await,
+                    Err(e) => {
+                        let _ = tx.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+            Backend::Ended => Err(Error::TransactionFinished("ended")),
+        };
+        match result {
+            Ok(()) => {
+                self.state = State::Committed;
+                self.conflict = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.state = State::RolledBack;
+                self.conflict = e.is_conflict();
+                self.events.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// Rolls back and discards the collected events.
+    #[doc(hidden)]
+    pub async fn __rollback(&mut self) -> Result<(), Error> {
+        self.check_active()?;
+        self.end_rollback().await
+    }
+
+    async fn end_rollback(&mut self) -> Result<(), Error> {
+        self.events.clear();
+        self.state = State::RolledBack;
+        match std::mem::replace(&mut self.backend, Backend::Ended) {
+            Backend::Database(tx) => tx.rollback().await,
+            Backend::Memory(_) | Backend::Ended => Ok(()),
+        }
+    }
+
+    /// The events of a committed transaction, for the bus.
+    pub(crate) fn take_committed_events(&mut self) -> Vec<Box<dyn AnyEvent>> {
+        if self.state == State::Committed {
+            std::mem::take(&mut self.events)
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn collect_events<A: Aggregate>(&mut self, aggregate: &mut A) {
+        aggregate.events_mut().drain_into(&mut self.events);
+    }
+
+    async fn load<A: Aggregate>(&mut self, id: &A::Id) -> Result<Option<A>, Error> {
+        match &mut self.backend {
+            Backend::Memory(tx) => Ok(tx.get::<A>(id)),
+            Backend::Database(tx) => {
+                let vtable = self.bus.repository::<A>()?;
+                Ok((vtable.get)(tx.connection(), id).await?)
+            }
+            Backend::Ended => Err(self
+                .check_active()
+                .err()
+                .unwrap_or(Error::TransactionFinished("ended"))),
+        }
+    }
+
+    async fn find<A: Aggregate, F: Finder<A>>(&mut self, finder: &F) -> Result<Option<A>, Error> {
+        match &mut self.backend {
+            Backend::Memory(tx) => Ok(tx.find::<A, F>(finder)),
+            Backend::Database(tx) => {
+                let vtable: &FinderVTable<A, F> = self.bus.finder::<A, F>()?;
+                Ok((vtable.find)(tx.connection(), finder).await?)
+            }
+            Backend::Ended => Err(self
+                .check_active()
+                .err()
+                .unwrap_or(Error::TransactionFinished("ended"))),
+        }
+    }
+
+    async fn save<A: Aggregate>(
+        &mut self,
+        aggregate: &A,
+        loaded: Option<u64>,
+    ) -> Result<(), Error> {
+        match &mut self.backend {
+            Backend::Memory(tx) => {
+                tx.stage(aggregate.clone(), loaded);
+                Ok(())
+            }
+            Backend::Database(tx) => {
+                let vtable: &RepositoryVTable<A> = self.bus.repository::<A>()?;
+                match loaded {
+                    None => (vtable.add)(tx.connection(), aggregate).await?,
+                    Some(expected) => {
+                        if !(vtable.update)(tx.connection(), aggregate, expected).await? {
+                            return Err(RepositoryError::Conflict {
+                                aggregate: A::NAME,
+                                id: format!("{:?}", aggregate.id()),
+                                expected,
+                            }
+                            .into());
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Backend::Ended => Err(self
+                .check_active()
+                .err()
+                .unwrap_or(Error::TransactionFinished("ended"))),
+        }
+    }
+}
+
+/// The aggregates of one type that a unit of work loaded or added: a field
+/// of a unit of work, reached through its generated accessor, which returns
+/// [`Aggregates`].
+///
+/// Each aggregate is loaded at most once per unit of work (a second `get`
+/// returns the same one), and every one of them is saved on commit.
+pub struct IdentityMap<A: Aggregate> {
+    tracked: Vec<Tracked<A>>,
+}
+
+struct Tracked<A> {
+    aggregate: A,
+    /// The version it had when loaded; `None` when it was added.
+    loaded: Option<u64>,
+}
+
+impl<A: Aggregate> IdentityMap<A> {
+    /// An empty identity map.
+    pub fn new() -> Self {
+        IdentityMap {
+            tracked: Vec::new(),
+        }
+    }
+
+    fn position(&self, id: &A::Id) -> Option<usize> {
+        self.tracked.iter().position(|t| t.aggregate.id() == id)
+    }
+
+    /// The aggregates loaded or added so far (APwP's `seen`).
+    pub fn seen(&self) -> impl Iterator<Item = &A> + '_ {
+        self.tracked.iter().map(|t| &t.aggregate)
+    }
+}
+
+impl<A: Aggregate> Default for IdentityMap<A> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<A: Aggregate> fmt::Debug for IdentityMap<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.tracked.iter().map(|t| t.aggregate.id()))
+            .finish()
+    }
+}
+
+impl<A: Aggregate> UowField for IdentityMap<A> {
+    type Handle<'a> = Aggregates<'a, A>;
+    const NEEDS_TRANSACTION: bool = true;
+
+    fn __begin(_: &Context<'_>) -> Result<Self, Error> {
+        Ok(IdentityMap::new())
+    }
+
+    fn __require(requirements: &mut Requirements) {
+        requirements.repository::<A>();
+    }
+
+    fn __handle<'a>(&'a mut self, tx: &'a mut Transaction) -> Aggregates<'a, A> {
+        Aggregates { map: self, tx }
+    }
+
+    async fn __flush<'a>(&'a mut self, tx: &'a mut Transaction) -> Result<(), Error> {
+        for tracked in &mut self.tracked {
+            let aggregate = &mut tracked.aggregate;
+            if let Some(loaded) = tracked.loaded {
+                let version = aggregate.version().max(loaded + 1);
+                aggregate.set_version(version);
+            }
+            tx.save(aggregate, tracked.loaded).await?;
+            tracked.loaded = Some(aggregate.version());
+            tx.collect_events(aggregate);
+        }
+        Ok(())
+    }
+
+    fn __discard(&mut self) {
+        self.tracked.clear();
+    }
+}
+
+/// The aggregates of one type in a unit of work, as handlers use them:
+/// `uow.products().get(&sku)`.
+pub struct Aggregates<'a, A: Aggregate> {
+    map: &'a mut IdentityMap<A>,
+    tx: &'a mut Transaction,
+}
+
+impl<'a, A: Aggregate> Aggregates<'a, A> {
+    /// The aggregate with this id, loaded once per unit of work and tracked:
+    /// it is saved on commit, and its events are collected.
+    pub async fn get(self, id: &A::Id) -> Result<Option<&'a mut A>, Error> {
+        self.tx.check_active()?;
+        if let Some(i) = self.map.position(id) {
+            return Ok(Some(&mut self.map.tracked[i].aggregate));
+        }
+        match self.tx.load::<A>(id).await? {
+            None => Ok(None),
+            Some(aggregate) => Ok(Some(self.track(aggregate))),
+        }
+    }
+
+    /// The aggregate the finder describes (looked for among the tracked ones
+    /// first), tracked like [`get`](Self::get).
+    pub async fn find<F: Finder<A>>(self, finder: &F) -> Result<Option<&'a mut A>, Error> {
+        self.tx.check_active()?;
+        if let Some(i) = self
+            .map
+            .tracked
+            .iter()
+            .position(|t| finder.matches(&t.aggregate))
+        {
+            return Ok(Some(&mut self.map.tracked[i].aggregate));
+        }
+        match self.tx.find::<A, F>(finder).await? {
+            None => Ok(None),
+            Some(found) => match self.map.position(found.id()) {
+                // Already tracked under another description: keep one copy.
+                Some(i) => Ok(Some(&mut self.map.tracked[i].aggregate)),
+                None => Ok(Some(self.track(found))),
+            },
+        }
+    }
+
+    /// Adds a new aggregate; it is inserted on commit.
+    pub fn add(self, aggregate: A) -> Result<&'a mut A, Error> {
+        self.tx.check_active()?;
+        if self.map.position(aggregate.id()).is_some() {
+            return Err(Error::AlreadyTracked {
+                aggregate: A::NAME,
+                id: format!("{:?}", aggregate.id()),
+            });
+        }
+        self.map.tracked.push(Tracked {
+            aggregate,
+            loaded: None,
+        });
+        Ok(&mut self.map.tracked.last_mut().expect("just pushed").aggregate)
+    }
+
+    /// The aggregates loaded or added so far.
+    pub fn seen(&self) -> impl Iterator<Item = &A> + '_ {
+        self.map.seen()
+    }
+
+    fn track(self, aggregate: A) -> &'a mut A {
+        let loaded = Some(aggregate.version());
+        self.map.tracked.push(Tracked { aggregate, loaded });
+        &mut self.map.tracked.last_mut().expect("just pushed").aggregate
+    }
+}

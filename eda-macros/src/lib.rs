@@ -1,0 +1,220 @@
+//! The macros of [eda](https://docs.rs/eda-core). Use them through
+//! `eda-core`, which re-exports them; the code they generate names only
+//! `::eda_core::__private::…` and your own items.
+//!
+//! Each macro checks what it can at your tokens (`syn::Error::new_spanned`)
+//! and asks the type checker the rest through bounds placed at your tokens,
+//! so an error points at the parameter, return type or field at fault.
+
+mod aggregate;
+mod ctxt;
+mod handler;
+mod message;
+mod repository;
+mod uow;
+
+use proc_macro::TokenStream;
+use syn::{DeriveInput, ItemFn, ItemImpl, parse_macro_input};
+
+use crate::message::Kind;
+
+/// Derives `Message` and `Command` for a struct or enum.
+///
+/// Options, all optional: `name = "service.verb"` (default:
+/// `<crate name>.<type name in snake_case>`), `output = Type` (what the
+/// handler returns on success, default `()`), `error = Type` (what it returns
+/// on failure, default `eda_core::BoxError`).
+///
+/// ```
+/// use eda_core::Command;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+/// #[command(name = "allocation.allocate", output = Option<String>)]
+/// pub struct Allocate { pub orderid: String, pub sku: String, pub qty: u32 }
+/// ```
+#[proc_macro_derive(Command, attributes(command))]
+pub fn derive_command(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    message::expand(input, Kind::Command)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Derives `Message` and `Event` for a struct or enum.
+///
+/// Options: `name = "service.happened"` (default: `<crate name>.<type name in
+/// snake_case>`), `external` (the event is also written to the outbox and
+/// published to other services).
+///
+/// ```
+/// use eda_core::Event;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+/// #[event(name = "allocation.allocated", external)]
+/// pub struct Allocated { pub orderid: String, pub batchref: String }
+/// ```
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    message::expand(input, Kind::Event)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Derives `Aggregate`: mark the id field `#[aggregate(id)]`; the version
+/// (`u64`) and events (`eda_core::Events`) fields are found by the names
+/// `version` and `events`, or marked `#[aggregate(version)]` and
+/// `#[aggregate(events)]`. `#[aggregate(name = "…")]` on the struct names it
+/// in errors and logs.
+///
+/// ```
+/// use eda_core::{Aggregate, Events};
+///
+/// #[derive(Debug, Clone, Aggregate)]
+/// pub struct Product {
+///     #[aggregate(id)]
+///     pub sku: String,
+///     #[aggregate(version)]
+///     pub version_number: u64,
+///     pub events: Events,
+/// }
+/// ```
+#[proc_macro_derive(Aggregate, attributes(aggregate))]
+pub fn derive_aggregate(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    aggregate::expand(input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Derives `UnitOfWork` for a struct whose fields are its transaction
+/// (`#[uow(transaction)]`, or any field of type `Transaction`), the identity
+/// maps of its repositories (`IdentityMap<Aggregate>`), adapters
+/// (`Arc<Adapter>`), and fields built with `Default` (`#[uow(skip)]`).
+///
+/// It also generates inherent `commit` and `rollback` methods, and an
+/// accessor per field with the field's name and visibility:
+/// `uow.products().get(&sku)`.
+///
+/// ```
+/// use eda_core::{Aggregate, Events, IdentityMap, Transaction, UnitOfWork};
+///
+/// #[derive(Clone, Aggregate)]
+/// pub struct Product { #[aggregate(id)] pub sku: String, pub version: u64, pub events: Events }
+///
+/// #[derive(UnitOfWork)]
+/// pub struct AllocationUow {
+///     #[uow(transaction)]
+///     tx: Transaction,
+///     pub products: IdentityMap<Product>,
+/// }
+/// ```
+#[proc_macro_derive(UnitOfWork, attributes(uow))]
+pub fn derive_unit_of_work(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    uow::expand(input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Declares the handler of a command: an `async fn` whose first parameter is
+/// the command (by value or `&`), whose other parameters are lent by the bus
+/// (`&mut` a unit of work, `&` an adapter, `&Metadata`, `&MessageBus`), and
+/// which returns `Result<Output, E>`.
+///
+/// A command has exactly one handler: a second one in the same module does
+/// not compile, and `MessageBus::builder().build()` rejects one anywhere.
+///
+/// ```
+/// # use eda_core::{Command, BoxError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+/// # #[command(output = u32)]
+/// # pub struct Double { pub n: u32 }
+/// #[eda_core::command_handler]
+/// async fn double(cmd: Double) -> Result<u32, BoxError> {
+///     Ok(cmd.n * 2)
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn command_handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler_attribute(args, item, Kind::Command)
+}
+
+/// Declares a handler of an event: an `async fn` whose first parameter is
+/// the event (`&` or by value), whose other parameters are lent by the bus
+/// like a command handler's, and which returns `()` or `Result<(), E>`.
+///
+/// An event has any number of handlers; each runs in its own unit of work,
+/// and a failing one is retried by policy without stopping the others.
+///
+/// ```
+/// # use eda_core::{Event, Adapter};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+/// # pub struct OutOfStock { pub sku: String }
+/// pub struct EmailSender;
+/// impl Adapter for EmailSender {}
+///
+/// #[eda_core::event_handler]
+/// async fn notify(event: &OutOfStock, email: &EmailSender) -> Result<(), std::io::Error> {
+///     Ok(())
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn event_handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler_attribute(args, item, Kind::Event)
+}
+
+fn handler_attribute(args: TokenStream, item: TokenStream, kind: Kind) -> TokenStream {
+    let original: proc_macro2::TokenStream = item.clone().into();
+    let item = match syn::parse::<ItemFn>(item) {
+        Ok(item) => item,
+        Err(_) => {
+            let e = syn::Error::new_spanned(
+                &original,
+                "this attribute goes on an `async fn` (a handler)",
+            );
+            return ctxt::with_errors(original, e).into();
+        }
+    };
+    handler::expand(args.into(), item.clone(), kind)
+        .unwrap_or_else(|e| ctxt::with_errors(item, e))
+        .into()
+}
+
+/// Registers a repository: put it on `impl Repository for YourRepository`
+/// (how one aggregate is loaded and saved on one database) or on
+/// `impl Find<YourFinder> for YourRepository` (a lookup other than by id).
+/// Units of work then use it whenever the bus's database is the one of its
+/// `type Connection`.
+///
+/// ```ignore
+/// #[repository]
+/// impl Repository for PgProductRepository {
+///     type Aggregate = Product;
+///     type Connection = sqlx::PgConnection;
+///     async fn get(conn: &mut PgConnection, sku: &String) -> Result<Option<Product>, RepositoryError> { … }
+///     async fn add(conn: &mut PgConnection, product: &Product) -> Result<(), RepositoryError> { … }
+///     async fn update(conn: &mut PgConnection, product: &Product, expected_version: u64) -> Result<bool, RepositoryError> { … }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn repository(args: TokenStream, item: TokenStream) -> TokenStream {
+    let original: proc_macro2::TokenStream = item.clone().into();
+    let item = match syn::parse::<ItemImpl>(item) {
+        Ok(item) => item,
+        Err(_) => {
+            let e = syn::Error::new_spanned(
+                &original,
+                "`#[repository]` goes on `impl Repository for YourRepository { … }` or on `impl Find<YourFinder> for YourRepository { … }`",
+            );
+            return ctxt::with_errors(original, e).into();
+        }
+    };
+    repository::expand(args.into(), item.clone())
+        .unwrap_or_else(|e| ctxt::with_errors(item, e))
+        .into()
+}

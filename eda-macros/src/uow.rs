@@ -1,0 +1,270 @@
+//! `#[derive(UnitOfWork)]`: wires the transaction, the identity maps of the
+//! repositories and the adapters in a struct's fields into a unit of work
+//! (after axum's `#[derive(FromRef)]`: one piece of generated code per field).
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Field, Fields, Type};
+
+use crate::ctxt::Ctxt;
+
+enum Role {
+    Transaction,
+    Skip,
+    Field,
+}
+
+fn is_named(ty: &Type, name: &str) -> bool {
+    match ty {
+        Type::Path(p) => {
+            p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == name)
+        }
+        _ => false,
+    }
+}
+
+fn role(field: &Field, cx: &mut Ctxt) -> Role {
+    let mut role = None;
+    for attr in field.attrs.iter().filter(|a| a.path().is_ident("uow")) {
+        if let Err(e) = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("transaction") {
+                role = Some(Role::Transaction);
+            } else if meta.path.is_ident("skip") {
+                role = Some(Role::Skip);
+            } else {
+                return Err(
+                    meta.error("unknown unit of work option: expected `transaction` or `skip`")
+                );
+            }
+            Ok(())
+        }) {
+            cx.push(e);
+        }
+    }
+    role.unwrap_or(if is_named(&field.ty, "Transaction") {
+        Role::Transaction
+    } else {
+        Role::Field
+    })
+}
+
+pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
+    let mut cx = Ctxt::default();
+    if !input.generics.params.is_empty() {
+        cx.error(
+            &input.generics,
+            "a unit of work cannot be generic: the bus builds it for handlers by its concrete type",
+        );
+    }
+    let fields = match &input.data {
+        Data::Struct(s) => match &s.fields {
+            Fields::Named(named) => Some(&named.named),
+            Fields::Unit => None,
+            Fields::Unnamed(_) => None,
+        },
+        _ => None,
+    };
+    let Some(fields) = fields else {
+        cx.error(
+            &input.ident,
+            "a unit of work is a struct with named fields: `#[uow(transaction)] tx: Transaction`, `IdentityMap<…>` repositories, `Arc<…>` adapters",
+        );
+        return cx.check().map(|()| TokenStream::new());
+    };
+
+    let mut transaction: Option<&Field> = None;
+    let mut members: Vec<&Field> = Vec::new();
+    let mut skipped: Vec<&Field> = Vec::new();
+    for field in fields {
+        match role(field, &mut cx) {
+            Role::Transaction => {
+                if let Some(first) = transaction {
+                    cx.error(
+                        field,
+                        format_args!(
+                            "a unit of work has one transaction, and `{}` is already it",
+                            first
+                                .ident
+                                .as_ref()
+                                .map(|i| i.to_string())
+                                .unwrap_or_default()
+                        ),
+                    );
+                } else {
+                    transaction = Some(field);
+                }
+            }
+            Role::Skip => skipped.push(field),
+            Role::Field => members.push(field),
+        }
+    }
+    cx.check()?;
+
+    let ident = &input.ident;
+    let ident_str = ident.to_string();
+    let p = quote!(::eda_core::__private);
+
+    // Begin: the transaction first, then each field.
+    let tx_begin = transaction.map(|tx| {
+        let name = &tx.ident;
+        let ty_span = tx.ty.span();
+        let ty = quote_spanned!(ty_span=> #p::Transaction);
+        quote! { let #name = #ty::__begin(ctx).await?; }
+    });
+    let member_begin = members.iter().map(|f| {
+        let name = &f.ident;
+        let ty = &f.ty;
+        quote_spanned! {ty.span()=> let #name = <#ty as #p::UowField>::__begin(ctx)?; }
+    });
+    let all_names = fields.iter().map(|f| &f.ident);
+    let skipped_init = skipped.iter().map(|f| {
+        let name = &f.ident;
+        quote_spanned!(f.ty.span()=> let #name = ::core::default::Default::default();)
+    });
+
+    let require_tx = transaction.map(|_| quote!(requirements.database(#ident_str);));
+    let require_members = members.iter().map(|f| {
+        let ty = &f.ty;
+        quote!(<#ty as #p::UowField>::__require(requirements);)
+    });
+
+    // Fields that need a transaction, in a unit of work without one: say so
+    // at the field.
+    let needs_tx_checks = if transaction.is_none() {
+        members
+            .iter()
+            .map(|f| {
+                let ty = &f.ty;
+                let msg = format!(
+                    "field `{}` of unit of work `{ident_str}` is a repository, and needs a transaction: add `#[uow(transaction)] tx: eda_core::Transaction`",
+                    f.ident.as_ref().map(|i| i.to_string()).unwrap_or_default()
+                );
+                quote_spanned! {ty.span()=>
+                    const _: () = ::core::assert!(!<#ty as #p::UowField>::NEEDS_TRANSACTION, #msg);
+                }
+            })
+            .collect::<Vec<_>>()
+    } else {
+        Vec::new()
+    };
+
+    let (transaction_fn, commit_body, rollback_body, accessors) = match transaction {
+        Some(tx) => {
+            let tx_name = &tx.ident;
+            let flushes = members.iter().map(|f| {
+                let name = &f.ident;
+                let ty = &f.ty;
+                quote! {
+                    if let ::core::result::Result::Err(e) =
+                        <#ty as #p::UowField>::__flush(&mut self.#name, &mut self.#tx_name).await
+                    {
+                        return self.#tx_name.__abort(e).await;
+                    }
+                }
+            });
+            let discards = members.iter().map(|f| {
+                let name = &f.ident;
+                let ty = &f.ty;
+                quote!(<#ty as #p::UowField>::__discard(&mut self.#name);)
+            });
+            let accessors = members.iter().map(|f| {
+                let name = &f.ident;
+                let ty = &f.ty;
+                let vis = &f.vis;
+                let doc = format!(
+                    "The `{}` of this unit of work, working in its transaction.",
+                    name.as_ref().map(|i| i.to_string()).unwrap_or_default()
+                );
+                quote! {
+                    #[doc = #doc]
+                    #vis fn #name(&mut self) -> <#ty as #p::UowField>::Handle<'_> {
+                        <#ty as #p::UowField>::__handle(&mut self.#name, &mut self.#tx_name)
+                    }
+                }
+            });
+            (
+                quote! {
+                    fn __transaction(&mut self) -> ::core::option::Option<&mut #p::Transaction> {
+                        ::core::option::Option::Some(&mut self.#tx_name)
+                    }
+                },
+                quote! {
+                    self.#tx_name.__check_active()?;
+                    #(#flushes)*
+                    self.#tx_name.__commit().await
+                },
+                quote! {
+                    #(#discards)*
+                    self.#tx_name.__rollback().await
+                },
+                accessors.collect::<Vec<_>>(),
+            )
+        }
+        None => (
+            quote! {
+                fn __transaction(&mut self) -> ::core::option::Option<&mut #p::Transaction> {
+                    ::core::option::Option::None
+                }
+            },
+            quote!(::core::result::Result::Ok(())),
+            quote!(::core::result::Result::Ok(())),
+            Vec::new(),
+        ),
+    };
+
+    Ok(quote! {
+        #(#needs_tx_checks)*
+
+        impl #p::UnitOfWorkTrait for #ident {
+            fn __begin<'a>(
+                ctx: &'a #p::Context<'a>,
+            ) -> impl ::core::future::Future<Output = ::core::result::Result<Self, #p::Error>>
+                   + ::core::marker::Send + 'a {
+                async move {
+                    #tx_begin
+                    #(#member_begin)*
+                    #(#skipped_init)*
+                    ::core::result::Result::Ok(#ident { #(#all_names),* })
+                }
+            }
+
+            fn __require(requirements: &mut #p::Requirements) {
+                #require_tx
+                #(#require_members)*
+            }
+
+            #transaction_fn
+
+            fn commit(&mut self) -> impl ::core::future::Future<Output = ::core::result::Result<(), #p::Error>>
+                   + ::core::marker::Send {
+                async move { #commit_body }
+            }
+
+            fn rollback(&mut self) -> impl ::core::future::Future<Output = ::core::result::Result<(), #p::Error>>
+                   + ::core::marker::Send {
+                async move { #rollback_body }
+            }
+        }
+
+        impl #ident {
+            /// Saves every aggregate loaded or added (checking versions),
+            /// writes the outbox, commits, and hands the events raised to the
+            /// bus. A version conflict is an error for which the bus runs the
+            /// command again.
+            #[allow(dead_code)]
+            pub async fn commit(&mut self) -> ::core::result::Result<(), #p::Error> {
+                <Self as #p::UnitOfWorkTrait>::commit(self).await
+            }
+
+            /// Rolls back and discards the events raised (dropping an
+            /// uncommitted unit of work does the same).
+            #[allow(dead_code)]
+            pub async fn rollback(&mut self) -> ::core::result::Result<(), #p::Error> {
+                <Self as #p::UnitOfWorkTrait>::rollback(self).await
+            }
+
+            #(#accessors)*
+        }
+    })
+}
