@@ -84,13 +84,12 @@ impl<'a> EventCall<'a> {
 /// it in the inbox first. `None`: it was handled already.
 pub async fn begin<U: UnitOfWork>(ctx: &Context<'_>, handler: &str) -> Result<Option<U>, Error> {
     let mut uow = U::__begin(ctx).await?;
-    if ctx.incoming {
-        if let Some(tx) = uow.__transaction() {
-            if !tx.__record_inbox(handler).await? {
-                tracing::debug!(handler, "already handled (inbox), skipped");
-                return Ok(None);
-            }
-        }
+    if ctx.incoming
+        && let Some(tx) = uow.__transaction()
+        && !tx.__record_inbox(handler).await?
+    {
+        tracing::debug!(handler, "already handled (inbox), skipped");
+        return Ok(None);
     }
     Ok(Some(uow))
 }

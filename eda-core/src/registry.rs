@@ -546,14 +546,14 @@ impl Wiring<'_> {
                         }
                     }
                     Requirement::Repository { aggregate, name } => {
-                        if let Some((_, backend)) = self.backend {
-                            if !per_key.contains_key(&(aggregate, None)) {
-                                problems.push(WiringProblem::MissingRepository {
-                                    handler,
-                                    aggregate: name,
-                                    backend,
-                                });
-                            }
+                        if let Some((_, backend)) = self.backend
+                            && !per_key.contains_key(&(aggregate, None))
+                        {
+                            problems.push(WiringProblem::MissingRepository {
+                                handler,
+                                aggregate: name,
+                                backend,
+                            });
                         }
                     }
                 }

@@ -161,17 +161,17 @@ impl RepositoryError {
     }
 }
 
+/// A connection, type-erased: repositories downcast it to theirs.
+type AnyConnection = dyn Any + Send;
+type Found<'c, A> = BoxFuture<'c, Result<Option<A>, RepositoryError>>;
+
 /// The functions of one repository, type-erased over its connection.
 #[doc(hidden)]
 pub struct RepositoryVTable<A: Aggregate> {
-    pub get: for<'c> fn(
-        &'c mut (dyn Any + Send),
-        &'c A::Id,
-    ) -> BoxFuture<'c, Result<Option<A>, RepositoryError>>,
-    pub add:
-        for<'c> fn(&'c mut (dyn Any + Send), &'c A) -> BoxFuture<'c, Result<(), RepositoryError>>,
+    pub get: for<'c> fn(&'c mut AnyConnection, &'c A::Id) -> Found<'c, A>,
+    pub add: for<'c> fn(&'c mut AnyConnection, &'c A) -> BoxFuture<'c, Result<(), RepositoryError>>,
     pub update: for<'c> fn(
-        &'c mut (dyn Any + Send),
+        &'c mut AnyConnection,
         &'c A,
         u64,
     ) -> BoxFuture<'c, Result<bool, RepositoryError>>,
@@ -180,10 +180,7 @@ pub struct RepositoryVTable<A: Aggregate> {
 /// The function of one finder on one repository, type-erased.
 #[doc(hidden)]
 pub struct FinderVTable<A: Aggregate, F> {
-    pub find: for<'c> fn(
-        &'c mut (dyn Any + Send),
-        &'c F,
-    ) -> BoxFuture<'c, Result<Option<A>, RepositoryError>>,
+    pub find: for<'c> fn(&'c mut AnyConnection, &'c F) -> Found<'c, A>,
 }
 
 fn connection<C: Any>(conn: &mut (dyn Any + Send)) -> &mut C {

@@ -513,6 +513,7 @@ impl<'a, A: Aggregate> Aggregates<'a, A> {
     }
 
     /// Adds a new aggregate; it is inserted on commit.
+    #[allow(clippy::should_implement_trait)] // the repository vocabulary of DESIGN.md
     pub fn add(self, aggregate: A) -> Result<&'a mut A, Error> {
         self.tx.check_active()?;
         if self.map.position(aggregate.id()).is_some() {
