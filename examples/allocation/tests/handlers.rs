@@ -318,6 +318,27 @@ mod change_batch_quantity {
     }
 
     #[tokio::test]
+    async fn finds_the_batch_among_several_products() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("batch1", "ADORABLE-SETTEE", 100, None))
+            .await
+            .unwrap();
+        s.bus
+            .handle(CreateBatch::new("batch2", "BLUE-VASE", 100, None))
+            .await
+            .unwrap();
+
+        s.bus
+            .handle(ChangeBatchQuantity::new("batch2", 40))
+            .await
+            .unwrap();
+
+        assert_eq!(s.available("BLUE-VASE", "batch2"), 40);
+        assert_eq!(s.available("ADORABLE-SETTEE", "batch1"), 100);
+    }
+
+    #[tokio::test]
     async fn reallocates_if_necessary() {
         let s = bootstrap();
         let sku = "INDIFFERENT-TABLE";
