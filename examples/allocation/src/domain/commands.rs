@@ -1,0 +1,91 @@
+//! Commands: what the outside world asks the allocation service to do.
+//!
+//! Each names [`AllocationError`] as its error, so that callers of
+//! `MessageBus::handle` can match on it.
+
+use chrono::NaiveDate;
+use eda_core::Command;
+use serde::{Deserialize, Serialize};
+
+// The error type is declared on the command (`#[command(error = …)]`), and it
+// must hold the framework's errors too, so the domain's commands name the
+// service layer's error here.
+use crate::service_layer::AllocationError;
+
+/// Adds a batch of stock (creating the product if it is new).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(name = "allocation.create_batch", output = (), error = AllocationError)]
+pub struct CreateBatch {
+    /// The batch's reference.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The product.
+    pub sku: String,
+    /// How many units were purchased.
+    pub qty: u32,
+    /// When it arrives; `None`: it is in the warehouse.
+    pub eta: Option<NaiveDate>,
+}
+
+impl CreateBatch {
+    /// A `CreateBatch` command.
+    pub fn new(
+        reference: impl Into<String>,
+        sku: impl Into<String>,
+        qty: u32,
+        eta: Option<NaiveDate>,
+    ) -> Self {
+        CreateBatch {
+            reference: reference.into(),
+            sku: sku.into(),
+            qty,
+            eta,
+        }
+    }
+}
+
+/// Allocates an order line to a batch. Returns the batch's reference, or
+/// `None` when the product is out of stock (which raises `OutOfStock`: it is
+/// not an error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(name = "allocation.allocate", output = Option<String>, error = AllocationError)]
+pub struct Allocate {
+    /// The order.
+    pub orderid: String,
+    /// The product.
+    pub sku: String,
+    /// How many units.
+    pub qty: u32,
+}
+
+impl Allocate {
+    /// An `Allocate` command.
+    pub fn new(orderid: impl Into<String>, sku: impl Into<String>, qty: u32) -> Self {
+        Allocate {
+            orderid: orderid.into(),
+            sku: sku.into(),
+            qty,
+        }
+    }
+}
+
+/// Changes how many units a batch holds (e.g. some were broken in transit);
+/// lines that no longer fit are deallocated, then allocated again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(name = "allocation.change_batch_quantity", output = (), error = AllocationError)]
+pub struct ChangeBatchQuantity {
+    /// The batch's reference.
+    pub batchref: String,
+    /// Its new quantity.
+    pub qty: u32,
+}
+
+impl ChangeBatchQuantity {
+    /// A `ChangeBatchQuantity` command.
+    pub fn new(batchref: impl Into<String>, qty: u32) -> Self {
+        ChangeBatchQuantity {
+            batchref: batchref.into(),
+            qty,
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Events: what happened to a product. `Allocated` is external: it goes
+//! through the outbox to the services that ship orders.
+
+use eda_core::Event;
+use serde::{Deserialize, Serialize};
+
+/// An order line was allocated to a batch. Published to other services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.allocated", external)]
+pub struct Allocated {
+    /// The order the line belongs to.
+    pub orderid: String,
+    /// The product.
+    pub sku: String,
+    /// How many units.
+    pub qty: u32,
+    /// The batch it was allocated to.
+    pub batchref: String,
+}
+
+/// An order line lost its allocation (its batch shrank); it must be
+/// allocated again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.deallocated")]
+pub struct Deallocated {
+    /// The order the line belongs to.
+    pub orderid: String,
+    /// The product.
+    pub sku: String,
+    /// How many units.
+    pub qty: u32,
+}
+
+/// An order line could not be allocated: no batch of the product has enough
+/// stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.out_of_stock")]
+pub struct OutOfStock {
+    /// The product.
+    pub sku: String,
+}

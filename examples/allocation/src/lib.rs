@@ -1,0 +1,31 @@
+//! The allocation service of "Architecture Patterns with Python" (Percival
+//! & Gregory), on eda: the framework's reference example.
+//!
+//! - [`domain`]: the model (order lines, batches, the `Product` aggregate)
+//!   and the messages (commands and events). It knows eda only through the
+//!   message and aggregate traits and derives.
+//! - [`service_layer`]: the unit of work, the handlers and their error.
+//! - [`adapters`]: what the handlers talk to outside the domain (for now,
+//!   notifications).
+//!
+//! ```
+//! use allocation::adapters::notifications::{FakeNotifier, Notifications};
+//! use allocation::domain::commands::{Allocate, CreateBatch};
+//! use eda_core::{InMemoryDatabase, MessageBus};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = InMemoryDatabase::new();
+//! let bus = MessageBus::builder()
+//!     .adapter(db.clone())
+//!     .adapter(Notifications::new(FakeNotifier::new()))
+//!     .scope("allocation")
+//!     .build()?;
+//! bus.handle(CreateBatch::new("b1", "LAMP", 100, None)).await?;
+//! let batchref = bus.handle(Allocate::new("o1", "LAMP", 10)).await?;
+//! assert_eq!(batchref.as_deref(), Some("b1"));
+//! # Ok(()) }
+//! ```
+
+pub mod adapters;
+pub mod domain;
+pub mod service_layer;

@@ -1,0 +1,459 @@
+//! The service layer through the message bus, on the in-memory database
+//! (APwP's `test_handlers.py`, with its fake unit of work replaced by
+//! `InMemoryDatabase`).
+
+use allocation::adapters::notifications::{FakeNotifier, Notifications};
+use allocation::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use allocation::domain::model::Product;
+use allocation::service_layer::{AllocationError, STOCK_ADDRESS};
+use chrono::NaiveDate;
+use eda_core::{CommandError, Envelope, InMemoryDatabase, MessageBus};
+use serde_json::json;
+
+/// A bus on the in-memory kit, and what the tests look at.
+struct Service {
+    bus: MessageBus,
+    db: InMemoryDatabase,
+    notifier: FakeNotifier,
+}
+
+fn bootstrap() -> Service {
+    let db = InMemoryDatabase::new();
+    let notifier = FakeNotifier::new();
+    let bus = MessageBus::builder()
+        .adapter(db.clone())
+        .adapter(Notifications::new(notifier.clone()))
+        .scope("allocation")
+        .build()
+        .expect("the allocation service is wired");
+    Service { bus, db, notifier }
+}
+
+impl Service {
+    fn product(&self, sku: &str) -> Product {
+        self.db
+            .get::<Product>(&sku.to_owned())
+            .unwrap_or_else(|| panic!("no product {sku}"))
+    }
+
+    fn available(&self, sku: &str, batchref: &str) -> i64 {
+        self.product(sku)
+            .batches
+            .iter()
+            .find(|b| b.reference == batchref)
+            .unwrap_or_else(|| panic!("no batch {batchref}"))
+            .available_quantity()
+    }
+
+    /// The outbox, as (name, JSON body).
+    fn outbox(&self) -> Vec<(String, serde_json::Value)> {
+        self.db
+            .outbox()
+            .into_iter()
+            .map(|m| {
+                let body = serde_json::from_slice(&m.payload).expect("outbox bodies are JSON");
+                (m.name, body)
+            })
+            .collect()
+    }
+}
+
+fn today() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2024, 3, 1).unwrap()
+}
+
+mod add_batch {
+    use super::*;
+
+    #[tokio::test]
+    async fn for_new_product() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "CRUNCHY-ARMCHAIR", 100, None))
+            .await
+            .unwrap();
+
+        let product = s.product("CRUNCHY-ARMCHAIR");
+        assert_eq!(product.batches.len(), 1);
+        assert_eq!(product.batches[0].reference, "b1");
+        assert_eq!(product.batches[0].available_quantity(), 100);
+        assert_eq!(s.db.commits(), 1);
+    }
+
+    #[tokio::test]
+    async fn for_existing_product() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "GARISH-RUG", 100, None))
+            .await
+            .unwrap();
+        s.bus
+            .handle(CreateBatch::new("b2", "GARISH-RUG", 99, None))
+            .await
+            .unwrap();
+
+        let refs: Vec<_> = s
+            .product("GARISH-RUG")
+            .batches
+            .iter()
+            .map(|b| b.reference.clone())
+            .collect();
+        assert_eq!(refs, ["b1", "b2"]);
+        assert_eq!(s.db.commits(), 2);
+    }
+
+    #[tokio::test]
+    async fn publishes_nothing() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "GARISH-RUG", 100, None))
+            .await
+            .unwrap();
+        assert_eq!(s.outbox(), []);
+    }
+}
+
+mod allocate {
+    use super::*;
+
+    #[tokio::test]
+    async fn returns_allocation() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("batch1", "COMPLICATED-LAMP", 100, None))
+            .await
+            .unwrap();
+
+        let result = s
+            .bus
+            .handle(Allocate::new("o1", "COMPLICATED-LAMP", 10))
+            .await
+            .unwrap();
+
+        assert_eq!(result.as_deref(), Some("batch1"));
+        assert_eq!(s.available("COMPLICATED-LAMP", "batch1"), 90);
+    }
+
+    #[tokio::test]
+    async fn errors_for_invalid_sku() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "AREALSKU", 100, None))
+            .await
+            .unwrap();
+
+        let error = s
+            .bus
+            .handle(Allocate::new("o1", "NONEXISTENTSKU", 10))
+            .await
+            .unwrap_err();
+
+        match &error {
+            CommandError::Handler(AllocationError::InvalidSku(sku)) => {
+                assert_eq!(sku, "NONEXISTENTSKU")
+            }
+            other => panic!("expected InvalidSku, got {other:?}"),
+        }
+        assert_eq!(error.to_string(), "Invalid sku NONEXISTENTSKU");
+        assert_eq!(s.db.commits(), 1, "a failed allocation commits nothing");
+    }
+
+    #[tokio::test]
+    async fn commits() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "OMINOUS-MIRROR", 100, None))
+            .await
+            .unwrap();
+        assert_eq!(s.db.commits(), 1);
+
+        s.bus
+            .handle(Allocate::new("o1", "OMINOUS-MIRROR", 10))
+            .await
+            .unwrap();
+
+        assert_eq!(s.db.commits(), 2);
+        assert_eq!(s.available("OMINOUS-MIRROR", "b1"), 90);
+    }
+
+    #[tokio::test]
+    async fn sends_email_on_out_of_stock() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "POPULAR-CURTAINS", 9, None))
+            .await
+            .unwrap();
+
+        let result = s
+            .bus
+            .handle(Allocate::new("o1", "POPULAR-CURTAINS", 10))
+            .await
+            .unwrap();
+
+        assert_eq!(result, None, "out of stock is not an error");
+        assert_eq!(STOCK_ADDRESS, "stock@made.com");
+        assert_eq!(
+            s.notifier.sent_to("stock@made.com"),
+            ["Out of stock for POPULAR-CURTAINS"]
+        );
+        assert_eq!(s.notifier.sent().len(), 1, "nobody else is notified");
+    }
+
+    #[tokio::test]
+    async fn sends_nothing_when_in_stock() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "POPULAR-CURTAINS", 10, None))
+            .await
+            .unwrap();
+        s.bus
+            .handle(Allocate::new("o1", "POPULAR-CURTAINS", 10))
+            .await
+            .unwrap();
+        assert!(s.notifier.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn writes_allocated_to_the_outbox() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "FANCY-TABLE", 100, None))
+            .await
+            .unwrap();
+
+        s.bus
+            .handle(Allocate::new("o1", "FANCY-TABLE", 10))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            s.outbox(),
+            [(
+                "allocation.allocated".to_owned(),
+                json!({"orderid": "o1", "sku": "FANCY-TABLE", "qty": 10, "batchref": "b1"})
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_one_outbox_message_per_allocation() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "FANCY-TABLE", 100, None))
+            .await
+            .unwrap();
+
+        for order in ["o1", "o2"] {
+            s.bus
+                .handle(Allocate::new(order, "FANCY-TABLE", 10))
+                .await
+                .unwrap();
+        }
+
+        let orders: Vec<_> = s
+            .outbox()
+            .into_iter()
+            .map(|(name, body)| (name, body["orderid"].clone()))
+            .collect();
+        assert_eq!(
+            orders,
+            [
+                ("allocation.allocated".to_owned(), json!("o1")),
+                ("allocation.allocated".to_owned(), json!("o2")),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_nothing_to_the_outbox_when_it_fails() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "FANCY-TABLE", 100, None))
+            .await
+            .unwrap();
+
+        s.bus
+            .handle(Allocate::new("o1", "NONEXISTENTSKU", 10))
+            .await
+            .unwrap_err();
+
+        assert_eq!(s.outbox(), []);
+    }
+
+    #[tokio::test]
+    async fn writes_nothing_to_the_outbox_when_out_of_stock() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("b1", "FANCY-TABLE", 5, None))
+            .await
+            .unwrap();
+
+        s.bus
+            .handle(Allocate::new("o1", "FANCY-TABLE", 10))
+            .await
+            .unwrap();
+
+        assert_eq!(s.outbox(), []);
+    }
+}
+
+mod change_batch_quantity {
+    use super::*;
+
+    #[tokio::test]
+    async fn changes_available_quantity() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("batch1", "ADORABLE-SETTEE", 100, None))
+            .await
+            .unwrap();
+        assert_eq!(s.available("ADORABLE-SETTEE", "batch1"), 100);
+
+        s.bus
+            .handle(ChangeBatchQuantity::new("batch1", 50))
+            .await
+            .unwrap();
+
+        assert_eq!(s.available("ADORABLE-SETTEE", "batch1"), 50);
+    }
+
+    #[tokio::test]
+    async fn finds_the_batch_among_several_products() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("batch1", "ADORABLE-SETTEE", 100, None))
+            .await
+            .unwrap();
+        s.bus
+            .handle(CreateBatch::new("batch2", "BLUE-VASE", 100, None))
+            .await
+            .unwrap();
+
+        s.bus
+            .handle(ChangeBatchQuantity::new("batch2", 40))
+            .await
+            .unwrap();
+
+        assert_eq!(s.available("BLUE-VASE", "batch2"), 40);
+        assert_eq!(s.available("ADORABLE-SETTEE", "batch1"), 100);
+    }
+
+    #[tokio::test]
+    async fn reallocates_if_necessary() {
+        let s = bootstrap();
+        let sku = "INDIFFERENT-TABLE";
+        s.bus
+            .handle(CreateBatch::new("batch1", sku, 50, None))
+            .await
+            .unwrap();
+        s.bus
+            .handle(CreateBatch::new("batch2", sku, 50, Some(today())))
+            .await
+            .unwrap();
+        s.bus
+            .handle(Allocate::new("order1", sku, 20))
+            .await
+            .unwrap();
+        s.bus
+            .handle(Allocate::new("order2", sku, 20))
+            .await
+            .unwrap();
+        assert_eq!(s.available(sku, "batch1"), 10);
+        assert_eq!(s.available(sku, "batch2"), 50);
+
+        s.bus
+            .handle(ChangeBatchQuantity::new("batch1", 25))
+            .await
+            .unwrap();
+
+        // One of the orders was deallocated: 25 - 20 ...
+        assert_eq!(s.available(sku, "batch1"), 5);
+        // ... and allocated again to the next batch.
+        assert_eq!(s.available(sku, "batch2"), 30);
+    }
+
+    #[tokio::test]
+    async fn reallocation_is_published_in_the_same_conversation() {
+        let s = bootstrap();
+        let sku = "INDIFFERENT-TABLE";
+        s.bus
+            .handle(CreateBatch::new("batch1", sku, 50, None))
+            .await
+            .unwrap();
+        s.bus
+            .handle(CreateBatch::new("batch2", sku, 50, Some(today())))
+            .await
+            .unwrap();
+        s.bus
+            .handle(Allocate::new("order1", sku, 20))
+            .await
+            .unwrap();
+        s.bus
+            .handle(Allocate::new("order2", sku, 20))
+            .await
+            .unwrap();
+
+        let change = Envelope::new(ChangeBatchQuantity::new("batch1", 25));
+        let conversation = change.metadata.correlation_id;
+        s.bus.handle_envelope(change).await.unwrap();
+
+        let outbox = s.db.outbox();
+        assert_eq!(outbox.len(), 3, "two allocations and one reallocation");
+        let reallocated = &outbox[2];
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&reallocated.payload).unwrap(),
+            json!({"orderid": "order2", "sku": sku, "qty": 20, "batchref": "batch2"})
+        );
+        assert_eq!(reallocated.metadata.correlation_id, conversation);
+    }
+
+    #[tokio::test]
+    async fn errors_for_unknown_batch() {
+        let s = bootstrap();
+        s.bus
+            .handle(CreateBatch::new("batch1", "ADORABLE-SETTEE", 100, None))
+            .await
+            .unwrap();
+
+        let error = s
+            .bus
+            .handle(ChangeBatchQuantity::new("nope", 50))
+            .await
+            .unwrap_err();
+
+        assert!(
+            matches!(&error, CommandError::Handler(AllocationError::UnknownBatch(b)) if b == "nope"),
+            "{error:?}"
+        );
+        assert_eq!(error.to_string(), "Unknown batch nope");
+        assert_eq!(s.db.commits(), 1);
+    }
+}
+
+mod messages {
+    use super::*;
+
+    #[test]
+    fn create_batch_takes_ref_and_an_optional_eta() {
+        let with_eta: CreateBatch = serde_json::from_value(
+            json!({"ref": "b1", "sku": "LAMP", "qty": 10, "eta": "2024-03-01"}),
+        )
+        .unwrap();
+        assert_eq!(with_eta, CreateBatch::new("b1", "LAMP", 10, Some(today())));
+
+        let without: CreateBatch =
+            serde_json::from_value(json!({"ref": "b1", "sku": "LAMP", "qty": 10})).unwrap();
+        assert_eq!(without.eta, None);
+    }
+
+    #[test]
+    fn names_are_stable() {
+        use eda_core::Message;
+        assert_eq!(CreateBatch::NAME, "allocation.create_batch");
+        assert_eq!(Allocate::NAME, "allocation.allocate");
+        assert_eq!(
+            ChangeBatchQuantity::NAME,
+            "allocation.change_batch_quantity"
+        );
+    }
+}
