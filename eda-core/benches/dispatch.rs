@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use eda_core::prelude::*;
 use eda_core::Envelope;
+use eda_core::prelude::*;
 use serde::{Deserialize, Serialize};
 
 struct Counting;
@@ -54,6 +54,17 @@ static GLOBAL: Counting = Counting;
 #[command(name = "bench.noop", output = u64)]
 pub struct Noop {
     pub n: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "bench.bare", output = u64)]
+pub struct Bare {
+    pub n: u64,
+}
+
+#[command_handler]
+async fn bare(cmd: &Bare) -> Result<u64, BoxError> {
+    Ok(black_box(cmd.n))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
@@ -92,7 +103,14 @@ async fn third(event: &Happened) {
 // ---- the same work, by hand ----
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-type Handler = Box<dyn for<'a> Fn(&'a (dyn Any + Send + Sync), &'a mut Vec<Box<dyn Any + Send + Sync>>) -> BoxFuture<'a, u64> + Send + Sync>;
+type Handler = Box<
+    dyn for<'a> Fn(
+            &'a (dyn Any + Send + Sync),
+            &'a mut Vec<Box<dyn Any + Send + Sync>>,
+        ) -> BoxFuture<'a, u64>
+        + Send
+        + Sync,
+>;
 
 struct Baseline {
     handlers: HashMap<TypeId, Vec<Handler>>,
@@ -159,30 +177,42 @@ fn bench(c: &mut Criterion) {
     // Allocations per message, outside the timed loops.
     let ops = 10_000;
     let allocs = [
-        ("eda command", measure_allocs(&rt, ops, |n| {
-            let bus = bus.clone();
-            async move {
-                bus.handle(Noop { n }).await.unwrap();
-            }
-        })),
-        ("baseline command", measure_allocs(&rt, ops, |n| {
-            let b = &baseline;
-            async move {
-                b.command(Noop { n }).await;
-            }
-        })),
-        ("eda event fan-out to 3", measure_allocs(&rt, ops, |n| {
-            let bus = bus.clone();
-            async move {
-                bus.publish(Envelope::new(Happened { n })).await;
-            }
-        })),
-        ("baseline event fan-out to 3", measure_allocs(&rt, ops, |n| {
-            let b = &baseline;
-            async move {
-                b.event(Happened { n }).await;
-            }
-        })),
+        (
+            "eda command",
+            measure_allocs(&rt, ops, |n| {
+                let bus = bus.clone();
+                async move {
+                    bus.handle(Noop { n }).await.unwrap();
+                }
+            }),
+        ),
+        (
+            "baseline command",
+            measure_allocs(&rt, ops, |n| {
+                let b = &baseline;
+                async move {
+                    b.command(Noop { n }).await;
+                }
+            }),
+        ),
+        (
+            "eda event fan-out to 3",
+            measure_allocs(&rt, ops, |n| {
+                let bus = bus.clone();
+                async move {
+                    bus.publish(Envelope::new(Happened { n })).await;
+                }
+            }),
+        ),
+        (
+            "baseline event fan-out to 3",
+            measure_allocs(&rt, ops, |n| {
+                let b = &baseline;
+                async move {
+                    b.event(Happened { n }).await;
+                }
+            }),
+        ),
     ];
     for (name, per_op) in allocs {
         println!("allocations per message, {name}: {per_op:.2}");
@@ -196,6 +226,20 @@ fn bench(c: &mut Criterion) {
                 let start = Instant::now();
                 for n in 0..iters {
                     black_box(bus.handle(Noop { n }).await.unwrap());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("parts/metadata", |b| {
+        b.iter(|| black_box(eda_core::Metadata::new()))
+    });
+    group.bench_function("parts/command_without_uow", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for n in 0..iters {
+                    black_box(bus.handle(Bare { n }).await.unwrap());
                 }
                 start.elapsed()
             })

@@ -203,7 +203,6 @@ impl Report {
 /// Counters of the bus since it was built.
 #[derive(Default, Debug)]
 struct Metrics {
-    commands: AtomicU64,
     command_conflicts: AtomicU64,
     event_handler_failures: AtomicU64,
     event_handler_retries: AtomicU64,
@@ -212,8 +211,6 @@ struct Metrics {
 /// A snapshot of the bus's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BusMetrics {
-    /// Commands handled (successfully or not).
-    pub commands: u64,
     /// Command runs that ended in a version conflict (and were retried, or
     /// returned once out of attempts).
     pub command_conflicts: u64,
@@ -247,6 +244,22 @@ impl MessageBus {
     ) -> Result<C::Output, CommandError<C::Error>> {
         let mut report = Report::default();
         self.run_command(&envelope, &mut report, false).await
+    }
+
+    /// Handles a command in the conversation of the message with metadata
+    /// `cause`: what a handler that sends a command (reallocate on
+    /// `Deallocated`) calls, with its `&Metadata`.
+    ///
+    /// The command is handled at once, with its events, before this returns;
+    /// failures of those events' handlers are logged and counted, not
+    /// returned.
+    pub async fn handle_caused_by<C: Command>(
+        &self,
+        command: C,
+        cause: &Metadata,
+    ) -> Result<C::Output, CommandError<C::Error>> {
+        self.handle_envelope(Envelope::with_metadata(command, cause.caused_by()))
+            .await
     }
 
     /// Like [`handle`](Self::handle), and also returns the report of the
@@ -314,7 +327,6 @@ impl MessageBus {
     pub fn metrics(&self) -> BusMetrics {
         let m = &self.inner.metrics;
         BusMetrics {
-            commands: m.commands.load(Ordering::Relaxed),
             command_conflicts: m.command_conflicts.load(Ordering::Relaxed),
             event_handler_failures: m.event_handler_failures.load(Ordering::Relaxed),
             event_handler_retries: m.event_handler_retries.load(Ordering::Relaxed),
@@ -384,7 +396,6 @@ impl MessageBus {
         let Some(entry) = self.inner.commands.get(&TypeId::of::<C>()) else {
             return Err(CommandError::Bus(Error::NoHandler(C::NAME)));
         };
-        self.inner.metrics.commands.fetch_add(1, Ordering::Relaxed);
         let span = tracing::debug_span!(
             "command",
             name = C::NAME,
@@ -396,7 +407,7 @@ impl MessageBus {
             let policy = &self.inner.command_retry;
             let mut attempt = 1;
             loop {
-                let mut out: Option<Result<C::Output, C::Error>> = None;
+                let mut out: Option<Result<C::Output, CommandError<C::Error>>> = None;
                 let outcome = (entry.call)(CommandCall {
                     ctx: Context {
                         bus: self,
@@ -418,7 +429,7 @@ impl MessageBus {
                         if attempt < policy.attempts() {
                             let delay = policy.delay(attempt);
                             tracing::debug!(attempt, ?delay, "version conflict, retrying");
-                            tokio::time::sleep(delay).await;
+                            Box::pin(tokio::time::sleep(delay)).await;
                             attempt += 1;
                             continue;
                         }
@@ -432,13 +443,16 @@ impl MessageBus {
                     CallOutcome::Failed(e) => return Err(CommandError::Bus(e)),
                 }
                 return match out {
-                    Some(result) => result.map_err(CommandError::Handler),
+                    Some(result) => result,
                     None => Err(CommandError::Bus(Error::NoHandler(C::NAME))),
                 };
             }
-        }
-        .instrument(span)
-        .await;
+        };
+        let result = if span.is_disabled() {
+            result.await
+        } else {
+            result.instrument(span).await
+        };
         // Events committed by the handler are processed even when it failed
         // afterwards: their state is saved, so they must not be lost.
         if !queue.is_empty() {
@@ -449,6 +463,10 @@ impl MessageBus {
 
     /// Runs the handlers of each queued event, in order, until the queue is
     /// empty. `incoming`: the first event came from outside the service.
+    ///
+    /// Kept flat on purpose: the state kept across each handler's await is
+    /// its boxed future and a few words, not a nest of async fn futures that
+    /// would be copied on every call.
     pub(crate) async fn process_events(
         &self,
         queue: &mut EventQueue,
@@ -456,85 +474,104 @@ impl MessageBus {
         mut incoming: bool,
     ) {
         while let Some(event) = queue.pop_front() {
-            if let Some(handlers) = self.inner.events.get(&event.__type_id()) {
-                for handler in handlers.iter() {
-                    self.run_event_handler(handler, &*event, queue, report, incoming)
-                        .await;
+            let Some(handlers) = self.inner.events.get(&event.__type_id()) else {
+                incoming = false;
+                continue;
+            };
+            for handler in handlers.iter() {
+                let mut attempt = 1;
+                loop {
+                    let call = (handler.call)(EventCall {
+                        ctx: Context {
+                            bus: self,
+                            metadata: event.metadata(),
+                            incoming,
+                        },
+                        event: event.as_any(),
+                        events: queue,
+                        handler: handler.handler,
+                    });
+                    let outcome = match event_span(&*event, handler) {
+                        None => call.await,
+                        Some(span) => call.instrument(span).await,
+                    };
+                    match outcome {
+                        EventOutcome::Done => {
+                            report.handled += 1;
+                            break;
+                        }
+                        EventOutcome::Failed { error, committed } => {
+                            match self.event_handler_failed(
+                                handler, &*event, attempt, error, committed, report,
+                            ) {
+                                Some(delay) => {
+                                    Box::pin(tokio::time::sleep(delay)).await;
+                                    attempt += 1;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
                 }
             }
             incoming = false;
         }
     }
 
-    async fn run_event_handler(
+    /// After an event handler's run failed: the delay before the next
+    /// attempt, or `None` once it is reported.
+    fn event_handler_failed(
         &self,
         handler: &'static EventHandlerRegistration,
         event: &dyn AnyEvent,
-        queue: &mut EventQueue,
+        attempt: u32,
+        error: String,
+        committed: bool,
         report: &mut Report,
-        incoming: bool,
-    ) {
+    ) -> Option<std::time::Duration> {
         let policy = &self.inner.event_retry;
-        let span = tracing::debug_span!(
-            "event",
-            name = event.name(),
-            id = %event.metadata().message_id,
-            handler = handler.handler,
-        );
-        async {
-            let mut attempt = 1;
-            loop {
-                let outcome = (handler.call)(EventCall {
-                    ctx: Context {
-                        bus: self,
-                        metadata: event.metadata(),
-                        incoming,
-                    },
-                    event: event.as_any(),
-                    events: queue,
-                    handler: handler.handler,
-                })
-                .await;
-                match outcome {
-                    EventOutcome::Done => {
-                        report.handled += 1;
-                        return;
-                    }
-                    EventOutcome::Failed { error, committed } => {
-                        // A handler that committed before failing is not run
-                        // again: its effects are saved.
-                        if !committed && attempt < policy.attempts() {
-                            self.inner
-                                .metrics
-                                .event_handler_retries
-                                .fetch_add(1, Ordering::Relaxed);
-                            let delay = policy.delay(attempt);
-                            tracing::debug!(attempt, ?delay, %error, "event handler failed, retrying");
-                            tokio::time::sleep(delay).await;
-                            attempt += 1;
-                            continue;
-                        }
-                        let failure = EventHandlerFailure {
-                            event: event.name(),
-                            metadata: *event.metadata(),
-                            handler: handler.describe(),
-                            attempts: attempt,
-                            error,
-                        };
-                        tracing::error!(%failure, "event handler failed");
-                        self.inner
-                            .metrics
-                            .event_handler_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        report.failures.push(failure);
-                        return;
-                    }
-                }
-            }
+        let metrics = &self.inner.metrics;
+        // A handler that committed before failing is not run again: its
+        // effects are saved.
+        if !committed && attempt < policy.attempts() {
+            metrics
+                .event_handler_retries
+                .fetch_add(1, Ordering::Relaxed);
+            let delay = policy.delay(attempt);
+            tracing::debug!(
+                handler = handler.handler,
+                attempt,
+                ?delay,
+                %error,
+                "event handler failed, retrying"
+            );
+            return Some(delay);
         }
-        .instrument(span)
-        .await
+        let failure = EventHandlerFailure {
+            event: event.name(),
+            metadata: *event.metadata(),
+            handler: handler.describe(),
+            attempts: attempt,
+            error,
+        };
+        tracing::error!(%failure, "event handler failed");
+        metrics
+            .event_handler_failures
+            .fetch_add(1, Ordering::Relaxed);
+        report.failures.push(failure);
+        None
     }
+}
+
+/// The span of one event handler run, if anyone listens.
+fn event_span(event: &dyn AnyEvent, handler: &EventHandlerRegistration) -> Option<tracing::Span> {
+    let span = tracing::debug_span!(
+        "event",
+        name = event.name(),
+        id = %event.metadata().message_id,
+        handler = handler.handler,
+    );
+    (!span.is_disabled()).then_some(span)
 }
 
 /// Runs an incoming command (see [`MessageBus::handle_incoming`]).

@@ -156,27 +156,70 @@ pub enum IncomingError {
     },
 }
 
-/// The error of [`MessageBus::handle`](crate::MessageBus::handle): the command
-/// handler's own error, or the framework's.
+/// An error of the domain: what a command's handler reports to its caller
+/// as its own failure (an unknown SKU, an order that cannot be placed),
+/// as opposed to the framework's failures (the database is down).
+///
+/// Name it in the command (`#[command(error = AllocationError)]`) and mark
+/// it with this trait; a handler then returns `Result<Output,
+/// CommandError<AllocationError>>`, and `?` sends a domain error to
+/// [`CommandError::Handler`] and a framework [`Error`] to
+/// [`CommandError::Bus`]:
+///
+/// ```
+/// #[derive(Debug, thiserror::Error)]
+/// pub enum AllocationError {
+///     #[error("Invalid sku {0}")]
+///     InvalidSku(String),
+/// }
+/// impl eda_core::DomainError for AllocationError {}
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a domain error",
+    label = "a command's error type must be a domain error",
+    note = "mark it: `impl eda_core::DomainError for {Self} {{}}` (it must be `Debug + Display + Send + Sync`)"
+)]
+pub trait DomainError: fmt::Debug + fmt::Display + Send + Sync + 'static {}
+
+/// The default error of a command: any error, boxed.
+impl DomainError for BoxError {}
+
+/// The error of [`MessageBus::handle`](crate::MessageBus::handle), and of a
+/// command handler: the domain's error, or the framework's.
 ///
 /// ```
 /// # use eda_core::{CommandError, Error};
 /// fn status(e: &CommandError<std::io::Error>) -> u16 {
 ///     match e {
 ///         CommandError::Handler(_) => 400,
+///         CommandError::Bus(e) if e.is_conflict() => 409,
 ///         CommandError::Bus(_) => 500,
 ///     }
 /// }
 /// ```
 #[derive(Debug)]
 pub enum CommandError<E> {
-    /// The handler returned this error. Its unit of work was not committed
-    /// (unless the handler committed before failing), and its events were
-    /// discarded.
+    /// The handler reported this domain error. Its unit of work was not
+    /// committed (unless the handler committed before failing), and its
+    /// events were discarded.
     Handler(E),
-    /// The framework could not run the handler: the database could not begin
-    /// a transaction, a dependency was missing, ...
+    /// The framework failed: the database could not begin or commit, a
+    /// version conflict outlived the retries, a dependency was missing, ...
     Bus(Error),
+}
+
+/// `?` on a domain error in a handler.
+impl<E: DomainError> From<E> for CommandError<E> {
+    fn from(e: E) -> Self {
+        CommandError::Handler(e)
+    }
+}
+
+/// `?` on a framework error (a repository, `commit`) in a handler.
+impl<E> From<Error> for CommandError<E> {
+    fn from(e: Error) -> Self {
+        CommandError::Bus(e)
+    }
 }
 
 impl<E> CommandError<E> {
@@ -194,6 +237,11 @@ impl<E> CommandError<E> {
             CommandError::Handler(e) => Ok(e),
             CommandError::Bus(e) => Err(e),
         }
+    }
+
+    /// Whether this is a version conflict that outlived the retries.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, CommandError::Bus(e) if e.is_conflict())
     }
 }
 

@@ -62,11 +62,12 @@ pub mod uow;
 pub mod __private;
 pub(crate) use __private as private;
 
+pub use __private::BoxFuture;
 pub use adapter::{Adapter, Database, DatabaseTransaction, Dependency};
 pub use adapters::memory::{InMemoryDatabase, InProcessBus};
 pub use aggregate::{Aggregate, Events};
 pub use bus::{BusBuilder, BusMetrics, Context, EventHandlerFailure, MessageBus, Report};
-pub use error::{BoxError, CommandError, Error, IncomingError};
+pub use error::{BoxError, CommandError, DomainError, Error, IncomingError};
 pub use message::{
     AnyEvent, Command, Envelope, Event, Message, MessageId, MessageKind, Metadata, Timestamp,
 };
@@ -84,8 +85,8 @@ pub use eda_macros::{
 /// The names a service module usually needs.
 pub mod prelude {
     pub use crate::{
-        Adapter, Aggregate, BoxError, Command, CommandError, Envelope, Event, Events, Finder,
-        IdentityMap, InMemoryDatabase, InProcessBus, MessageBus, Metadata, Repository,
+        Adapter, Aggregate, BoxError, Command, CommandError, DomainError, Envelope, Event, Events,
+        Finder, IdentityMap, InMemoryDatabase, InProcessBus, MessageBus, Metadata, Repository,
         RepositoryError, Transaction, UnitOfWork,
     };
     #[cfg(feature = "macros")]

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::BoxError;
+use crate::error::{BoxError, DomainError};
 
 /// What commands and events have in common: a stable name and a serde form.
 ///
@@ -43,9 +43,9 @@ pub trait Message: fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'st
 pub trait Command: Message {
     /// What the command's handler returns on success.
     type Output: Send + 'static;
-    /// The error the command's handler returns; [`BoxError`] unless the
-    /// derive says `error = MyError`.
-    type Error: fmt::Debug + fmt::Display + Send + Sync + 'static;
+    /// The domain error the command's handler reports; [`BoxError`] unless
+    /// the derive says `error = MyError`.
+    type Error: DomainError;
 }
 
 /// Something that happened. It has zero or more handlers, each run in its own
@@ -89,7 +89,9 @@ impl MessageId {
     pub fn at(timestamp: Timestamp) -> Self {
         let random = fastrand::u128(..).to_le_bytes();
         let bytes: [u8; 10] = random[..10].try_into().expect("10 of 16 bytes");
-        MessageId(uuid::Builder::from_unix_timestamp_millis(timestamp.as_millis(), &bytes).into_uuid())
+        MessageId(
+            uuid::Builder::from_unix_timestamp_millis(timestamp.as_millis(), &bytes).into_uuid(),
+        )
     }
 
     /// The id as a UUID.
@@ -110,7 +112,10 @@ mod tests {
         let id = MessageId::at(t).as_uuid();
         assert_eq!(id.get_version_num(), 7);
         let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
-        assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, 1_700_000_000_123);
+        assert_eq!(
+            secs * 1000 + u64::from(nanos) / 1_000_000,
+            1_700_000_000_123
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub use crate::repository::{FinderVTableOf, RepositoryRegistration, RepositoryVT
 
 use crate::MessageBus;
 use crate::bus::{EventQueue, enqueue};
-use crate::error::{BoxError, IncomingError};
+use crate::error::{BoxError, CommandError, IncomingError};
 use crate::message::{Command, Event, Metadata};
 use crate::uow::UnitOfWork;
 
@@ -178,7 +178,7 @@ impl<E: fmt::Display> EventHandlerResult for Result<(), E> {
 #[diagnostic::on_unimplemented(
     message = "a handler of command `{C}` must return `Result<<{C} as Command>::Output, E>`, not `{Self}`",
     label = "wrong return type for this command",
-    note = "the output type is set by `#[command(output = …)]`; `E` must convert into the command's error type (`#[command(error = …)]`, `eda_core::BoxError` by default)"
+    note = "the output type is set by `#[command(output = …)]`; `E` is `CommandError<Error>` (where `Error` is set by `#[command(error = …)]`, `eda_core::BoxError` by default), that error itself, or `eda_core::Error`"
 )]
 pub trait CommandHandlerResult<C: Command> {
     /// Writes the result in the bus's output slot; returns whether it is an
@@ -186,10 +186,11 @@ pub trait CommandHandlerResult<C: Command> {
     fn write(self, out: &mut (dyn Any + Send)) -> bool;
 }
 
-impl<C: Command, E: Into<C::Error>> CommandHandlerResult<C> for Result<C::Output, E> {
+impl<C: Command, E: Into<CommandError<C::Error>>> CommandHandlerResult<C> for Result<C::Output, E> {
     fn write(self, out: &mut (dyn Any + Send)) -> bool {
         let failed = self.is_err();
-        if let Some(slot) = out.downcast_mut::<Option<Result<C::Output, C::Error>>>() {
+        if let Some(slot) = out.downcast_mut::<Option<Result<C::Output, CommandError<C::Error>>>>()
+        {
             *slot = Some(self.map_err(Into::into));
         }
         failed

@@ -247,19 +247,16 @@ impl Transaction {
     #[doc(hidden)]
     pub async fn __commit(&mut self) -> Result<(), Error> {
         self.check_active()?;
+        let mut outbox = Vec::new();
         for event in &mut self.events {
             event.__set_metadata(self.metadata.caused_by());
+            if event.is_external() {
+                match ExternalMessage::from_event(&**event) {
+                    Ok(message) => outbox.push(message),
+                    Err(e) => return self.__abort(Error::database(e)).await,
+                }
+            }
         }
-        let outbox = match self
-            .events
-            .iter()
-            .filter(|e| e.is_external())
-            .map(|e| ExternalMessage::from_event(&**e))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(outbox) => outbox,
-            Err(e) => return self.__abort(Error::database(e)).await,
-        };
         let backend = std::mem::replace(&mut self.backend, Backend::Ended);
         let result = match backend {
             Backend::Memory(tx) => tx.commit(outbox),
@@ -391,7 +388,7 @@ impl Transaction {
 /// [`Aggregates`].
 ///
 /// Each aggregate is loaded at most once per unit of work (a second `get`
-/// returns the same one), and every one of them is saved on commit.
+/// returns the same one), and every one lent mutably is saved on commit.
 pub struct IdentityMap<A: Aggregate> {
     tracked: Vec<Tracked<A>>,
 }
@@ -400,6 +397,9 @@ struct Tracked<A> {
     aggregate: A,
     /// The version it had when loaded; `None` when it was added.
     loaded: Option<u64>,
+    /// Lent mutably (`get`, `find`, `add`): saved on commit. An aggregate only
+    /// `read` is not saved, so reading does not conflict with writers.
+    dirty: bool,
 }
 
 impl<A: Aggregate> IdentityMap<A> {
@@ -412,6 +412,23 @@ impl<A: Aggregate> IdentityMap<A> {
 
     fn position(&self, id: &A::Id) -> Option<usize> {
         self.tracked.iter().position(|t| t.aggregate.id() == id)
+    }
+
+    /// Starts tracking a loaded aggregate (not yet lent mutably).
+    fn track(&mut self, aggregate: A) -> usize {
+        let loaded = Some(aggregate.version());
+        self.tracked.push(Tracked {
+            aggregate,
+            loaded,
+            dirty: false,
+        });
+        self.tracked.len() - 1
+    }
+
+    fn lend_mut(&mut self, i: usize) -> &mut A {
+        let tracked = &mut self.tracked[i];
+        tracked.dirty = true;
+        &mut tracked.aggregate
     }
 
     /// The aggregates loaded or added so far (APwP's `seen`).
@@ -451,7 +468,7 @@ impl<A: Aggregate> UowField for IdentityMap<A> {
     }
 
     async fn __flush<'a>(&'a mut self, tx: &'a mut Transaction) -> Result<(), Error> {
-        for tracked in &mut self.tracked {
+        for tracked in self.tracked.iter_mut().filter(|t| t.dirty) {
             let aggregate = &mut tracked.aggregate;
             if let Some(loaded) = tracked.loaded {
                 let version = aggregate.version().max(loaded + 1);
@@ -478,38 +495,56 @@ pub struct Aggregates<'a, A: Aggregate> {
 
 impl<'a, A: Aggregate> Aggregates<'a, A> {
     /// The aggregate with this id, loaded once per unit of work and tracked:
-    /// it is saved on commit, and its events are collected.
+    /// it is saved on commit (with a version check), and its events are
+    /// collected.
     pub async fn get(self, id: &A::Id) -> Result<Option<&'a mut A>, Error> {
         self.tx.check_active()?;
-        if let Some(i) = self.map.position(id) {
-            return Ok(Some(&mut self.map.tracked[i].aggregate));
-        }
-        match self.tx.load::<A>(id).await? {
-            None => Ok(None),
-            Some(aggregate) => Ok(Some(self.track(aggregate))),
-        }
+        let i = match self.map.position(id) {
+            Some(i) => i,
+            None => match self.tx.load::<A>(id).await? {
+                None => return Ok(None),
+                Some(aggregate) => self.map.track(aggregate),
+            },
+        };
+        Ok(Some(self.map.lend_mut(i)))
+    }
+
+    /// The aggregate with this id, to read only: unless it is also taken
+    /// with [`get`](Self::get), it is not saved on commit, so a unit of work
+    /// that only reads it never conflicts with one that changes it.
+    pub async fn read(self, id: &A::Id) -> Result<Option<&'a A>, Error> {
+        self.tx.check_active()?;
+        let i = match self.map.position(id) {
+            Some(i) => i,
+            None => match self.tx.load::<A>(id).await? {
+                None => return Ok(None),
+                Some(aggregate) => self.map.track(aggregate),
+            },
+        };
+        Ok(Some(&self.map.tracked[i].aggregate))
     }
 
     /// The aggregate the finder describes (looked for among the tracked ones
     /// first), tracked like [`get`](Self::get).
     pub async fn find<F: Finder<A>>(self, finder: &F) -> Result<Option<&'a mut A>, Error> {
         self.tx.check_active()?;
-        if let Some(i) = self
+        let i = match self
             .map
             .tracked
             .iter()
             .position(|t| finder.matches(&t.aggregate))
         {
-            return Ok(Some(&mut self.map.tracked[i].aggregate));
-        }
-        match self.tx.find::<A, F>(finder).await? {
-            None => Ok(None),
-            Some(found) => match self.map.position(found.id()) {
+            Some(i) => i,
+            None => match self.tx.find::<A, F>(finder).await? {
+                None => return Ok(None),
                 // Already tracked under another description: keep one copy.
-                Some(i) => Ok(Some(&mut self.map.tracked[i].aggregate)),
-                None => Ok(Some(self.track(found))),
+                Some(found) => match self.map.position(found.id()) {
+                    Some(i) => i,
+                    None => self.map.track(found),
+                },
             },
-        }
+        };
+        Ok(Some(self.map.lend_mut(i)))
     }
 
     /// Adds a new aggregate; it is inserted on commit.
@@ -525,18 +560,14 @@ impl<'a, A: Aggregate> Aggregates<'a, A> {
         self.map.tracked.push(Tracked {
             aggregate,
             loaded: None,
+            dirty: true,
         });
-        Ok(&mut self.map.tracked.last_mut().expect("just pushed").aggregate)
+        let i = self.map.tracked.len() - 1;
+        Ok(&mut self.map.tracked[i].aggregate)
     }
 
     /// The aggregates loaded or added so far.
     pub fn seen(&self) -> impl Iterator<Item = &A> + '_ {
         self.map.seen()
-    }
-
-    fn track(self, aggregate: A) -> &'a mut A {
-        let loaded = Some(aggregate.version());
-        self.map.tracked.push(Tracked { aggregate, loaded });
-        &mut self.map.tracked.last_mut().expect("just pushed").aggregate
     }
 }

@@ -100,6 +100,20 @@ pub struct AddRacing {
     pub id: String,
 }
 
+/// Reads a counter (without changing it), waits for a writer, commits.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.peek_racing", output = i64, error = CounterError)]
+pub struct PeekRacing {
+    pub id: String,
+}
+
+/// Sends `Add` in the conversation of the message being handled.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "test.add_later", output = i64, error = CounterError)]
+pub struct AddLater {
+    pub id: String,
+}
+
 /// Commits, then tries to commit again.
 #[derive(Debug, Clone, Serialize, Deserialize, Command)]
 #[command(name = "test.commit_twice", output = (), error = CounterError)]
@@ -132,9 +146,10 @@ pub enum CounterError {
     Unknown(String),
     #[error("refused")]
     Refused,
-    #[error(transparent)]
-    Eda(#[from] Error),
 }
+impl DomainError for CounterError {}
+
+type Handled<T> = Result<T, CommandError<CounterError>>;
 
 #[derive(UnitOfWork)]
 pub struct CounterUow {
@@ -172,7 +187,7 @@ async fn create(cmd: Create, uow: &mut CounterUow) -> Result<(), Error> {
 }
 
 #[command_handler]
-async fn add(cmd: &Add, uow: &mut CounterUow) -> Result<i64, CounterError> {
+async fn add(cmd: &Add, uow: &mut CounterUow) -> Handled<i64> {
     let counter = uow
         .counters()
         .get(&cmd.id)
@@ -185,7 +200,7 @@ async fn add(cmd: &Add, uow: &mut CounterUow) -> Result<i64, CounterError> {
 }
 
 #[command_handler]
-async fn add_by_tag(cmd: AddByTag, uow: &mut CounterUow) -> Result<i64, CounterError> {
+async fn add_by_tag(cmd: AddByTag, uow: &mut CounterUow) -> Handled<i64> {
     let counter = uow
         .counters()
         .find(&ByTag(cmd.tag.clone()))
@@ -198,28 +213,21 @@ async fn add_by_tag(cmd: AddByTag, uow: &mut CounterUow) -> Result<i64, CounterE
 }
 
 #[command_handler]
-async fn add_then_fail(cmd: AddThenFail, uow: &mut CounterUow) -> Result<(), CounterError> {
+async fn add_then_fail(cmd: AddThenFail, uow: &mut CounterUow) -> Handled<()> {
     let counter = uow.counters().get(&cmd.id).await?.unwrap();
     counter.add(100);
-    Err(CounterError::Refused)
+    Err(CounterError::Refused)?
 }
 
 #[command_handler]
-async fn add_without_commit(
-    cmd: AddWithoutCommit,
-    uow: &mut CounterUow,
-) -> Result<(), CounterError> {
+async fn add_without_commit(cmd: AddWithoutCommit, uow: &mut CounterUow) -> Handled<()> {
     let counter = uow.counters().get(&cmd.id).await?.unwrap();
     counter.add(100);
     Ok(())
 }
 
 #[command_handler]
-async fn add_racing(
-    cmd: AddRacing,
-    uow: &mut CounterUow,
-    race: &Race,
-) -> Result<i64, CounterError> {
+async fn add_racing(cmd: AddRacing, uow: &mut CounterUow, race: &Race) -> Handled<i64> {
     let counter = uow.counters().get(&cmd.id).await?.unwrap();
     counter.add(1);
     let value = counter.value;
@@ -231,11 +239,26 @@ async fn add_racing(
 }
 
 #[command_handler]
-async fn commit_twice(cmd: CommitTwice, uow: &mut CounterUow) -> Result<(), CounterError> {
+async fn commit_twice(cmd: CommitTwice, uow: &mut CounterUow) -> Handled<()> {
     uow.counters().get(&cmd.id).await?.unwrap().add(1);
     uow.commit().await?;
     uow.commit().await?;
     Ok(())
+}
+
+#[command_handler]
+async fn peek_racing(cmd: PeekRacing, uow: &mut CounterUow, race: &Race) -> Handled<i64> {
+    let value = uow.counters().read(&cmd.id).await?.unwrap().value;
+    if race.runs.fetch_add(1, Ordering::SeqCst) < 2 {
+        race.barrier.wait().await;
+    }
+    uow.commit().await?;
+    Ok(value)
+}
+
+#[command_handler]
+async fn add_later(cmd: AddLater, bus: &MessageBus, meta: &Metadata) -> Handled<i64> {
+    bus.handle_caused_by(Add { id: cmd.id, by: 1 }, meta).await
 }
 
 #[event_handler]
@@ -505,15 +528,12 @@ async fn adding_an_existing_aggregate_conflicts() {
         })
         .await
         .unwrap_err();
-    match err {
-        CommandError::Handler(e) => {
-            let e = e
-                .downcast_ref::<Error>()
-                .expect("the handler returns eda errors");
-            assert!(e.is_conflict(), "{e}")
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    // The handler returned the framework's error: it reaches the caller as
+    // the framework's, not the domain's.
+    assert!(
+        matches!(err, CommandError::Bus(ref e) if e.is_conflict()),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,8 +577,9 @@ async fn a_conflict_out_of_attempts_is_returned_to_the_caller() {
     );
     let (ok, err): (Vec<_>, Vec<_>) = [one, two].into_iter().partition(|r| r.is_ok());
     assert_eq!(ok.len(), 1);
+    // A conflict is the framework's failure, not the domain's.
     match err.into_iter().next().unwrap().unwrap_err() {
-        CommandError::Handler(CounterError::Eda(e)) => assert!(e.is_conflict(), "{e}"),
+        CommandError::Bus(e) => assert!(e.is_conflict(), "{e}"),
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(s.db.get::<Counter>(&id("a")).unwrap().value, 1);
@@ -576,11 +597,54 @@ async fn a_committed_unit_of_work_cannot_commit_again() {
         .unwrap();
     let err = s.bus.handle(CommitTwice { id: id("a") }).await.unwrap_err();
     match err {
-        CommandError::Handler(CounterError::Eda(Error::TransactionFinished(state))) => {
-            assert_eq!(state, "committed")
-        }
+        CommandError::Bus(Error::TransactionFinished(state)) => assert_eq!(state, "committed"),
         other => panic!("unexpected {other:?}"),
     }
     // The first commit stands.
     assert_eq!(s.db.get::<Counter>(&id("a")).unwrap().value, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_only_read_is_not_saved_and_does_not_conflict() {
+    let s = service_with(RetryPolicy::never());
+    s.bus
+        .handle(Create {
+            id: id("a"),
+            tag: id("t"),
+        })
+        .await
+        .unwrap();
+    // The reader and the writer both load version 0 and wait for each other;
+    // both commit, and only the writer's change is saved.
+    let (read, written) = tokio::join!(
+        s.bus.handle(PeekRacing { id: id("a") }),
+        s.bus.handle(AddRacing { id: id("a") })
+    );
+    assert_eq!(read.unwrap(), 0);
+    assert_eq!(written.unwrap(), 1);
+    let stored = s.db.get::<Counter>("a").unwrap();
+    assert_eq!((stored.value, stored.version), (1, 1));
+    assert_eq!(s.bus.metrics().command_conflicts, 0);
+}
+
+#[tokio::test]
+async fn a_command_sent_by_a_handler_stays_in_the_conversation() {
+    let s = service();
+    s.bus
+        .handle(Create {
+            id: id("a"),
+            tag: id("t"),
+        })
+        .await
+        .unwrap();
+    let envelope = Envelope::new(AddLater { id: id("a") });
+    let first = envelope.metadata;
+    assert_eq!(s.bus.handle_envelope(envelope).await.unwrap(), 1);
+    let changed = &s.db.outbox()[0];
+    assert_eq!(changed.metadata.correlation_id, first.correlation_id);
+    assert_ne!(
+        changed.metadata.causation_id,
+        Some(first.message_id),
+        "caused by the Add, not by AddLater"
+    );
 }

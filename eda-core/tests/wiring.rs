@@ -510,13 +510,10 @@ async fn a_stale_update_on_a_database_adapter_is_a_conflict() {
         .handle(widgets::GrowAfterSomeoneElse { name: "w".into() })
         .await
         .unwrap_err();
-    match err {
-        CommandError::Handler(e) => {
-            let e = e.downcast_ref::<Error>().expect("an eda error");
-            assert!(e.is_conflict(), "{e}")
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    assert!(
+        matches!(err, CommandError::Bus(ref e) if e.is_conflict()),
+        "{err:?}"
+    );
     let store = db.0.lock().unwrap();
     assert_eq!(store.widgets["w"].1, 1, "the stale write was refused");
     assert_eq!(store.rollbacks, 1);

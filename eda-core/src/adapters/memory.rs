@@ -19,6 +19,7 @@
 use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -39,6 +40,8 @@ pub struct InMemoryDatabase {
 #[derive(Default)]
 struct Inner {
     data: Mutex<Data>,
+    /// Outside the lock: a commit with nothing to write takes no lock.
+    commits: AtomicU64,
     publish_to: Mutex<Option<InProcessBus>>,
 }
 
@@ -47,7 +50,6 @@ struct Data {
     tables: HashMap<TypeId, Box<dyn Any + Send>>,
     outbox: Vec<ExternalMessage>,
     inbox: HashSet<(MessageId, String)>,
-    commits: u64,
 }
 
 type Table<A> = HashMap<<A as Aggregate>::Id, A>;
@@ -74,7 +76,7 @@ impl fmt::Debug for InMemoryDatabase {
         f.debug_struct("InMemoryDatabase")
             .field("tables", &data.tables.len())
             .field("outbox", &data.outbox.len())
-            .field("commits", &data.commits)
+            .field("commits", &self.commits())
             .finish()
     }
 }
@@ -99,12 +101,17 @@ impl InMemoryDatabase {
             .insert(aggregate.id().clone(), aggregate);
     }
 
-    /// The committed state of an aggregate.
-    pub fn get<A: Aggregate>(&self, id: &A::Id) -> Option<A> {
+    /// The committed state of an aggregate: `db.get::<Product>("LAMP")`.
+    pub fn get<A: Aggregate>(&self, id: impl Into<A::Id>) -> Option<A> {
+        self.committed::<A>(&id.into())
+    }
+
+    fn committed<A: Aggregate>(&self, id: &A::Id) -> Option<A> {
         self.data().table::<A>().and_then(|t| t.get(id)).cloned()
     }
 
-    /// Every committed aggregate of a type, in no particular order.
+    /// Every committed aggregate of a type, in no particular order (so a
+    /// [`Finder`] that matches several finds any one of them).
     pub fn all<A: Aggregate>(&self) -> Vec<A> {
         self.data()
             .table::<A>()
@@ -119,7 +126,7 @@ impl InMemoryDatabase {
 
     /// How many transactions committed (APwP's `uow.committed`, as a count).
     pub fn commits(&self) -> u64 {
-        self.data().commits
+        self.inner.commits.load(Ordering::SeqCst)
     }
 
     /// Publishes every external event, once committed, on this in-process
@@ -195,7 +202,7 @@ impl<A: Aggregate> Staged for Save<A> {
 
 impl MemoryTransaction {
     pub(crate) fn get<A: Aggregate>(&self, id: &A::Id) -> Option<A> {
-        self.db.get::<A>(id)
+        self.db.committed::<A>(id)
     }
 
     pub(crate) fn find<A: Aggregate, F: Finder<A>>(&self, finder: &F) -> Option<A> {
@@ -223,6 +230,10 @@ impl MemoryTransaction {
     }
 
     pub(crate) fn commit(self, outbox: Vec<ExternalMessage>) -> Result<(), Error> {
+        if self.staged.is_empty() && self.inbox.is_empty() && outbox.is_empty() {
+            self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
         let publish = {
             let mut data = self.db.data();
             for staged in &self.staged {
@@ -240,7 +251,7 @@ impl MemoryTransaction {
                 staged.apply(&mut data);
             }
             data.inbox.extend(self.inbox);
-            data.commits += 1;
+            self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
             data.outbox.extend(outbox.iter().cloned());
             outbox
         };

@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => println!("order4 refused: {e}"),
     }
 
-    if let Some(product) = db.get::<Product>(&"SMALL-TABLE".to_string()) {
+    if let Some(product) = db.get::<Product>("SMALL-TABLE") {
         println!("SMALL-TABLE at version {}:", product.version_number);
         for batch in &product.batches {
             let orders: Vec<_> = batch.allocations().iter().map(|l| &l.orderid).collect();

@@ -4,8 +4,9 @@
 
 use allocation::adapters::notifications::{FakeNotifier, Notifications};
 use allocation::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use allocation::domain::errors::AllocationError;
 use allocation::domain::model::Product;
-use allocation::service_layer::{AllocationError, STOCK_ADDRESS};
+use allocation::service_layer::STOCK_ADDRESS;
 use chrono::NaiveDate;
 use eda_core::{CommandError, Envelope, InMemoryDatabase, MessageBus};
 use serde_json::json;
@@ -32,7 +33,7 @@ fn bootstrap() -> Service {
 impl Service {
     fn product(&self, sku: &str) -> Product {
         self.db
-            .get::<Product>(&sku.to_owned())
+            .get::<Product>(sku)
             .unwrap_or_else(|| panic!("no product {sku}"))
     }
 

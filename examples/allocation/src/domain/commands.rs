@@ -1,16 +1,13 @@
 //! Commands: what the outside world asks the allocation service to do.
 //!
-//! Each names [`AllocationError`] as its error, so that callers of
+//! Each names [`AllocationError`], the domain's error, so that callers of
 //! `MessageBus::handle` can match on it.
 
 use chrono::NaiveDate;
 use eda_core::Command;
 use serde::{Deserialize, Serialize};
 
-// The error type is declared on the command (`#[command(error = …)]`), and it
-// must hold the framework's errors too, so the domain's commands name the
-// service layer's error here.
-use crate::service_layer::AllocationError;
+use crate::domain::errors::AllocationError;
 
 /// Adds a batch of stock (creating the product if it is new).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Command)]

@@ -2,5 +2,6 @@
 //! happened to it. No database, broker or HTTP here.
 
 pub mod commands;
+pub mod errors;
 pub mod events;
 pub mod model;

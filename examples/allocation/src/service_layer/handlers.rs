@@ -2,42 +2,25 @@
 //! `handlers.py`). The bus finds them by their attributes; nothing calls them
 //! directly.
 
-use eda_core::{Envelope, MessageBus, Metadata, command_handler, event_handler};
+use eda_core::{CommandError, MessageBus, Metadata, command_handler, event_handler};
 
 use crate::adapters::notifications::{NotificationError, Notifications};
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use crate::domain::errors::AllocationError;
 use crate::domain::events::{Deallocated, OutOfStock};
-use crate::domain::model::{Batch, OrderLine, Product, UnknownBatch};
+use crate::domain::model::{Batch, OrderLine, Product};
 use crate::service_layer::unit_of_work::{AllocationUow, ByBatchref};
 
 /// Where out-of-stock notifications go.
 pub const STOCK_ADDRESS: &str = "stock@made.com";
 
-/// Why an allocation command failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AllocationError {
-    /// No product has this SKU (no batch of it was ever created).
-    #[error("Invalid sku {0}")]
-    InvalidSku(String),
-    /// No batch has this reference.
-    #[error("Unknown batch {0}")]
-    UnknownBatch(String),
-    /// The framework failed (the database, a version conflict that outlived
-    /// its retries, ...).
-    #[error(transparent)]
-    Framework(#[from] eda_core::Error),
-}
-
-impl From<UnknownBatch> for AllocationError {
-    fn from(e: UnknownBatch) -> Self {
-        AllocationError::UnknownBatch(e.0)
-    }
-}
+/// What a command handler returns: its output, or the domain's error, or
+/// the framework's (which `?` sends to `CommandError::Bus`).
+type Handled<T> = Result<T, CommandError<AllocationError>>;
 
 /// Adds a batch to its product, creating the product if it is new.
 #[command_handler]
-async fn add_batch(cmd: CreateBatch, uow: &mut AllocationUow) -> Result<(), AllocationError> {
+async fn add_batch(cmd: CreateBatch, uow: &mut AllocationUow) -> Handled<()> {
     let batch = Batch::new(cmd.reference, cmd.sku.clone(), cmd.qty, cmd.eta);
     let product = match uow.products().get(&cmd.sku).await? {
         Some(product) => product,
@@ -51,13 +34,10 @@ async fn add_batch(cmd: CreateBatch, uow: &mut AllocationUow) -> Result<(), Allo
 /// Allocates an order line; `None` when out of stock (the product raised
 /// `OutOfStock`, which is committed like any other change).
 #[command_handler]
-async fn allocate(
-    cmd: Allocate,
-    uow: &mut AllocationUow,
-) -> Result<Option<String>, AllocationError> {
+async fn allocate(cmd: Allocate, uow: &mut AllocationUow) -> Handled<Option<String>> {
     let line = OrderLine::new(cmd.orderid, cmd.sku, cmd.qty);
     let Some(product) = uow.products().get(&line.sku).await? else {
-        return Err(AllocationError::InvalidSku(line.sku));
+        return Err(AllocationError::InvalidSku(line.sku).into());
     };
     let batchref = product.allocate(line);
     uow.commit().await?;
@@ -66,15 +46,14 @@ async fn allocate(
 
 /// Changes a batch's quantity; the lines it deallocates raise `Deallocated`.
 #[command_handler]
-async fn change_batch_quantity(
-    cmd: ChangeBatchQuantity,
-    uow: &mut AllocationUow,
-) -> Result<(), AllocationError> {
+async fn change_batch_quantity(cmd: ChangeBatchQuantity, uow: &mut AllocationUow) -> Handled<()> {
     let finder = ByBatchref(cmd.batchref);
     let Some(product) = uow.products().find(&finder).await? else {
-        return Err(AllocationError::UnknownBatch(finder.0));
+        return Err(AllocationError::UnknownBatch(finder.0).into());
     };
-    product.change_batch_quantity(&finder.0, cmd.qty)?;
+    product
+        .change_batch_quantity(&finder.0, cmd.qty)
+        .map_err(AllocationError::from)?;
     uow.commit().await?;
     Ok(())
 }
@@ -83,14 +62,9 @@ async fn change_batch_quantity(
 /// same conversation (its own unit of work, retried on conflict like any
 /// command).
 #[event_handler]
-async fn reallocate(
-    event: &Deallocated,
-    metadata: &Metadata,
-    bus: &MessageBus,
-) -> Result<(), eda_core::CommandError<AllocationError>> {
+async fn reallocate(event: &Deallocated, metadata: &Metadata, bus: &MessageBus) -> Handled<()> {
     let command = Allocate::new(event.orderid.clone(), event.sku.clone(), event.qty);
-    bus.handle_envelope(Envelope::with_metadata(command, metadata.caused_by()))
-        .await?;
+    bus.handle_caused_by(command, metadata).await?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
-//! The service layer: the unit of work the handlers work in, the handlers
-//! themselves, and the error commands fail with.
+//! The service layer: the unit of work the handlers work in, and the
+//! handlers themselves.
 
 mod handlers;
 pub mod unit_of_work;
 
-pub use handlers::{AllocationError, STOCK_ADDRESS};
+pub use handlers::STOCK_ADDRESS;
