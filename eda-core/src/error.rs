@@ -215,6 +215,20 @@ impl<E: DomainError> From<E> for CommandError<E> {
     }
 }
 
+/// `?` on a message, for commands with the default error type.
+impl From<&str> for CommandError<BoxError> {
+    fn from(e: &str) -> Self {
+        CommandError::Handler(e.into())
+    }
+}
+
+/// `?` on a message, for commands with the default error type.
+impl From<String> for CommandError<BoxError> {
+    fn from(e: String) -> Self {
+        CommandError::Handler(e.into())
+    }
+}
+
 /// `?` on a framework error (a repository, `commit`) in a handler.
 impl<E> From<Error> for CommandError<E> {
     fn from(e: Error) -> Self {

@@ -82,6 +82,12 @@ pub use eda_macros::{
     Aggregate, Command, Event, UnitOfWork, command_handler, event_handler, repository,
 };
 
+/// The README's examples are compiled and run as doctests, so that they
+/// cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// The names a service module usually needs.
 pub mod prelude {
     pub use crate::{

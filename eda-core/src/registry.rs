@@ -282,6 +282,12 @@ pub enum WiringProblem {
         /// The repositories and where they are declared.
         repositories: Vec<(&'static str, Location)>,
     },
+    /// A scope given to the builder matches no handler and no message: the
+    /// crate that declares them is probably not linked into the binary.
+    EmptyScope {
+        /// The module path given to `scope`.
+        scope: String,
+    },
     /// Two adapters of the same type, or two databases.
     DuplicateAdapter {
         /// The adapter's type, or `"database"`.
@@ -352,6 +358,11 @@ impl fmt::Display for WiringProblem {
                 }
                 Ok(())
             }
+            WiringProblem::EmptyScope { scope } => write!(
+                f,
+                "scope `{scope}` matches no handler and no message: if they are declared in another crate that this binary does not name, the linker left them out; name it once, e.g. `use {crate_name} as _;` in main.rs",
+                crate_name = scope.split("::").next().unwrap_or(scope)
+            ),
             WiringProblem::DuplicateAdapter { adapter } => {
                 write!(f, "two adapters of type `{adapter}` were given to the bus")
             }
@@ -427,6 +438,25 @@ impl Wiring<'_> {
             .collect();
         // Linker order is arbitrary; make the order of event handlers stable.
         events.sort_by_key(|r| (r.module, r.location.file, r.location.line));
+
+        // A scope that matches nothing is a crate the linker left out.
+        for scope in self.scopes {
+            let one = std::slice::from_ref(scope);
+            let found = inventory::iter::<CommandHandlerRegistration>
+                .into_iter()
+                .any(|r| in_scope(one, r.module))
+                || inventory::iter::<EventHandlerRegistration>
+                    .into_iter()
+                    .any(|r| in_scope(one, r.module))
+                || inventory::iter::<MessageRegistration>
+                    .into_iter()
+                    .any(|r| in_scope(one, r.module));
+            if !found {
+                problems.push(WiringProblem::EmptyScope {
+                    scope: scope.clone(),
+                });
+            }
+        }
 
         // Message names are global: a message from outside is decoded by name.
         let mut messages: HashMap<&'static str, &'static MessageRegistration> = HashMap::new();

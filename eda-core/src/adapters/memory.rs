@@ -7,13 +7,37 @@
 //! isolated (reads see committed state, writes are staged until commit),
 //! commits are atomic and check versions, the outbox and inbox are kept.
 //!
-//! ```
-//! use eda_core::{InMemoryDatabase, MessageBus};
+//! ```standalone_crate
+//! use eda_core::prelude::*;
+//! use serde::{Deserialize, Serialize};
 //!
+//! #[derive(Debug, Clone, Aggregate)]
+//! pub struct Lamp { #[aggregate(id)] pub sku: String, pub lit: bool, pub version: u64, pub events: Events }
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+//! #[command(name = "shop.light")]
+//! pub struct Light { pub sku: String }
+//!
+//! #[derive(UnitOfWork)]
+//! pub struct ShopUow { tx: Transaction, lamps: IdentityMap<Lamp> }
+//!
+//! #[command_handler]
+//! async fn light(cmd: Light, uow: &mut ShopUow) -> Result<(), CommandError<BoxError>> {
+//!     uow.lamps().get(&cmd.sku).await?.ok_or("no such lamp")?.lit = true;
+//!     Ok(uow.commit().await?)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let db = InMemoryDatabase::new();
-//! let bus = MessageBus::builder().adapter(db.clone()).scope("my_service").build()?;
-//! // … bus.handle(…), then assert on db.get::<Product>(…), db.outbox(), db.commits()
-//! # Ok::<(), eda_core::WiringError>(())
+//! db.insert(Lamp { sku: "LAMP".into(), lit: false, version: 0, events: Events::new() });
+//! let bus = MessageBus::builder().adapter(db.clone()).scope(module_path!()).build()?;
+//!
+//! bus.handle(Light { sku: "LAMP".into() }).await?;
+//! let lamp = db.get::<Lamp>("LAMP").unwrap();
+//! assert!(lamp.lit);
+//! assert_eq!(lamp.version, 1);
+//! assert_eq!(db.commits(), 1);
+//! # Ok(()) }
 //! ```
 
 use std::any::{Any, TypeId};
