@@ -26,6 +26,16 @@ pub enum Error {
     #[error("database error: {0}")]
     Database(#[source] BoxError),
 
+    /// The adapter could not connect (or set itself up) at start.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// Where, with any password hidden.
+        url: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+
     /// `commit` or `rollback` was called on a unit of work whose transaction
     /// already ended.
     #[error("the unit of work's transaction is already {0}")]

@@ -55,6 +55,8 @@ pub mod outbox;
 pub mod registry;
 pub mod repository;
 pub mod retry;
+#[cfg(feature = "postgres")]
+pub mod testing;
 pub mod uow;
 
 #[doc(hidden)]
@@ -98,3 +100,8 @@ pub mod prelude {
     #[cfg(feature = "macros")]
     pub use crate::{command_handler, event_handler, repository};
 }
+
+/// The sqlx eda's database adapters are built on: use this one in your
+/// repositories, so that the connection types are the same.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use sqlx;

@@ -124,13 +124,18 @@ pub enum RepositoryError {
     #[error("cannot decode column `{column}` of table `{table}`: {source}")]
     Decode {
         /// The table.
-        table: &'static str,
+        table: String,
         /// The column.
-        column: &'static str,
+        column: String,
         /// Why.
         #[source]
         source: BoxError,
     },
+    /// The database aborted the transaction to keep it consistent with a
+    /// concurrent one (serialization failure, deadlock, a busy SQLite
+    /// database): running it again can succeed, so it counts as a conflict.
+    #[error("transaction aborted by the database, to be retried: {0}")]
+    Retryable(#[source] BoxError),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[source] BoxError),
@@ -142,7 +147,9 @@ impl RepositoryError {
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,
-            RepositoryError::Conflict { .. } | RepositoryError::AlreadyExists { .. }
+            RepositoryError::Conflict { .. }
+                | RepositoryError::AlreadyExists { .. }
+                | RepositoryError::Retryable(_)
         )
     }
 
@@ -152,10 +159,14 @@ impl RepositoryError {
     }
 
     /// A decoding error naming the table and column.
-    pub fn decode(table: &'static str, column: &'static str, e: impl Into<BoxError>) -> Self {
+    pub fn decode(
+        table: impl Into<String>,
+        column: impl Into<String>,
+        e: impl Into<BoxError>,
+    ) -> Self {
         RepositoryError::Decode {
-            table,
-            column,
+            table: table.into(),
+            column: column.into(),
             source: e.into(),
         }
     }

@@ -1,0 +1,118 @@
+//! Test isolation against real services, after `#[sqlx::test]`: each test
+//! gets a Postgres schema of its own (with the framework's tables in it),
+//! so tests run in parallel and again without seeing each other's rows.
+//!
+//! Where the service is: `DATABASE_URL`, or the local default
+//! `postgres://postgres@127.0.0.1:5432/test`. When it cannot be reached,
+//! the test is skipped with a message on stderr, except under `CI=true`,
+//! where it fails with a message saying what to start.
+//!
+//! ```no_run
+//! # async fn t() {
+//! use eda_core::testing::TestPostgres;
+//!
+//! let Some(pg) = TestPostgres::start().await else { return };
+//! // pg.db is a PostgresDatabase in a fresh schema; pg.pool() runs SQL there.
+//! pg.drop_schema().await;
+//! # }
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::adapters::postgres::{PostgresDatabase, PostgresOptions};
+use crate::adapters::redact_url;
+
+/// The Postgres the tests use when `DATABASE_URL` is not set.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Whether a missing service fails the test (`CI=true`) or skips it.
+pub fn services_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The URL of the test Postgres: `DATABASE_URL` if it is a Postgres URL,
+/// else [`DEFAULT_POSTGRES_URL`].
+pub fn postgres_url() -> String {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => url,
+        _ => DEFAULT_POSTGRES_URL.to_owned(),
+    }
+}
+
+/// Skips (returns `None`, saying so on stderr) or, under `CI=true`, fails
+/// with a message naming the missing service.
+pub fn service_missing<T>(
+    service: &str,
+    url: &str,
+    error: &dyn std::fmt::Display,
+    start: &str,
+) -> Option<T> {
+    let message = format!(
+        "{service} is not reachable at {}: {error}\n  start it with: {start}",
+        redact_url(url)
+    );
+    if services_required() {
+        panic!("CI=true and {message}");
+    }
+    eprintln!("SKIPPED (set CI=true to fail instead): {message}");
+    None
+}
+
+/// A name no other test (in this or another process) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}_{}_{}_{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        fastrand::u32(..)
+    )
+}
+
+/// A Postgres database in a schema of its own.
+#[derive(Debug)]
+pub struct TestPostgres {
+    /// The adapter, in the test's schema.
+    pub db: PostgresDatabase,
+    /// The schema's name.
+    pub schema: String,
+    /// The URL it connected to.
+    pub url: String,
+}
+
+impl TestPostgres {
+    /// A fresh schema with the framework's tables, or `None` (skipped) when
+    /// Postgres is not reachable outside CI.
+    pub async fn start() -> Option<Self> {
+        Self::start_with(PostgresOptions::default()).await
+    }
+
+    /// Same, with options (the schema is set by this function).
+    pub async fn start_with(options: PostgresOptions) -> Option<Self> {
+        let url = postgres_url();
+        let schema = unique_name("eda_test");
+        match PostgresDatabase::connect_with(&url, options.schema(schema.clone())).await {
+            Ok(db) => Some(TestPostgres { db, schema, url }),
+            Err(e) => service_missing(
+                "PostgreSQL",
+                &url,
+                &e,
+                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            ),
+        }
+    }
+
+    /// The pool (its connections' `search_path` is the test's schema).
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.db.pool()
+    }
+
+    /// Drops the schema and everything in it.
+    pub async fn drop_schema(self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+        if let Err(e) = sqlx::query(&sql).execute(self.db.pool()).await {
+            eprintln!("could not drop test schema {}: {e}", self.schema);
+        }
+        self.db.pool().close().await;
+    }
+}
