@@ -7,12 +7,12 @@
 //! bounds placed at the span of the user's tokens, so that its error lands
 //! there too.
 
-use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ItemFn, PathArguments, ReturnType, Type, TypeReference};
 
-use crate::ctxt::Ctxt;
+use crate::ctxt::{Ctxt, respan};
 use crate::message::Kind;
 
 /// How a handler takes its message.
@@ -88,24 +88,34 @@ fn parse(item: &ItemFn, kind: Kind, cx: &mut Ctxt) -> Option<Signature> {
         cx.error(v, format_args!("a {noun} handler cannot be variadic"));
     }
 
-    let mut inputs = sig.inputs.iter();
+    let example = match kind {
+        Kind::Command => "`(cmd: Allocate, …)` or `(cmd: &Allocate, …)`",
+        Kind::Event => "`(event: &Allocated, …)` or `(event: Allocated, …)`",
+    };
+    let mut inputs = sig.inputs.iter().peekable();
+    // A method: say so once, and read the parameter after `self` as the
+    // message, so that the rest is checked as the user meant it.
+    if let Some(FnArg::Receiver(r)) = inputs.peek() {
+        cx.error(
+            r,
+            format_args!(
+                "a {noun} handler is a free function, not a method: remove `self` and move it out of the `impl` block"
+            ),
+        );
+        inputs.next();
+    }
     let message = match inputs.next() {
         None => {
             cx.error(
                 &sig.ident,
                 format_args!(
-                    "a {noun} handler takes the {noun} as its first parameter, e.g. `(cmd: Allocate, …)` or `(event: &Allocated, …)`"
+                    "a {noun} handler takes the {noun} as its first parameter, e.g. {example}"
                 ),
             );
             None
         }
         Some(FnArg::Receiver(r)) => {
-            cx.error(
-                r,
-                format_args!(
-                    "a {noun} handler is a free function, not a method: remove `self` and move it out of the `impl` block"
-                ),
-            );
+            cx.error(r, "`self` can only be the first parameter");
             None
         }
         Some(FnArg::Typed(t)) => match &*t.ty {
@@ -147,8 +157,8 @@ fn parse(item: &ItemFn, kind: Kind, cx: &mut Ctxt) -> Option<Signature> {
                             cx.error(
                                 &t.ty,
                                 format_args!(
-                                    "a handler takes at most one unit of work (`&mut`), and it already takes `{}`",
-                                    quote!(#first).to_string().replace(' ', "")
+                                    "a handler takes at most one unit of work (`&mut`), and it already takes `{}`: put what you need in that one",
+                                    type_to_string(first)
                                 ),
                             );
                         } else {
@@ -162,8 +172,8 @@ fn parse(item: &ItemFn, kind: Kind, cx: &mut Ctxt) -> Option<Signature> {
                 other => cx.error(
                     other,
                     format_args!(
-                        "parameters after the {noun} are lent by the bus: take an adapter as `&{0}` or a unit of work as `&mut {0}`",
-                        quote!(#other).to_string().replace(' ', "")
+                        "a handler cannot take `{0}` by value: the parameters after the {noun} are lent by the bus, as `&Adapter`, `&Metadata`, `&MessageBus` or `&mut UnitOfWork`",
+                        type_to_string(other)
                     ),
                 ),
             },
@@ -196,6 +206,27 @@ fn parse(item: &ItemFn, kind: Kind, cx: &mut Ctxt) -> Option<Signature> {
     })
 }
 
+/// A type as a user would write it: `&mut ShopUow`, `Result<(), E>`.
+pub(crate) fn type_to_string(ty: &Type) -> String {
+    let raw = quote!(#ty).to_string();
+    let mut out = String::with_capacity(raw.len());
+    let tokens: Vec<&str> = raw.split(' ').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        let prev = if i == 0 { None } else { Some(tokens[i - 1]) };
+        let space = match (prev, *token) {
+            (None, _) => false,
+            (_, "::" | "<" | ">" | "," | ")" | "]" | ";") => false,
+            (Some("::" | "<" | "&" | "(" | "[" | "'"), _) => false,
+            _ => true,
+        };
+        if space {
+            out.push(' ');
+        }
+        out.push_str(token);
+    }
+    out
+}
+
 /// `a::b::Allocate` → `a__b__Allocate`, for the same-module duplicate check.
 fn mangle(ty: &Type) -> Option<String> {
     match ty {
@@ -209,23 +240,6 @@ fn mangle(ty: &Type) -> Option<String> {
         ),
         _ => None,
     }
-}
-
-/// The tokens with every span set to `span`.
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut tt| {
-            if let TokenTree::Group(g) = &tt {
-                let mut group = Group::new(g.delimiter(), respan(g.stream(), span));
-                group.set_span(span);
-                tt = TokenTree::Group(group);
-            } else {
-                tt.set_span(span);
-            }
-            tt
-        })
-        .collect()
 }
 
 /// The span of `E` in a return type `Result<T, E>`, where the error
@@ -482,4 +496,35 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
             }}
         };
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mangle, type_to_string};
+
+    fn ty(s: &str) -> syn::Type {
+        syn::parse_str(s).unwrap()
+    }
+
+    #[test]
+    fn types_print_as_written() {
+        assert_eq!(type_to_string(&ty("&mut ShopUow")), "&mut ShopUow");
+        assert_eq!(type_to_string(&ty("& 'a Foo")), "&'a Foo");
+        assert_eq!(
+            type_to_string(&ty("Result<Option<String>, my::Error>")),
+            "Result<Option<String>, my::Error>"
+        );
+        assert_eq!(type_to_string(&ty("(u32, [u8; 4])")), "(u32, [u8; 4])");
+        assert_eq!(type_to_string(&ty("String")), "String");
+    }
+
+    #[test]
+    fn mangles_paths_for_the_duplicate_guard() {
+        assert_eq!(mangle(&ty("Allocate")).as_deref(), Some("Allocate"));
+        assert_eq!(
+            mangle(&ty("crate::domain::Allocate")).as_deref(),
+            Some("crate__domain__Allocate")
+        );
+        assert_eq!(mangle(&ty("&Allocate")), None);
+    }
 }
