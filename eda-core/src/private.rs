@@ -80,21 +80,6 @@ impl<'a> EventCall<'a> {
     }
 }
 
-/// Begins the unit of work of a handler; for a message from outside, records
-/// it in the inbox first. `None`: it was handled already.
-pub async fn begin<U: UnitOfWork>(ctx: &Context<'_>, handler: &str) -> Result<Option<U>, Error> {
-    let mut uow = U::__begin(ctx).await?;
-    if ctx.incoming {
-        if let Some(tx) = uow.__transaction() {
-            if !tx.__record_inbox(handler).await? {
-                tracing::debug!(handler, "already handled (inbox), skipped");
-                return Ok(None);
-            }
-        }
-    }
-    Ok(Some(uow))
-}
-
 /// For a message from outside, records it in the inbox, in the transaction
 /// of the handler's unit of work. `false`: it was handled already.
 /// (Generated code begins the unit of work itself, through trait paths, so
@@ -105,13 +90,12 @@ pub async fn record_inbox(
     ctx: &Context<'_>,
     handler: &str,
 ) -> Result<bool, Error> {
-    if ctx.incoming {
-        if let Some(tx) = tx {
-            if !tx.__record_inbox(handler).await? {
-                tracing::debug!(handler, "already handled (inbox), skipped");
-                return Ok(false);
-            }
-        }
+    if ctx.incoming
+        && let Some(tx) = tx
+        && !tx.__record_inbox(handler).await?
+    {
+        tracing::debug!(handler, "already handled (inbox), skipped");
+        return Ok(false);
     }
     Ok(true)
 }

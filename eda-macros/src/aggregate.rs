@@ -107,18 +107,17 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     }
     // A version of another integer type would fail twice (in `version` and
     // `set_version`); say it once, here.
-    if let Some(Type::Path(p)) = version.map(|v| &v.ty) {
-        if let Some(ident) = p.path.get_ident() {
-            const INTEGERS: [&str; 11] = [
-                "u8", "u16", "u32", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
-            ];
-            if INTEGERS.iter().any(|i| ident == i) {
-                cx.error(
-                    ident,
-                    "an aggregate's version is a `u64` (the unit of work compares and increments it)",
-                );
-            }
-        }
+    const INTEGERS: [&str; 11] = [
+        "u8", "u16", "u32", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+    ];
+    if let Some(Type::Path(p)) = version.map(|v| &v.ty)
+        && let Some(ident) = p.path.get_ident()
+        && INTEGERS.iter().any(|i| ident == i)
+    {
+        cx.error(
+            ident,
+            "an aggregate's version is a `u64` (the unit of work compares and increments it)",
+        );
     }
     cx.check()?;
     let (id, version, events) = (roles.id.unwrap(), version.unwrap(), events.unwrap());

@@ -213,12 +213,12 @@ pub(crate) fn type_to_string(ty: &Type) -> String {
     let tokens: Vec<&str> = raw.split(' ').collect();
     for (i, token) in tokens.iter().enumerate() {
         let prev = if i == 0 { None } else { Some(tokens[i - 1]) };
-        let space = match (prev, *token) {
-            (None, _) => false,
-            (_, "::" | "<" | ">" | "," | ")" | "]" | ";") => false,
-            (Some("::" | "<" | "&" | "(" | "[" | "'"), _) => false,
-            _ => true,
-        };
+        let space = !matches!(
+            (prev, *token),
+            (None, _)
+                | (_, "::" | "<" | ">" | "," | ")" | "]" | ";")
+                | (Some("::" | "<" | "&" | "(" | "[" | "'"), _)
+        );
         if space {
             out.push(' ');
         }
@@ -245,14 +245,12 @@ fn mangle(ty: &Type) -> Option<String> {
 /// The span of `E` in a return type `Result<T, E>`, where the error
 /// conversion is checked; the whole return type otherwise.
 fn error_span(output: &Type) -> Span {
-    if let Type::Path(p) = output {
-        if let Some(last) = p.path.segments.last() {
-            if let PathArguments::AngleBracketed(args) = &last.arguments {
-                if args.args.len() == 2 {
-                    return args.args[1].span();
-                }
-            }
-        }
+    if let Type::Path(p) = output
+        && let Some(last) = p.path.segments.last()
+        && let PathArguments::AngleBracketed(args) = &last.arguments
+        && args.args.len() == 2
+    {
+        return args.args[1].span();
     }
     output.span()
 }
