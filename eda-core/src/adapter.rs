@@ -90,6 +90,7 @@ pub trait Dependency: Send + Sync + 'static {
     fn __require(requirements: &mut Requirements);
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: Adapter> Dependency for T {
     fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a Self, Error> {
         ctx.bus
@@ -101,6 +102,7 @@ impl<T: Adapter> Dependency for T {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl Dependency for Metadata {
     fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a Self, Error> {
         Ok(ctx.metadata)
@@ -108,6 +110,7 @@ impl Dependency for Metadata {
     fn __require(_: &mut Requirements) {}
 }
 
+#[diagnostic::do_not_recommend]
 impl Dependency for MessageBus {
     fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a Self, Error> {
         Ok(ctx.bus)

@@ -192,6 +192,7 @@ pub enum IncomingError {
 pub trait DomainError: fmt::Debug + fmt::Display + Send + Sync + 'static {}
 
 /// The default error of a command: any error, boxed.
+#[diagnostic::do_not_recommend]
 impl DomainError for BoxError {}
 
 /// The error of [`MessageBus::handle`](crate::MessageBus::handle), and of a

@@ -80,18 +80,24 @@ impl<'a> EventCall<'a> {
     }
 }
 
-/// Begins the unit of work of a handler; for a message from outside, records
-/// it in the inbox first. `None`: it was handled already.
-pub async fn begin<U: UnitOfWork>(ctx: &Context<'_>, handler: &str) -> Result<Option<U>, Error> {
-    let mut uow = U::__begin(ctx).await?;
+/// For a message from outside, records it in the inbox, in the transaction
+/// of the handler's unit of work. `false`: it was handled already.
+/// (Generated code begins the unit of work itself, through trait paths, so
+/// that a type that is not a unit of work is reported once, at the handler's
+/// parameter.)
+pub async fn record_inbox(
+    tx: Option<&mut Transaction>,
+    ctx: &Context<'_>,
+    handler: &str,
+) -> Result<bool, Error> {
     if ctx.incoming
-        && let Some(tx) = uow.__transaction()
+        && let Some(tx) = tx
         && !tx.__record_inbox(handler).await?
     {
         tracing::debug!(handler, "already handled (inbox), skipped");
-        return Ok(None);
+        return Ok(false);
     }
-    Ok(Some(uow))
+    Ok(true)
 }
 
 /// After a command handler without a unit of work returned.
@@ -162,43 +168,95 @@ pub trait EventHandlerResult {
     fn into_error(self) -> Option<String>;
 }
 
+// `do_not_recommend`: the error names the handler's return type, not these
+// impls (whose source the user cannot act on).
+#[diagnostic::do_not_recommend]
 impl EventHandlerResult for () {
     fn into_error(self) -> Option<String> {
         None
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<E: fmt::Display> EventHandlerResult for Result<(), E> {
     fn into_error(self) -> Option<String> {
         self.err().map(|e| format!("{e:#}"))
     }
 }
 
-/// What a command handler for `C` may return.
+/// What a command handler for `C` may return: `Result<O, E>` where `O` is
+/// the command's output (a parameter, so that the error can name it).
 #[diagnostic::on_unimplemented(
-    message = "a handler of command `{C}` must return `Result<<{C} as Command>::Output, E>`, not `{Self}`",
-    label = "wrong return type for this command",
-    note = "the output type is set by `#[command(output = …)]`; `E` is `CommandError<Error>` (where `Error` is set by `#[command(error = …)]`, `eda_core::BoxError` by default), that error itself, or `eda_core::Error`"
+    message = "a handler of command `{C}` must return `Result<{O}, E>`, not `{Self}`",
+    label = "expected `Result<{O}, E>`",
+    note = "the output type is set by `#[command(output = …)]` on `{C}`; `E` is `CommandError<Error>` (so that `?` sends the framework's errors to `CommandError::Bus`), the command's `Error` itself (`#[command(error = …)]`, `eda_core::BoxError` by default), or `eda_core::Error`"
 )]
-pub trait CommandHandlerResult<C: Command> {
-    /// Writes the result in the bus's output slot; returns whether it is an
-    /// error.
-    fn write(self, out: &mut (dyn Any + Send)) -> bool;
+pub trait CommandHandlerResult<C, O> {
+    type Error;
+    fn split(self) -> Result<O, Self::Error>;
 }
 
-impl<C: Command, E: Into<CommandError<C::Error>>> CommandHandlerResult<C> for Result<C::Output, E> {
-    fn write(self, out: &mut (dyn Any + Send)) -> bool {
-        let failed = self.is_err();
-        if let Some(slot) = out.downcast_mut::<Option<Result<C::Output, CommandError<C::Error>>>>()
-        {
-            *slot = Some(self.map_err(Into::into));
-        }
-        failed
+// No `C: Command` bound here or below: generated code passes `O` and `Err`
+// as `C`'s, and "not a command" is reported once, at the parameter.
+#[diagnostic::do_not_recommend]
+impl<C: Command<Output = O>, O, E> CommandHandlerResult<C, O> for Result<O, E> {
+    type Error = E;
+    fn split(self) -> Result<O, E> {
+        self
     }
 }
 
-/// Boxes a handler's future; the `Send` bound is checked here, at the
-/// handler's name.
+/// Never used: with it, the bound above is ambiguous (not an error) while
+/// `O` is unknown, i.e. when the handler's first parameter is not a command,
+/// which is reported once, at the parameter.
+#[doc(hidden)]
+pub enum NotAnOutput<T> {
+    #[allow(dead_code)]
+    Never(std::convert::Infallible, T),
+}
+
+#[diagnostic::do_not_recommend]
+impl<C, T, E> CommandHandlerResult<C, NotAnOutput<T>> for Result<T, E> {
+    type Error = E;
+    fn split(self) -> Result<NotAnOutput<T>, E> {
+        unreachable!("`NotAnOutput` is never a command's output")
+    }
+}
+
+/// The error a command handler returns, which converts into
+/// `CommandError<Err>`, `Err` being the command's domain error.
+#[diagnostic::on_unimplemented(
+    message = "a handler of command `{C}` returns errors of type `{Self}`, which does not convert into `CommandError<{Err}>`",
+    label = "`{Self}` does not convert into `CommandError<{Err}>`",
+    note = "return `CommandError<{Err}>` (then `?` sends `{Err}` to `CommandError::Handler` and the framework's errors to `CommandError::Bus`), `{Err}` itself, or `eda_core::Error`; `{Err}` is set by `#[command(error = …)]` on `{C}`"
+)]
+pub trait CommandHandlerError<C, Err> {
+    fn into_command_error(self) -> CommandError<Err>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<C, Err, E: Into<CommandError<Err>>> CommandHandlerError<C, Err> for E {
+    fn into_command_error(self) -> CommandError<Err> {
+        self.into()
+    }
+}
+
+/// Writes a command handler's result in the bus's output slot; returns
+/// whether it is an error.
+pub fn write_command_result<C: Command>(
+    result: Result<C::Output, CommandError<C::Error>>,
+    out: &mut (dyn Any + Send),
+) -> bool {
+    let failed = result.is_err();
+    if let Some(slot) = out.downcast_mut::<Option<Result<C::Output, CommandError<C::Error>>>>() {
+        *slot = Some(result);
+    }
+    failed
+}
+
+/// Boxes a handler's future. Generated code first checks that the
+/// handler's own future is `Send` (at the handler's name), so that a
+/// failure names the handler, not this function.
 pub fn send<'a, F: Future + Send + 'a>(future: F) -> BoxFuture<'a, F::Output> {
     Box::pin(future)
 }

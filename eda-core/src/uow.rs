@@ -99,6 +99,7 @@ pub trait UowField: Sized + Send {
     fn __discard(&mut self);
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: Adapter> UowField for Arc<T> {
     type Handle<'a> = &'a T;
     const NEEDS_TRANSACTION: bool = false;
@@ -451,6 +452,7 @@ impl<A: Aggregate> fmt::Debug for IdentityMap<A> {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<A: Aggregate> UowField for IdentityMap<A> {
     type Handle<'a> = Aggregates<'a, A>;
     const NEEDS_TRANSACTION: bool = true;

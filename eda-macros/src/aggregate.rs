@@ -3,7 +3,7 @@
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Field, Fields, LitStr};
+use syn::{Data, DeriveInput, Field, Fields, LitStr, Type};
 
 use crate::ctxt::Ctxt;
 
@@ -103,6 +103,20 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         cx.error(
             &input.ident,
             "an aggregate needs an `events: eda_core::Events` field (or one marked `#[aggregate(events)]`)",
+        );
+    }
+    // A version of another integer type would fail twice (in `version` and
+    // `set_version`); say it once, here.
+    const INTEGERS: [&str; 11] = [
+        "u8", "u16", "u32", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+    ];
+    if let Some(Type::Path(p)) = version.map(|v| &v.ty)
+        && let Some(ident) = p.path.get_ident()
+        && INTEGERS.iter().any(|i| ident == i)
+    {
+        cx.error(
+            ident,
+            "an aggregate's version is a `u64` (the unit of work compares and increments it)",
         );
     }
     cx.check()?;

@@ -3,7 +3,7 @@
 
 use std::fmt::Display;
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::ToTokens;
 
 #[derive(Default)]
@@ -37,4 +37,23 @@ pub(crate) fn with_errors(item: impl ToTokens, error: syn::Error) -> TokenStream
     let mut out = item.to_token_stream();
     out.extend(error.to_compile_error());
     out
+}
+
+/// The tokens with every span set to `span`: generated code that mentions a
+/// user's type several times then has every obligation about it at one span,
+/// and rustc reports an unsatisfied one once.
+pub(crate) fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let TokenTree::Group(g) = &tt {
+                let mut group = Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                tt = TokenTree::Group(group);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }

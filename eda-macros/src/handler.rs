@@ -7,12 +7,12 @@
 //! bounds placed at the span of the user's tokens, so that its error lands
 //! there too.
 
-use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ItemFn, ReturnType, Type, TypeReference};
+use syn::{FnArg, Ident, ItemFn, PathArguments, ReturnType, Type, TypeReference};
 
-use crate::ctxt::Ctxt;
+use crate::ctxt::{Ctxt, respan};
 use crate::message::Kind;
 
 /// How a handler takes its message.
@@ -88,24 +88,34 @@ fn parse(item: &ItemFn, kind: Kind, cx: &mut Ctxt) -> Option<Signature> {
         cx.error(v, format_args!("a {noun} handler cannot be variadic"));
     }
 
-    let mut inputs = sig.inputs.iter();
+    let example = match kind {
+        Kind::Command => "`(cmd: Allocate, …)` or `(cmd: &Allocate, …)`",
+        Kind::Event => "`(event: &Allocated, …)` or `(event: Allocated, …)`",
+    };
+    let mut inputs = sig.inputs.iter().peekable();
+    // A method: say so once, and read the parameter after `self` as the
+    // message, so that the rest is checked as the user meant it.
+    if let Some(FnArg::Receiver(r)) = inputs.peek() {
+        cx.error(
+            r,
+            format_args!(
+                "a {noun} handler is a free function, not a method: remove `self` and move it out of the `impl` block"
+            ),
+        );
+        inputs.next();
+    }
     let message = match inputs.next() {
         None => {
             cx.error(
                 &sig.ident,
                 format_args!(
-                    "a {noun} handler takes the {noun} as its first parameter, e.g. `(cmd: Allocate, …)` or `(event: &Allocated, …)`"
+                    "a {noun} handler takes the {noun} as its first parameter, e.g. {example}"
                 ),
             );
             None
         }
         Some(FnArg::Receiver(r)) => {
-            cx.error(
-                r,
-                format_args!(
-                    "a {noun} handler is a free function, not a method: remove `self` and move it out of the `impl` block"
-                ),
-            );
+            cx.error(r, "`self` can only be the first parameter");
             None
         }
         Some(FnArg::Typed(t)) => match &*t.ty {
@@ -147,8 +157,8 @@ fn parse(item: &ItemFn, kind: Kind, cx: &mut Ctxt) -> Option<Signature> {
                             cx.error(
                                 &t.ty,
                                 format_args!(
-                                    "a handler takes at most one unit of work (`&mut`), and it already takes `{}`",
-                                    quote!(#first).to_string().replace(' ', "")
+                                    "a handler takes at most one unit of work (`&mut`), and it already takes `{}`: put what you need in that one",
+                                    type_to_string(first)
                                 ),
                             );
                         } else {
@@ -162,8 +172,8 @@ fn parse(item: &ItemFn, kind: Kind, cx: &mut Ctxt) -> Option<Signature> {
                 other => cx.error(
                     other,
                     format_args!(
-                        "parameters after the {noun} are lent by the bus: take an adapter as `&{0}` or a unit of work as `&mut {0}`",
-                        quote!(#other).to_string().replace(' ', "")
+                        "a handler cannot take `{0}` by value: the parameters after the {noun} are lent by the bus, as `&Adapter`, `&Metadata`, `&MessageBus` or `&mut UnitOfWork`",
+                        type_to_string(other)
                     ),
                 ),
             },
@@ -196,6 +206,27 @@ fn parse(item: &ItemFn, kind: Kind, cx: &mut Ctxt) -> Option<Signature> {
     })
 }
 
+/// A type as a user would write it: `&mut ShopUow`, `Result<(), E>`.
+pub(crate) fn type_to_string(ty: &Type) -> String {
+    let raw = quote!(#ty).to_string();
+    let mut out = String::with_capacity(raw.len());
+    let tokens: Vec<&str> = raw.split(' ').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        let prev = if i == 0 { None } else { Some(tokens[i - 1]) };
+        let space = !matches!(
+            (prev, *token),
+            (None, _)
+                | (_, "::" | "<" | ">" | "," | ")" | "]" | ";")
+                | (Some("::" | "<" | "&" | "(" | "[" | "'"), _)
+        );
+        if space {
+            out.push(' ');
+        }
+        out.push_str(token);
+    }
+    out
+}
+
 /// `a::b::Allocate` → `a__b__Allocate`, for the same-module duplicate check.
 fn mangle(ty: &Type) -> Option<String> {
     match ty {
@@ -209,6 +240,19 @@ fn mangle(ty: &Type) -> Option<String> {
         ),
         _ => None,
     }
+}
+
+/// The span of `E` in a return type `Result<T, E>`, where the error
+/// conversion is checked; the whole return type otherwise.
+fn error_span(output: &Type) -> Span {
+    if let Type::Path(p) = output
+        && let Some(last) = p.path.segments.last()
+        && let PathArguments::AngleBracketed(args) = &last.arguments
+        && args.args.len() == 2
+    {
+        return args.args[1].span();
+    }
+    output.span()
 }
 
 pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result<TokenStream> {
@@ -230,6 +274,22 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
     let msg_ty = sig.message.ty();
     let msg_span = msg_ty.span();
 
+    // Every mention of a type the user wrote carries the span of their
+    // tokens, and all the generated code is type-checked as one body (the
+    // call and the requirements are closures in the registration): rustc
+    // then reports an unsatisfied bound once per type, at the user's tokens.
+    // Each type's first mention is a plain trait path, whose error carries no
+    // note pointing into eda-core.
+    let mut checks = Vec::new();
+    checks.push(match kind {
+        Kind::Command => quote_spanned! {msg_span=>
+            let _ = ::core::marker::PhantomData::<<#msg_ty as #p::CommandTrait>::Output>;
+        },
+        Kind::Event => quote_spanned! {msg_span=>
+            let _ = <#msg_ty as #p::EventTrait>::EXTERNAL;
+        },
+    });
+
     // The message argument: by reference as lent, by value cloned for each
     // run (so that a conflict can run the handler again).
     let message_arg = match &sig.message {
@@ -242,7 +302,7 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
     let mut resolve = Vec::new();
     let mut call_args = vec![message_arg];
     let mut requirements = Vec::new();
-    let mut uow_ty = None;
+    let mut uow_var = None;
     let failed = match kind {
         Kind::Command => quote!(#p::CallOutcome::Failed(e)),
         Kind::Event => quote!(#p::EventOutcome::framework(e)),
@@ -255,21 +315,42 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
         let var = format_ident!("__param{}", i + 1);
         match param {
             Param::UnitOfWork(ty) => {
-                let begin = quote_spanned!(ty.span()=> #p::begin::<#ty>);
+                let ty_span = ty.span();
+                checks.push(quote_spanned! {ty_span=>
+                    let _ = <#ty as #p::UnitOfWorkTrait>::__require;
+                });
+                let record_inbox = quote_spanned! {ty_span=>
+                    #p::record_inbox(
+                        <#ty as #p::UnitOfWorkTrait>::__transaction(&mut #var),
+                        &__ctx,
+                        __inbox_key,
+                    ).await
+                };
+                let begin = quote_spanned! {ty_span=>
+                    <#ty as #p::UnitOfWorkTrait>::__begin(&__ctx).await
+                };
                 resolve.push(quote! {
-                    let mut #var = match #begin(&__ctx, __inbox_key).await {
-                        ::core::result::Result::Ok(::core::option::Option::Some(u)) => u,
-                        ::core::result::Result::Ok(::core::option::Option::None) => return #duplicate,
+                    let mut #var = match #begin {
+                        ::core::result::Result::Ok(u) => u,
                         ::core::result::Result::Err(e) => return #failed,
                     };
+                    match #record_inbox {
+                        ::core::result::Result::Ok(true) => {}
+                        ::core::result::Result::Ok(false) => return #duplicate,
+                        ::core::result::Result::Err(e) => return #failed,
+                    }
                 });
                 call_args.push(quote!(&mut #var));
                 requirements
-                    .push(quote_spanned!(ty.span()=> <#ty as #p::UnitOfWorkTrait>::__require(r);));
-                uow_ty = Some(var);
+                    .push(quote_spanned!(ty_span=> <#ty as #p::UnitOfWorkTrait>::__require(r);));
+                uow_var = Some((var, ty_span));
             }
             Param::Dependency(ty) => {
-                let resolve_fn = quote_spanned!(ty.span()=> <#ty as #p::Dependency>::__resolve);
+                let ty_span = ty.span();
+                checks.push(quote_spanned! {ty_span=>
+                    let _ = <#ty as #p::Dependency>::__require;
+                });
+                let resolve_fn = quote_spanned!(ty_span=> <#ty as #p::Dependency>::__resolve);
                 resolve.push(quote! {
                     let #var = match #resolve_fn(&__ctx) {
                         ::core::result::Result::Ok(d) => d,
@@ -277,102 +358,111 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
                     };
                 });
                 call_args.push(quote!(#var));
-                requirements
-                    .push(quote_spanned!(ty.span()=> <#ty as #p::Dependency>::__require(r);));
+                requirements.push(quote_spanned!(ty_span=> <#ty as #p::Dependency>::__require(r);));
             }
         }
     }
 
+    // In generated code the return type's tokens all carry one span (its
+    // first token's, which is what `span()` gives on stable), so that every
+    // obligation about it has the same span and is reported once.
+    let output_span = sig.output.as_ref().map(|t| t.span()).unwrap_or(span);
     let output_ty = sig
         .output
         .as_ref()
-        .map(|t| quote!(#t))
+        .map(|t| respan(t.to_token_stream(), output_span))
         .unwrap_or_else(|| quote!(()));
-    let output_span = sig.output.as_ref().map(|t| t.span()).unwrap_or(span);
     let file = quote_spanned!(span=> ::core::file!());
     let line = quote_spanned!(span=> ::core::line!());
-    let send = quote_spanned!(span=> #p::send);
     let inbox_key = quote!(::core::concat!(::core::module_path!(), "::", #name_str));
 
-    let (call, registration, duplicate_guard) = match kind {
+    // The handler's own future must be `Send`: checked on it, at the
+    // handler's name, so that the error says "future returned by `name` is
+    // not `Send`" and points at the `.await` in the handler that holds the
+    // culprit. (rustc then does not report the enclosing future again.)
+    let call = quote_spanned! {span=>
+        let __future = #name(#(#call_args),*);
+        let _: &dyn ::core::marker::Send = &__future;
+    };
+
+    let (parts, finish_result, outcome, call_fn, registration) = match kind {
         Kind::Command => {
-            let parts = quote_spanned!(msg_span=> __call.into_parts::<#msg_ty>());
-            let write = quote_spanned! {output_span=>
-                <#output_ty as #p::CommandHandlerResult<#msg_ty>>::write(__result, __out)
+            let split = quote_spanned! {output_span=>
+                <#output_ty as #p::CommandHandlerResult<#msg_ty, <#msg_ty as #p::CommandTrait>::Output>>
             };
-            let finish = match &uow_ty {
-                Some(uow) => quote!(#p::finish_command_uow(__failed, &mut #uow, __events)),
+            let split_call = quote_spanned!(output_span=> #split::split(__result));
+            let error_span = sig.output.as_ref().map(error_span).unwrap_or(span);
+            let convert = quote_spanned! {error_span=>
+                <_ as #p::CommandHandlerError<#msg_ty, <#msg_ty as #p::CommandTrait>::Error>>::into_command_error
+            };
+            let write = quote_spanned! {msg_span=>
+                let __failed = #p::write_command_result::<#msg_ty>(__result, __out);
+            };
+            let finish = match &uow_var {
+                Some((uow, uow_span)) => respan(
+                    quote!(#p::finish_command_uow(__failed, &mut #uow, __events)),
+                    *uow_span,
+                ),
                 None => quote! {{ let _ = __events; #p::finish_command(__failed) }},
             };
-            let call = quote! {
-                fn __eda_call<'a>(
-                    __call: #p::CommandCall<'a>,
-                ) -> #p::BoxFuture<'a, #p::CallOutcome> {
-                    let (__ctx, __message, __out, __events) = #parts;
-                    let __inbox_key: &'static str = #inbox_key;
-                    #send(async move {
-                        #(#resolve)*
-                        let __result: #output_ty = #name(#(#call_args),*).await;
-                        let __failed = #write;
-                        #finish
-                    })
-                }
-            };
-            let registration = quote_spanned! {msg_span=>
-                #p::CommandHandlerRegistration::new::<#msg_ty>(
-                    #name_str, ::core::module_path!(), #file, #line, __eda_call, __eda_requirements,
-                )
-            };
-            // Two handlers of one command in one module: a compile error at
-            // the second one's command type.
-            let guard = mangle(msg_ty).map(|m| {
-                let guard = Ident::new(&format!("__eda_command_handler_for_{m}"), msg_span);
+            (
+                quote_spanned!(msg_span=> let (__ctx, __message, __out, __events) = __call.into_parts::<#msg_ty>();),
                 quote! {
-                    #[doc(hidden)]
-                    #[allow(non_camel_case_types, dead_code)]
-                    enum #guard {}
-                }
-            });
-            (call, registration, guard)
+                    let __result = match #split_call {
+                        ::core::result::Result::Ok(v) => ::core::result::Result::Ok(v),
+                        ::core::result::Result::Err(e) => ::core::result::Result::Err(#convert(e)),
+                    };
+                    #write
+                    #finish
+                },
+                quote!(#p::CallOutcome),
+                quote!(#p::CommandCall),
+                quote_spanned!(msg_span=> #p::CommandHandlerRegistration::new::<#msg_ty>),
+            )
         }
         Kind::Event => {
-            let parts = quote_spanned!(msg_span=> __call.into_parts::<#msg_ty>());
             let into_error = quote_spanned! {output_span=>
                 <#output_ty as #p::EventHandlerResult>::into_error(__result)
             };
-            let finish = match &uow_ty {
-                Some(uow) => quote!(#p::finish_event_uow(__error, &mut #uow, __events)),
+            let finish = match &uow_var {
+                Some((uow, uow_span)) => respan(
+                    quote!(#p::finish_event_uow(__error, &mut #uow, __events)),
+                    *uow_span,
+                ),
                 None => quote! {{ let _ = __events; #p::finish_event(__error) }},
             };
-            let message_arg = match &sig.message {
-                MessageParam::ByRef(_) => quote!(__message),
-                MessageParam::ByValue(ty) => {
-                    quote_spanned!(ty.span()=> <#ty as #p::ByValue>::take(__message))
-                }
-            };
-            call_args[0] = message_arg;
-            let call = quote! {
-                fn __eda_call<'a>(
-                    __call: #p::EventCall<'a>,
-                ) -> #p::BoxFuture<'a, #p::EventOutcome> {
-                    let (__ctx, __message, __events, _) = #parts;
-                    let __inbox_key: &'static str = #inbox_key;
-                    #send(async move {
-                        #(#resolve)*
-                        let __result: #output_ty = #name(#(#call_args),*).await;
-                        let __error = #into_error;
-                        #finish
-                    })
-                }
-            };
-            let registration = quote_spanned! {msg_span=>
-                #p::EventHandlerRegistration::new::<#msg_ty>(
-                    #name_str, ::core::module_path!(), #file, #line, __eda_call, __eda_requirements,
-                )
-            };
-            (call, registration, None)
+            (
+                quote_spanned!(msg_span=> let (__ctx, __message, __events, _) = __call.into_parts::<#msg_ty>();),
+                quote! {
+                    let __error = #into_error;
+                    #finish
+                },
+                quote!(#p::EventOutcome),
+                quote!(#p::EventCall),
+                quote_spanned!(msg_span=> #p::EventHandlerRegistration::new::<#msg_ty>),
+            )
         }
     };
+
+    // The block's witness types mention the message type; an error about
+    // them is the one already reported at the message parameter.
+    let async_block = quote_spanned!(msg_span=> async move);
+
+    let duplicate_guard = match kind {
+        // Two handlers of one command in one module: the compiler says the
+        // name below "is defined multiple times", at the second handler's
+        // command type. (`build()` catches two handlers anywhere.)
+        Kind::Command => mangle(msg_ty).map(|m| {
+            let guard = Ident::new(&format!("only_one_command_handler_for_{m}"), msg_span);
+            quote_spanned! {msg_span=>
+                #[doc(hidden)]
+                #[allow(non_camel_case_types, dead_code)]
+                enum #guard {}
+            }
+        }),
+        Kind::Event => None,
+    };
+
     Ok(quote! {
         #item
 
@@ -380,13 +470,59 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
 
         #[allow(non_snake_case, unused_variables, clippy::all)]
         const _: () = {
-            #call
-
-            fn __eda_requirements(r: &mut #p::Requirements) {
-                #(#requirements)*
-            }
-
-            #p::inventory::submit! { #registration }
+            #p::inventory::submit! {{
+                #(#checks)*
+                #registration(
+                    #name_str,
+                    ::core::module_path!(),
+                    #file,
+                    #line,
+                    |__call: #call_fn<'_>| -> #p::BoxFuture<'_, #outcome> {
+                        #parts
+                        let __inbox_key: &'static str = #inbox_key;
+                        #p::send(#async_block {
+                            #(#resolve)*
+                            #call
+                            let __result: #output_ty = __future.await;
+                            #finish_result
+                        })
+                    },
+                    |r: &mut #p::Requirements| {
+                        #(#requirements)*
+                    },
+                )
+            }}
         };
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mangle, type_to_string};
+
+    fn ty(s: &str) -> syn::Type {
+        syn::parse_str(s).unwrap()
+    }
+
+    #[test]
+    fn types_print_as_written() {
+        assert_eq!(type_to_string(&ty("&mut ShopUow")), "&mut ShopUow");
+        assert_eq!(type_to_string(&ty("& 'a Foo")), "&'a Foo");
+        assert_eq!(
+            type_to_string(&ty("Result<Option<String>, my::Error>")),
+            "Result<Option<String>, my::Error>"
+        );
+        assert_eq!(type_to_string(&ty("(u32, [u8; 4])")), "(u32, [u8; 4])");
+        assert_eq!(type_to_string(&ty("String")), "String");
+    }
+
+    #[test]
+    fn mangles_paths_for_the_duplicate_guard() {
+        assert_eq!(mangle(&ty("Allocate")).as_deref(), Some("Allocate"));
+        assert_eq!(
+            mangle(&ty("crate::domain::Allocate")).as_deref(),
+            Some("crate__domain__Allocate")
+        );
+        assert_eq!(mangle(&ty("&Allocate")), None);
+    }
 }

@@ -95,7 +95,8 @@ pub fn derive_aggregate(input: TokenStream) -> TokenStream {
 /// (`Arc<Adapter>`), and fields built with `Default` (`#[uow(skip)]`).
 ///
 /// It also generates inherent `commit` and `rollback` methods, and an
-/// accessor per field with the field's name and visibility:
+/// accessor per field, public and named like the field (which can stay
+/// private):
 /// `uow.products().get(&sku)`.
 ///
 /// ```
@@ -173,9 +174,13 @@ fn handler_attribute(args: TokenStream, item: TokenStream, kind: Kind) -> TokenS
     let item = match syn::parse::<ItemFn>(item) {
         Ok(item) => item,
         Err(_) => {
+            let (attr, example) = match kind {
+                Kind::Command => ("command_handler", "async fn allocate(cmd: Allocate, …)"),
+                Kind::Event => ("event_handler", "async fn notify(event: &Allocated, …)"),
+            };
             let e = syn::Error::new_spanned(
                 &original,
-                "this attribute goes on an `async fn` (a handler)",
+                format_args!("`#[{attr}]` goes on an `async fn`, e.g. `{example}`"),
             );
             return ctxt::with_errors(original, e).into();
         }

@@ -7,7 +7,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Field, Fields, Type};
 
-use crate::ctxt::Ctxt;
+use crate::ctxt::{Ctxt, respan};
 
 enum Role {
     Transaction,
@@ -99,11 +99,33 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             Role::Field => members.push(field),
         }
     }
+    // An identity map is a repository's: it needs the transaction. Said
+    // here when it is visible in the tokens; the const assertion below
+    // catches the others (a type alias, a user's own `UowField`).
+    if transaction.is_none() {
+        for field in members.iter().filter(|f| is_named(&f.ty, "IdentityMap")) {
+            cx.error(
+                &field.ty,
+                format_args!(
+                    "field `{}` is an identity map, whose repository works in the unit of work's transaction, and `{}` has none: add `#[uow(transaction)] tx: eda_core::Transaction`",
+                    field.ident.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+                    input.ident,
+                ),
+            );
+        }
+    }
     cx.check()?;
 
     let ident = &input.ident;
     let ident_str = ident.to_string();
     let p = quote!(::eda_core::__private);
+    // `<FieldType as UowField>`, with one span throughout: a field type that
+    // is not a `UowField` is reported once, at the field, however many
+    // generated functions use it.
+    let field = |ty: &Type| {
+        let span = ty.span();
+        respan(quote!(<#ty as #p::UowField>), span)
+    };
 
     // Begin: the transaction first, then each field.
     let tx_begin = transaction.map(|tx| {
@@ -115,7 +137,8 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let member_begin = members.iter().map(|f| {
         let name = &f.ident;
         let ty = &f.ty;
-        quote_spanned! {ty.span()=> let #name = <#ty as #p::UowField>::__begin(ctx)?; }
+        let field = field(ty);
+        quote! { let #name = #field::__begin(ctx)?; }
     });
     let all_names = fields.iter().map(|f| &f.ident);
     let skipped_init = skipped.iter().map(|f| {
@@ -126,7 +149,8 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let require_tx = transaction.map(|_| quote!(requirements.database(#ident_str);));
     let require_members = members.iter().map(|f| {
         let ty = &f.ty;
-        quote!(<#ty as #p::UowField>::__require(requirements);)
+        let field = field(ty);
+        quote!(#field::__require(requirements);)
     });
 
     // Fields that need a transaction, in a unit of work without one: say so
@@ -140,8 +164,9 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                     "field `{}` of unit of work `{ident_str}` is a repository, and needs a transaction: add `#[uow(transaction)] tx: eda_core::Transaction`",
                     f.ident.as_ref().map(|i| i.to_string()).unwrap_or_default()
                 );
+                let field = field(ty);
                 quote_spanned! {ty.span()=>
-                    const _: () = ::core::assert!(!<#ty as #p::UowField>::NEEDS_TRANSACTION, #msg);
+                    const _: () = ::core::assert!(!#field::NEEDS_TRANSACTION, #msg);
                 }
             })
             .collect::<Vec<_>>()
@@ -154,10 +179,10 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             let tx_name = &tx.ident;
             let flushes = members.iter().map(|f| {
                 let name = &f.ident;
-                let ty = &f.ty;
+                let field = field(&f.ty);
                 quote! {
                     if let ::core::result::Result::Err(e) =
-                        <#ty as #p::UowField>::__flush(&mut self.#name, &mut self.#tx_name).await
+                        #field::__flush(&mut self.#name, &mut self.#tx_name).await
                     {
                         return self.#tx_name.__abort(e).await;
                     }
@@ -166,20 +191,24 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             let discards = members.iter().map(|f| {
                 let name = &f.ident;
                 let ty = &f.ty;
-                quote!(<#ty as #p::UowField>::__discard(&mut self.#name);)
+                let field = field(ty);
+                quote!(#field::__discard(&mut self.#name);)
             });
             let accessors = members.iter().map(|f| {
                 let name = &f.ident;
-                let ty = &f.ty;
-                let vis = &f.vis;
+                let field = field(&f.ty);
                 let doc = format!(
                     "The `{}` of this unit of work, working in its transaction.",
                     name.as_ref().map(|i| i.to_string()).unwrap_or_default()
                 );
+                // Public whatever the field's visibility: only the bus builds
+                // a unit of work, so this exposes nothing, and handlers in any
+                // module of the crate can use it while the field stays private.
                 quote! {
                     #[doc = #doc]
-                    #vis fn #name(&mut self) -> <#ty as #p::UowField>::Handle<'_> {
-                        <#ty as #p::UowField>::__handle(&mut self.#name, &mut self.#tx_name)
+                    #[allow(private_interfaces)]
+                    pub fn #name(&mut self) -> #field::Handle<'_> {
+                        #field::__handle(&mut self.#name, &mut self.#tx_name)
                     }
                 }
             });

@@ -16,7 +16,7 @@ use crate::domain::model::Product;
 pub struct AllocationUow {
     #[uow(transaction)]
     tx: Transaction,
-    pub(crate) products: IdentityMap<Product>,
+    products: IdentityMap<Product>,
 }
 
 /// Finds the product that holds the batch with this reference (APwP's

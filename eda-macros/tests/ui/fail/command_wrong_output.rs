@@ -1,0 +1,15 @@
+use eda_core::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = Option<String>)]
+pub struct Allocate {
+    pub sku: String,
+}
+
+#[command_handler]
+async fn allocate(cmd: Allocate) -> Result<String, BoxError> {
+    Ok(cmd.sku)
+}
+
+fn main() {}

@@ -1,0 +1,13 @@
+use eda_core::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = Option<String>)]
+pub struct Allocate {
+    pub sku: String,
+}
+
+#[command_handler]
+pub struct AllocateHandler;
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eda_core::Command;
+
+#[derive(Debug, Clone, Command)]
+pub struct Allocate {
+    pub sku: String,
+}
+
+fn main() {}
