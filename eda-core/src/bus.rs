@@ -310,6 +310,26 @@ impl MessageBus {
         (registration.dispatch)(self, metadata, payload).await
     }
 
+    /// Begins a unit of work outside any handler: for an entrypoint's reads
+    /// (a read model, APwP's `views`), a script, a test. Dropping it rolls
+    /// back; `commit` saves what it changed and writes the outbox, but the
+    /// events it collects are not handled (raise them in a command's
+    /// handler instead).
+    ///
+    /// ```ignore
+    /// let mut uow = bus.begin::<ViewsUow>().await?;
+    /// let view = uow.views().read(&orderid).await?;
+    /// ```
+    pub async fn begin<U: crate::UnitOfWork>(&self) -> Result<U, Error> {
+        let metadata = Metadata::new();
+        let ctx = Context {
+            bus: self,
+            metadata: &metadata,
+            incoming: false,
+        };
+        U::__begin(&ctx).await
+    }
+
     /// The adapter of type `T`, if the bus was given one.
     pub fn adapter<T: Adapter>(&self) -> Option<&T> {
         self.inner

@@ -648,3 +648,25 @@ async fn a_command_sent_by_a_handler_stays_in_the_conversation() {
         "caused by the Add, not by AddLater"
     );
 }
+
+#[tokio::test]
+async fn a_unit_of_work_can_be_begun_outside_handlers_to_read() {
+    let s = service();
+    s.bus
+        .handle(Create {
+            id: id("a"),
+            tag: id("t"),
+        })
+        .await
+        .unwrap();
+    s.bus.handle(Add { id: id("a"), by: 5 }).await.unwrap();
+    let mut uow = s.bus.begin::<CounterUow>().await.unwrap();
+    assert_eq!(
+        uow.counters().read(&id("a")).await.unwrap().unwrap().value,
+        5
+    );
+    assert!(uow.counters().read(&id("zz")).await.unwrap().is_none());
+    let commits = s.db.commits();
+    drop(uow);
+    assert_eq!(s.db.commits(), commits, "dropping it rolled back");
+}

@@ -30,8 +30,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, Postgres};
-use sqlx::{Executor, Row};
 use uuid::Uuid;
 
 use super::RedactedUrl;
@@ -119,36 +119,81 @@ impl Statements {
     }
 }
 
-/// The migrations of the framework's tables, in order. Each runs once (the
-/// migrations table remembers), and each is idempotent anyway.
-fn migrations(tables: &Tables) -> Vec<String> {
+/// The migrations of the framework's tables, in order, one statement per
+/// string. Each runs once (the migrations table remembers), and each is
+/// idempotent anyway.
+fn migrations(tables: &Tables) -> Vec<Vec<String>> {
     let outbox = tables.name("outbox");
     let inbox = tables.name("inbox");
     let prefix = &tables.prefix;
     let unsent = quote_ident(&format!("{prefix}outbox_unsent"));
     let handled = quote_ident(&format!("{prefix}inbox_handled_at"));
-    vec![format!(
-        "CREATE TABLE IF NOT EXISTS {outbox} (
-            position BIGSERIAL PRIMARY KEY,
-            message_id UUID NOT NULL UNIQUE,
-            name TEXT NOT NULL,
-            payload TEXT NOT NULL,
-            correlation_id UUID NOT NULL,
-            causation_id UUID,
-            created_at TIMESTAMPTZ NOT NULL,
-            sent_at TIMESTAMPTZ,
-            claimed_until TIMESTAMPTZ,
-            attempts INT NOT NULL DEFAULT 0
-        );
-        CREATE INDEX IF NOT EXISTS {unsent} ON {outbox} (position) WHERE sent_at IS NULL;
-        CREATE TABLE IF NOT EXISTS {inbox} (
-            message_id UUID NOT NULL,
-            handler TEXT NOT NULL,
-            handled_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-            PRIMARY KEY (message_id, handler)
-        );
-        CREATE INDEX IF NOT EXISTS {handled} ON {inbox} (handled_at);"
-    )]
+    vec![vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {outbox} (
+                position BIGSERIAL PRIMARY KEY,
+                message_id UUID NOT NULL UNIQUE,
+                name TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                correlation_id UUID NOT NULL,
+                causation_id UUID,
+                created_at TIMESTAMPTZ NOT NULL,
+                sent_at TIMESTAMPTZ,
+                claimed_until TIMESTAMPTZ,
+                attempts INT NOT NULL DEFAULT 0
+            )"
+        ),
+        format!("CREATE INDEX IF NOT EXISTS {unsent} ON {outbox} (position) WHERE sent_at IS NULL"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {inbox} (
+                message_id UUID NOT NULL,
+                handler TEXT NOT NULL,
+                handled_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                PRIMARY KEY (message_id, handler)
+            )"
+        ),
+        format!("CREATE INDEX IF NOT EXISTS {handled} ON {inbox} (handled_at)"),
+    ]]
+}
+
+/// The migration, as owned SQL, run in one transaction.
+struct MigrationPlan {
+    pool: PgPool,
+    lock: String,
+    setup: Vec<String>,
+    applied: String,
+    record: String,
+    migrations: Vec<Vec<String>>,
+}
+
+impl MigrationPlan {
+    async fn run(self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(self.lock)
+            .execute(&mut *tx)
+            .await?;
+        for statement in &self.setup {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        let applied: i32 = sqlx::query(&self.applied)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        for (i, statements) in self.migrations.iter().enumerate() {
+            let version = i as i32 + 1;
+            if version > applied {
+                for statement in statements {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                sqlx::query(&self.record)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await
+    }
 }
 
 struct Inner {
@@ -191,10 +236,8 @@ impl PostgresDatabase {
                 let search_path = search_path.clone();
                 Box::pin(async move {
                     if let Some(schema) = search_path {
-                        conn.execute(
-                            format!("SET search_path TO {}", quote_ident(&schema)).as_str(),
-                        )
-                        .await?;
+                        let sql = format!("SET search_path TO {}", quote_ident(&schema));
+                        sqlx::Executor::execute(&mut *conn, sql.as_str()).await?;
                     }
                     Ok(())
                 })
@@ -226,49 +269,35 @@ impl PostgresDatabase {
 
     /// Creates or updates the framework's tables: idempotent, and safe when
     /// several instances start at once (they wait on an advisory lock).
-    pub async fn migrate(&self) -> Result<(), sqlx::Error> {
+    pub fn migrate(&self) -> BoxFuture<'static, Result<(), sqlx::Error>> {
         let tables = &self.inner.tables;
         let migrations_table = tables.name("migrations");
-        let mut tx = self.inner.pool.begin().await?;
-        // One lock per schema and prefix: a hash of their names.
-        let key = format!("eda migrations {:?} {}", tables.schema, tables.prefix);
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(&key)
-            .execute(&mut *tx)
-            .await?;
+        let mut setup = Vec::new();
         if let Some(schema) = &tables.schema {
-            tx.execute(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)).as_str())
-                .await?;
+            setup.push(format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(schema)
+            ));
         }
-        tx.execute(
-            format!(
-                "CREATE TABLE IF NOT EXISTS {migrations_table} (
-                    version INT PRIMARY KEY,
-                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-                )"
-            )
-            .as_str(),
-        )
-        .await?;
-        let applied: i32 = sqlx::query(&format!(
-            "SELECT COALESCE(MAX(version), 0) FROM {migrations_table}"
-        ))
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        for (i, migration) in migrations(tables).iter().enumerate() {
-            let version = i as i32 + 1;
-            if version > applied {
-                sqlx::raw_sql(migration).execute(&mut *tx).await?;
-                sqlx::query(&format!(
-                    "INSERT INTO {migrations_table} (version) VALUES ($1)"
-                ))
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        tx.commit().await
+        setup.push(format!(
+            "CREATE TABLE IF NOT EXISTS {migrations_table} (
+                version INT PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )"
+        ));
+        let plan = MigrationPlan {
+            pool: self.inner.pool.clone(),
+            // One lock per schema and prefix.
+            lock: format!("eda migrations {:?} {}", tables.schema, tables.prefix),
+            setup,
+            applied: format!("SELECT COALESCE(MAX(version), 0) FROM {migrations_table}"),
+            record: format!("INSERT INTO {migrations_table} (version) VALUES ($1)"),
+            migrations: migrations(tables),
+        };
+        // Owned data and a boxed future: an `async fn` borrowing `self` would
+        // not be `Send` for a caller that spawns it (rustc's limits on the
+        // higher-ranked lifetimes of sqlx's executors).
+        Box::pin(plan.run())
     }
 
     /// The pool, for queries outside units of work (read models, tests).

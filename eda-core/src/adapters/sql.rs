@@ -10,12 +10,12 @@ use crate::repository::RepositoryError;
 ///
 /// ```ignore
 /// use eda_core::adapters::sql::RowExt;
-/// let qty: i32 = row.column("batches", "purchased_quantity")?;
+/// let qty: i32 = row.decode("batches", "purchased_quantity")?;
 /// ```
 pub trait RowExt {
     /// The value of `column`; a decoding failure is a
     /// [`RepositoryError::Decode`] naming `table` and `column`.
-    fn column<'r, T>(&'r self, table: &str, column: &str) -> Result<T, RepositoryError>
+    fn decode<'r, T>(&'r self, table: &str, column: &str) -> Result<T, RepositoryError>
     where
         T: sqlx::Decode<'r, <Self as sqlx::Row>::Database>
             + sqlx::Type<<Self as sqlx::Row>::Database>,
@@ -24,7 +24,7 @@ pub trait RowExt {
 }
 
 impl<R: sqlx::Row> RowExt for R {
-    fn column<'r, T>(&'r self, table: &str, column: &str) -> Result<T, RepositoryError>
+    fn decode<'r, T>(&'r self, table: &str, column: &str) -> Result<T, RepositoryError>
     where
         T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
         for<'c> &'c str: sqlx::ColumnIndex<R>,
