@@ -99,6 +99,13 @@ pub struct Add {
     pub fail: bool,
 }
 
+/// Adds one twice, raising two events: two outbox rows in one commit.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "pgtest.add_twice")]
+pub struct AddTwice {
+    pub id: String,
+}
+
 /// Adds one; the first two runs wait for each other after loading.
 #[derive(Debug, Clone, Serialize, Deserialize, Command)]
 #[command(name = "pgtest.add_racing", output = u32)]
@@ -150,6 +157,20 @@ async fn add(cmd: Add, uow: &mut CounterUow) -> Handled<u32> {
     }
     uow.commit().await?;
     Ok(value)
+}
+
+#[command_handler]
+async fn add_twice(cmd: AddTwice, uow: &mut CounterUow) -> Handled<()> {
+    let counter = uow.counters().get(&cmd.id).await?.ok_or("no counter")?;
+    for _ in 0..2 {
+        counter.value += 1;
+        let value = counter.value;
+        counter.events.raise(Added {
+            id: cmd.id.clone(),
+            value,
+        });
+    }
+    Ok(uow.commit().await?)
 }
 
 #[command_handler]
@@ -255,6 +276,38 @@ async fn a_unit_of_work_saves_in_one_transaction_with_its_outbox_row() {
             r#"{"id":"a","value":3}"#.to_string()
         )]
     );
+    s.pg.drop_schema().await;
+}
+
+#[tokio::test]
+async fn several_events_of_one_commit_are_written_in_order_with_their_metadata() {
+    let Some(s) = service().await else { return };
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let envelope = eda_core::Envelope::new(AddTwice { id: "a".into() });
+    let command = envelope.metadata;
+    s.bus.handle_envelope(envelope).await.unwrap();
+    assert_eq!(
+        s.outbox().await,
+        vec![
+            (
+                "pgtest.added".to_string(),
+                r#"{"id":"a","value":1}"#.to_string()
+            ),
+            (
+                "pgtest.added".to_string(),
+                r#"{"id":"a","value":2}"#.to_string()
+            ),
+        ]
+    );
+    let metadata: Vec<(uuid::Uuid, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT correlation_id, causation_id FROM eda_outbox ORDER BY position")
+            .fetch_all(s.pg.pool())
+            .await
+            .unwrap();
+    for (correlation, causation) in metadata {
+        assert_eq!(correlation, command.correlation_id.as_uuid());
+        assert_eq!(causation, Some(command.message_id.as_uuid()));
+    }
     s.pg.drop_schema().await;
 }
 

@@ -93,6 +93,9 @@ impl PostgresOptions {
 
 /// The statements of the framework, with its table names in them, built once.
 struct Statements {
+    /// One message: a plain insert (most commits raise one event).
+    write_outbox_one: String,
+    /// Several: one insert of arrays, still one round trip.
     write_outbox: String,
     record_inbox: String,
     prune_inbox: String,
@@ -103,6 +106,10 @@ impl Statements {
         let outbox = tables.name("outbox");
         let inbox = tables.name("inbox");
         Statements {
+            write_outbox_one: format!(
+                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000))"
+            ),
             write_outbox: format!(
                 "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at) \
                  SELECT m, n, p, c, k, to_timestamp(t::float8 / 1000) \
@@ -364,6 +371,19 @@ impl DatabaseTransaction for PgTransaction {
         messages: &'a [ExternalMessage],
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
+            if let [m] = messages {
+                sqlx::query(&self.db.statements.write_outbox_one)
+                    .bind(m.metadata.message_id.as_uuid())
+                    .bind(m.name.as_str())
+                    .bind(std::str::from_utf8(&m.payload).map_err(Error::database)?)
+                    .bind(m.metadata.correlation_id.as_uuid())
+                    .bind(m.metadata.causation_id.map(|c| c.as_uuid()))
+                    .bind(m.metadata.timestamp.as_millis() as i64)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(adapter_error)?;
+                return Ok(());
+            }
             let mut ids = Vec::with_capacity(messages.len());
             let mut names = Vec::with_capacity(messages.len());
             let mut payloads = Vec::with_capacity(messages.len());

@@ -1,0 +1,3 @@
+//! The scenarios, one module each.
+
+pub(crate) mod database;
