@@ -370,6 +370,30 @@ impl MessageBus {
         names
     }
 
+    /// The names of the messages this service consumes from a broker: the
+    /// commands it handles, and the events it handles that it does not
+    /// publish itself. An external event of this service that it also
+    /// handles is handled in-process when raised; consuming it back from the
+    /// broker would handle it twice.
+    pub fn consumed_message_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self
+            .inner
+            .messages
+            .values()
+            .filter(|m| match m.kind {
+                crate::message::MessageKind::Command => {
+                    self.inner.commands.contains_key(&m.type_id)
+                }
+                crate::message::MessageKind::Event => {
+                    !m.external && self.inner.events.contains_key(&m.type_id)
+                }
+            })
+            .map(|m| m.name)
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     pub(crate) fn repository<A: Aggregate>(&self) -> Result<&'static RepositoryVTable<A>, Error> {
         self.inner
             .repositories

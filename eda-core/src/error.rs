@@ -26,6 +26,10 @@ pub enum Error {
     #[error("database error: {0}")]
     Database(#[source] BoxError),
 
+    /// The message broker failed (a connection, a channel, a publish).
+    #[error("broker error: {0}")]
+    Broker(#[source] BoxError),
+
     /// The adapter could not connect (or set itself up) at start.
     #[error("cannot connect to {url}: {source}")]
     Connect {

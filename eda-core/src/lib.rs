@@ -49,13 +49,15 @@ pub mod adapter;
 pub mod adapters;
 pub mod aggregate;
 pub mod bus;
+pub mod entrypoints;
 pub mod error;
 pub mod message;
 pub mod outbox;
 pub mod registry;
+pub mod relay;
 pub mod repository;
 pub mod retry;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "rabbitmq"))]
 pub mod testing;
 pub mod uow;
 
@@ -75,6 +77,7 @@ pub use message::{
 };
 pub use outbox::ExternalMessage;
 pub use registry::{HandlerRef, Location, WiringError, WiringProblem};
+pub use relay::{OutboxRelay, OutboxStore, Publisher, RelayOptions};
 pub use repository::{Find, Finder, Repository, RepositoryError};
 pub use retry::RetryPolicy;
 pub use uow::{Aggregates, IdentityMap, Transaction, UnitOfWork, UowField};

@@ -127,6 +127,8 @@ pub struct MessageRegistration {
     pub name: &'static str,
     pub type_name: &'static str,
     pub kind: MessageKind,
+    /// An event published to other services (`#[event(external)]`).
+    pub external: bool,
     pub module: &'static str,
     pub location: Location,
     pub dispatch: DispatchFn,
@@ -135,6 +137,7 @@ pub struct MessageRegistration {
 impl MessageRegistration {
     pub const fn new<M: Message>(
         kind: MessageKind,
+        external: bool,
         type_name: &'static str,
         module: &'static str,
         file: &'static str,
@@ -146,6 +149,7 @@ impl MessageRegistration {
             name: M::NAME,
             type_name,
             kind,
+            external,
             module,
             location: Location { file, line },
             dispatch,

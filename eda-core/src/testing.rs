@@ -19,7 +19,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(feature = "postgres")]
 use crate::adapters::postgres::{PostgresDatabase, PostgresOptions};
+#[cfg(feature = "rabbitmq")]
+use crate::adapters::rabbitmq::{RabbitMq, RabbitMqOptions};
 use crate::adapters::redact_url;
 
 /// The Postgres the tests use when `DATABASE_URL` is not set.
@@ -70,6 +73,7 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// A Postgres database in a schema of its own.
+#[cfg(feature = "postgres")]
 #[derive(Debug)]
 pub struct TestPostgres {
     /// The adapter, in the test's schema.
@@ -80,6 +84,7 @@ pub struct TestPostgres {
     pub url: String,
 }
 
+#[cfg(feature = "postgres")]
 impl TestPostgres {
     /// A fresh schema with the framework's tables, or `None` (skipped) when
     /// Postgres is not reachable outside CI.
@@ -114,5 +119,66 @@ impl TestPostgres {
             eprintln!("could not drop test schema {}: {e}", self.schema);
         }
         self.db.pool().close().await;
+    }
+}
+
+/// The RabbitMQ the tests use when `AMQP_URL` is not set.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The URL of the test RabbitMQ: `AMQP_URL`, else [`DEFAULT_AMQP_URL`].
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}
+
+/// A RabbitMQ exchange and service queue of their own (with their retry
+/// and dead-letter queues), removed by [`cleanup`](Self::cleanup).
+#[cfg(feature = "rabbitmq")]
+#[derive(Debug)]
+pub struct TestRabbitMq {
+    /// Connected, with the test's names.
+    pub rabbitmq: RabbitMq,
+}
+
+#[cfg(feature = "rabbitmq")]
+impl TestRabbitMq {
+    /// A fresh exchange and queue with the default options, or `None`
+    /// (skipped) when RabbitMQ is not reachable outside CI.
+    pub async fn start() -> Option<Self> {
+        Self::start_with(|o| o).await
+    }
+
+    /// Same, with options changed by `f` (the names are set here).
+    pub async fn start_with(f: impl FnOnce(RabbitMqOptions) -> RabbitMqOptions) -> Option<Self> {
+        let url = amqp_url();
+        let queue = unique_name("eda_test");
+        let options =
+            f(RabbitMqOptions::new(url.clone(), queue.clone())).exchange(format!("{queue}.events"));
+        match RabbitMq::connect(options).await {
+            Ok(rabbitmq) => Some(TestRabbitMq { rabbitmq }),
+            Err(e) => service_missing("RabbitMQ", &url, &e, "rabbitmq-server -detached"),
+        }
+    }
+
+    /// The options (names, delays, …).
+    pub fn options(&self) -> &RabbitMqOptions {
+        self.rabbitmq.options()
+    }
+
+    /// Deletes the test's queues and exchange.
+    pub async fn cleanup(self) {
+        let Ok(channel) = self.rabbitmq.channel().await else {
+            return;
+        };
+        let o = self.rabbitmq.options();
+        let mut queues = vec![o.queue_name().to_owned(), o.dead_letter_queue()];
+        queues.extend(o.retry_delays.iter().map(|d| o.retry_queue(*d)));
+        for queue in queues {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(o.exchange_name().into(), Default::default())
+            .await;
     }
 }

@@ -123,6 +123,10 @@ pub(crate) fn expand(input: DeriveInput, kind: Kind) -> syn::Result<TokenStream>
     let p = quote!(::eda_core::__private);
     let span = ident.span();
 
+    let external = match kind {
+        Kind::Command => quote!(false),
+        Kind::Event => quote!(<#ident as #p::EventTrait>::EXTERNAL),
+    };
     let (kind_impl, kind_variant, dispatch) = match kind {
         Kind::Command => {
             let output = attrs
@@ -169,6 +173,7 @@ pub(crate) fn expand(input: DeriveInput, kind: Kind) -> syn::Result<TokenStream>
             #p::inventory::submit! {
                 #p::MessageRegistration::new::<#ident>(
                     #p::MessageKind::#kind_variant,
+                    #external,
                     #type_name,
                     ::core::module_path!(),
                     #file,

@@ -46,13 +46,17 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast};
 
 use crate::adapter::Adapter;
 use crate::aggregate::Aggregate;
 use crate::error::Error;
 use crate::message::MessageId;
 use crate::outbox::ExternalMessage;
+use crate::private::BoxFuture;
+use crate::relay::{Delivery, OutboxEntry, OutboxStore, Publisher};
 use crate::repository::{Finder, RepositoryError};
 
 /// A database in memory. Clones share the same data.
@@ -64,6 +68,8 @@ pub struct InMemoryDatabase {
 #[derive(Default)]
 struct Inner {
     data: Mutex<Data>,
+    /// Signalled when a commit wrote outbox messages (for a relay).
+    outbox_committed: Arc<Notify>,
     /// Outside the lock: a commit with nothing to write takes no lock.
     commits: AtomicU64,
     publish_to: Mutex<Option<InProcessBus>>,
@@ -73,6 +79,8 @@ struct Inner {
 struct Data {
     tables: HashMap<TypeId, Box<dyn Any + Send>>,
     outbox: Vec<ExternalMessage>,
+    /// How many outbox messages (a prefix) the relay published.
+    sent: usize,
     inbox: HashSet<(MessageId, String)>,
 }
 
@@ -280,6 +288,9 @@ impl MemoryTransaction {
             outbox
         };
         if !publish.is_empty() {
+            self.db.inner.outbox_committed.notify_one();
+        }
+        if !publish.is_empty() {
             let bus = self
                 .db
                 .inner
@@ -294,6 +305,47 @@ impl MemoryTransaction {
             }
         }
         Ok(())
+    }
+}
+
+/// The in-memory outbox, for a relay (to RabbitMQ, say, in a test). Its
+/// rows are published in order; the lease is always granted (one process).
+impl OutboxStore for InMemoryDatabase {
+    fn lease<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn unsent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxEntry>, Error>> {
+        let data = self.data();
+        let entries = data
+            .outbox
+            .iter()
+            .enumerate()
+            .skip(data.sent)
+            .take(limit)
+            .map(|(i, message)| OutboxEntry {
+                position: i as i64,
+                message: message.clone(),
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(entries)))
+    }
+
+    fn mark_sent<'a>(&'a self, positions: &'a [i64]) -> BoxFuture<'a, Result<(), Error>> {
+        // Positions come in order from the start of the unsent part.
+        let mut data = self.data();
+        if let Some(last) = positions.iter().max() {
+            data.sent = data.sent.max(*last as usize + 1);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn committed(&self) -> Arc<Notify> {
+        self.inner.outbox_committed.clone()
     }
 }
 
@@ -351,6 +403,23 @@ impl fmt::Debug for InProcessBus {
         f.debug_struct("InProcessBus")
             .field("subscribers", &self.sender.receiver_count())
             .finish()
+    }
+}
+
+/// The in-process bus as the relay's broker: a message is "confirmed" once
+/// it is handed to the current subscribers.
+impl Publisher for InProcessBus {
+    fn publish<'a>(
+        &'a self,
+        messages: &'a [ExternalMessage],
+    ) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)> {
+        for message in messages {
+            InProcessBus::publish(self, message.clone());
+        }
+        Box::pin(std::future::ready((
+            vec![Delivery::Confirmed; messages.len()],
+            None,
+        )))
     }
 }
 

@@ -32,15 +32,17 @@ use std::time::Duration;
 
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, Postgres};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::RedactedUrl;
 use super::sql::{Tables, adapter_error, connect_error, quote_ident};
 use crate::adapter::{Adapter, Database, DatabaseTransaction};
 use crate::error::Error;
-use crate::message::MessageId;
+use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::ExternalMessage;
 use crate::private::BoxFuture;
+use crate::relay::{OutboxEntry, OutboxStore};
 
 /// How to connect and where to keep the framework's tables.
 #[derive(Clone, Debug)]
@@ -99,12 +101,18 @@ struct Statements {
     write_outbox: String,
     record_inbox: String,
     prune_inbox: String,
+    lease: String,
+    release: String,
+    unsent: String,
+    mark_sent: String,
+    prune_outbox: String,
 }
 
 impl Statements {
     fn new(tables: &Tables) -> Self {
         let outbox = tables.name("outbox");
         let inbox = tables.name("inbox");
+        let lease = tables.name("relay_lease");
         Statements {
             write_outbox_one: format!(
                 "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at) \
@@ -122,6 +130,23 @@ impl Statements {
             prune_inbox: format!(
                 "DELETE FROM {inbox} WHERE handled_at < now() - make_interval(secs => $1)"
             ),
+            lease: format!(
+                "INSERT INTO {lease} (name, holder, expires_at) \
+                 VALUES ('relay', $1, now() + make_interval(secs => $2)) \
+                 ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                 WHERE {lease}.holder = EXCLUDED.holder OR {lease}.expires_at < now() \
+                 RETURNING holder"
+            ),
+            release: format!("DELETE FROM {lease} WHERE name = 'relay' AND holder = $1"),
+            unsent: format!(
+                "SELECT position, message_id, name, payload, correlation_id, causation_id, \
+                 (extract(epoch FROM created_at) * 1000)::int8 \
+                 FROM {outbox} WHERE sent_at IS NULL ORDER BY position LIMIT $1"
+            ),
+            mark_sent: format!("UPDATE {outbox} SET sent_at = now() WHERE position = ANY($1)"),
+            prune_outbox: format!(
+                "DELETE FROM {outbox} WHERE sent_at < now() - make_interval(secs => $1)"
+            ),
         }
     }
 }
@@ -135,9 +160,11 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
     let prefix = &tables.prefix;
     let unsent = quote_ident(&format!("{prefix}outbox_unsent"));
     let handled = quote_ident(&format!("{prefix}inbox_handled_at"));
-    vec![vec![
-        format!(
-            "CREATE TABLE IF NOT EXISTS {outbox} (
+    let lease = tables.name("relay_lease");
+    vec![
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {outbox} (
                 position BIGSERIAL PRIMARY KEY,
                 message_id UUID NOT NULL UNIQUE,
                 name TEXT NOT NULL,
@@ -149,18 +176,29 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
                 claimed_until TIMESTAMPTZ,
                 attempts INT NOT NULL DEFAULT 0
             )"
-        ),
-        format!("CREATE INDEX IF NOT EXISTS {unsent} ON {outbox} (position) WHERE sent_at IS NULL"),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {inbox} (
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {unsent} ON {outbox} (position) WHERE sent_at IS NULL"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {inbox} (
                 message_id UUID NOT NULL,
                 handler TEXT NOT NULL,
                 handled_at TIMESTAMPTZ NOT NULL DEFAULT now(),
                 PRIMARY KEY (message_id, handler)
             )"
-        ),
-        format!("CREATE INDEX IF NOT EXISTS {handled} ON {inbox} (handled_at)"),
-    ]]
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {handled} ON {inbox} (handled_at)"),
+        ],
+        // 2: the lease of the outbox relay (one instance publishes at a time).
+        vec![format!(
+            "CREATE TABLE IF NOT EXISTS {lease} (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL
+        )"
+        )],
+    ]
 }
 
 /// The migration, as owned SQL, run in one transaction.
@@ -208,6 +246,8 @@ struct Inner {
     url: RedactedUrl,
     tables: Tables,
     statements: Statements,
+    /// Signalled when a transaction of this process committed outbox rows.
+    committed: Arc<Notify>,
 }
 
 /// A Postgres database: the [`Database`] adapter units of work begin their
@@ -268,6 +308,7 @@ impl PostgresDatabase {
                 pool,
                 url: RedactedUrl(url.to_owned()),
                 tables,
+                committed: Arc::new(Notify::new()),
             }),
         };
         db.migrate().await.map_err(|e| connect_error(url, e))?;
@@ -329,6 +370,93 @@ impl PostgresDatabase {
     }
 }
 
+impl PostgresDatabase {
+    /// Deletes outbox rows published longer than `age` ago. Returns how
+    /// many rows were deleted.
+    pub async fn prune_outbox(&self, age: Duration) -> Result<u64, Error> {
+        sqlx::query(&self.inner.statements.prune_outbox)
+            .bind(age.as_secs_f64())
+            .execute(&self.inner.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(adapter_error)
+    }
+}
+
+impl OutboxStore for PostgresDatabase {
+    fn lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let row = sqlx::query(&self.inner.statements.lease)
+                .bind(holder)
+                .bind(ttl.as_secs_f64())
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(row.is_some())
+        })
+    }
+
+    fn release<'a>(&'a self, holder: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            sqlx::query(&self.inner.statements.release)
+                .bind(holder)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn unsent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxEntry>, Error>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&self.inner.statements.unsent)
+                .bind(limit as i64)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            rows.iter()
+                .map(|row| {
+                    let column = |e: sqlx::Error| Error::Database(e.into());
+                    let payload: String = row.try_get(3).map_err(column)?;
+                    Ok(OutboxEntry {
+                        position: row.try_get(0).map_err(column)?,
+                        message: ExternalMessage {
+                            name: row.try_get(2).map_err(column)?,
+                            metadata: Metadata {
+                                message_id: row.try_get::<Uuid, _>(1).map_err(column)?.into(),
+                                correlation_id: row.try_get::<Uuid, _>(4).map_err(column)?.into(),
+                                causation_id: row
+                                    .try_get::<Option<Uuid>, _>(5)
+                                    .map_err(column)?
+                                    .map(Into::into),
+                                timestamp: Timestamp::from_millis(
+                                    row.try_get::<i64, _>(6).map_err(column)?.max(0) as u64,
+                                ),
+                            },
+                            payload: payload.into_bytes(),
+                        },
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn mark_sent<'a>(&'a self, positions: &'a [i64]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            sqlx::query(&self.inner.statements.mark_sent)
+                .bind(positions)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn committed(&self) -> Arc<Notify> {
+        self.inner.committed.clone()
+    }
+}
+
 impl Adapter for PostgresDatabase {
     fn as_database(&self) -> Option<&dyn Database> {
         Some(self)
@@ -350,6 +478,7 @@ impl Database for PostgresDatabase {
             Ok(Box::new(PgTransaction {
                 tx,
                 db: self.inner.clone(),
+                wrote_outbox: false,
             }) as Box<dyn DatabaseTransaction>)
         })
     }
@@ -358,6 +487,7 @@ impl Database for PostgresDatabase {
 struct PgTransaction {
     tx: sqlx::Transaction<'static, Postgres>,
     db: Arc<Inner>,
+    wrote_outbox: bool,
 }
 
 impl DatabaseTransaction for PgTransaction {
@@ -370,6 +500,7 @@ impl DatabaseTransaction for PgTransaction {
         &'a mut self,
         messages: &'a [ExternalMessage],
     ) -> BoxFuture<'a, Result<(), Error>> {
+        self.wrote_outbox = true;
         Box::pin(async move {
             if let [m] = messages {
                 sqlx::query(&self.db.statements.write_outbox_one)
@@ -429,7 +560,15 @@ impl DatabaseTransaction for PgTransaction {
     }
 
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin(async move { self.tx.commit().await.map_err(adapter_error) })
+        Box::pin(async move {
+            self.tx.commit().await.map_err(adapter_error)?;
+            if self.wrote_outbox {
+                // A permit, not a broadcast: a relay busy publishing when
+                // this fires still sees it on its next wait.
+                self.db.committed.notify_one();
+            }
+            Ok(())
+        })
     }
 
     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {

@@ -1,0 +1,575 @@
+//! RabbitMQ (feature `rabbitmq`), through lapin: the external bus between
+//! services.
+//!
+//! Topology (declared idempotently at start, names configurable):
+//!
+//! - one durable **topic exchange** (default `eda.events`); a message's
+//!   routing key is its name (`allocation.allocated`);
+//! - one durable **service queue** (the service's name), bound to the names
+//!   of the messages the service consumes (see
+//!   [`MessageBus::consumed_message_names`](crate::MessageBus::consumed_message_names));
+//! - **retry queues** `<queue>.retry.<delay>ms`, one per delay of the retry
+//!   policy: a message that failed waits there (a queue TTL) and is then
+//!   dead-lettered back to the service queue;
+//! - a **dead-letter queue** `<queue>.dlq`: messages that cannot be handled
+//!   (malformed, unknown, too large) or that failed every attempt, with the
+//!   reason and the attempt count in their headers (`x-eda-error`,
+//!   `x-eda-attempts`).
+//!
+//! Messages are persistent (delivery mode 2) and carry their metadata in
+//! AMQP properties: `message_id` (the event's id), `type` (its name),
+//! `content_type` `application/json`, `correlation_id`, `timestamp`, and
+//! headers `x-causation-id` and `x-eda-timestamp-ms`.
+//!
+//! [`RabbitMq::publisher`] is the outbox relay's [`Publisher`] (publisher
+//! confirms, mandatory flag, pipelined); [`RabbitMq::consumer`] is the
+//! consumer entrypoint.
+//!
+//! ```no_run
+//! # async fn run(bus: eda_core::MessageBus, db: eda_core::adapters::postgres::PostgresDatabase) -> Result<(), eda_core::Error> {
+//! use std::sync::Arc;
+//! use eda_core::adapters::rabbitmq::{RabbitMq, RabbitMqOptions};
+//! use eda_core::{OutboxRelay, RelayOptions};
+//!
+//! let rabbitmq = RabbitMq::connect(RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f", "allocation")).await?;
+//! let relay = OutboxRelay::spawn(Arc::new(db), rabbitmq.publisher(), RelayOptions::default());
+//! rabbitmq.consumer(bus).run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! relay.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Confirmation;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+use super::{RedactedUrl, redact_url};
+use crate::adapter::Adapter;
+use crate::bus::MessageBus;
+use crate::entrypoints::rabbitmq::RabbitMqConsumer;
+use crate::error::Error;
+use crate::message::{MessageId, Metadata, Timestamp};
+use crate::outbox::ExternalMessage;
+use crate::private::BoxFuture;
+use crate::relay::{Delivery, Publisher};
+
+/// Header: the id of the message that caused this one.
+pub const CAUSATION_HEADER: &str = "x-causation-id";
+/// Header: the message's timestamp in milliseconds (the AMQP `timestamp`
+/// property has seconds).
+pub const TIMESTAMP_HEADER: &str = "x-eda-timestamp-ms";
+/// Header: how many times handling the message failed.
+pub const ATTEMPTS_HEADER: &str = "x-eda-attempts";
+/// Header: why the message was dead-lettered (or retried).
+pub const ERROR_HEADER: &str = "x-eda-error";
+
+/// Where the broker is and how the service uses it.
+#[derive(Clone)]
+pub struct RabbitMqOptions {
+    url: RedactedUrl,
+    pub(crate) exchange: String,
+    pub(crate) queue: String,
+    pub(crate) prefetch: u16,
+    pub(crate) concurrency: usize,
+    pub(crate) retry_delays: Vec<Duration>,
+    pub(crate) max_attempts: u32,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) reconnect: (Duration, Duration),
+    pub(crate) bindings: Option<Vec<String>>,
+    pub(crate) shutdown_grace: Duration,
+}
+
+impl fmt::Debug for RabbitMqOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMqOptions")
+            .field("url", &self.url)
+            .field("exchange", &self.exchange)
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("concurrency", &self.concurrency)
+            .field("retry_delays", &self.retry_delays)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
+impl RabbitMqOptions {
+    /// The broker at `url`, for the service whose queue is `queue`. Defaults:
+    /// exchange `eda.events`, prefetch 32, 8 handlers at once, retries after
+    /// 1 s, 5 s and 30 s, 5 attempts, messages up to 1 MiB, reconnection
+    /// after 100 ms to 5 s, 10 s for in-flight messages at shutdown.
+    pub fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
+        RabbitMqOptions {
+            url: RedactedUrl(url.into()),
+            exchange: "eda.events".into(),
+            queue: queue.into(),
+            prefetch: 32,
+            concurrency: 8,
+            retry_delays: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+            max_attempts: 5,
+            max_message_bytes: 1 << 20,
+            reconnect: (Duration::from_millis(100), Duration::from_secs(5)),
+            bindings: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// The topic exchange.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// How many unacknowledged deliveries the broker sends at once.
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// How many messages are handled at once.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// The delays before attempts 2, 3, …; the last one repeats.
+    pub fn retry_delays(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        let delays: Vec<_> = delays.into_iter().collect();
+        if !delays.is_empty() {
+            self.retry_delays = delays;
+        }
+        self
+    }
+
+    /// After this many failed attempts, a message is dead-lettered.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Larger messages are dead-lettered at once, unread.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The first and the longest delay between reconnection attempts.
+    pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.reconnect = (initial, max.max(initial));
+        self
+    }
+
+    /// Bind the service queue to these message names instead of those the
+    /// bus consumes.
+    pub fn bind(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.bindings = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How long a shutdown waits for in-flight messages before returning
+    /// them to the broker.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The service queue.
+    pub fn queue_name(&self) -> &str {
+        &self.queue
+    }
+
+    /// The exchange.
+    pub fn exchange_name(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The dead-letter queue: `<queue>.dlq`.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    /// The retry queue of a delay: `<queue>.retry.<ms>ms`.
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.retry.{}ms", self.queue, delay.as_millis())
+    }
+
+    /// The URL, password hidden.
+    pub fn url(&self) -> String {
+        self.url.to_string()
+    }
+}
+
+/// A connection to RabbitMQ, shared by the relay's publisher and the
+/// consumer; re-established when it breaks. Cheap to clone.
+#[derive(Clone)]
+pub struct RabbitMq {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    options: RabbitMqOptions,
+    connection: Mutex<Option<Arc<Connection>>>,
+}
+
+impl fmt::Debug for RabbitMq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMq")
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl Adapter for RabbitMq {}
+
+pub(crate) fn amqp_error(url: &str, e: lapin::Error) -> Error {
+    Error::Broker(format!("{}: {e}", redact_url(url)).into())
+}
+
+impl RabbitMq {
+    /// Connects and declares the exchange. An error names the URL, with its
+    /// password hidden.
+    pub async fn connect(options: RabbitMqOptions) -> Result<Self, Error> {
+        let rabbitmq = RabbitMq {
+            inner: Arc::new(Shared {
+                options,
+                connection: Mutex::new(None),
+            }),
+        };
+        let channel = rabbitmq.channel().await.map_err(|e| Error::Connect {
+            url: rabbitmq.inner.options.url(),
+            source: e.into(),
+        })?;
+        rabbitmq.declare_exchange(&channel).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(rabbitmq)
+    }
+
+    /// The options.
+    pub fn options(&self) -> &RabbitMqOptions {
+        &self.inner.options
+    }
+
+    fn error(&self, e: lapin::Error) -> Error {
+        amqp_error(&self.inner.options.url.0, e)
+    }
+
+    /// A new channel, on the current connection or, if it broke, on a new
+    /// one (one attempt: callers retry with their own backoff).
+    pub async fn channel(&self) -> Result<Channel, Error> {
+        let mut current = self.inner.connection.lock().await;
+        if let Some(connection) = current.as_ref() {
+            if connection.status().connected() {
+                match connection.create_channel().await {
+                    Ok(channel) => return Ok(channel),
+                    Err(e) => tracing::debug!(error = %e, "channel failed, reconnecting"),
+                }
+            }
+        }
+        let connection =
+            Connection::connect(&self.inner.options.url.0, ConnectionProperties::default())
+                .await
+                .map_err(|e| self.error(e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| self.error(e))?;
+        *current = Some(Arc::new(connection));
+        Ok(channel)
+    }
+
+    /// A channel in confirm mode.
+    pub(crate) async fn confirm_channel(&self) -> Result<Channel, Error> {
+        let channel = self.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(channel)
+    }
+
+    async fn declare_exchange(&self, channel: &Channel) -> Result<(), Error> {
+        channel
+            .exchange_declare(
+                self.inner.options.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Declares the exchange, the service queue bound to `names`, its retry
+    /// queues and its dead-letter queue. Idempotent.
+    pub async fn declare_service_topology(
+        &self,
+        channel: &Channel,
+        names: &[String],
+    ) -> Result<(), Error> {
+        let o = &self.inner.options;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.declare_exchange(channel).await?;
+        for queue in [o.queue.clone(), o.dead_letter_queue()] {
+            channel
+                .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        for delay in &o.retry_delays {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(delay.as_millis() as i64),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(o.queue.as_str().into()),
+            );
+            channel
+                .queue_declare(o.retry_queue(*delay).as_str().into(), durable, args)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        for name in names {
+            channel
+                .queue_bind(
+                    o.queue.as_str().into(),
+                    o.exchange.as_str().into(),
+                    name.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Declares the service's topology for `bus` (exchange, queue bound to
+    /// the messages the bus consumes, retry and dead-letter queues) on a
+    /// channel of its own. The consumer does it too when it starts; call it
+    /// first when messages may be published before the consumer runs.
+    pub async fn declare_topology(&self, bus: &MessageBus) -> Result<(), Error> {
+        let channel = self.channel().await?;
+        self.declare_service_topology(&channel, &self.bindings(bus))
+            .await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// The names the service queue binds to, for this bus.
+    pub fn bindings(&self, bus: &MessageBus) -> Vec<String> {
+        match &self.inner.options.bindings {
+            Some(names) => names.clone(),
+            None => bus
+                .consumed_message_names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+
+    /// The outbox relay's publisher: publisher confirms, mandatory flag, a
+    /// pipelined window of unconfirmed messages.
+    pub fn publisher(&self) -> Arc<dyn Publisher> {
+        Arc::new(RabbitMqPublisher {
+            rabbitmq: self.clone(),
+            channel: Mutex::new(None),
+        })
+    }
+
+    /// The consumer entrypoint of `bus` on the service queue.
+    pub fn consumer(&self, bus: MessageBus) -> RabbitMqConsumer {
+        RabbitMqConsumer::new(self.clone(), bus)
+    }
+}
+
+/// The AMQP properties of a message: its metadata.
+pub fn properties(message: &ExternalMessage) -> BasicProperties {
+    let m = &message.metadata;
+    let mut headers = FieldTable::default();
+    if let Some(causation) = m.causation_id {
+        headers.insert(
+            CAUSATION_HEADER.into(),
+            AMQPValue::LongString(causation.to_string().into()),
+        );
+    }
+    headers.insert(
+        TIMESTAMP_HEADER.into(),
+        AMQPValue::LongLongInt(m.timestamp.as_millis() as i64),
+    );
+    BasicProperties::default()
+        .with_message_id(m.message_id.to_string().into())
+        .with_type(message.name.as_str().into())
+        .with_content_type("application/json".into())
+        .with_correlation_id(m.correlation_id.to_string().into())
+        .with_timestamp(m.timestamp.as_millis() / 1000)
+        .with_delivery_mode(2)
+        .with_headers(headers)
+}
+
+/// The metadata of a delivered message, from its properties. A message
+/// without a valid `message_id` cannot be deduplicated, and is refused.
+pub fn metadata(properties: &BasicProperties) -> Result<Metadata, String> {
+    let id: MessageId = properties
+        .message_id()
+        .as_ref()
+        .ok_or("no message_id property")?
+        .as_str()
+        .parse()
+        .map_err(|e| format!("message_id is not a UUID: {e}"))?;
+    let header = |name: &str| {
+        properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(name).cloned())
+    };
+    let correlation_id = properties
+        .correlation_id()
+        .as_ref()
+        .and_then(|c| c.as_str().parse().ok())
+        .unwrap_or(id);
+    let causation_id = match header(CAUSATION_HEADER) {
+        Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes())
+            .ok()
+            .and_then(|s| s.parse().ok()),
+        _ => None,
+    };
+    let timestamp = match header(TIMESTAMP_HEADER) {
+        Some(AMQPValue::LongLongInt(ms)) if ms >= 0 => Timestamp::from_millis(ms as u64),
+        _ => properties
+            .timestamp()
+            .map(|s| Timestamp::from_millis(s.saturating_mul(1000)))
+            .unwrap_or_else(Timestamp::now),
+    };
+    Ok(Metadata {
+        message_id: id,
+        correlation_id,
+        causation_id,
+        timestamp,
+    })
+}
+
+/// A header value as a string, for logs and tests.
+pub fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        AMQPValue::LongUInt(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+pub(crate) fn long_string(s: impl Into<String>) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.into()))
+}
+
+pub(crate) fn short(s: &str) -> ShortString {
+    s.into()
+}
+
+/// Publishes outbox messages with confirms.
+struct RabbitMqPublisher {
+    rabbitmq: RabbitMq,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Publisher for RabbitMqPublisher {
+    fn publish<'a>(
+        &'a self,
+        messages: &'a [ExternalMessage],
+    ) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)> {
+        Box::pin(async move {
+            let mut slot = self.channel.lock().await;
+            let channel = match slot.as_ref().filter(|c| c.status().connected()) {
+                Some(channel) => channel.clone(),
+                None => match self.rabbitmq.confirm_channel().await {
+                    Ok(channel) => {
+                        *slot = Some(channel.clone());
+                        channel
+                    }
+                    Err(e) => return (Vec::new(), Some(e)),
+                },
+            };
+            let exchange = self.rabbitmq.inner.options.exchange.as_str();
+            // Pipelined: every message is sent before the first confirm is
+            // awaited; a channel keeps their order.
+            let mut confirms = Vec::with_capacity(messages.len());
+            let mut error = None;
+            for message in messages {
+                let published = channel
+                    .basic_publish(
+                        short(exchange),
+                        short(&message.name),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &message.payload,
+                        properties(message),
+                    )
+                    .await;
+                match published {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(e) => {
+                        error = Some(self.rabbitmq.error(e));
+                        break;
+                    }
+                }
+            }
+            let mut deliveries = Vec::with_capacity(confirms.len());
+            for confirm in confirms {
+                match confirm.await {
+                    Ok(Confirmation::Ack(None)) => deliveries.push(Delivery::Confirmed),
+                    Ok(Confirmation::Ack(Some(_))) => deliveries.push(Delivery::Unroutable),
+                    Ok(Confirmation::Nack(_)) => {
+                        error.get_or_insert_with(|| {
+                            Error::Broker("the broker refused (nack) a message".into())
+                        });
+                        break;
+                    }
+                    Ok(Confirmation::NotRequested) => {
+                        error.get_or_insert_with(|| {
+                            Error::Broker("publisher confirms are off".into())
+                        });
+                        break;
+                    }
+                    Err(e) => {
+                        error.get_or_insert_with(|| self.rabbitmq.error(e));
+                        break;
+                    }
+                }
+            }
+            if error.is_some() {
+                // Start from a fresh channel next time.
+                *slot = None;
+            }
+            (deliveries, error)
+        })
+    }
+}

@@ -1,0 +1,401 @@
+//! The RabbitMQ consumer entrypoint: messages of the service queue, handled
+//! by the bus.
+//!
+//! For each delivery: the message is decoded by its name (the `type`
+//! property), handled by [`MessageBus::handle_incoming`] (whose handlers
+//! record it in their inbox in their own transaction), and acknowledged
+//! once handled. A failure is retried through the retry queues, with the
+//! attempt count in a header, then dead-lettered with the reason; a message
+//! that cannot be handled at all (malformed, unknown name, no message id,
+//! too large) is dead-lettered at once. A handler that panics is a failure
+//! like any other. A copy sent to a retry or dead-letter queue is confirmed
+//! by the broker before the original is acknowledged, so nothing is lost
+//! (and a crash in between means a duplicate, which the inbox removes).
+//!
+//! The consumer never stops on bad input. When the connection breaks, it
+//! reconnects with backoff and declares its topology again; unacknowledged
+//! deliveries return to the queue. On shutdown it stops consuming, lets
+//! in-flight messages finish (up to the grace period), and returns the rest
+//! to the broker.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_core::Stream;
+use lapin::Confirmation;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::adapters::rabbitmq::{
+    ATTEMPTS_HEADER, ERROR_HEADER, RabbitMq, long_string, metadata, short,
+};
+use crate::bus::MessageBus;
+use crate::error::{Error, IncomingError};
+use crate::message::MessageId;
+
+/// Counters of a consumer.
+#[derive(Debug, Default)]
+pub struct ConsumerMetrics {
+    consuming: std::sync::atomic::AtomicBool,
+    handled: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+impl ConsumerMetrics {
+    /// Whether the consumer is consuming now: its topology is declared and
+    /// bound, and messages published from now on reach it.
+    pub fn consuming(&self) -> bool {
+        self.consuming.load(Ordering::SeqCst)
+    }
+    /// Messages handled and acknowledged.
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+    /// Messages that failed and were sent to a retry queue.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+    /// Messages sent to the dead-letter queue.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+    /// Times the consumer reconnected after the broker or the connection
+    /// failed.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+}
+
+/// Consumes the service queue into the bus. Build it with
+/// [`RabbitMq::consumer`], then [`run`](Self::run) it.
+pub struct RabbitMqConsumer {
+    rabbitmq: RabbitMq,
+    bus: MessageBus,
+    metrics: Arc<ConsumerMetrics>,
+}
+
+impl fmt::Debug for RabbitMqConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMqConsumer")
+            .field("rabbitmq", &self.rabbitmq)
+            .field("metrics", &self.metrics)
+            .finish()
+    }
+}
+
+/// What to do with a delivery once handled.
+enum Verdict {
+    Ack,
+    Retry { attempts: u32, reason: String },
+    DeadLetter { attempts: u32, reason: String },
+}
+
+impl RabbitMqConsumer {
+    pub(crate) fn new(rabbitmq: RabbitMq, bus: MessageBus) -> Self {
+        RabbitMqConsumer {
+            rabbitmq,
+            bus,
+            metrics: Arc::new(ConsumerMetrics::default()),
+        }
+    }
+
+    /// The consumer's counters (shared: read them while it runs).
+    pub fn metrics(&self) -> Arc<ConsumerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Declares the topology and consumes until `shutdown` resolves,
+    /// reconnecting whenever the broker or the connection fails. Returns
+    /// once in-flight messages finished or were returned to the broker.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let mut shutdown = pin!(shutdown);
+        let (initial, max) = self.rabbitmq.options().reconnect;
+        let mut backoff = initial;
+        loop {
+            match self.session(shutdown.as_mut()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, ?backoff, "consumer lost the broker, reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.as_mut() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(max);
+                }
+            }
+        }
+    }
+
+    /// One connection's life: `Ok` on shutdown, `Err` when the broker failed.
+    async fn session(
+        &self,
+        mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
+    ) -> Result<(), Error> {
+        let options = self.rabbitmq.options().clone();
+        let channel = self.rabbitmq.channel().await?;
+        let publish = self.rabbitmq.confirm_channel().await?;
+        let bindings = self.rabbitmq.bindings(&self.bus);
+        self.rabbitmq
+            .declare_service_topology(&channel, &bindings)
+            .await?;
+        let amqp = |e: lapin::Error| Error::Broker(e.to_string().into());
+        channel
+            .basic_qos(options.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(amqp)?;
+        let tag = format!("{}-{}", options.queue, MessageId::new());
+        let mut consumer = channel
+            .basic_consume(
+                short(&options.queue),
+                short(&tag),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp)?;
+        tracing::info!(queue = %options.queue, bindings = ?bindings, "consuming");
+        self.metrics.consuming.store(true, Ordering::SeqCst);
+
+        let permits = Arc::new(Semaphore::new(options.concurrency));
+        let mut in_flight = JoinSet::new();
+        let outcome = loop {
+            tokio::select! {
+                _ = shutdown.as_mut() => break Ok(()),
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                permit = permits.clone().acquire_owned() => {
+                    let permit = permit.expect("the semaphore is never closed");
+                    let next = tokio::select! {
+                        next = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)) => next,
+                        _ = shutdown.as_mut() => break Ok(()),
+                    };
+                    match next {
+                        Some(Ok(delivery)) => {
+                            let handling = Handling {
+                                bus: self.bus.clone(),
+                                rabbitmq: self.rabbitmq.clone(),
+                                publish: publish.clone(),
+                                metrics: self.metrics.clone(),
+                            };
+                            in_flight.spawn(async move {
+                                handling.handle(delivery).await;
+                                drop(permit);
+                            });
+                        }
+                        Some(Err(e)) => break Err(amqp(e)),
+                        None => break Err(Error::Broker("the broker cancelled the consumer".into())),
+                    }
+                }
+            }
+        };
+        self.metrics.consuming.store(false, Ordering::SeqCst);
+        // Stop taking work, let in-flight messages finish, return the rest.
+        let _ = channel
+            .basic_cancel(short(&tag), BasicCancelOptions::default())
+            .await;
+        let drained = tokio::time::timeout(options.shutdown_grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("in-flight messages did not finish in time; they return to the broker");
+            in_flight.abort_all();
+        }
+        let _ = channel.close(200, "bye".into()).await;
+        let _ = publish.close(200, "bye".into()).await;
+        outcome
+    }
+}
+
+/// What handling one delivery needs.
+struct Handling {
+    bus: MessageBus,
+    rabbitmq: RabbitMq,
+    publish: Channel,
+    metrics: Arc<ConsumerMetrics>,
+}
+
+fn attempts(properties: &BasicProperties) -> u32 {
+    match properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPTS_HEADER))
+    {
+        Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, u32::MAX as i64) as u32,
+        Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
+        Some(AMQPValue::LongUInt(n)) => *n,
+        _ => 0,
+    }
+}
+
+impl Handling {
+    async fn handle(self, delivery: Delivery) {
+        let verdict = self.verdict(&delivery).await;
+        let settled = match &verdict {
+            Verdict::Ack => Ok(()),
+            Verdict::Retry { attempts, reason } => {
+                let options = self.rabbitmq.options();
+                let delays = &options.retry_delays;
+                let delay = delays[(*attempts as usize - 1).min(delays.len() - 1)];
+                tracing::warn!(attempts, reason, ?delay, "message failed, retrying");
+                self.forward(&delivery, &options.retry_queue(delay), *attempts, reason)
+                    .await
+                    .map(|()| {
+                        self.metrics.retried.fetch_add(1, Ordering::Relaxed);
+                    })
+            }
+            Verdict::DeadLetter { attempts, reason } => {
+                tracing::error!(attempts, reason, "message dead-lettered");
+                let queue = self.rabbitmq.options().dead_letter_queue();
+                self.forward(&delivery, &queue, *attempts, reason)
+                    .await
+                    .map(|()| {
+                        self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    })
+            }
+        };
+        match settled {
+            Ok(()) => {
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    // The channel broke: the broker delivers it again, and
+                    // the inbox makes that harmless.
+                    tracing::warn!(error = %e, "could not acknowledge; the message will be redelivered");
+                } else if matches!(verdict, Verdict::Ack) {
+                    self.metrics.handled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not forward the message; returning it to the queue");
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    }
+
+    async fn verdict(&self, delivery: &Delivery) -> Verdict {
+        let options = self.rabbitmq.options();
+        let failed_before = attempts(&delivery.properties);
+        let refuse = |reason: String| Verdict::DeadLetter {
+            attempts: failed_before,
+            reason,
+        };
+        if delivery.data.len() > options.max_message_bytes {
+            return refuse(format!(
+                "message too large: {} bytes, the limit is {}",
+                delivery.data.len(),
+                options.max_message_bytes
+            ));
+        }
+        let name = match delivery.properties.kind() {
+            Some(kind) => kind.as_str().to_owned(),
+            None => delivery.routing_key.as_str().to_owned(),
+        };
+        let metadata = match metadata(&delivery.properties) {
+            Ok(m) => m,
+            Err(reason) => return refuse(reason),
+        };
+        // In a task of its own, so that a panicking handler is a failure of
+        // this message, not of the consumer.
+        let bus = self.bus.clone();
+        let payload = delivery.data.clone();
+        let handled = tokio::spawn({
+            let name = name.clone();
+            async move { bus.handle_incoming(&name, metadata, &payload).await }
+        })
+        .await;
+        let reason = match handled {
+            Ok(Ok(())) => return Verdict::Ack,
+            Ok(Err(
+                e @ (IncomingError::UnknownMessage { .. } | IncomingError::Malformed { .. }),
+            )) => {
+                return refuse(e.to_string());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(join) if join.is_panic() => {
+                format!("handler of `{name}` panicked: {}", panic_message(join))
+            }
+            Err(join) => format!("handler of `{name}` was cancelled: {join}"),
+        };
+        let attempts = failed_before + 1;
+        if attempts >= options.max_attempts {
+            Verdict::DeadLetter { attempts, reason }
+        } else {
+            Verdict::Retry { attempts, reason }
+        }
+    }
+
+    /// Publishes a copy of the delivery to `queue` (through the default
+    /// exchange), with the attempt count and the reason, and waits for the
+    /// broker's confirmation.
+    async fn forward(
+        &self,
+        delivery: &Delivery,
+        queue: &str,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ATTEMPTS_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(attempts)),
+        );
+        headers.insert(ERROR_HEADER.into(), long_string(reason));
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        let confirm = self
+            .publish
+            .basic_publish(
+                short(""),
+                short(queue),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &delivery.data,
+                properties,
+            )
+            .await
+            .map_err(|e| Error::Broker(e.to_string().into()))?
+            .await
+            .map_err(|e| Error::Broker(e.to_string().into()))?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(Error::Broker(
+                format!("queue {queue} does not exist").into(),
+            )),
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Broker(
+                format!("the broker did not confirm the copy to {queue}").into(),
+            )),
+        }
+    }
+}
+
+fn panic_message(join: tokio::task::JoinError) -> String {
+    let payload = join.into_panic();
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
