@@ -55,7 +55,7 @@ pub mod outbox;
 pub mod registry;
 pub mod repository;
 pub mod retry;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod testing;
 pub mod uow;
 
