@@ -535,13 +535,17 @@ async fn a_busy_database_is_a_conflict_the_bus_retries() {
         .execute(&mut other)
         .await
         .unwrap();
+    let started = std::time::Instant::now();
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         sqlx::query("COMMIT").execute(&mut other).await.unwrap();
         other
     });
     assert_eq!(s.add("a", 1).await.unwrap(), 1);
-    assert!(release.is_finished(), "it waited for the other writer");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it waited for the other writer"
+    );
     assert!(s.bus.metrics().command_conflicts >= 1);
     assert_eq!(s.counter("a").await, Some((1, 1)));
     release.await.unwrap().close().await.unwrap();

@@ -33,6 +33,12 @@
 //! File databases use the WAL journal, so that reads outside units of work
 //! (`pool()`) do not wait for the writer.
 //!
+//! Every unit of work is a writer, even one that only reads (the adapter
+//! cannot tell them apart), so one must not wait for another: a handler
+//! that sends a command through the bus before committing its own unit of
+//! work makes that command wait for the lock it holds, until the busy
+//! timeout. Commit first, or read through [`SqliteDatabase::pool`].
+//!
 //! # In memory
 //!
 //! `sqlite::memory:` is a database that lives as long as its connection:
