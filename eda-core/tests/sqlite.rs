@@ -220,6 +220,28 @@ async fn add_each(cmd: AddEach, uow: &mut CounterUow) -> Handled<()> {
     Ok(uow.commit().await?)
 }
 
+/// A fresh temporary directory, removed on drop (also when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        TempDir(TestSqlite::temp_dir())
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn default_retry() -> RetryPolicy {
     RetryPolicy::new(5).backoff(Duration::from_millis(2), Duration::from_millis(20))
 }
@@ -641,7 +663,7 @@ async fn start_at_once(url: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_idempotent_and_safe_when_processes_start_at_once() {
-    let dir = TestSqlite::temp_dir();
+    let dir = TempDir::new();
     // Fresh files: the starts race to create them and to switch them to
     // WAL (which SQLite does not wait for when two try at once).
     for n in 0..4 {
@@ -671,12 +693,11 @@ async fn migrations_are_idempotent_and_safe_when_processes_start_at_once() {
     });
     start_at_once(&url, 8).await;
     release.await.unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_waits_for_another_process_writing_the_file() {
-    let dir = TestSqlite::temp_dir();
+    let dir = TempDir::new();
     let url = TestSqlite::url_in(&dir, "shared.db");
     // Another process created the file (in the rollback journal) and is
     // writing to it: switching to WAL must wait, and SQLite does not.
@@ -704,12 +725,11 @@ async fn a_start_waits_for_another_process_writing_the_file() {
     assert_eq!(mode, "wal");
     release.await.unwrap();
     db.pool().close().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn a_database_file_is_created_with_the_connection_settings() {
-    let dir = TestSqlite::temp_dir();
+    let dir = TempDir::new();
     let path = dir.join("new.db");
     assert!(!path.exists());
     let db = SqliteDatabase::connect_with(
@@ -739,7 +759,6 @@ async fn a_database_file_is_created_with_the_connection_settings() {
     drop(conn);
     assert!(format!("{db:?}").contains("new.db"), "{db:?}");
     db.pool().close().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
@@ -814,7 +833,7 @@ async fn an_in_memory_database_with_a_private_cache_works_too() {
 
 #[tokio::test]
 async fn a_bad_url_or_path_is_a_clear_error_naming_it() {
-    let dir = TestSqlite::temp_dir();
+    let dir = TempDir::new();
     let missing_dir = format!("sqlite://{}/no/such/dir/a.db", dir.display());
     let not_a_database = dir.join("notes.txt");
     std::fs::write(
@@ -841,7 +860,6 @@ async fn a_bad_url_or_path_is_a_clear_error_naming_it() {
         assert!(text.contains(why), "{text}");
         assert!(!text.contains("s3cr3t"), "{text}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
