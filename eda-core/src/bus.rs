@@ -463,22 +463,29 @@ impl MessageBus {
                     events: &mut queue,
                 })
                 .await;
-                match outcome {
-                    CallOutcome::Done => {}
-                    CallOutcome::Conflict => {
-                        self.inner
-                            .metrics
-                            .command_conflicts
-                            .fetch_add(1, Ordering::Relaxed);
-                        if attempt < policy.attempts() {
-                            let delay = policy.delay(attempt);
-                            tracing::debug!(attempt, ?delay, "version conflict, retrying");
-                            Box::pin(tokio::time::sleep(delay)).await;
-                            attempt += 1;
-                            continue;
-                        }
-                        tracing::warn!(attempt, "version conflict, out of attempts");
+                let conflict = match &outcome {
+                    CallOutcome::Conflict => true,
+                    // A conflict before the handler ran (the database too
+                    // busy to begin, or to record the inbox) is retried too.
+                    CallOutcome::Failed(e) => e.is_conflict(),
+                    CallOutcome::Done | CallOutcome::Duplicate => false,
+                };
+                if conflict {
+                    self.inner
+                        .metrics
+                        .command_conflicts
+                        .fetch_add(1, Ordering::Relaxed);
+                    if attempt < policy.attempts() {
+                        let delay = policy.delay(attempt);
+                        tracing::debug!(attempt, ?delay, "version conflict, retrying");
+                        Box::pin(tokio::time::sleep(delay)).await;
+                        attempt += 1;
+                        continue;
                     }
+                    tracing::warn!(attempt, "version conflict, out of attempts");
+                }
+                match outcome {
+                    CallOutcome::Done | CallOutcome::Conflict => {}
                     CallOutcome::Duplicate => {
                         return Err(CommandError::Bus(Error::AlreadyHandled(
                             envelope.metadata.message_id,

@@ -57,7 +57,7 @@ pub mod registry;
 pub mod relay;
 pub mod repository;
 pub mod retry;
-#[cfg(any(feature = "postgres", feature = "rabbitmq"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "rabbitmq"))]
 pub mod testing;
 pub mod uow;
 

@@ -251,10 +251,10 @@ impl Relay {
                 }
             }
         }
-        if leased_until.is_some() {
-            if let Err(e) = self.store.release(&self.holder).await {
-                tracing::warn!(error = %e, "could not release the relay lease");
-            }
+        if leased_until.is_some()
+            && let Err(e) = self.store.release(&self.holder).await
+        {
+            tracing::warn!(error = %e, "could not release the relay lease");
         }
     }
 

@@ -1,20 +1,38 @@
-//! Test isolation against real services, after `#[sqlx::test]`: each test
-//! gets a Postgres schema of its own (with the framework's tables in it),
-//! so tests run in parallel and again without seeing each other's rows.
+//! Test isolation, after `#[sqlx::test]`: each test gets a database of its
+//! own (with the framework's tables in it), so tests run in parallel and
+//! again without seeing each other's rows.
 //!
-//! Where the service is: `DATABASE_URL`, or the local default
-//! `postgres://postgres@127.0.0.1:5432/test`. When it cannot be reached,
-//! the test is skipped with a message on stderr, except under `CI=true`,
-//! where it fails with a message saying what to start.
+//! - [`TestPostgres`] (feature `postgres`): a schema of its own in the test
+//!   Postgres, `DATABASE_URL` or the local default
+//!   `postgres://postgres@127.0.0.1:5432/test`. When it cannot be reached,
+//!   the test is skipped with a message on stderr, except under `CI=true`,
+//!   where it fails with a message saying what to start.
+//! - [`TestSqlite`] (feature `sqlite`): a database file of its own, in a
+//!   fresh temporary directory that is removed afterwards. Nothing to start,
+//!   nothing skipped.
 //!
 //! ```no_run
 //! # async fn t() {
+//! # #[cfg(feature = "postgres")] {
 //! use eda_core::testing::TestPostgres;
 //!
 //! let Some(pg) = TestPostgres::start().await else { return };
 //! // pg.db is a PostgresDatabase in a fresh schema; pg.pool() runs SQL there.
 //! pg.drop_schema().await;
 //! # }
+//! # }
+//! ```
+//!
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use eda_core::testing::TestSqlite;
+//!
+//! let db = TestSqlite::start().await;
+//! // db.db is a SqliteDatabase on a fresh file; db.pool() runs SQL there.
+//! db.cleanup().await; // or drop it: the directory is removed either way
+//! # }
+//! # #[cfg(not(feature = "sqlite"))] fn main() {}
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +42,11 @@ use crate::adapters::postgres::{PostgresDatabase, PostgresOptions};
 #[cfg(feature = "rabbitmq")]
 use crate::adapters::rabbitmq::{RabbitMq, RabbitMqOptions};
 use crate::adapters::redact_url;
+#[cfg(feature = "sqlite")]
+use crate::adapters::sqlite::{SqliteDatabase, SqliteOptions};
 
 /// The Postgres the tests use when `DATABASE_URL` is not set.
+#[cfg(feature = "postgres")]
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Whether a missing service fails the test (`CI=true`) or skips it.
@@ -35,6 +56,7 @@ pub fn services_required() -> bool {
 
 /// The URL of the test Postgres: `DATABASE_URL` if it is a Postgres URL,
 /// else [`DEFAULT_POSTGRES_URL`].
+#[cfg(feature = "postgres")]
 pub fn postgres_url() -> String {
     match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => url,
@@ -180,5 +202,86 @@ impl TestRabbitMq {
         let _ = channel
             .exchange_delete(o.exchange_name().into(), Default::default())
             .await;
+    }
+}
+
+/// A SQLite database on a file of its own, in a fresh temporary directory
+/// that [`cleanup`](Self::cleanup) (or dropping it) removes.
+#[cfg(feature = "sqlite")]
+#[derive(Debug)]
+pub struct TestSqlite {
+    /// The adapter, on the test's file.
+    pub db: SqliteDatabase,
+    /// The temporary directory: the database file, its WAL, and whatever
+    /// else the test puts there.
+    pub dir: std::path::PathBuf,
+    /// The URL it connected to (`sqlite://<dir>/test.db`).
+    pub url: String,
+}
+
+#[cfg(feature = "sqlite")]
+impl TestSqlite {
+    /// A fresh database file with the framework's tables. Panics, saying
+    /// why, if it cannot be created: there is no service to be missing.
+    pub async fn start() -> Self {
+        Self::start_with(SqliteOptions::default()).await
+    }
+
+    /// Same, with options.
+    pub async fn start_with(options: SqliteOptions) -> Self {
+        let dir = Self::temp_dir();
+        let url = Self::url_in(&dir, "test.db");
+        match SqliteDatabase::connect_with(&url, options).await {
+            Ok(db) => TestSqlite { db, dir, url },
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("cannot create the test SQLite database: {e}");
+            }
+        }
+    }
+
+    /// A fresh, empty directory under the system's temporary directory.
+    /// (Removing it is the caller's business; [`TestSqlite`] removes its
+    /// own.)
+    pub fn temp_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir()
+            .join("eda-tests")
+            .join(unique_name("sqlite"));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        dir
+    }
+
+    /// The URL of a database file named `file` in `dir`.
+    pub fn url_in(dir: &std::path::Path, file: &str) -> String {
+        format!("sqlite://{}", dir.join(file).display())
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &sqlx::SqlitePool {
+        self.db.pool()
+    }
+
+    /// Closes the pool and removes the directory.
+    pub async fn cleanup(self) {
+        self.db.pool().close().await;
+        // `Drop` removes the directory.
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Drop for TestSqlite {
+    fn drop(&mut self) {
+        // Open connections do not stop the removal on Unix; elsewhere the
+        // directory may stay behind, in the system's temporary directory.
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!(
+                "could not remove test directory {}: {e}",
+                self.dir.display()
+            );
+        }
     }
 }

@@ -270,12 +270,12 @@ impl RabbitMq {
     /// one (one attempt: callers retry with their own backoff).
     pub async fn channel(&self) -> Result<Channel, Error> {
         let mut current = self.inner.connection.lock().await;
-        if let Some(connection) = current.as_ref() {
-            if connection.status().connected() {
-                match connection.create_channel().await {
-                    Ok(channel) => return Ok(channel),
-                    Err(e) => tracing::debug!(error = %e, "channel failed, reconnecting"),
-                }
+        if let Some(connection) = current.as_ref()
+            && connection.status().connected()
+        {
+            match connection.create_channel().await {
+                Ok(channel) => return Ok(channel),
+                Err(e) => tracing::debug!(error = %e, "channel failed, reconnecting"),
             }
         }
         let connection =

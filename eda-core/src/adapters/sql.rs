@@ -34,21 +34,30 @@ impl<R: sqlx::Row> RowExt for R {
     }
 }
 
-/// SQLSTATEs after which running the transaction again can succeed:
-/// serialization failure, deadlock (Postgres); SQLite reports busy/locked
-/// databases with codes 5 and 6 (and their extended codes).
+/// Whether running the transaction again can succeed: a serialization
+/// failure or a deadlock (Postgres SQLSTATE 40001, 40P01), a busy or locked
+/// database (SQLite). Asked of the database that reported the error: some
+/// Postgres SQLSTATEs are digits too (42501, insufficient privilege), and
+/// must not be read as SQLite codes.
 fn is_retryable(db: &dyn sqlx::error::DatabaseError) -> bool {
-    match db.code().as_deref() {
-        Some("40001" | "40P01") => true,
-        Some(code) => {
-            // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended
-            // codes (x & 0xff).
-            code.parse::<i32>()
-                .map(|c| matches!(c & 0xff, 5 | 6))
-                .unwrap_or(false)
-        }
-        None => false,
+    #[cfg(feature = "postgres")]
+    if let Some(e) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return matches!(e.code(), "40001" | "40P01");
     }
+    #[cfg(feature = "sqlite")]
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return is_sqlite_busy(db);
+    }
+    false
+}
+
+/// SQLite's SQLITE_BUSY (5) or SQLITE_LOCKED (6), or one of their extended
+/// codes (`code & 0xff`), such as SQLITE_BUSY_SNAPSHOT (517).
+#[cfg(feature = "sqlite")]
+pub(crate) fn is_sqlite_busy(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
 impl From<sqlx::Error> for RepositoryError {
@@ -153,5 +162,54 @@ mod tests {
             "\"t 1\".\"x_inbox\""
         );
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    /// SQLSTATE 22021 is 5 modulo 256, like SQLITE_BUSY: it must not be
+    /// retried.
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn a_postgres_error_is_not_read_as_a_sqlite_code() {
+        use sqlx::Connection;
+        let url = crate::testing::postgres_url();
+        let mut conn = match sqlx::PgConnection::connect(&url).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let start =
+                    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+                return crate::testing::service_missing("PostgreSQL", &url, &e, start)
+                    .unwrap_or(());
+            }
+        };
+        let err = sqlx::query("SELECT convert_from('\\xff'::bytea, 'UTF8')")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.as_database_error().and_then(|e| e.code()).as_deref(),
+            Some("22021")
+        );
+        let err = RepositoryError::from(err);
+        assert!(!err.is_conflict(), "{err:?}");
+        let serialization = sqlx::query(
+            "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+        assert!(RepositoryError::from(serialization).is_conflict());
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn only_a_busy_or_locked_sqlite_is_retryable() {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let err = sqlx::query("SELECT * FROM missing")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(!RepositoryError::from(err).is_conflict());
     }
 }

@@ -1,1 +1,603 @@
-//! The SQLite adapter (feature `sqlite`).
+//! The SQLite adapter (feature `sqlite`), the embedded default: units of work
+//! run in sqlx transactions on a database file (or in memory); the outbox and
+//! the inbox are tables written in those same transactions.
+//!
+//! ```standalone_crate
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use eda_core::adapters::sqlite::{SqliteDatabase, SqliteOptions};
+//!
+//! // A file (`sqlite://allocation.db`, created if missing), or in memory:
+//! let db = SqliteDatabase::connect_with("sqlite::memory:", SqliteOptions::default()).await?;
+//! let bus = eda_core::MessageBus::builder().adapter(db.clone()).build()?;
+//! # let _ = bus;
+//! # let n: i64 = eda_core::sqlx::query_scalar("SELECT count(*) FROM eda_outbox")
+//! #     .fetch_one(db.pool()).await?;
+//! # assert_eq!(n, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! Repositories for SQLite implement [`Repository`](crate::Repository)
+//! with `type Connection = sqlx::SqliteConnection` and run their queries on
+//! the connection they are lent: the unit of work's transaction.
+//!
+//! # Concurrency
+//!
+//! SQLite has one writer at a time. Units of work begin with
+//! `BEGIN IMMEDIATE`: each takes the write lock before it reads, so writers
+//! take turns (waiting up to [`SqliteOptions::busy_timeout`]) and a
+//! transaction that read an aggregate cannot fail later when it upgrades to
+//! writing. The aggregates' version check stays as the backstop. Whatever
+//! SQLite still reports as busy or locked (the wait ran out) is a retryable
+//! conflict ([`Error::is_conflict`]), which the bus runs again by policy.
+//! File databases use the WAL journal, so that reads outside units of work
+//! (`pool()`) do not wait for the writer.
+//!
+//! Every unit of work is a writer, even one that only reads (the adapter
+//! cannot tell them apart), so one must not wait for another: a handler
+//! that sends a command through the bus before committing its own unit of
+//! work makes that command wait for the lock it holds, until the busy
+//! timeout. Commit first, or read through [`SqliteDatabase::pool`].
+//!
+//! # In memory
+//!
+//! `sqlite::memory:` is a database that lives as long as its connection:
+//! several pool connections to `:memory:` would be several empty databases.
+//! The adapter therefore keeps exactly one connection, never closed while
+//! the pool lives; units of work take turns on it. A query on
+//! [`SqliteDatabase::pool`] waits while a unit of work is open, so a handler
+//! must run its own queries on its unit of work's connection
+//! ([`Transaction::connection`](crate::Transaction::connection)), as it
+//! should anyway.
+//!
+//! # Tables
+//!
+//! The framework's tables are created at connection time by idempotent
+//! migrations, in a `BEGIN IMMEDIATE` transaction, so several processes can
+//! start at once on one file. Ids (message, correlation, causation) are
+//! `TEXT`, hyphenated lower-case UUIDs; timestamps are `TEXT` in UTC, in
+//! [`TIMESTAMP_FORMAT`] (`2024-05-01T12:00:00.000Z`), which sorts and
+//! compares as time does.
+
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions};
+use uuid::Uuid;
+
+use super::RedactedUrl;
+use super::sql::{Tables, adapter_error, connect_error, is_sqlite_busy, quote_ident};
+use crate::adapter::{Adapter, Database, DatabaseTransaction};
+use crate::error::Error;
+use crate::message::MessageId;
+use crate::outbox::ExternalMessage;
+use crate::private::BoxFuture;
+
+/// The `strftime` format of the framework's timestamps (`created_at`,
+/// `handled_at`, ...): UTC with milliseconds, e.g.
+/// `2024-05-01T12:00:00.000Z`. Use it to compare with them:
+/// `strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')`.
+pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%fZ";
+
+/// How to connect and what to call the framework's tables.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    tables: Tables,
+    max_connections: u32,
+    busy_timeout: Duration,
+    acquire_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    /// Tables `eda_outbox`, `eda_inbox`, `eda_migrations`; 5 connections
+    /// (one for an in-memory database); writers wait up to 5 s for each
+    /// other; 10 s to acquire a connection.
+    fn default() -> Self {
+        SqliteOptions {
+            tables: Tables::default(),
+            max_connections: 5,
+            busy_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// Prefix of the framework's tables (`eda_` by default).
+    pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.tables.prefix = prefix.into();
+        self
+    }
+
+    /// At most this many connections in the pool. Ignored for an in-memory
+    /// database, which has exactly one.
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How long a writer waits for another to finish before SQLite gives up
+    /// with "database is locked" (then a retryable conflict).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a free connection of the pool before failing.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+}
+
+/// The statements of the framework, with its table names in them, built once.
+struct Statements {
+    write_outbox: String,
+    record_inbox: String,
+    prune_inbox: String,
+}
+
+impl Statements {
+    fn new(tables: &Tables) -> Self {
+        let outbox = tables.name("outbox");
+        let inbox = tables.name("inbox");
+        Statements {
+            // One statement for any number of messages: they arrive as one
+            // JSON array, in order.
+            write_outbox: format!(
+                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at) \
+                 SELECT json_extract(value, '$.m'), json_extract(value, '$.n'), \
+                 json_extract(value, '$.p'), json_extract(value, '$.c'), json_extract(value, '$.k'), \
+                 strftime('{TIMESTAMP_FORMAT}', json_extract(value, '$.t') / 1000.0, 'unixepoch') \
+                 FROM json_each(?1) ORDER BY key"
+            ),
+            record_inbox: format!(
+                "INSERT INTO {inbox} (message_id, handler) VALUES (?1, ?2) ON CONFLICT DO NOTHING"
+            ),
+            prune_inbox: format!(
+                "DELETE FROM {inbox} WHERE handled_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1)"
+            ),
+        }
+    }
+}
+
+/// One outbox row, as an element of the JSON array `write_outbox` binds.
+#[derive(Serialize)]
+struct OutboxRow<'a> {
+    m: Uuid,
+    n: &'a str,
+    p: &'a str,
+    c: Uuid,
+    k: Option<Uuid>,
+    t: u64,
+}
+
+/// A framework table's name without its schema (the table of a
+/// `CREATE INDEX`), and an index's name with it: SQLite qualifies the index,
+/// not its table.
+fn index_on(tables: &Tables, index: &str, table: &str) -> (String, String) {
+    let index = quote_ident(&format!("{}{index}", tables.prefix));
+    let index = match &tables.schema {
+        Some(schema) => format!("{}.{index}", quote_ident(schema)),
+        None => index,
+    };
+    (index, quote_ident(&format!("{}{table}", tables.prefix)))
+}
+
+/// The migrations of the framework's tables, in order, one statement per
+/// string. Each runs once (the migrations table remembers), and each is
+/// idempotent anyway.
+fn migrations(tables: &Tables) -> Vec<Vec<String>> {
+    let outbox = tables.name("outbox");
+    let inbox = tables.name("inbox");
+    let (unsent, outbox_table) = index_on(tables, "outbox_unsent", "outbox");
+    let (handled, inbox_table) = index_on(tables, "inbox_handled_at", "inbox");
+    vec![vec![
+        // AUTOINCREMENT: a position is never reused, even after the last
+        // rows were deleted, so a relay can remember where it stopped.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {outbox} (
+                position INTEGER PRIMARY KEY AUTOINCREMENT,
+                message_id TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                correlation_id TEXT NOT NULL,
+                causation_id TEXT,
+                created_at TEXT NOT NULL,
+                sent_at TEXT,
+                claimed_until TEXT,
+                attempts INTEGER NOT NULL DEFAULT 0
+            )"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {unsent} ON {outbox_table} (position) WHERE sent_at IS NULL"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {inbox} (
+                message_id TEXT NOT NULL,
+                handler TEXT NOT NULL,
+                handled_at TEXT NOT NULL DEFAULT (strftime('{TIMESTAMP_FORMAT}', 'now')),
+                PRIMARY KEY (message_id, handler)
+            )"
+        ),
+        format!("CREATE INDEX IF NOT EXISTS {handled} ON {inbox_table} (handled_at)"),
+    ]]
+}
+
+/// The migration, as owned SQL, run in one `BEGIN IMMEDIATE` transaction:
+/// the write lock, taken before the applied version is read, makes
+/// concurrent migrators take turns (each waits up to the busy timeout).
+struct MigrationPlan {
+    pool: SqlitePool,
+    setup: String,
+    applied: String,
+    record: String,
+    migrations: Vec<Vec<String>>,
+}
+
+impl MigrationPlan {
+    async fn run(self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(&self.setup).execute(&mut *tx).await?;
+        let applied: i64 = sqlx::query(&self.applied)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        for (i, statements) in self.migrations.iter().enumerate() {
+            let version = i as i64 + 1;
+            if version > applied {
+                for statement in statements {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                sqlx::query(&self.record)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await
+    }
+}
+
+/// Switches a database file to the WAL journal (a lasting property of the
+/// file). The switch upgrades a read lock to a write lock, which SQLite does
+/// not wait for (it could deadlock): when processes start at once, or one
+/// is writing, it fails with "database is locked" at once, and is tried
+/// again until `patience` ran out.
+async fn enable_wal(pool: SqlitePool, patience: Duration) -> Result<(), sqlx::Error> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(5);
+    loop {
+        match sqlx::query("PRAGMA journal_mode = WAL")
+            .fetch_one(&pool)
+            .await
+        {
+            Ok(row) => {
+                let mode: String = row.try_get(0)?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    // E.g. a file system without shared memory: SQLite keeps
+                    // a rollback journal, which is correct, only slower.
+                    tracing::warn!(%mode, "SQLite refused the WAL journal");
+                }
+                return Ok(());
+            }
+            Err(sqlx::Error::Database(e))
+                if is_sqlite_busy(&*e) && started.elapsed() + delay < patience =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct Inner {
+    pool: SqlitePool,
+    url: RedactedUrl,
+    tables: Tables,
+    in_memory: bool,
+    statements: Statements,
+}
+
+/// A SQLite database: the [`Database`] adapter units of work begin their
+/// transactions on. Clones share the pool.
+#[derive(Clone)]
+pub struct SqliteDatabase {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SqliteDatabase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteDatabase")
+            .field("url", &self.inner.url)
+            .field("tables", &self.inner.tables)
+            .field("in_memory", &self.inner.in_memory)
+            .finish()
+    }
+}
+
+impl SqliteDatabase {
+    /// Connects with the default options and creates the framework's tables.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, SqliteOptions::default()).await
+    }
+
+    /// Opens the database, creating the file if it is missing (unless the
+    /// URL sets a `mode`), and creates the framework's tables.
+    ///
+    /// `url` is `sqlite://path/to/file.db` (relative), `sqlite:///abs/file.db`,
+    /// `sqlite:file.db`, or `sqlite::memory:`. An error names the URL.
+    pub async fn connect_with(url: &str, options: SqliteOptions) -> Result<Self, Error> {
+        let (connect, in_memory) =
+            connect_options(url, &options).map_err(|e| connect_error(url, e))?;
+        let pool = if in_memory {
+            // One connection, never closed while the pool lives: it is the
+            // database.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(options.max_connections)
+        }
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect)
+        .await
+        .map_err(|e| connect_error(url, e))?;
+        if !in_memory {
+            Box::pin(enable_wal(pool.clone(), options.busy_timeout))
+                .await
+                .map_err(|e| connect_error(url, e))?;
+        }
+        Self::setup(pool, url, options.tables, in_memory).await
+    }
+
+    /// Uses an existing pool as it is configured (journal, busy timeout:
+    /// see [`SqliteOptions`] for what `connect_with` sets) and creates the
+    /// framework's tables. For an in-memory database, the pool must keep
+    /// exactly one connection open. A schema in `tables` is the name of an
+    /// attached database.
+    pub async fn from_pool(pool: SqlitePool, tables: Tables) -> Result<Self, Error> {
+        Self::setup(pool, "sqlite (given pool)", tables, false).await
+    }
+
+    async fn setup(
+        pool: SqlitePool,
+        url: &str,
+        tables: Tables,
+        in_memory: bool,
+    ) -> Result<Self, Error> {
+        let db = SqliteDatabase {
+            inner: Arc::new(Inner {
+                statements: Statements::new(&tables),
+                pool,
+                url: RedactedUrl(url.to_owned()),
+                tables,
+                in_memory,
+            }),
+        };
+        db.migrate().await.map_err(|e| connect_error(url, e))?;
+        Ok(db)
+    }
+
+    /// Creates or updates the framework's tables: idempotent, and safe when
+    /// several processes start at once on one file (they take turns on
+    /// SQLite's write lock).
+    pub fn migrate(&self) -> BoxFuture<'static, Result<(), sqlx::Error>> {
+        let tables = &self.inner.tables;
+        let migrations_table = tables.name("migrations");
+        let plan = MigrationPlan {
+            pool: self.inner.pool.clone(),
+            setup: format!(
+                "CREATE TABLE IF NOT EXISTS {migrations_table} (
+                    version INTEGER PRIMARY KEY,
+                    applied_at TEXT NOT NULL DEFAULT (strftime('{TIMESTAMP_FORMAT}', 'now'))
+                )"
+            ),
+            applied: format!("SELECT COALESCE(MAX(version), 0) FROM {migrations_table}"),
+            record: format!("INSERT INTO {migrations_table} (version) VALUES (?1)"),
+            migrations: migrations(tables),
+        };
+        // Owned data and a boxed future: an `async fn` borrowing `self` would
+        // not be `Send` for a caller that spawns it (rustc's limits on the
+        // higher-ranked lifetimes of sqlx's executors).
+        Box::pin(plan.run())
+    }
+
+    /// The pool, for queries outside units of work (read models, tests).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// What the framework's tables are called.
+    pub fn tables(&self) -> &Tables {
+        &self.inner.tables
+    }
+
+    /// Whether [`connect_with`](Self::connect_with) opened the database in
+    /// memory (one connection; the database is gone with the pool).
+    pub fn is_in_memory(&self) -> bool {
+        self.inner.in_memory
+    }
+
+    /// Deletes inbox rows older than `age`: messages redelivered after that
+    /// would be handled again. Returns how many rows were deleted.
+    pub async fn prune_inbox(&self, age: Duration) -> Result<u64, Error> {
+        sqlx::query(&self.inner.statements.prune_inbox)
+            .bind(format!("-{:.3} seconds", age.as_secs_f64()))
+            .execute(&self.inner.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(adapter_error)
+    }
+}
+
+/// sqlx's options for `url`, and whether the database is in memory.
+fn connect_options(
+    url: &str,
+    options: &SqliteOptions,
+) -> Result<(SqliteConnectOptions, bool), sqlx::Error> {
+    if !url.starts_with("sqlite:") {
+        return Err(sqlx::Error::Configuration(
+            "not a SQLite URL: expected sqlite://path/to/file.db, sqlite:file.db or sqlite::memory:"
+                .into(),
+        ));
+    }
+    let mut connect = SqliteConnectOptions::from_str(url)?
+        .busy_timeout(options.busy_timeout)
+        .foreign_keys(true);
+    // As sqlx reads the URL (which it does not tell).
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    let mode = params
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("mode="));
+    let in_memory = database == ":memory:" || mode == Some("memory");
+    if mode.is_none() && !in_memory {
+        connect = connect.create_if_missing(true);
+    }
+    Ok((connect, in_memory))
+}
+
+impl Adapter for SqliteDatabase {
+    fn as_database(&self) -> Option<&dyn Database> {
+        Some(self)
+    }
+}
+
+impl Database for SqliteDatabase {
+    fn describe(&self) -> String {
+        self.inner.url.to_string()
+    }
+
+    fn connection_type(&self) -> (TypeId, &'static str) {
+        (TypeId::of::<SqliteConnection>(), "sqlx::SqliteConnection")
+    }
+
+    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
+        Box::pin(async move {
+            // The write lock now, not at the first write: a transaction that
+            // read an aggregate cannot then fail to upgrade.
+            let tx = self
+                .inner
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(adapter_error)?;
+            Ok(Box::new(SqliteTransaction {
+                tx,
+                db: self.inner.clone(),
+            }) as Box<dyn DatabaseTransaction>)
+        })
+    }
+}
+
+struct SqliteTransaction {
+    tx: sqlx::Transaction<'static, Sqlite>,
+    db: Arc<Inner>,
+}
+
+impl DatabaseTransaction for SqliteTransaction {
+    fn connection(&mut self) -> &mut (dyn Any + Send) {
+        let conn: &mut SqliteConnection = &mut self.tx;
+        conn
+    }
+
+    fn write_outbox<'a>(
+        &'a mut self,
+        messages: &'a [ExternalMessage],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let mut rows = Vec::with_capacity(messages.len());
+            for m in messages {
+                rows.push(OutboxRow {
+                    m: m.metadata.message_id.as_uuid(),
+                    n: &m.name,
+                    p: std::str::from_utf8(&m.payload).map_err(Error::database)?,
+                    c: m.metadata.correlation_id.as_uuid(),
+                    k: m.metadata.causation_id.map(|c| c.as_uuid()),
+                    t: m.metadata.timestamp.as_millis(),
+                });
+            }
+            let rows = serde_json::to_string(&rows).map_err(Error::database)?;
+            sqlx::query(&self.db.statements.write_outbox)
+                .bind(rows)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn record_inbox<'a>(
+        &'a mut self,
+        id: MessageId,
+        handler: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(&self.db.statements.record_inbox)
+                .bind(id.as_uuid().hyphenated().to_string())
+                .bind(handler)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move { self.tx.commit().await.map_err(adapter_error) })
+    }
+
+    fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move { self.tx.rollback().await.map_err(adapter_error) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_read_as_sqlx_reads_them() {
+        let options = SqliteOptions::default();
+        let (_, memory) = connect_options("sqlite::memory:", &options).unwrap();
+        assert!(memory);
+        let (_, memory) = connect_options("sqlite://?mode=memory", &options).unwrap();
+        assert!(memory);
+        let (_, memory) = connect_options("sqlite://:memory:", &options).unwrap();
+        assert!(memory);
+        let (_, memory) = connect_options("sqlite://a.db?mode=rwc", &options).unwrap();
+        assert!(!memory);
+        let (file, memory) = connect_options("sqlite://allocation.db", &options).unwrap();
+        assert!(!memory);
+        assert_eq!(file.get_filename(), std::path::Path::new("allocation.db"));
+        let (file, _) = connect_options("sqlite:allocation.db", &options).unwrap();
+        assert_eq!(file.get_filename(), std::path::Path::new("allocation.db"));
+        let (file, _) = connect_options("sqlite:///tmp/a.db", &options).unwrap();
+        assert_eq!(file.get_filename(), std::path::Path::new("/tmp/a.db"));
+        assert!(connect_options("postgres://localhost/db", &options).is_err());
+        assert!(connect_options("sqlite://a.db?nonsense=1", &options).is_err());
+    }
+
+    #[test]
+    fn indexes_are_qualified_and_their_tables_are_not() {
+        let tables = Tables::new("x_").in_schema("aux");
+        assert_eq!(
+            index_on(&tables, "inbox_handled_at", "inbox"),
+            (
+                "\"aux\".\"x_inbox_handled_at\"".to_owned(),
+                "\"x_inbox\"".to_owned()
+            )
+        );
+    }
+}

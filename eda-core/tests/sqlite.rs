@@ -1,0 +1,910 @@
+//! The SQLite adapter on real SQLite databases, each test on a file of its
+//! own (or in memory): rules 1, 3, 4 and 5 of DESIGN.md, the framework's
+//! migrations, SQLite's writer lock, and the adapter's faults.
+#![allow(missing_docs)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use eda_core::adapters::sql::RowExt;
+use eda_core::adapters::sqlite::{SqliteDatabase, SqliteOptions, TIMESTAMP_FORMAT};
+use eda_core::prelude::*;
+use eda_core::sqlx::{self, Connection, Row, SqliteConnection};
+use eda_core::testing::TestSqlite;
+use eda_core::{Envelope, Error, Metadata, RetryPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, PartialEq, Aggregate)]
+pub struct Counter {
+    #[aggregate(id)]
+    pub id: String,
+    pub value: u32,
+    pub version: u64,
+    pub events: Events,
+}
+
+pub struct SqliteCounters;
+
+#[repository]
+impl Repository for SqliteCounters {
+    type Aggregate = Counter;
+    type Connection = SqliteConnection;
+
+    async fn get(
+        conn: &mut SqliteConnection,
+        id: &String,
+    ) -> Result<Option<Counter>, RepositoryError> {
+        let Some(row) = sqlx::query("SELECT value, version FROM counters WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let value: i64 = row.decode("counters", "value")?;
+        let version: i64 = row.decode("counters", "version")?;
+        Ok(Some(Counter {
+            id: id.clone(),
+            value: u32::try_from(value)
+                .map_err(|e| RepositoryError::decode("counters", "value", e))?,
+            version: version as u64,
+            events: Events::new(),
+        }))
+    }
+
+    async fn add(conn: &mut SqliteConnection, c: &Counter) -> Result<(), RepositoryError> {
+        sqlx::query("INSERT INTO counters (id, value, version) VALUES (?1, ?2, ?3)")
+            .bind(&c.id)
+            .bind(i64::from(c.value))
+            .bind(c.version as i64)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn update(
+        conn: &mut SqliteConnection,
+        c: &Counter,
+        expected: u64,
+    ) -> Result<bool, RepositoryError> {
+        let done = sqlx::query(
+            "UPDATE counters SET value = ?2, version = ?3 WHERE id = ?1 AND version = ?4",
+        )
+        .bind(&c.id)
+        .bind(i64::from(c.value))
+        .bind(c.version as i64)
+        .bind(expected as i64)
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[derive(UnitOfWork)]
+pub struct CounterUow {
+    #[uow(transaction)]
+    tx: Transaction,
+    counters: IdentityMap<Counter>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "sqlitetest.create")]
+pub struct Create {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "sqlitetest.add", output = u32)]
+pub struct Add {
+    pub id: String,
+    pub by: u32,
+    /// Fail after changing the counter (and raising its event).
+    pub fail: bool,
+}
+
+/// Adds one; the first run waits (a while) for a second one to load the
+/// counter too.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "sqlitetest.add_racing", output = u32)]
+pub struct AddRacing {
+    pub id: String,
+}
+
+/// Adds one; on the first run, the row changes under the unit of work's
+/// feet before it commits.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "sqlitetest.add_under_feet", output = u32)]
+pub struct AddUnderFeet {
+    pub id: String,
+}
+
+/// Adds one `times` times, raising an event each time.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "sqlitetest.add_each")]
+pub struct AddEach {
+    pub id: String,
+    pub times: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "sqlitetest.added", external)]
+pub struct Added {
+    pub id: String,
+    pub value: u32,
+}
+
+pub struct Race {
+    loaded: Notify,
+    runs: AtomicUsize,
+}
+impl Adapter for Race {}
+
+type Handled<T> = Result<T, CommandError<BoxError>>;
+
+#[command_handler]
+async fn create(cmd: Create, uow: &mut CounterUow) -> Handled<()> {
+    uow.counters().add(Counter {
+        id: cmd.id,
+        value: 0,
+        version: 0,
+        events: Events::new(),
+    })?;
+    Ok(uow.commit().await?)
+}
+
+#[command_handler]
+async fn add(cmd: Add, uow: &mut CounterUow) -> Handled<u32> {
+    let counter = uow.counters().get(&cmd.id).await?.ok_or("no counter")?;
+    counter.value += cmd.by;
+    let value = counter.value;
+    counter.events.raise(Added { id: cmd.id, value });
+    if cmd.fail {
+        return Err("refused".into());
+    }
+    uow.commit().await?;
+    Ok(value)
+}
+
+#[command_handler]
+async fn add_racing(cmd: AddRacing, uow: &mut CounterUow, race: &Race) -> Handled<u32> {
+    let counter = uow.counters().get(&cmd.id).await?.ok_or("no counter")?;
+    counter.value += 1;
+    let value = counter.value;
+    if race.runs.fetch_add(1, Ordering::SeqCst) == 0 {
+        // Were transactions allowed to read side by side, the second run
+        // would load the counter now, and one of them would conflict.
+        let _ = tokio::time::timeout(Duration::from_millis(300), race.loaded.notified()).await;
+    } else {
+        race.loaded.notify_one();
+    }
+    uow.commit().await?;
+    Ok(value)
+}
+
+#[command_handler]
+async fn add_under_feet(cmd: AddUnderFeet, uow: &mut CounterUow, race: &Race) -> Handled<u32> {
+    let counter = uow.counters().get(&cmd.id).await?.ok_or("no counter")?;
+    counter.value += 1;
+    let value = counter.value;
+    if race.runs.fetch_add(1, Ordering::SeqCst) == 0 {
+        // Another writer's commit between this unit of work's read and its
+        // write: what the version check is for. (SQLite's writer lock makes
+        // it impossible from outside, so it is played on the unit of work's
+        // own connection.)
+        let conn = uow
+            .tx
+            .connection::<SqliteConnection>()
+            .expect("a SQLite transaction");
+        sqlx::query("UPDATE counters SET value = value + 10, version = version + 1 WHERE id = ?1")
+            .bind(&cmd.id)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| Error::from(RepositoryError::from(e)))?;
+    }
+    uow.commit().await?;
+    Ok(value)
+}
+
+#[command_handler]
+async fn add_each(cmd: AddEach, uow: &mut CounterUow) -> Handled<()> {
+    let counter = uow.counters().get(&cmd.id).await?.ok_or("no counter")?;
+    for _ in 0..cmd.times {
+        counter.value += 1;
+        let value = counter.value;
+        counter.events.raise(Added {
+            id: cmd.id.clone(),
+            value,
+        });
+    }
+    Ok(uow.commit().await?)
+}
+
+/// A fresh temporary directory, removed on drop (also when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        TempDir(TestSqlite::temp_dir())
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn default_retry() -> RetryPolicy {
+    RetryPolicy::new(5).backoff(Duration::from_millis(2), Duration::from_millis(20))
+}
+
+struct Service {
+    db: SqliteDatabase,
+    bus: MessageBus,
+    /// The test's file, removed on drop (`None` in memory).
+    file: Option<TestSqlite>,
+}
+
+async fn bus_on(db: &SqliteDatabase, retry: RetryPolicy) -> MessageBus {
+    sqlx::query(
+        "CREATE TABLE counters (id TEXT PRIMARY KEY, value INTEGER NOT NULL, version INTEGER NOT NULL)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    MessageBus::builder()
+        .scope(module_path!())
+        .adapter(db.clone())
+        .adapter(Race {
+            loaded: Notify::new(),
+            runs: AtomicUsize::new(0),
+        })
+        .command_retry(retry)
+        .build()
+        .expect("wiring")
+}
+
+async fn service_with(retry: RetryPolicy, options: SqliteOptions) -> Service {
+    let file = TestSqlite::start_with(options).await;
+    let db = file.db.clone();
+    let bus = bus_on(&db, retry).await;
+    Service {
+        db,
+        bus,
+        file: Some(file),
+    }
+}
+
+async fn service() -> Service {
+    service_with(default_retry(), SqliteOptions::default()).await
+}
+
+async fn in_memory(url: &str, options: SqliteOptions) -> Service {
+    let db = SqliteDatabase::connect_with(url, options).await.unwrap();
+    let bus = bus_on(&db, default_retry()).await;
+    Service {
+        db,
+        bus,
+        file: None,
+    }
+}
+
+impl Service {
+    async fn counter(&self, id: &str) -> Option<(i64, i64)> {
+        sqlx::query("SELECT value, version FROM counters WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+    }
+
+    async fn outbox(&self) -> Vec<(String, String)> {
+        sqlx::query("SELECT name, payload FROM eda_outbox ORDER BY position")
+            .fetch_all(self.db.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        sqlx::query(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn add(&self, id: &str, by: u32) -> Result<u32, CommandError<BoxError>> {
+        self.bus
+            .handle(Add {
+                id: id.into(),
+                by,
+                fail: false,
+            })
+            .await
+    }
+
+    /// `n` commands adding one, at once, on as many tasks.
+    async fn add_concurrently(&self, n: usize) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let bus = self.bus.clone();
+            tasks.spawn(async move {
+                bus.handle(Add {
+                    id: "a".into(),
+                    by: 1,
+                    fail: false,
+                })
+                .await
+            });
+        }
+        let mut ok = 0;
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+            ok += 1;
+        }
+        assert_eq!(ok, n);
+    }
+}
+
+#[tokio::test]
+async fn a_unit_of_work_saves_in_one_transaction_with_its_outbox_row() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    assert_eq!(s.add("a", 3).await.unwrap(), 3);
+    assert_eq!(s.counter("a").await, Some((3, 1)));
+    assert_eq!(
+        s.outbox().await,
+        vec![(
+            "sqlitetest.added".to_string(),
+            r#"{"id":"a","value":3}"#.to_string()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn the_outbox_row_exists_if_and_only_if_the_transaction_committed() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let err = s
+        .bus
+        .handle(Add {
+            id: "a".into(),
+            by: 3,
+            fail: true,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Handler(_)), "{err:?}");
+    assert_eq!(s.counter("a").await, Some((0, 0)), "rolled back");
+    assert!(
+        s.outbox().await.is_empty(),
+        "no outbox row without a commit"
+    );
+    // The rolled-back transaction released the writer lock.
+    assert_eq!(s.add("a", 1).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn outbox_rows_keep_the_events_order_and_metadata() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    // A command caused by another message: its id, its correlation id and
+    // its cause's id all differ.
+    let metadata = Metadata::new().caused_by();
+    s.bus
+        .handle_envelope(Envelope::with_metadata(
+            AddEach {
+                id: "a".into(),
+                times: 3,
+            },
+            metadata,
+        ))
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT message_id, name, payload, correlation_id, causation_id, created_at, \
+         sent_at, claimed_until, attempts FROM eda_outbox ORDER BY position",
+    )
+    .fetch_all(s.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3);
+    let mut ids = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let id: String = row.get("message_id");
+        let parsed: uuid::Uuid = id.parse().expect("a UUID");
+        assert_eq!(
+            id,
+            parsed.hyphenated().to_string(),
+            "hyphenated, lower case"
+        );
+        ids.push(id);
+        assert_eq!(row.get::<String, _>("name"), "sqlitetest.added");
+        assert_eq!(
+            row.get::<String, _>("payload"),
+            format!(r#"{{"id":"a","value":{}}}"#, i + 1),
+            "in the order raised"
+        );
+        assert_eq!(
+            row.get::<String, _>("correlation_id"),
+            metadata.correlation_id.to_string()
+        );
+        assert_eq!(
+            row.get::<Option<String>, _>("causation_id"),
+            Some(metadata.message_id.to_string())
+        );
+        let created: String = row.get("created_at");
+        assert_eq!(created.len(), "2024-05-01T12:00:00.000Z".len(), "{created}");
+        assert!(
+            created.starts_with("20") && created.ends_with('Z'),
+            "{created}"
+        );
+        assert_eq!(row.get::<Option<String>, _>("sent_at"), None);
+        assert_eq!(row.get::<Option<String>, _>("claimed_until"), None);
+        assert_eq!(row.get::<i64, _>("attempts"), 0);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+    // created_at is the events' time, in the framework's format.
+    let recent: bool = sqlx::query_scalar(&format!(
+        "SELECT min(created_at) > strftime('{TIMESTAMP_FORMAT}', 'now', '-1 minute') \
+         AND max(created_at) <= strftime('{TIMESTAMP_FORMAT}', 'now') FROM eda_outbox"
+    ))
+    .fetch_one(s.db.pool())
+    .await
+    .unwrap();
+    assert!(recent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_is_handled_once() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let metadata = Metadata::new();
+    let body = br#"{"id":"a","by":1,"fail":false}"#;
+    let (one, two) = tokio::join!(
+        s.bus.handle_incoming("sqlitetest.add", metadata, body),
+        s.bus.handle_incoming("sqlitetest.add", metadata, body)
+    );
+    one.unwrap();
+    two.unwrap();
+    s.bus
+        .handle_incoming("sqlitetest.add", metadata, body)
+        .await
+        .unwrap();
+    assert_eq!(s.counter("a").await, Some((1, 1)));
+    assert_eq!(s.outbox().await.len(), 1);
+    let inbox: Vec<String> = sqlx::query_scalar("SELECT message_id FROM eda_inbox")
+        .fetch_all(s.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(inbox, vec![metadata.message_id.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_units_of_work_take_turns_and_lose_nothing() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let (one, two) = tokio::join!(
+        s.bus.handle(AddRacing { id: "a".into() }),
+        s.bus.handle(AddRacing { id: "a".into() })
+    );
+    let mut values = vec![one.unwrap(), two.unwrap()];
+    values.sort();
+    assert_eq!(values, vec![1, 2]);
+    assert_eq!(
+        s.counter("a").await,
+        Some((2, 2)),
+        "version grew by the number of commits"
+    );
+    // BEGIN IMMEDIATE: the second waited for the first's commit before it
+    // read, so neither had to be run again.
+    assert_eq!(s.bus.metrics().command_conflicts, 0);
+}
+
+#[tokio::test]
+async fn an_update_under_the_unit_of_works_feet_is_detected_and_retried() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let value = s.bus.handle(AddUnderFeet { id: "a".into() }).await.unwrap();
+    assert_eq!(value, 1, "the second run read the counter again");
+    assert_eq!(
+        s.counter("a").await,
+        Some((1, 1)),
+        "the conflicting run was rolled back, the retry committed"
+    );
+    assert_eq!(s.bus.metrics().command_conflicts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_updates_lose_nothing() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    s.add_concurrently(25).await;
+    assert_eq!(s.counter("a").await, Some((25, 25)));
+    assert_eq!(s.outbox().await.len(), 25);
+    assert_eq!(
+        s.bus.metrics().command_conflicts,
+        0,
+        "writers waited for each other"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_database_is_a_conflict_the_bus_retries() {
+    let s = service_with(
+        RetryPolicy::new(100).backoff(Duration::from_millis(5), Duration::from_millis(20)),
+        SqliteOptions::default().busy_timeout(Duration::from_millis(20)),
+    )
+    .await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    // Another process holds the write lock for a while.
+    let url = s.file.as_ref().unwrap().url.clone();
+    let mut other = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        other
+    });
+    assert_eq!(s.add("a", 1).await.unwrap(), 1);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it waited for the other writer"
+    );
+    assert!(s.bus.metrics().command_conflicts >= 1);
+    assert_eq!(s.counter("a").await, Some((1, 1)));
+    release.await.unwrap().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_busy_database_is_never_a_plain_failure() {
+    let s = service_with(
+        RetryPolicy::never(),
+        SqliteOptions::default().busy_timeout(Duration::from_millis(20)),
+    )
+    .await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let url = s.file.as_ref().unwrap().url.clone();
+    let mut other = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let err = s.add("a", 1).await.unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CommandError::Bus(Error::Repository(RepositoryError::Retryable(_)))
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("database is locked"), "{err}");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+    assert_eq!(s.add("a", 1).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_row_that_cannot_be_decoded_is_an_error_naming_table_and_column() {
+    let s = service().await;
+    sqlx::query("INSERT INTO counters VALUES ('negative', -5, 0), ('text', 'five', 0)")
+        .execute(s.db.pool())
+        .await
+        .unwrap();
+    for id in ["negative", "text"] {
+        let err = s.add(id, 1).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("column `value` of table `counters`"),
+            "{id}: {text}"
+        );
+        assert!(
+            matches!(
+                err,
+                CommandError::Bus(Error::Repository(RepositoryError::Decode { .. }))
+            ),
+            "{id}: {err:?}"
+        );
+    }
+}
+
+/// Starts `n` instances on `url` at once, each on a task of its own (the
+/// futures of `connect` and `connect_with` are `Send`), and checks that
+/// they all started and migrated once.
+async fn start_at_once(url: &str, n: usize) {
+    let starts = (0..n).map(|i| {
+        let url = url.to_owned();
+        if i % 2 == 0 {
+            tokio::spawn(async move { SqliteDatabase::connect(&url).await })
+        } else {
+            tokio::spawn(async move {
+                SqliteDatabase::connect_with(&url, SqliteOptions::default()).await
+            })
+        }
+    });
+    let mut dbs = Vec::new();
+    for start in starts.collect::<Vec<_>>() {
+        dbs.push(start.await.unwrap().expect("concurrent start"));
+    }
+    let db = &dbs[0];
+    db.migrate().await.expect("again");
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM eda_migrations")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(versions, 1, "{url}");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal", "{url}");
+    for db in dbs {
+        db.pool().close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_and_safe_when_processes_start_at_once() {
+    let dir = TempDir::new();
+    // Fresh files: the starts race to create them and to switch them to
+    // WAL (which SQLite does not wait for when two try at once).
+    for n in 0..4 {
+        start_at_once(&TestSqlite::url_in(&dir, &format!("{n}.db")), 8).await;
+    }
+    // A file with migrations to apply, that another process is writing:
+    // a start that read the applied version before taking the write lock
+    // could not then write (SQLite does not wait to upgrade a reader).
+    let url = TestSqlite::url_in(&dir, "busy.db");
+    let mut other = SqliteConnection::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    for sql in [
+        "PRAGMA journal_mode = WAL",
+        "CREATE TABLE eda_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)",
+    ] {
+        sqlx::query(sql).execute(&mut other).await.unwrap();
+    }
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        other.close().await.unwrap();
+    });
+    start_at_once(&url, 8).await;
+    release.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waits_for_another_process_writing_the_file() {
+    let dir = TempDir::new();
+    let url = TestSqlite::url_in(&dir, "shared.db");
+    // Another process created the file (in the rollback journal) and is
+    // writing to it: switching to WAL must wait, and SQLite does not.
+    let mut other = SqliteConnection::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE t (x INTEGER)")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        other.close().await.unwrap();
+    });
+    let db = SqliteDatabase::connect(&url).await.expect("waited");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    release.await.unwrap();
+    db.pool().close().await;
+}
+
+#[tokio::test]
+async fn a_database_file_is_created_with_the_connection_settings() {
+    let dir = TempDir::new();
+    let path = dir.join("new.db");
+    assert!(!path.exists());
+    let db = SqliteDatabase::connect_with(
+        &format!("sqlite:{}", path.display()),
+        SqliteOptions::default().busy_timeout(Duration::from_millis(1234)),
+    )
+    .await
+    .unwrap();
+    assert!(path.exists(), "created");
+    assert!(!db.is_in_memory());
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(foreign_keys, 1);
+    let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(busy_timeout, 1234);
+    drop(conn);
+    assert!(format!("{db:?}").contains("new.db"), "{db:?}");
+    db.pool().close().await;
+}
+
+#[tokio::test]
+async fn the_table_prefix_names_the_framework_tables() {
+    let s = service_with(
+        default_retry(),
+        SqliteOptions::default().table_prefix("shop_"),
+    )
+    .await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%\\_%' ESCAPE '\\' \
+         AND name NOT LIKE 'sqlite%' ORDER BY name",
+    )
+    .fetch_all(s.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(tables, vec!["shop_inbox", "shop_migrations", "shop_outbox"]);
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    s.add("a", 1).await.unwrap();
+    assert_eq!(s.count("shop_outbox").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_database_works_end_to_end() {
+    // `max_connections` is ignored: every connection to `:memory:` would be
+    // a database of its own.
+    let s = in_memory(
+        "sqlite::memory:",
+        SqliteOptions::default().max_connections(8),
+    )
+    .await;
+    assert!(s.db.is_in_memory());
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    s.add_concurrently(20).await;
+    let metadata = Metadata::new();
+    let body = br#"{"id":"a","by":1,"fail":false}"#;
+    let (one, two) = tokio::join!(
+        s.bus.handle_incoming("sqlitetest.add", metadata, body),
+        s.bus.handle_incoming("sqlitetest.add", metadata, body)
+    );
+    one.unwrap();
+    two.unwrap();
+    assert_eq!(s.counter("a").await, Some((21, 21)));
+    assert_eq!(s.outbox().await.len(), 21);
+    assert_eq!(s.count("eda_inbox").await, 1);
+    assert_eq!(s.db.pool().size(), 1);
+
+    // Another in-memory database is another database.
+    let other = SqliteDatabase::connect("sqlite::memory:").await.unwrap();
+    let counters: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'counters'",
+    )
+    .fetch_one(other.pool())
+    .await
+    .unwrap();
+    assert_eq!(counters, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_database_with_a_private_cache_works_too() {
+    // Each connection to it would be a separate, empty database.
+    let s = in_memory(
+        "sqlite://?mode=memory&cache=private",
+        SqliteOptions::default(),
+    )
+    .await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    s.add_concurrently(10).await;
+    assert_eq!(s.counter("a").await, Some((10, 10)));
+    assert_eq!(s.outbox().await.len(), 10);
+}
+
+#[tokio::test]
+async fn a_bad_url_or_path_is_a_clear_error_naming_it() {
+    let dir = TempDir::new();
+    let missing_dir = format!("sqlite://{}/no/such/dir/a.db", dir.display());
+    let not_a_database = dir.join("notes.txt");
+    std::fs::write(
+        &not_a_database,
+        "this is not a database, it is a text file ".repeat(50),
+    )
+    .unwrap();
+    let not_a_database = format!("sqlite://{}", not_a_database.display());
+    let cases = [
+        (missing_dir.as_str(), "unable to open database file"),
+        (not_a_database.as_str(), "file is not a database"),
+        ("postgres://app:s3cr3t@db/shop", "not a SQLite URL"),
+        ("sqlite://a.db?nonsense=1", "unknown query parameter"),
+    ];
+    for (url, why) in cases {
+        let err = SqliteDatabase::connect(url).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Connect { .. }), "{url}: {err:?}");
+        let shown = eda_core::adapters::redact_url(url);
+        assert!(
+            text.starts_with(&format!("cannot connect to {shown}: ")),
+            "{text}"
+        );
+        assert!(text.contains(why), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn old_inbox_rows_can_be_pruned() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    for _ in 0..2 {
+        s.bus
+            .handle_incoming(
+                "sqlitetest.add",
+                Metadata::new(),
+                br#"{"id":"a","by":1,"fail":false}"#,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.db.prune_inbox(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+    sqlx::query(&format!(
+        "UPDATE eda_inbox SET handled_at = strftime('{TIMESTAMP_FORMAT}', 'now', '-2 hours') \
+         WHERE rowid = (SELECT min(rowid) FROM eda_inbox)"
+    ))
+    .execute(s.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        s.db.prune_inbox(Duration::from_secs(3600)).await.unwrap(),
+        1
+    );
+    assert_eq!(s.count("eda_inbox").await, 1, "the recent row stays");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(s.db.prune_inbox(Duration::ZERO).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_test_database_is_removed_afterwards() {
+    let one = TestSqlite::start().await;
+    let two = TestSqlite::start().await;
+    assert_ne!(one.dir, two.dir);
+    let (dir_one, dir_two) = (one.dir.clone(), two.dir.clone());
+    assert!(dir_one.join("test.db").exists());
+    one.cleanup().await;
+    assert!(!dir_one.exists());
+    drop(two);
+    assert!(!dir_two.exists());
+}
