@@ -7,7 +7,7 @@
 //!
 //! - the same handlers keep it on every database: on the in-memory one of
 //!   the unit tests (which stores any aggregate) and on Postgres (through
-//!   `adapters::postgres::PgOrderAllocationsRepository`, over
+//!   [`PgOrderAllocationsRepository`](crate::adapters::postgres::PgOrderAllocationsRepository), over
 //!   `allocations_view`); a SQL query in the handlers would work on one
 //!   database only;
 //! - two handlers updating the view of one order at once (its lines of two

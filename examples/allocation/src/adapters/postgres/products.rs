@@ -141,21 +141,17 @@ async fn load(
                 let lines = std::mem::take(&mut lines);
                 batches.push(Batch::restore(r, sku.clone(), qty, eta, lines));
             }
-            let qty = required(decode_opt_as::<i64, _>(
-                row,
-                "batches",
-                "purchased_quantity",
-            )?)
-            .map_err(|e| RepositoryError::decode("batches", "purchased_quantity", e))?;
+            let (table, column) = ("batches", "purchased_quantity");
+            let qty = required(decode_opt_as::<i64, _>(row, table, column)?, table, column)?;
             let eta: Option<NaiveDate> = row.decode("batches", "eta")?;
             current = Some((reference, qty, eta));
         }
         // `None`: a batch without allocations.
         if let Some(orderid) = row.decode::<Option<String>>("allocations", "orderid")? {
-            let line_sku = required(row.decode::<Option<String>>("allocations", "sku")?)
-                .map_err(|e| RepositoryError::decode("allocations", "sku", e))?;
-            let qty = required(decode_opt_as::<i64, _>(row, "allocations", "qty")?)
-                .map_err(|e| RepositoryError::decode("allocations", "qty", e))?;
+            let line_sku = row.decode::<Option<String>>("allocations", "sku")?;
+            let line_sku = required(line_sku, "allocations", "sku")?;
+            let qty = decode_opt_as::<i64, _>(row, "allocations", "qty")?;
+            let qty = required(qty, "allocations", "qty")?;
             lines.push(OrderLine::new(orderid, line_sku, qty));
         }
     }
@@ -167,10 +163,11 @@ async fn load(
     Ok(Some(product))
 }
 
-/// A column declared `NOT NULL` that an outer join left `NULL`: only a row
-/// changed under the query could do that.
-fn required<T>(value: Option<T>) -> Result<T, &'static str> {
-    value.ok_or("unexpected NULL")
+/// A `NOT NULL` column read through an outer join, on a row that exists
+/// (its key is not `NULL`): the schema says it has a value; if it has none,
+/// that is a decoding error, not a panic.
+fn required<T>(value: Option<T>, table: &str, column: &str) -> Result<T, RepositoryError> {
+    value.ok_or_else(|| RepositoryError::decode(table, column, "NULL in a NOT NULL column"))
 }
 
 /// What a save writes, as columns for `UNNEST`: one statement per kind of
