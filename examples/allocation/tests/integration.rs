@@ -465,26 +465,31 @@ async fn the_outbox_row_exists_if_and_only_if_the_transaction_committed(s: &Serv
         .handle(CreateBatch::new("b1", sku, 100, None))
         .await
         .unwrap();
-    let allocate = async |orderid: &str, end: &str| {
+    enum End {
+        Commit,
+        Rollback,
+        Drop,
+    }
+    let allocate = async |orderid: &str, end: End| {
         let mut uow = s.bus.begin::<AllocationUow>().await.unwrap();
         let product = uow.products().get(&sku.to_owned()).await.unwrap().unwrap();
         product.allocate(OrderLine::new(orderid, sku, 1)).unwrap();
         match end {
-            "commit" => uow.commit().await.unwrap(),
-            "rollback" => uow.rollback().await.unwrap(),
-            _ => drop(uow),
+            End::Commit => uow.commit().await.unwrap(),
+            End::Rollback => uow.rollback().await.unwrap(),
+            End::Drop => drop(uow),
         }
     };
 
-    allocate("dropped", "drop").await;
-    allocate("rolled-back", "rollback").await;
+    allocate("dropped", End::Drop).await;
+    allocate("rolled-back", End::Rollback).await;
     s.bus
         .handle(Allocate::new("failed", "NO-SUCH-SKU", 1))
         .await
         .unwrap_err();
     assert_eq!(s.outbox().await, []);
 
-    allocate("committed", "commit").await;
+    allocate("committed", End::Commit).await;
     assert_eq!(
         s.outbox().await,
         [(
