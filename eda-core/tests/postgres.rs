@@ -485,11 +485,12 @@ async fn migrations_are_idempotent_and_safe_when_instances_start_at_once() {
         start.await.unwrap().expect("concurrent start");
     }
     // Each migration ran exactly once: versions 1..=n, no gap, no repeat.
-    let (count, distinct, max): (i64, i64, i32) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT version), max(version) FROM eda_migrations")
-            .fetch_one(pg.pool())
-            .await
-            .unwrap();
+    let (count, distinct, max): (i64, i64, i32) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT version), max(version) FROM eda_migrations",
+    )
+    .fetch_one(pg.pool())
+    .await
+    .unwrap();
     assert!(max >= 2, "the relay lease migration ran");
     assert_eq!((count, distinct), (i64::from(max), i64::from(max)));
     pg.drop_schema().await;

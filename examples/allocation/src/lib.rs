@@ -5,8 +5,10 @@
 //!   and the messages (commands and events). It knows eda only through the
 //!   message and aggregate traits and derives.
 //! - [`service_layer`]: the unit of work, the handlers and their error.
-//! - [`adapters`]: what the handlers talk to outside the domain (for now,
-//!   notifications).
+//! - [`views`]: the read model (which batch each line of an order went
+//!   to), kept by event handlers.
+//! - [`adapters`]: what the handlers talk to outside the domain:
+//!   notifications, and the Postgres tables and repositories.
 //!
 //! ```
 //! use allocation::adapters::notifications::{FakeNotifier, Notifications};
@@ -29,3 +31,4 @@
 pub mod adapters;
 pub mod domain;
 pub mod service_layer;
+pub mod views;

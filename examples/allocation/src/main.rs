@@ -2,8 +2,10 @@
 //!
 //! For now it runs a short scenario on the in-memory kit (an in-memory
 //! database, an in-process external bus, and notifications written to the
-//! log) and prints what happened. The HTTP entrypoint (axum), the RabbitMQ
-//! consumer and the SQLite/Postgres repositories come in later issues.
+//! log) and prints what happened. The Postgres repositories exist
+//! (`allocation::adapters::postgres`, exercised by `tests/integration.rs`);
+//! choosing the database from `DATABASE_URL`, the HTTP entrypoint (axum),
+//! the RabbitMQ consumer and SQLite come in later issues.
 
 use allocation::adapters::notifications::{LoggingNotifier, Notifications};
 use allocation::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};

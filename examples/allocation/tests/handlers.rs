@@ -173,7 +173,8 @@ mod allocate {
             .await
             .unwrap();
 
-        assert_eq!(s.db.commits(), 2);
+        // The allocation's, then the read model's (a handler of `Allocated`).
+        assert_eq!(s.db.commits(), 3);
         assert_eq!(s.available("OMINOUS-MIRROR", "b1"), 90);
     }
 

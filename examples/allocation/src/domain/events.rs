@@ -29,6 +29,9 @@ pub struct Deallocated {
     pub sku: String,
     /// How many units.
     pub qty: u32,
+    /// The batch it was taken from: a read model removes exactly that
+    /// allocation, whether or not the line was allocated again already.
+    pub batchref: String,
 }
 
 /// An order line could not be allocated: no batch of the product has enough

@@ -66,6 +66,25 @@ impl Batch {
         }
     }
 
+    /// A batch as it was saved, with its allocations in the order they were
+    /// made: for repositories, which rebuild what the methods built. It
+    /// trusts its input (a stored batch always held what it allocated).
+    pub fn restore(
+        reference: impl Into<String>,
+        sku: impl Into<String>,
+        purchased_quantity: u32,
+        eta: Option<NaiveDate>,
+        allocations: Vec<OrderLine>,
+    ) -> Self {
+        Batch {
+            reference: reference.into(),
+            sku: sku.into(),
+            eta,
+            purchased_quantity,
+            allocations,
+        }
+    }
+
     /// How many units were purchased.
     pub fn purchased_quantity(&self) -> u32 {
         self.purchased_quantity
@@ -206,6 +225,7 @@ impl Product {
                 orderid: line.orderid,
                 sku: line.sku,
                 qty: line.qty,
+                batchref: batch.reference.clone(),
             });
         }
         Ok(())
@@ -461,7 +481,8 @@ mod tests {
                 [&Deallocated {
                     orderid: "o2".into(),
                     sku: "RUG".into(),
-                    qty: 20
+                    qty: 20,
+                    batchref: "b1".into(),
                 }]
             );
         }

@@ -1,0 +1,841 @@
+//! The allocation service on each database it runs on, the same scenario
+//! bodies on each (a test per scenario and backend:
+//! `repository_round_trip::memory`, `repository_round_trip::postgres`):
+//! APwP's integration tests (`test_repository.py`, `test_uow.py`,
+//! `test_views.py`) and what the framework promises on a real database (the
+//! outbox, the inbox, version checks under concurrency).
+//!
+//! Postgres is the one at 127.0.0.1:5432 or `DATABASE_URL`, a fresh schema
+//! per test; its tests are skipped when it is unreachable, and fail under
+//! `CI=true`.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use allocation::adapters::notifications::{FakeNotifier, Notifications};
+use allocation::adapters::postgres::migrate;
+use allocation::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use allocation::domain::model::{Batch, OrderLine, Product};
+use allocation::service_layer::STOCK_ADDRESS;
+use allocation::service_layer::unit_of_work::{AllocationUow, ByBatchref};
+use allocation::views::{self, Allocation};
+use chrono::NaiveDate;
+use eda_core::sqlx::{self, Row};
+use eda_core::testing::TestPostgres;
+use eda_core::{Adapter, InMemoryDatabase, MessageBus, Metadata, RetryPolicy};
+use serde_json::json;
+
+/// The databases the service runs on.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Memory,
+    Postgres,
+    // SQLite: `Sqlite`, once eda-core's adapter lands: a `Store::Sqlite`
+    // started on a temporary file in `Service::start`, an arm in each
+    // `match` below, and a `sqlite` test in `on_every_backend!`.
+}
+
+/// The database under a test's bus, for looking at it directly.
+enum Store {
+    Memory(InMemoryDatabase),
+    Postgres(TestPostgres),
+}
+
+/// The service on one database, with a fake notifier.
+struct Service {
+    bus: MessageBus,
+    store: Store,
+    notifier: FakeNotifier,
+}
+
+impl Service {
+    /// `None`: the database is not reachable and the test is skipped.
+    async fn start(backend: Backend) -> Option<Service> {
+        let store = match backend {
+            Backend::Memory => Store::Memory(InMemoryDatabase::new()),
+            Backend::Postgres => {
+                let pg = TestPostgres::start().await?;
+                migrate(pg.pool()).await.expect("the service's tables");
+                Store::Postgres(pg)
+            }
+        };
+        let notifier = FakeNotifier::new();
+        let bus = bus(&store, &notifier, None);
+        Some(Service {
+            bus,
+            store,
+            notifier,
+        })
+    }
+
+    /// Another bus on the same database and notifier, with this command
+    /// retry policy.
+    fn bus_with(&self, command_retry: RetryPolicy) -> MessageBus {
+        bus(&self.store, &self.notifier, Some(command_retry))
+    }
+
+    async fn stop(self) {
+        match self.store {
+            Store::Memory(_) => {}
+            Store::Postgres(pg) => pg.drop_schema().await,
+        }
+    }
+
+    /// The committed product, read through a unit of work (and so through
+    /// the repository of the database).
+    async fn product(&self, sku: &str) -> Option<Product> {
+        let mut uow = self.bus.begin::<AllocationUow>().await.unwrap();
+        uow.products().read(&sku.to_owned()).await.unwrap().cloned()
+    }
+
+    /// The committed outbox, as (name, JSON body), in order.
+    async fn outbox(&self) -> Vec<(String, serde_json::Value)> {
+        match &self.store {
+            Store::Memory(db) => db
+                .outbox()
+                .into_iter()
+                .map(|m| (m.name, serde_json::from_slice(&m.payload).unwrap()))
+                .collect(),
+            Store::Postgres(pg) => {
+                sqlx::query("SELECT name, payload FROM eda_outbox ORDER BY position")
+                    .fetch_all(pg.pool())
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| {
+                        let payload: String = r.get("payload");
+                        (r.get("name"), serde_json::from_str(&payload).unwrap())
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The batches a line of this order and product is allocated to, read
+    /// from the tables (APwP's `get_allocated_batch_ref`).
+    async fn allocated_batchrefs(&self, orderid: &str, sku: &str) -> Vec<String> {
+        match &self.store {
+            Store::Memory(db) => db
+                .get::<Product>(sku)
+                .map(|p| {
+                    p.batches
+                        .iter()
+                        .filter(|b| b.allocations().iter().any(|l| l.orderid == orderid))
+                        .map(|b| b.reference.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Store::Postgres(pg) => sqlx::query_scalar(
+                "SELECT batchref FROM allocations WHERE orderid = $1 AND sku = $2 ORDER BY batchref",
+            )
+            .bind(orderid)
+            .bind(sku)
+            .fetch_all(pg.pool())
+            .await
+            .unwrap(),
+        }
+    }
+
+    /// Per batch of the product: (reference, purchased, allocated), read
+    /// from the tables.
+    async fn stock(&self, sku: &str) -> Vec<(String, i64, i64)> {
+        match &self.store {
+            Store::Memory(db) => db
+                .get::<Product>(sku)
+                .map(|p| {
+                    p.batches
+                        .iter()
+                        .map(|b| {
+                            (
+                                b.reference.clone(),
+                                i64::from(b.purchased_quantity()),
+                                b.allocated_quantity() as i64,
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Store::Postgres(pg) => sqlx::query(
+                "SELECT b.reference, b.purchased_quantity, COALESCE(SUM(a.qty), 0)::int8 AS allocated \
+                 FROM batches b LEFT JOIN allocations a ON a.batchref = b.reference \
+                 WHERE b.sku = $1 GROUP BY b.reference, b.position ORDER BY b.position",
+            )
+            .bind(sku)
+            .fetch_all(pg.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect(),
+        }
+    }
+}
+
+/// The allocation service's bus on this database, with this command retry
+/// policy (`None`: the default one).
+fn bus(store: &Store, notifier: &FakeNotifier, command_retry: Option<RetryPolicy>) -> MessageBus {
+    fn build(db: impl Adapter, n: &FakeNotifier, retry: Option<RetryPolicy>) -> MessageBus {
+        let mut builder = MessageBus::builder()
+            .adapter(db)
+            .adapter(Notifications::new(n.clone()))
+            .scope("allocation");
+        if let Some(retry) = retry {
+            builder = builder.command_retry(retry);
+        }
+        builder.build().expect("the allocation service is wired")
+    }
+    match store {
+        Store::Memory(db) => build(db.clone(), notifier, command_retry),
+        Store::Postgres(pg) => build(pg.db.clone(), notifier, command_retry),
+    }
+}
+
+/// Runs a scenario on a fresh service on `backend`, then drops its data.
+async fn run(backend: Backend, scenario: impl AsyncFnOnce(&Service)) {
+    let Some(s) = Service::start(backend).await else {
+        return;
+    };
+    scenario(&s).await;
+    s.stop().await;
+}
+
+/// For each scenario (an `async fn(&Service)` below), a module of the same
+/// name with one test per backend. Multi-threaded runtimes, so that
+/// concurrent handlers really run in parallel.
+macro_rules! on_every_backend {
+    ($($scenario:ident,)*) => {$(
+        mod $scenario {
+            use super::{Backend, run};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                run(Backend::Memory, super::$scenario).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run(Backend::Postgres, super::$scenario).await
+            }
+
+            // SQLite: `async fn sqlite()`, running `Backend::Sqlite`.
+        }
+    )*};
+}
+
+fn today() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2024, 3, 1).unwrap()
+}
+
+/// What a product holds, all of it (`Batch`'s `==` compares references
+/// only, and `Product` has none).
+type Snapshot = (
+    String,
+    u64,
+    Vec<(String, String, u32, Option<NaiveDate>, Vec<OrderLine>)>,
+);
+
+fn snapshot(p: &Product) -> Snapshot {
+    let batches = p
+        .batches
+        .iter()
+        .map(|b| {
+            (
+                b.reference.clone(),
+                b.sku.clone(),
+                b.purchased_quantity(),
+                b.eta,
+                b.allocations().to_vec(),
+            )
+        })
+        .collect();
+    (p.sku.clone(), p.version_number, batches)
+}
+
+/// How long `f` takes, printed (`--nocapture` shows it).
+async fn timed<T>(what: &str, f: impl Future<Output = T>) -> T {
+    let start = Instant::now();
+    let out = f.await;
+    eprintln!("{what}: {:?}", start.elapsed());
+    out
+}
+
+on_every_backend!(
+    repository_round_trip,
+    get_product_by_batchref,
+    uow_can_retrieve_a_batch_and_allocate_to_it,
+    rolls_back_uncommitted_work_by_default,
+    rolls_back_on_error,
+    views_list_the_allocations_of_an_order,
+    views_follow_a_deallocation,
+    the_outbox_row_exists_if_and_only_if_the_transaction_committed,
+    a_redelivered_message_is_handled_once,
+    concurrent_updates_to_a_product_are_detected,
+    two_concurrent_allocations_lose_nothing,
+    fifty_concurrent_allocations_of_twenty_units_never_oversell,
+);
+
+/// APwP `test_repository_can_save_a_batch` and `…_retrieve_a_batch_with_allocations`:
+/// what is added comes back the same, the order of batches and of lines
+/// included.
+async fn repository_round_trip(s: &Service) {
+    let sku = "RETRO-CLOCK";
+    let mut product = Product::new(
+        sku,
+        vec![
+            Batch::new("shipment", sku, 100, Some(today())),
+            Batch::new("warehouse", sku, 10, None),
+            Batch::new("empty", sku, 0, None),
+        ],
+    );
+    for (order, qty) in [("o2", 7), ("o1", 3), ("o3", 50)] {
+        product.allocate(OrderLine::new(order, sku, qty)).unwrap();
+    }
+    let expected = snapshot(&product);
+
+    let mut uow = s.bus.begin::<AllocationUow>().await.unwrap();
+    uow.products().add(product).unwrap();
+    uow.commit().await.unwrap();
+
+    let loaded = s.product(sku).await.expect("saved");
+    assert_eq!(snapshot(&loaded), expected);
+    assert_eq!(s.product("NOPE").await.map(|p| p.sku), None);
+}
+
+/// APwP `test_get_by_batchref`.
+async fn get_product_by_batchref(s: &Service) {
+    let mut uow = s.bus.begin::<AllocationUow>().await.unwrap();
+    uow.products()
+        .add(Product::new(
+            "sku1",
+            vec![
+                Batch::new("b1", "sku1", 100, None),
+                Batch::new("b2", "sku1", 100, None),
+            ],
+        ))
+        .unwrap();
+    uow.products()
+        .add(Product::new(
+            "sku2",
+            vec![Batch::new("b3", "sku2", 100, None)],
+        ))
+        .unwrap();
+    uow.commit().await.unwrap();
+
+    let mut uow = s.bus.begin::<AllocationUow>().await.unwrap();
+    let found = uow.products().find(&ByBatchref("b2".into())).await.unwrap();
+    assert_eq!(found.map(|p| p.sku.clone()).as_deref(), Some("sku1"));
+    let found = uow.products().find(&ByBatchref("b3".into())).await.unwrap();
+    assert_eq!(found.map(|p| p.sku.clone()).as_deref(), Some("sku2"));
+    let found = uow.products().find(&ByBatchref("b4".into())).await.unwrap();
+    assert!(found.is_none());
+}
+
+/// APwP `test_uow_can_retrieve_a_batch_and_allocate_to_it`.
+async fn uow_can_retrieve_a_batch_and_allocate_to_it(s: &Service) {
+    let sku = "HIPSTER-WORKBENCH";
+    s.bus
+        .handle(CreateBatch::new("batch1", sku, 100, None))
+        .await
+        .unwrap();
+
+    let mut uow = s.bus.begin::<AllocationUow>().await.unwrap();
+    let product = uow.products().get(&sku.to_owned()).await.unwrap().unwrap();
+    product.allocate(OrderLine::new("o1", sku, 10));
+    uow.commit().await.unwrap();
+
+    assert_eq!(s.allocated_batchrefs("o1", sku).await, ["batch1"]);
+    assert_eq!(s.product(sku).await.unwrap().version_number, 1);
+}
+
+/// APwP `test_rolls_back_uncommitted_work_by_default`.
+async fn rolls_back_uncommitted_work_by_default(s: &Service) {
+    let mut uow = s.bus.begin::<AllocationUow>().await.unwrap();
+    uow.products()
+        .add(Product::new(
+            "MEDIUM-PLINTH",
+            vec![Batch::new("b1", "MEDIUM-PLINTH", 100, None)],
+        ))
+        .unwrap();
+    drop(uow);
+
+    assert!(s.product("MEDIUM-PLINTH").await.is_none());
+    assert!(s.stock("MEDIUM-PLINTH").await.is_empty());
+}
+
+/// APwP `test_rolls_back_on_error`.
+async fn rolls_back_on_error(s: &Service) {
+    #[derive(Debug, PartialEq)]
+    struct MyError;
+
+    async fn add_then_fail(bus: &MessageBus) -> Result<(), MyError> {
+        let mut uow = bus.begin::<AllocationUow>().await.unwrap();
+        uow.products()
+            .add(Product::new(
+                "LARGE-FORK",
+                vec![Batch::new("b1", "LARGE-FORK", 100, None)],
+            ))
+            .unwrap();
+        Err(MyError)
+    }
+
+    assert_eq!(add_then_fail(&s.bus).await, Err(MyError));
+    assert!(s.product("LARGE-FORK").await.is_none());
+    assert!(s.stock("LARGE-FORK").await.is_empty());
+}
+
+/// APwP `test_allocations_view`: an order's allocations, not another
+/// order's.
+async fn views_list_the_allocations_of_an_order(s: &Service) {
+    let bus = &s.bus;
+    bus.handle(CreateBatch::new("sku1batch", "sku1", 50, None))
+        .await
+        .unwrap();
+    bus.handle(CreateBatch::new("sku2batch", "sku2", 50, Some(today())))
+        .await
+        .unwrap();
+    bus.handle(Allocate::new("order1", "sku1", 20))
+        .await
+        .unwrap();
+    bus.handle(Allocate::new("order1", "sku2", 20))
+        .await
+        .unwrap();
+    // A spurious batch and order, to make sure we get the right ones.
+    bus.handle(CreateBatch::new(
+        "sku1batch-later",
+        "sku1",
+        50,
+        Some(today()),
+    ))
+    .await
+    .unwrap();
+    bus.handle(Allocate::new("otherorder", "sku1", 30))
+        .await
+        .unwrap();
+    bus.handle(Allocate::new("otherorder", "sku2", 10))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        views::allocations("order1", bus).await.unwrap(),
+        [
+            Allocation::new("sku1", "sku1batch"),
+            Allocation::new("sku2", "sku2batch")
+        ]
+    );
+    assert_eq!(views::allocations("nobody", bus).await.unwrap(), []);
+}
+
+/// APwP `test_deallocation`: after `change_batch_quantity`, the
+/// reallocated line shows its new batch, and only it.
+async fn views_follow_a_deallocation(s: &Service) {
+    let bus = &s.bus;
+    bus.handle(CreateBatch::new("b1", "sku1", 50, None))
+        .await
+        .unwrap();
+    bus.handle(CreateBatch::new("b2", "sku1", 50, Some(today())))
+        .await
+        .unwrap();
+    bus.handle(Allocate::new("o1", "sku1", 40)).await.unwrap();
+    assert_eq!(
+        views::allocations("o1", bus).await.unwrap(),
+        [Allocation::new("sku1", "b1")]
+    );
+
+    bus.handle(ChangeBatchQuantity::new("b1", 10))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        views::allocations("o1", bus).await.unwrap(),
+        [Allocation::new("sku1", "b2")]
+    );
+    // The tables agree: the line left b1 and went to b2.
+    assert_eq!(s.allocated_batchrefs("o1", "sku1").await, ["b2"]);
+    assert_eq!(
+        s.stock("sku1").await,
+        [("b1".to_owned(), 10, 0), ("b2".to_owned(), 50, 40)]
+    );
+}
+
+/// The outbox row of an external event exists if and only if its
+/// transaction committed.
+async fn the_outbox_row_exists_if_and_only_if_the_transaction_committed(s: &Service) {
+    let sku = "LAMP";
+    s.bus
+        .handle(CreateBatch::new("b1", sku, 100, None))
+        .await
+        .unwrap();
+    enum End {
+        Commit,
+        Rollback,
+        Drop,
+    }
+    let allocate = async |orderid: &str, end: End| {
+        let mut uow = s.bus.begin::<AllocationUow>().await.unwrap();
+        let product = uow.products().get(&sku.to_owned()).await.unwrap().unwrap();
+        product.allocate(OrderLine::new(orderid, sku, 1)).unwrap();
+        match end {
+            End::Commit => uow.commit().await.unwrap(),
+            End::Rollback => uow.rollback().await.unwrap(),
+            End::Drop => drop(uow),
+        }
+    };
+
+    allocate("dropped", End::Drop).await;
+    allocate("rolled-back", End::Rollback).await;
+    s.bus
+        .handle(Allocate::new("failed", "NO-SUCH-SKU", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(s.outbox().await, []);
+
+    allocate("committed", End::Commit).await;
+    assert_eq!(
+        s.outbox().await,
+        [(
+            "allocation.allocated".to_owned(),
+            json!({"orderid": "committed", "sku": sku, "qty": 1, "batchref": "b1"})
+        )]
+    );
+    assert_eq!(s.allocated_batchrefs("committed", sku).await, ["b1"]);
+    assert_eq!(
+        s.allocated_batchrefs("dropped", sku).await,
+        Vec::<String>::new()
+    );
+}
+
+/// A message delivered twice (same metadata: same message id), even at
+/// the same time, is handled once.
+async fn a_redelivered_message_is_handled_once(s: &Service) {
+    s.bus
+        .handle(CreateBatch::new("b1", "LAMP", 100, None))
+        .await
+        .unwrap();
+    let metadata = Metadata::new();
+    let body = br#"{"orderid": "o1", "sku": "LAMP", "qty": 10}"#;
+    let deliver = || s.bus.handle_incoming("allocation.allocate", metadata, body);
+
+    let (one, two) = tokio::join!(deliver(), deliver());
+    one.unwrap();
+    two.unwrap();
+    deliver().await.unwrap();
+
+    assert_eq!(s.stock("LAMP").await, [("b1".to_owned(), 100, 10)]);
+    assert_eq!(s.product("LAMP").await.unwrap().version_number, 1);
+    assert_eq!(s.outbox().await.len(), 1);
+    assert_eq!(
+        views::allocations("o1", &s.bus).await.unwrap(),
+        [Allocation::new("LAMP", "b1")]
+    );
+}
+
+/// APwP `test_concurrent_updates_to_version_are_not_allowed`: two units
+/// of work load the same product; the second to commit is refused, and
+/// the first's change stays.
+async fn concurrent_updates_to_a_product_are_detected(s: &Service) {
+    let sku = "SCANDI-PEN";
+    s.bus
+        .handle(CreateBatch::new("b1", sku, 100, None))
+        .await
+        .unwrap();
+
+    let mut one = s.bus.begin::<AllocationUow>().await.unwrap();
+    let mut two = s.bus.begin::<AllocationUow>().await.unwrap();
+    let p1 = one.products().get(&sku.to_owned()).await.unwrap().unwrap();
+    p1.allocate(OrderLine::new("o1", sku, 10)).unwrap();
+    let p2 = two.products().get(&sku.to_owned()).await.unwrap().unwrap();
+    p2.allocate(OrderLine::new("o2", sku, 10)).unwrap();
+
+    one.commit().await.unwrap();
+    let error = two.commit().await.unwrap_err();
+
+    assert!(error.is_conflict(), "{error}");
+    assert_eq!(s.product(sku).await.unwrap().version_number, 1);
+    assert_eq!(s.stock(sku).await, [("b1".to_owned(), 100, 10)]);
+    assert_eq!(s.allocated_batchrefs("o2", sku).await, Vec::<String>::new());
+}
+
+/// Two allocations of one product at once, through the bus: both land
+/// (the loser of the race is retried), and the version grows by two.
+async fn two_concurrent_allocations_lose_nothing(s: &Service) {
+    let sku = "SCANDI-PEN";
+    s.bus
+        .handle(CreateBatch::new("b1", sku, 100, None))
+        .await
+        .unwrap();
+
+    let (one, two) = tokio::join!(
+        s.bus.handle(Allocate::new("o1", sku, 10)),
+        s.bus.handle(Allocate::new("o2", sku, 10)),
+    );
+
+    assert_eq!(one.unwrap().as_deref(), Some("b1"));
+    assert_eq!(two.unwrap().as_deref(), Some("b1"));
+    assert_eq!(s.product(sku).await.unwrap().version_number, 2);
+    assert_eq!(s.stock(sku).await, [("b1".to_owned(), 100, 20)]);
+    assert_eq!(s.outbox().await.len(), 2);
+}
+
+/// 50 orders of one unit race for 20 units: exactly 20 get a batch, 30
+/// are told it is out of stock, nothing is oversold.
+///
+/// Every one of the 50 commands commits (an out-of-stock answer saves
+/// the product too, for its `OutOfStock` event, so that it is checked
+/// against the version like an allocation), and one product's commits
+/// happen one at a time: a command can lose dozens of races. The
+/// default policy (5 attempts) would let most of them fail with a
+/// conflict; this one allows 100 attempts, 2 ms to 50 ms apart with
+/// jitter, far more than the race needs.
+async fn fifty_concurrent_allocations_of_twenty_units_never_oversell(s: &Service) {
+    let sku = "POPULAR-CURTAINS";
+    s.bus
+        .handle(CreateBatch::new("b1", sku, 20, None))
+        .await
+        .unwrap();
+    let bus = s.bus_with(
+        RetryPolicy::new(100).backoff(Duration::from_millis(2), Duration::from_millis(50)),
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let bus = bus.clone();
+        tasks.spawn(async move { bus.handle(Allocate::new(format!("order{i}"), sku, 1)).await });
+    }
+    let results = timed("50 concurrent allocations", tasks.join_all()).await;
+    eprintln!(
+        "  {} version conflicts retried",
+        bus.metrics().command_conflicts
+    );
+
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("no conflict left"))
+        .collect();
+    let allocated = results
+        .iter()
+        .filter(|r| r.as_deref() == Some("b1"))
+        .count();
+    let out_of_stock = results.iter().filter(|r| r.is_none()).count();
+    assert_eq!((allocated, out_of_stock), (20, 30));
+    assert_eq!(
+        s.stock(sku).await,
+        [("b1".to_owned(), 20, 20)],
+        "never oversold"
+    );
+    assert_eq!(
+        s.product(sku).await.unwrap().version_number,
+        50,
+        "one version per commit: 50 commands, each committed once"
+    );
+    assert_eq!(s.outbox().await.len(), 20);
+    assert_eq!(s.notifier.sent_to(STOCK_ADDRESS).len(), 30);
+    let mut viewed = 0;
+    for i in 0..50 {
+        viewed += views::allocations(&format!("order{i}"), &s.bus)
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!(viewed, 20);
+}
+
+/// What only a SQL database has: the schema, rows that do not decode,
+/// constraints the domain does not know, how much a save writes.
+/// (SQLite: the same tests in its SQL, once eda-core's adapter lands.)
+mod postgres_tables {
+    use super::*;
+    use eda_core::{CommandError, Error, RepositoryError};
+
+    /// The pool of a service started on Postgres.
+    fn pool(s: &Service) -> &sqlx::PgPool {
+        match &s.store {
+            Store::Postgres(pg) => pg.pool(),
+            Store::Memory(_) => unreachable!("these tests start on Postgres"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migrating_is_idempotent_and_safe_when_instances_start_at_once() {
+        let Some(s) = Service::start(Backend::Postgres).await else {
+            return;
+        };
+        s.bus
+            .handle(CreateBatch::new("b1", "LAMP", 10, None))
+            .await
+            .unwrap();
+        // Five instances starting at once on this schema (and a spawned
+        // future: `migrate` must be `Send`).
+        let starts: Vec<_> = (0..5)
+            .map(|_| {
+                let pool = pool(&s).clone();
+                tokio::spawn(async move { migrate(&pool).await })
+            })
+            .collect();
+        for start in starts {
+            start.await.unwrap().expect("a concurrent start");
+        }
+        assert_eq!(
+            s.stock("LAMP").await,
+            [("b1".to_owned(), 10, 0)],
+            "data kept"
+        );
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name NOT LIKE 'eda\\_%' \
+             ORDER BY table_name",
+        )
+        .fetch_all(pool(&s))
+        .await
+        .unwrap();
+        assert_eq!(
+            tables,
+            [
+                "allocations",
+                "allocations_view",
+                "allocations_view_orders",
+                "batches",
+                "products",
+            ],
+            "the example's tables (the framework's, eda_*, are its own business)"
+        );
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_row_that_cannot_be_decoded_is_an_error_naming_its_table_and_column() {
+        let Some(s) = Service::start(Backend::Postgres).await else {
+            return;
+        };
+        s.bus
+            .handle(CreateBatch::new("b1", "LAMP", 10, None))
+            .await
+            .unwrap();
+        // More than a `u32` holds.
+        sqlx::query("UPDATE batches SET purchased_quantity = 5000000000")
+            .execute(pool(&s))
+            .await
+            .unwrap();
+
+        let error = s
+            .bus
+            .handle(Allocate::new("o1", "LAMP", 1))
+            .await
+            .unwrap_err();
+
+        assert!(
+            matches!(
+                &error,
+                CommandError::Bus(Error::Repository(RepositoryError::Decode { table, column, .. }))
+                    if table == "batches" && column == "purchased_quantity"
+            ),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot decode column `purchased_quantity` of table `batches`"),
+            "{error}"
+        );
+        s.stop().await;
+    }
+
+    /// The domain does not know that batch references are unique across
+    /// products; the table does. That is an error at once, not a conflict
+    /// retried in vain.
+    #[tokio::test]
+    async fn a_batch_reference_held_by_another_product_is_refused_without_retries() {
+        let Some(s) = Service::start(Backend::Postgres).await else {
+            return;
+        };
+        s.bus
+            .handle(CreateBatch::new("b1", "LAMP", 10, None))
+            .await
+            .unwrap();
+        s.bus
+            .handle(CreateBatch::new("b2", "TABLE", 10, None))
+            .await
+            .unwrap();
+
+        // On an existing product (update) and on a new one (add).
+        for sku in ["TABLE", "CHAIR"] {
+            let error = s
+                .bus
+                .handle(CreateBatch::new("b1", sku, 5, None))
+                .await
+                .unwrap_err();
+            let text = error.to_string();
+            assert!(
+                text.contains("duplicate batch reference: Key (reference)=(b1) already exists"),
+                "{text}"
+            );
+        }
+
+        assert_eq!(s.bus.metrics().command_conflicts, 0, "not retried");
+        assert_eq!(s.stock("TABLE").await, [("b2".to_owned(), 10, 0)]);
+        assert!(s.product("CHAIR").await.is_none());
+        s.stop().await;
+    }
+
+    /// A save writes what changed: an allocation inserts its line and leaves
+    /// the other rows as they were (same row versions).
+    #[tokio::test]
+    async fn a_save_writes_only_what_changed() {
+        let Some(s) = Service::start(Backend::Postgres).await else {
+            return;
+        };
+        let row_versions = async || -> Vec<(String, String)> {
+            sqlx::query(
+                "SELECT 'batch ' || reference, xmin::text FROM batches \
+                 UNION ALL SELECT 'line ' || batchref || '/' || position, xmin::text FROM allocations \
+                 ORDER BY 1",
+            )
+            .fetch_all(pool(&s))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+        };
+        s.bus
+            .handle(CreateBatch::new("b1", "LAMP", 10, None))
+            .await
+            .unwrap();
+        s.bus
+            .handle(CreateBatch::new("b2", "LAMP", 10, Some(today())))
+            .await
+            .unwrap();
+        s.bus.handle(Allocate::new("o1", "LAMP", 2)).await.unwrap();
+        let before = row_versions().await;
+
+        s.bus.handle(Allocate::new("o2", "LAMP", 3)).await.unwrap();
+
+        let after = row_versions().await;
+        assert_eq!(after.len(), before.len() + 1);
+        assert!(
+            before.iter().all(|row| after.contains(row)),
+            "{before:?} -> {after:?}"
+        );
+        assert!(after.iter().any(|(row, _)| row == "line b1/1"), "{after:?}");
+
+        // Shrinking b1 to 2 gives back o2's line: its row is deleted and
+        // b1's updated; o1's line and b2 stay as they were, and o2's line
+        // is inserted in b2 by its reallocation.
+        s.bus
+            .handle(ChangeBatchQuantity::new("b1", 2))
+            .await
+            .unwrap();
+        let changed = row_versions().await;
+        assert!(!changed.contains(&before[0]), "b1 updated: {changed:?}");
+        assert!(changed.contains(&before[1]), "b2 kept: {changed:?}");
+        assert!(changed.contains(&before[2]), "o1's line kept: {changed:?}");
+        assert_eq!(
+            changed
+                .iter()
+                .map(|(row, _)| row.as_str())
+                .collect::<Vec<_>>(),
+            ["batch b1", "batch b2", "line b1/0", "line b2/0"]
+        );
+        assert_eq!(s.allocated_batchrefs("o2", "LAMP").await, ["b2"]);
+        s.stop().await;
+    }
+}
