@@ -546,3 +546,192 @@ async fn old_inbox_rows_can_be_pruned() {
     );
     s.pg.drop_schema().await;
 }
+
+// The outbox relay on Postgres (to the in-process bus, so that only the
+// database is under test here; RabbitMQ has its own tests).
+
+mod relay {
+    use std::sync::Arc;
+
+    use eda_core::relay::OutboxStore;
+    use eda_core::{ExternalMessage, InProcessBus, OutboxRelay, RelayOptions};
+    use tokio::sync::broadcast::Receiver;
+
+    use super::*;
+
+    fn fast() -> RelayOptions {
+        RelayOptions {
+            poll: Duration::from_millis(50),
+            lease: Duration::from_secs(2),
+            ..RelayOptions::default()
+        }
+    }
+
+    async fn received(inbox: &mut Receiver<ExternalMessage>, n: usize) -> Vec<ExternalMessage> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await {
+                Ok(Ok(m)) => out.push(m),
+                other => panic!("after {} messages: {other:?}", out.len()),
+            }
+        }
+        out
+    }
+
+    async fn deposit(s: &Service, n: u32) {
+        for _ in 0..n {
+            s.bus
+                .handle(Add {
+                    id: "a".into(),
+                    by: 1,
+                    fail: false,
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn unsent(s: &Service) -> i64 {
+        sqlx::query("SELECT count(*) FROM eda_outbox WHERE sent_at IS NULL")
+            .fetch_one(s.pg.pool())
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    #[tokio::test]
+    async fn the_relay_publishes_committed_events_in_order_and_marks_them_sent() {
+        let Some(s) = service().await else { return };
+        s.bus.handle(Create { id: "a".into() }).await.unwrap();
+        let bus = InProcessBus::new();
+        let mut inbox = bus.subscribe();
+        let relay = OutboxRelay::spawn(Arc::new(s.pg.db.clone()), Arc::new(bus), fast());
+        deposit(&s, 30).await;
+        let messages = received(&mut inbox, 30).await;
+        let values: Vec<String> = messages
+            .iter()
+            .map(|m| String::from_utf8(m.payload.clone()).unwrap())
+            .collect();
+        let expected: Vec<String> = (1..=30)
+            .map(|v| format!(r#"{{"id":"a","value":{v}}}"#))
+            .collect();
+        assert_eq!(values, expected, "in commit order");
+        let ids: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT message_id FROM eda_outbox ORDER BY position")
+                .fetch_all(s.pg.pool())
+                .await
+                .unwrap();
+        let published: Vec<uuid::Uuid> = messages
+            .iter()
+            .map(|m| m.metadata.message_id.as_uuid())
+            .collect();
+        assert_eq!(published, ids, "with the ids (and metadata) of their rows");
+        relay.shutdown().await;
+        assert_eq!(unsent(&s).await, 0);
+        s.pg.drop_schema().await;
+    }
+
+    #[tokio::test]
+    async fn one_instance_publishes_and_another_takes_over_when_it_stops() {
+        let Some(s) = service().await else { return };
+        s.bus.handle(Create { id: "a".into() }).await.unwrap();
+        // A second instance of the service: another pool on the same schema.
+        let other = PostgresDatabase::connect_with(
+            &s.pg.url,
+            PostgresOptions::default().schema(s.pg.schema.clone()),
+        )
+        .await
+        .unwrap();
+        let (first_bus, second_bus) = (InProcessBus::new(), InProcessBus::new());
+        let (mut first_inbox, mut second_inbox) = (first_bus.subscribe(), second_bus.subscribe());
+        let first = OutboxRelay::spawn(Arc::new(s.pg.db.clone()), Arc::new(first_bus), fast());
+        // The first relay takes the lease before the second starts.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = OutboxRelay::spawn(Arc::new(other), Arc::new(second_bus), fast());
+        deposit(&s, 20).await;
+        received(&mut first_inbox, 20).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            second.metrics().published(),
+            0,
+            "only the lease holder publishes"
+        );
+
+        first.shutdown().await; // releases the lease
+        deposit(&s, 5).await;
+        let taken_over = received(&mut second_inbox, 5).await;
+        assert_eq!(taken_over.len(), 5);
+        assert!(
+            first_inbox.try_recv().is_err(),
+            "the stopped relay published nothing more"
+        );
+        second.shutdown().await;
+        assert_eq!(unsent(&s).await, 0);
+        s.pg.drop_schema().await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_was_not_renewed_is_taken_over() {
+        let Some(pg) = TestPostgres::start().await else {
+            return;
+        };
+        let store = &pg.db;
+        assert!(store.lease("a", Duration::from_millis(400)).await.unwrap());
+        assert!(
+            !store.lease("b", Duration::from_millis(400)).await.unwrap(),
+            "held by a"
+        );
+        assert!(
+            store.lease("a", Duration::from_millis(400)).await.unwrap(),
+            "a renews its own"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            store.lease("b", Duration::from_secs(10)).await.unwrap(),
+            "a's lease expired"
+        );
+        assert!(
+            !store.lease("a", Duration::from_secs(10)).await.unwrap(),
+            "now b holds it"
+        );
+        store.release("b").await.unwrap();
+        assert!(
+            store.lease("a", Duration::from_secs(10)).await.unwrap(),
+            "released"
+        );
+        pg.drop_schema().await;
+    }
+
+    #[tokio::test]
+    async fn published_rows_can_be_pruned() {
+        let Some(s) = service().await else { return };
+        s.bus.handle(Create { id: "a".into() }).await.unwrap();
+        deposit(&s, 3).await;
+        let relay = OutboxRelay::spawn(
+            Arc::new(s.pg.db.clone()),
+            Arc::new(InProcessBus::new()),
+            fast(),
+        );
+        relay.shutdown().await;
+        assert_eq!(
+            s.pg.db
+                .prune_outbox(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0,
+            "too recent"
+        );
+        sqlx::query("UPDATE eda_outbox SET sent_at = now() - interval '2 hours'")
+            .execute(s.pg.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            s.pg.db
+                .prune_outbox(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            3
+        );
+        s.pg.drop_schema().await;
+    }
+}
