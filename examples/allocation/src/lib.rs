@@ -29,6 +29,8 @@
 //! ```
 
 pub mod adapters;
+pub mod config;
 pub mod domain;
+pub mod entrypoints;
 pub mod service_layer;
 pub mod views;

@@ -2,8 +2,8 @@
 //! pluggable [`Notifier`] (APwP's `AbstractNotifications`).
 //!
 //! Handlers take the [`Notifications`] adapter (`&Notifications`); the
-//! entrypoint chooses the notifier: [`LoggingNotifier`] for now, e-mail
-//! later, and [`FakeNotifier`] in tests.
+//! entrypoint chooses the notifier: [`LoggingNotifier`] or [`FileNotifier`]
+//! (e-mail would be one more), and [`FakeNotifier`] in tests.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -80,6 +80,42 @@ impl Notifier for LoggingNotifier {
     }
 }
 
+/// Appends each notification to a file, one line each:
+/// `<destination>\t<message>` (the notifier when `NOTIFICATIONS_FILE` is
+/// set). Lines are appended whole, so concurrent handlers do not interleave.
+#[derive(Clone, Debug)]
+pub struct FileNotifier {
+    path: std::path::PathBuf,
+}
+
+impl FileNotifier {
+    /// Notifications appended to `path` (created if missing).
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        FileNotifier { path: path.into() }
+    }
+}
+
+impl Notifier for FileNotifier {
+    fn send<'a>(&'a self, destination: &'a str, message: &'a str) -> SendFuture<'a> {
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt;
+            let line = format!("{destination}\t{message}\n");
+            let failed = |e: std::io::Error| NotificationError {
+                destination: destination.to_owned(),
+                source: Box::new(e),
+            };
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await
+                .map_err(failed)?;
+            file.write_all(line.as_bytes()).await.map_err(failed)?;
+            file.flush().await.map_err(failed)
+        })
+    }
+}
+
 /// Records what it was asked to send, for tests (APwP's
 /// `FakeNotifications`). Clones share the record: keep one, give the other
 /// to [`Notifications::new`].
@@ -118,5 +154,41 @@ impl Notifier for FakeNotifier {
             .or_default()
             .push(message.to_owned());
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_file_notifier_appends_one_line_per_notification() {
+        let dir = std::env::temp_dir().join(format!("eda-notify-{}", eda_core::MessageId::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notifications.log");
+        let notifications = Notifications::new(FileNotifier::new(&path));
+        notifications
+            .send("stock@made.com", "Out of stock for LAMP")
+            .await
+            .unwrap();
+        notifications
+            .send("stock@made.com", "Out of stock for SOFA")
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "stock@made.com\tOut of stock for LAMP\nstock@made.com\tOut of stock for SOFA\n"
+        );
+        let err = Notifications::new(FileNotifier::new(dir.join("missing/dir/file")))
+            .send("x", "y")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot send a notification to x"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,0 +1,255 @@
+//! The service's configuration, from the environment:
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `DATABASE_URL` | `postgres://…` or `sqlite:…` | `sqlite://allocation.db` (a file in the working directory) |
+//! | `AMQP_URL` | `amqp://…`: RabbitMQ | unset: the in-process external bus |
+//! | `PORT` | the HTTP port | `8080` |
+//! | `EDA_EXCHANGE` | RabbitMQ's topic exchange | `eda.events` |
+//! | `NOTIFICATIONS_FILE` | out-of-stock notifications are appended there | unset: written to the log |
+//!
+//! Printed (`Display`) and debugged (`Debug`) with passwords hidden.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use eda_core::adapters::redact_url;
+
+/// The service queue on RabbitMQ (and the name of the service).
+pub const SERVICE: &str = "allocation";
+
+/// Where the state is kept.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseConfig {
+    /// Postgres at this URL.
+    Postgres(String),
+    /// SQLite at this URL (a file).
+    Sqlite(String),
+}
+
+/// Where external events go, and commands come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BrokerConfig {
+    /// RabbitMQ at this URL.
+    RabbitMq(String),
+    /// No broker: the in-process external bus.
+    InProcess,
+}
+
+/// The whole configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The database.
+    pub database: DatabaseConfig,
+    /// The external bus.
+    pub broker: BrokerConfig,
+    /// The HTTP port.
+    pub port: u16,
+    /// The RabbitMQ exchange.
+    pub exchange: String,
+    /// Where notifications are appended, if not to the log.
+    pub notifications_file: Option<PathBuf>,
+}
+
+/// A variable with a value the service cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    variable: &'static str,
+    problem: String,
+}
+
+impl Config {
+    /// From the process's environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// From any lookup of variables (tests use a map).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let database = match var("DATABASE_URL") {
+            None => DatabaseConfig::Sqlite("sqlite://allocation.db".into()),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                DatabaseConfig::Postgres(url)
+            }
+            Some(url) if url.starts_with("sqlite:") => DatabaseConfig::Sqlite(url),
+            Some(url) => {
+                return Err(ConfigError {
+                    variable: "DATABASE_URL",
+                    problem: format!(
+                        "expected postgres://… or sqlite:…, got {}",
+                        redact_url(&url)
+                    ),
+                });
+            }
+        };
+        let broker = match var("AMQP_URL") {
+            None => BrokerConfig::InProcess,
+            Some(url) if url.starts_with("amqp://") => BrokerConfig::RabbitMq(url),
+            Some(url) => {
+                return Err(ConfigError {
+                    variable: "AMQP_URL",
+                    problem: format!("expected amqp://…, got {}", redact_url(&url)),
+                });
+            }
+        };
+        let port = match var("PORT") {
+            None => 8080,
+            Some(port) => port.parse().map_err(|_| ConfigError {
+                variable: "PORT",
+                problem: format!("expected a port number, got {port:?}"),
+            })?,
+        };
+        Ok(Config {
+            database,
+            broker,
+            port,
+            exchange: var("EDA_EXCHANGE").unwrap_or_else(|| "eda.events".into()),
+            notifications_file: var("NOTIFICATIONS_FILE").map(PathBuf::from),
+        })
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.database {
+            DatabaseConfig::Postgres(url) => {
+                writeln!(f, "database: Postgres at {}", redact_url(url))?
+            }
+            DatabaseConfig::Sqlite(url) => writeln!(f, "database: SQLite at {}", redact_url(url))?,
+        }
+        match &self.broker {
+            BrokerConfig::RabbitMq(url) => writeln!(
+                f,
+                "broker: RabbitMQ at {}, exchange {}, queue {SERVICE}",
+                redact_url(url),
+                self.exchange
+            )?,
+            BrokerConfig::InProcess => writeln!(f, "broker: in-process (AMQP_URL is not set)")?,
+        }
+        match &self.notifications_file {
+            Some(path) => write!(f, "notifications: appended to {}", path.display()),
+            None => write!(f, "notifications: written to the log"),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseConfig::Postgres(url) => {
+                f.debug_tuple("Postgres").field(&redact_url(url)).finish()
+            }
+            DatabaseConfig::Sqlite(url) => f.debug_tuple("Sqlite").field(&redact_url(url)).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerConfig::RabbitMq(url) => {
+                f.debug_tuple("RabbitMq").field(&redact_url(url)).finish()
+            }
+            BrokerConfig::InProcess => f.write_str("InProcess"),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database", &self.database)
+            .field("broker", &self.broker)
+            .field("port", &self.port)
+            .field("exchange", &self.exchange)
+            .field("notifications_file", &self.notifications_file)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn nothing_set_means_sqlite_and_the_in_process_bus() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.database,
+            DatabaseConfig::Sqlite("sqlite://allocation.db".into())
+        );
+        assert_eq!(c.broker, BrokerConfig::InProcess);
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.exchange, "eda.events");
+        assert_eq!(c.notifications_file, None);
+    }
+
+    #[test]
+    fn the_real_services_are_chosen_by_url() {
+        let c = config(&[
+            ("DATABASE_URL", "postgres://app:secret@db/shop"),
+            ("AMQP_URL", "amqp://guest:guest@mq:5672/%2f"),
+            ("PORT", "9000"),
+            ("EDA_EXCHANGE", "shop.events"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.database,
+            DatabaseConfig::Postgres("postgres://app:secret@db/shop".into())
+        );
+        assert_eq!(
+            c.broker,
+            BrokerConfig::RabbitMq("amqp://guest:guest@mq:5672/%2f".into())
+        );
+        assert_eq!((c.port, c.exchange.as_str()), (9000, "shop.events"));
+    }
+
+    #[test]
+    fn passwords_are_never_printed() {
+        let c = config(&[
+            ("DATABASE_URL", "postgres://app:s3cr3t@db/shop"),
+            ("AMQP_URL", "amqp://guest:hunter2@mq/%2f"),
+        ])
+        .unwrap();
+        for text in [c.to_string(), format!("{c:?}")] {
+            assert!(
+                !text.contains("s3cr3t") && !text.contains("hunter2"),
+                "{text}"
+            );
+            assert!(text.contains("postgres://app:***@db/shop"), "{text}");
+        }
+        let err = config(&[("DATABASE_URL", "mysql://root:s3cr3t@db")]).unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        assert_eq!(
+            config(&[("PORT", "http")]).unwrap_err().to_string(),
+            "PORT: expected a port number, got \"http\""
+        );
+        assert!(
+            config(&[("DATABASE_URL", "mysql://db")])
+                .unwrap_err()
+                .to_string()
+                .starts_with("DATABASE_URL: expected postgres")
+        );
+        assert!(
+            config(&[("AMQP_URL", "http://mq")])
+                .unwrap_err()
+                .to_string()
+                .starts_with("AMQP_URL: expected amqp")
+        );
+    }
+}
