@@ -982,6 +982,13 @@ async fn collect(
     got
 }
 
+/// Shuts a relay down, failing (rather than hanging) if it does not stop.
+async fn stop(relay: OutboxRelay) {
+    tokio::time::timeout(Duration::from_secs(10), relay.shutdown())
+        .await
+        .expect("the relay stopped within 10 s");
+}
+
 /// The counter values of `Added` messages, in the order received.
 fn values(messages: &[ExternalMessage]) -> Vec<u32> {
     messages
@@ -1046,7 +1053,7 @@ async fn the_relay_publishes_committed_events_in_order_with_their_metadata_and_m
         .await
         .remove(0);
     assert_eq!(relay.metrics().published(), 4);
-    relay.shutdown().await;
+    stop(relay).await;
 
     assert_eq!(values(&got), [1, 2, 3, 13], "in outbox order, once each");
     let sent: Vec<ExternalMessage> = entries.into_iter().map(|e| e.message).collect();
@@ -1100,9 +1107,11 @@ async fn two_relays_on_one_file_publish_each_event_once_and_only_the_lease_holde
     let (one, rx_one) = relay_from(&s.db, fast_relay());
     let (two, rx_two) = relay_from(&other_db, fast_relay());
     let mut receivers = [rx_one, rx_two];
+    // Both relays asked for the lease: one holds it, the other polls.
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // Commits of both processes (each wakes its own relay), some while the
-    // relays publish.
+    // Commits of both processes, each waking its own process's relay: were
+    // the lease not exclusive, both relays would publish.
     for i in 0..20 {
         let bus = if i % 2 == 0 { &s.bus } else { &other_bus };
         bus.handle(Add {
@@ -1112,6 +1121,7 @@ async fn two_relays_on_one_file_publish_each_event_once_and_only_the_lease_holde
         })
         .await
         .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let got = collect(&mut receivers, 20, Duration::from_secs(10)).await;
 
@@ -1122,8 +1132,8 @@ async fn two_relays_on_one_file_publish_each_event_once_and_only_the_lease_holde
     let metrics = (one.metrics().published(), two.metrics().published());
     assert!(metrics == (20, 0) || metrics == (0, 20), "{metrics:?}");
     assert_eq!(s.unsent_rows().await, 0);
-    one.shutdown().await;
-    two.shutdown().await;
+    stop(one).await;
+    stop(two).await;
     other_db.pool().close().await;
 }
 
@@ -1141,6 +1151,7 @@ async fn when_the_holder_shuts_down_the_other_relay_takes_over_at_once() {
     let (one, rx_one) = relay_from(&s.db, options.clone());
     let (two, rx_two) = relay_from(&other_db, options);
     let mut receivers = [rx_one, rx_two];
+    tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..5 {
         s.add("a", 1).await.unwrap();
     }
@@ -1151,7 +1162,7 @@ async fn when_the_holder_shuts_down_the_other_relay_takes_over_at_once() {
         counts => panic!("{counts:?}"),
     };
 
-    holder.shutdown().await;
+    stop(holder).await;
     let stopped = Instant::now();
     for _ in 0..5 {
         s.add("a", 1).await.unwrap();
@@ -1169,7 +1180,7 @@ async fn when_the_holder_shuts_down_the_other_relay_takes_over_at_once() {
         .await
         .unwrap();
     assert_eq!(holders, 1);
-    standby.shutdown().await;
+    stop(standby).await;
     other_db.pool().close().await;
 }
 
@@ -1230,7 +1241,7 @@ async fn a_relay_takes_over_from_a_holder_that_stopped_renewing() {
     let mut receivers = [received];
     let got = collect(&mut receivers, 1, Duration::from_secs(10)).await;
     let published = relay.metrics().published();
-    relay.shutdown().await;
+    stop(relay).await;
     assert_eq!(values(&got[0]), [1]);
     assert_eq!(published, 1);
     let waited = before.elapsed();
@@ -1261,7 +1272,7 @@ async fn shutdown_publishes_what_is_left_and_gives_the_lease_up() {
             ..RelayOptions::default()
         },
     );
-    relay.shutdown().await;
+    stop(relay).await;
     let mut got = Vec::new();
     while let Ok(m) = received.try_recv() {
         got.push(m);
@@ -1292,7 +1303,7 @@ async fn a_commit_wakes_the_relay_without_waiting_for_its_poll() {
         assert_eq!(values(&got[0]), [value], "published on commit");
         assert!(committed.elapsed() < Duration::from_secs(5));
     }
-    relay.shutdown().await;
+    stop(relay).await;
 }
 
 #[tokio::test]
