@@ -953,11 +953,19 @@ mod sqlite_tables {
             .handle(CreateBatch::new("b1", "LAMP", 10, None))
             .await
             .unwrap();
-        // Five processes starting at once on a file that has only the
-        // framework's tables yet (each with a pool of its own, and a
-        // spawned future: `migrate` must be `Send`), then on this one.
+        // Five processes starting at once (each with a pool of its own, and
+        // a spawned future: `migrate` must be `Send`): on a file that has
+        // only the framework's tables; on one that has the first table only
+        // (as if an earlier version made it), where a migration that read
+        // the schema before taking the write lock could not then write
+        // (SQLite does not wait to upgrade a reader); and on this one.
         let fresh = TestSqlite::start().await;
-        for url in [fresh.url.as_str(), url(&s)] {
+        let older = TestSqlite::start().await;
+        sqlx::query(sqlite::SCHEMA[0])
+            .execute(older.pool())
+            .await
+            .unwrap();
+        for url in [fresh.url.as_str(), older.url.as_str(), url(&s)] {
             let mut processes = Vec::new();
             for _ in 0..5 {
                 processes.push(SqliteDatabase::connect(url).await.unwrap());
@@ -993,6 +1001,7 @@ mod sqlite_tables {
             "data kept"
         );
         fresh.cleanup().await;
+        older.cleanup().await;
         s.stop().await;
     }
 
