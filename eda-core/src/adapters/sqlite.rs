@@ -64,10 +64,12 @@
 //! A `SqliteDatabase` is an [`OutboxStore`]: give it to
 //! [`OutboxRelay::spawn`](crate::OutboxRelay::spawn). The relay lease is a
 //! row of `<prefix>relay_lease`, so that of several processes on one file
-//! one publishes at a time. Rows are published in `position` order, which
-//! is commit order: units of work hold the write lock from their first
-//! statement, so no transaction can commit a lower position after a higher
-//! one was published.
+//! one publishes at a time; its expiry is SQLite's `'now'`, the clock of
+//! the machine the processes share (WAL files cannot be shared across
+//! machines). Rows are published in `position` order, which is commit
+//! order: units of work hold the write lock from their first statement, so
+//! no transaction can commit a lower position after a higher one was
+//! published.
 
 use std::any::{Any, TypeId};
 use std::fmt;
@@ -108,9 +110,9 @@ pub struct SqliteOptions {
 }
 
 impl Default for SqliteOptions {
-    /// Tables `eda_outbox`, `eda_inbox`, `eda_relay_lease`, `eda_migrations`;
-    /// 5 connections (one for an in-memory database); writers wait up to 5 s for each
-    /// other; 10 s to acquire a connection.
+    /// Tables `eda_outbox`, `eda_inbox`, `eda_relay_lease`,
+    /// `eda_migrations`; 5 connections (one for an in-memory database);
+    /// writers wait up to 5 s for each other; 10 s to acquire a connection.
     fn default() -> Self {
         SqliteOptions {
             tables: Tables::default(),
