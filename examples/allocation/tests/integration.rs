@@ -246,7 +246,6 @@ macro_rules! on_every_backend {
                 run(Backend::Postgres, super::$scenario).await
             }
 
-
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 run(Backend::Sqlite, super::$scenario).await
@@ -1179,9 +1178,10 @@ mod sqlite_tables {
     }
 
     /// SQLite's write lock keeps two units of work from holding one product
-    /// at once; the repository's version check still refuses a save whose
-    /// expected version is not the stored one (a unit of work running on a
-    /// pool that does not begin with `BEGIN IMMEDIATE`, say).
+    /// at once, so through the bus the version check never fires. It is
+    /// still the repository's contract (`Repository::update`), tested here
+    /// on a transaction of the test's own: a save whose expected version is
+    /// not the stored one writes nothing and says so.
     #[tokio::test]
     async fn a_stale_save_is_refused_by_the_version_check() {
         let s = start().await;
