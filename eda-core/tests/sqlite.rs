@@ -1,17 +1,22 @@
 //! The SQLite adapter on real SQLite databases, each test on a file of its
-//! own (or in memory): rules 1, 3, 4 and 5 of DESIGN.md, the framework's
-//! migrations, SQLite's writer lock, and the adapter's faults.
+//! own (or in memory): rules 1, 3, 4, 5 and 8 of DESIGN.md, the framework's
+//! migrations, SQLite's writer lock, the outbox relay on SQLite (its lease
+//! between processes), and the adapter's faults.
 #![allow(missing_docs)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eda_core::adapters::sql::RowExt;
 use eda_core::adapters::sqlite::{SqliteDatabase, SqliteOptions, TIMESTAMP_FORMAT};
 use eda_core::prelude::*;
 use eda_core::sqlx::{self, Connection, Row, SqliteConnection};
 use eda_core::testing::TestSqlite;
-use eda_core::{Envelope, Error, Metadata, RetryPolicy};
+use eda_core::{
+    Envelope, Error, ExternalMessage, InProcessBus, Metadata, OutboxRelay, OutboxStore,
+    RelayOptions, RetryPolicy,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -260,6 +265,11 @@ async fn bus_on(db: &SqliteDatabase, retry: RetryPolicy) -> MessageBus {
     .execute(db.pool())
     .await
     .unwrap();
+    bus_for(db, retry)
+}
+
+/// A bus on a database whose `counters` table exists.
+fn bus_for(db: &SqliteDatabase, retry: RetryPolicy) -> MessageBus {
     MessageBus::builder()
         .scope(module_path!())
         .adapter(db.clone())
@@ -650,7 +660,7 @@ async fn start_at_once(url: &str, n: usize) {
         .fetch_one(db.pool())
         .await
         .unwrap();
-    assert_eq!(versions, 1, "{url}");
+    assert_eq!(versions, 2, "{url}");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(db.pool())
         .await
@@ -775,7 +785,15 @@ async fn the_table_prefix_names_the_framework_tables() {
     .fetch_all(s.db.pool())
     .await
     .unwrap();
-    assert_eq!(tables, vec!["shop_inbox", "shop_migrations", "shop_outbox"]);
+    assert_eq!(
+        tables,
+        vec![
+            "shop_inbox",
+            "shop_migrations",
+            "shop_outbox",
+            "shop_relay_lease"
+        ]
+    );
     s.bus.handle(Create { id: "a".into() }).await.unwrap();
     s.add("a", 1).await.unwrap();
     assert_eq!(s.count("shop_outbox").await, 1);
@@ -907,4 +925,449 @@ async fn a_test_database_is_removed_afterwards() {
     assert!(!dir_one.exists());
     drop(two);
     assert!(!dir_two.exists());
+}
+
+// The outbox relay on SQLite (rules 4 and 8): `SqliteDatabase` as the
+// relay's `OutboxStore`, the in-process bus as its broker.
+
+/// Polls every 20 ms; leases of 10 s (none expires during a test unless it
+/// says so).
+fn fast_relay() -> RelayOptions {
+    RelayOptions {
+        batch: 64,
+        poll: Duration::from_millis(20),
+        ..RelayOptions::default()
+    }
+}
+
+/// A relay from `db` to an in-process bus of its own, and what that bus
+/// receives.
+fn relay_from(
+    db: &SqliteDatabase,
+    options: RelayOptions,
+) -> (
+    OutboxRelay,
+    tokio::sync::broadcast::Receiver<ExternalMessage>,
+) {
+    let external = InProcessBus::new();
+    let received = external.subscribe();
+    let relay = OutboxRelay::spawn(Arc::new(db.clone()), Arc::new(external), options);
+    (relay, received)
+}
+
+/// What the receivers got, each: waits until `n` messages arrived in all
+/// (or `within` ran out), then 200 ms more (ten polls), so that a message
+/// published twice, or by a second relay, shows.
+async fn collect(
+    receivers: &mut [tokio::sync::broadcast::Receiver<ExternalMessage>],
+    n: usize,
+    within: Duration,
+) -> Vec<Vec<ExternalMessage>> {
+    let mut got = vec![Vec::new(); receivers.len()];
+    let drain = |receivers: &mut [tokio::sync::broadcast::Receiver<ExternalMessage>],
+                 got: &mut Vec<Vec<ExternalMessage>>| {
+        for (rx, got) in receivers.iter_mut().zip(got.iter_mut()) {
+            while let Ok(m) = rx.try_recv() {
+                got.push(m);
+            }
+        }
+        got.iter().map(Vec::len).sum::<usize>()
+    };
+    let deadline = Instant::now() + within;
+    while drain(receivers, &mut got) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drain(receivers, &mut got);
+    got
+}
+
+/// Shuts a relay down, failing (rather than hanging) if it does not stop.
+async fn stop(relay: OutboxRelay) {
+    tokio::time::timeout(Duration::from_secs(10), relay.shutdown())
+        .await
+        .expect("the relay stopped within 10 s");
+}
+
+/// The counter values of `Added` messages, in the order received.
+fn values(messages: &[ExternalMessage]) -> Vec<u32> {
+    messages
+        .iter()
+        .map(|m| {
+            assert_eq!(m.name, "sqlitetest.added");
+            serde_json::from_slice::<Added>(&m.payload).unwrap().value
+        })
+        .collect()
+}
+
+/// The milliseconds of a UUID v7 (message ids carry their message's
+/// timestamp).
+fn millis_of(id: eda_core::MessageId) -> u64 {
+    let (secs, nanos) = id.as_uuid().get_timestamp().expect("a UUID v7").to_unix();
+    secs * 1000 + u64::from(nanos) / 1_000_000
+}
+
+impl Service {
+    fn url(&self) -> &str {
+        &self.file.as_ref().expect("a file database").url
+    }
+
+    async fn unsent_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM eda_outbox WHERE sent_at IS NULL")
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_publishes_committed_events_in_order_with_their_metadata_and_marks_them_sent() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let before = eda_core::Timestamp::now();
+    // Three events caused by a command of another conversation, then one
+    // of a command that starts its own.
+    let command = Metadata::new().caused_by();
+    s.bus
+        .handle_envelope(Envelope::with_metadata(
+            AddEach {
+                id: "a".into(),
+                times: 3,
+            },
+            command,
+        ))
+        .await
+        .unwrap();
+    s.add("a", 10).await.unwrap();
+    let after = eda_core::Timestamp::now();
+
+    // What the store gives the relay: the rows in position order, `limit`
+    // of them.
+    let entries = s.db.unsent(10).await.unwrap();
+    assert_eq!(entries.len(), 4);
+    assert!(entries.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(s.db.unsent(2).await.unwrap(), entries[..2]);
+
+    let (relay, received) = relay_from(&s.db, fast_relay());
+    let got = collect(&mut [received], 4, Duration::from_secs(10))
+        .await
+        .remove(0);
+    assert_eq!(relay.metrics().published(), 4);
+    stop(relay).await;
+
+    assert_eq!(values(&got), [1, 2, 3, 13], "in outbox order, once each");
+    let sent: Vec<ExternalMessage> = entries.into_iter().map(|e| e.message).collect();
+    assert_eq!(got, sent, "as the outbox holds them");
+    for m in &got[..3] {
+        assert_eq!(m.metadata.correlation_id, command.correlation_id);
+        assert_eq!(m.metadata.causation_id, Some(command.message_id));
+    }
+    let last = &got[3].metadata;
+    assert_ne!(last.correlation_id, command.correlation_id);
+    assert_eq!(
+        last.causation_id,
+        Some(last.correlation_id),
+        "caused by the command that started its conversation"
+    );
+    for m in &got {
+        let t = m.metadata.timestamp;
+        assert_eq!(
+            t.as_millis(),
+            millis_of(m.metadata.message_id),
+            "the event's own timestamp, to the millisecond"
+        );
+        assert!(before <= t && t <= after, "{t:?}");
+    }
+    let ids: std::collections::HashSet<_> = got.iter().map(|m| m.metadata.message_id).collect();
+    assert_eq!(ids.len(), 4);
+
+    assert_eq!(s.unsent_rows().await, 0, "marked sent");
+    let sent_at: Vec<String> = sqlx::query_scalar("SELECT sent_at FROM eda_outbox")
+        .fetch_all(s.db.pool())
+        .await
+        .unwrap();
+    assert!(
+        sent_at
+            .iter()
+            .all(|t| t.len() == "2024-05-01T12:00:00.000Z".len() && t.ends_with('Z')),
+        "{sent_at:?}"
+    );
+    assert!(s.db.unsent(10).await.unwrap().is_empty());
+}
+
+/// Two processes on one file, each with a relay: one holds the lease and
+/// publishes everything, whichever process committed it; the other
+/// publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_file_publish_each_event_once_and_only_the_lease_holder_publishes() {
+    let s = service().await;
+    let other_db = SqliteDatabase::connect(s.url()).await.unwrap();
+    let other_bus = bus_for(&other_db, default_retry());
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let (one, rx_one) = relay_from(&s.db, fast_relay());
+    let (two, rx_two) = relay_from(&other_db, fast_relay());
+    let mut receivers = [rx_one, rx_two];
+    // Both relays asked for the lease: one holds it, the other polls.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Commits of both processes, each waking its own process's relay: were
+    // the lease not exclusive, both relays would publish.
+    for i in 0..20 {
+        let bus = if i % 2 == 0 { &s.bus } else { &other_bus };
+        bus.handle(Add {
+            id: "a".into(),
+            by: 1,
+            fail: false,
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = collect(&mut receivers, 20, Duration::from_secs(10)).await;
+
+    let counts = (got[0].len(), got[1].len());
+    assert!(counts == (20, 0) || counts == (0, 20), "{counts:?}");
+    let holder = if got[0].is_empty() { &got[1] } else { &got[0] };
+    assert_eq!(values(holder), (1..=20).collect::<Vec<_>>());
+    let metrics = (one.metrics().published(), two.metrics().published());
+    assert!(metrics == (20, 0) || metrics == (0, 20), "{metrics:?}");
+    assert_eq!(s.unsent_rows().await, 0);
+    stop(one).await;
+    stop(two).await;
+    other_db.pool().close().await;
+}
+
+/// A relay shutting down gives the lease up: the other takes over at its
+/// next poll, not when the lease (30 s here) would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_holder_shuts_down_the_other_relay_takes_over_at_once() {
+    let s = service().await;
+    let other_db = SqliteDatabase::connect(s.url()).await.unwrap();
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let options = RelayOptions {
+        lease: Duration::from_secs(30),
+        ..fast_relay()
+    };
+    let (one, rx_one) = relay_from(&s.db, options.clone());
+    let (two, rx_two) = relay_from(&other_db, options);
+    let mut receivers = [rx_one, rx_two];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        s.add("a", 1).await.unwrap();
+    }
+    let got = collect(&mut receivers, 5, Duration::from_secs(10)).await;
+    let (holder, standby, standby_rx) = match (got[0].len(), got[1].len()) {
+        (5, 0) => (one, two, 1),
+        (0, 5) => (two, one, 0),
+        counts => panic!("{counts:?}"),
+    };
+
+    stop(holder).await;
+    let stopped = Instant::now();
+    for _ in 0..5 {
+        s.add("a", 1).await.unwrap();
+    }
+    let got = collect(&mut receivers, 5, Duration::from_secs(10)).await;
+    let taken_over = stopped.elapsed();
+    assert_eq!(values(&got[standby_rx]), [6, 7, 8, 9, 10], "{got:?}");
+    assert!(got[1 - standby_rx].is_empty(), "the holder stopped");
+    assert!(
+        taken_over < Duration::from_secs(5),
+        "the released lease was taken at once: {taken_over:?}"
+    );
+    let holders: i64 = sqlx::query_scalar("SELECT count(*) FROM eda_relay_lease")
+        .fetch_one(s.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(holders, 1);
+    stop(standby).await;
+    other_db.pool().close().await;
+}
+
+#[tokio::test]
+async fn the_lease_changes_hands_only_when_it_expired_or_was_released() {
+    let s = service().await;
+    let ttl = Duration::from_secs(1);
+    let start = Instant::now();
+    assert!(s.db.lease("a", ttl).await.unwrap(), "nobody held it");
+    assert!(!s.db.lease("b", ttl).await.unwrap(), "a holds it");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(s.db.lease("a", ttl).await.unwrap(), "renewed by its holder");
+    tokio::time::sleep(
+        Duration::from_millis(1000).saturating_sub(start.elapsed()) + Duration::from_millis(200),
+    )
+    .await;
+    assert!(
+        !s.db.lease("b", ttl).await.unwrap(),
+        "past the first expiry, but renewed"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(s.db.lease("b", ttl).await.unwrap(), "expired: taken over");
+    assert!(!s.db.lease("a", ttl).await.unwrap(), "a lost it");
+    s.db.release("a").await.unwrap();
+    assert!(
+        !s.db.lease("c", ttl).await.unwrap(),
+        "only its holder gives a lease up"
+    );
+    s.db.release("b").await.unwrap();
+    assert!(
+        s.db.lease("c", Duration::from_secs(60)).await.unwrap(),
+        "given up: taken at once"
+    );
+    let (holder, lasts): (String, bool) = sqlx::query_as(&format!(
+        "SELECT holder, expires_at > strftime('{TIMESTAMP_FORMAT}', 'now', '+50 seconds') \
+         FROM eda_relay_lease"
+    ))
+    .fetch_one(s.db.pool())
+    .await
+    .unwrap();
+    assert_eq!((holder.as_str(), lasts), ("c", true));
+}
+
+/// A process that took the lease and died (nobody renews it): a relay
+/// publishes nothing until the lease expired, then takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_takes_over_from_a_holder_that_stopped_renewing() {
+    let s = service().await;
+    let before = Instant::now();
+    assert!(
+        s.db.lease("crashed", Duration::from_millis(500))
+            .await
+            .unwrap()
+    );
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    s.add("a", 1).await.unwrap();
+    let (relay, received) = relay_from(&s.db, fast_relay());
+    let mut receivers = [received];
+    let got = collect(&mut receivers, 1, Duration::from_secs(10)).await;
+    let published = relay.metrics().published();
+    stop(relay).await;
+    assert_eq!(values(&got[0]), [1]);
+    assert_eq!(published, 1);
+    let waited = before.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "not before the lease expired: {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_publishes_what_is_left_and_gives_the_lease_up() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    s.bus
+        .handle(AddEach {
+            id: "a".into(),
+            times: 300,
+        })
+        .await
+        .unwrap();
+    // Batches of 64, and no poll before the end of the test: all of it is
+    // published by `shutdown`.
+    let (relay, mut received) = relay_from(
+        &s.db,
+        RelayOptions {
+            batch: 64,
+            poll: Duration::from_secs(60),
+            ..RelayOptions::default()
+        },
+    );
+    stop(relay).await;
+    let mut got = Vec::new();
+    while let Ok(m) = received.try_recv() {
+        got.push(m);
+    }
+    assert_eq!(values(&got), (1..=300).collect::<Vec<_>>());
+    assert_eq!(s.unsent_rows().await, 0);
+    assert_eq!(s.count("eda_relay_lease").await, 0, "given up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_wakes_the_relay_without_waiting_for_its_poll() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let (relay, received) = relay_from(
+        &s.db,
+        RelayOptions {
+            poll: Duration::from_secs(60),
+            ..fast_relay()
+        },
+    );
+    let mut receivers = [received];
+    // The relay found nothing and waits.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for value in 1..=2 {
+        let committed = Instant::now();
+        s.add("a", 1).await.unwrap();
+        let got = collect(&mut receivers, 1, Duration::from_secs(5)).await;
+        assert_eq!(values(&got[0]), [value], "published on commit");
+        assert!(committed.elapsed() < Duration::from_secs(5));
+    }
+    stop(relay).await;
+}
+
+#[tokio::test]
+async fn published_outbox_rows_can_be_pruned_and_positions_are_not_reused() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    for _ in 0..3 {
+        s.add("a", 1).await.unwrap();
+    }
+    let entries = s.db.unsent(10).await.unwrap();
+    let positions: Vec<i64> = entries.iter().map(|e| e.position).collect();
+    s.db.mark_sent(&positions[..2]).await.unwrap();
+    assert_eq!(s.db.unsent(10).await.unwrap(), entries[2..]);
+    assert_eq!(
+        s.db.prune_outbox(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+    sqlx::query(&format!(
+        "UPDATE eda_outbox SET sent_at = strftime('{TIMESTAMP_FORMAT}', 'now', '-2 hours') \
+         WHERE position = ?1"
+    ))
+    .bind(positions[0])
+    .execute(s.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        s.db.prune_outbox(Duration::from_secs(3600)).await.unwrap(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(s.db.prune_outbox(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(
+        s.db.unsent(10).await.unwrap(),
+        entries[2..],
+        "unsent rows stay"
+    );
+    s.db.mark_sent(&positions[2..]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(s.db.prune_outbox(Duration::ZERO).await.unwrap(), 1);
+    s.add("a", 1).await.unwrap();
+    let next = s.db.unsent(10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert!(
+        next[0].position > positions[2],
+        "a position is never reused"
+    );
+}
+
+#[tokio::test]
+async fn a_database_of_the_first_migration_gets_the_lease_table() {
+    let file = TestSqlite::start().await;
+    for sql in [
+        "DROP TABLE eda_relay_lease",
+        "DELETE FROM eda_migrations WHERE version = 2",
+    ] {
+        sqlx::query(sql).execute(file.pool()).await.unwrap();
+    }
+    let again = SqliteDatabase::connect(&file.url).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM eda_migrations ORDER BY version")
+            .fetch_all(again.pool())
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2]);
+    assert!(again.lease("x", Duration::from_secs(1)).await.unwrap());
+    again.pool().close().await;
 }

@@ -58,6 +58,18 @@
 //! `TEXT`, hyphenated lower-case UUIDs; timestamps are `TEXT` in UTC, in
 //! [`TIMESTAMP_FORMAT`] (`2024-05-01T12:00:00.000Z`), which sorts and
 //! compares as time does.
+//!
+//! # The outbox relay
+//!
+//! A `SqliteDatabase` is an [`OutboxStore`]: give it to
+//! [`OutboxRelay::spawn`](crate::OutboxRelay::spawn). The relay lease is a
+//! row of `<prefix>relay_lease`, so that of several processes on one file
+//! one publishes at a time; its expiry is SQLite's `'now'`, the clock of
+//! the machine the processes share (WAL files cannot be shared across
+//! machines). Rows are published in `position` order, which is commit
+//! order: units of work hold the write lock from their first statement, so
+//! no transaction can commit a lower position after a higher one was
+//! published.
 
 use std::any::{Any, TypeId};
 use std::fmt;
@@ -67,16 +79,20 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::Row;
-use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::RedactedUrl;
 use super::sql::{Tables, adapter_error, connect_error, is_sqlite_busy, quote_ident};
 use crate::adapter::{Adapter, Database, DatabaseTransaction};
 use crate::error::Error;
-use crate::message::MessageId;
+use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::ExternalMessage;
 use crate::private::BoxFuture;
+use crate::relay::{OutboxEntry, OutboxStore};
 
 /// The `strftime` format of the framework's timestamps (`created_at`,
 /// `handled_at`, ...): UTC with milliseconds, e.g.
@@ -94,9 +110,9 @@ pub struct SqliteOptions {
 }
 
 impl Default for SqliteOptions {
-    /// Tables `eda_outbox`, `eda_inbox`, `eda_migrations`; 5 connections
-    /// (one for an in-memory database); writers wait up to 5 s for each
-    /// other; 10 s to acquire a connection.
+    /// Tables `eda_outbox`, `eda_inbox`, `eda_relay_lease`,
+    /// `eda_migrations`; 5 connections (one for an in-memory database);
+    /// writers wait up to 5 s for each other; 10 s to acquire a connection.
     fn default() -> Self {
         SqliteOptions {
             tables: Tables::default(),
@@ -140,12 +156,19 @@ struct Statements {
     write_outbox: String,
     record_inbox: String,
     prune_inbox: String,
+    lease: String,
+    release: String,
+    unsent: String,
+    mark_sent: String,
+    prune_outbox: String,
 }
 
 impl Statements {
     fn new(tables: &Tables) -> Self {
         let outbox = tables.name("outbox");
         let inbox = tables.name("inbox");
+        let lease = tables.name("relay_lease");
+        let now = format!("strftime('{TIMESTAMP_FORMAT}', 'now')");
         Statements {
             // One statement for any number of messages: they arrive as one
             // JSON array, in order.
@@ -161,6 +184,34 @@ impl Statements {
             ),
             prune_inbox: format!(
                 "DELETE FROM {inbox} WHERE handled_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1)"
+            ),
+            // Takes the lease if nobody holds it or it expired, renews it if
+            // `?1` holds it; returns a row if and only if `?1` holds it now.
+            // (In `DO UPDATE`, bare column names are the existing row's.)
+            lease: format!(
+                "INSERT INTO {lease} (name, holder, expires_at) \
+                 VALUES ('relay', ?1, strftime('{TIMESTAMP_FORMAT}', 'now', ?2)) \
+                 ON CONFLICT (name) DO UPDATE \
+                 SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE holder = excluded.holder OR expires_at < {now} \
+                 RETURNING holder"
+            ),
+            release: format!("DELETE FROM {lease} WHERE name = 'relay' AND holder = ?1"),
+            // `created_at` back to milliseconds, in integers: seconds since
+            // the epoch, and the milliseconds of `%f` (`SS.SSS`).
+            unsent: format!(
+                "SELECT position, message_id, name, payload, correlation_id, causation_id, \
+                 CAST(strftime('%s', created_at) AS INTEGER) * 1000 \
+                 + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER) \
+                 FROM {outbox} WHERE sent_at IS NULL ORDER BY position LIMIT ?1"
+            ),
+            // The positions arrive as one JSON array.
+            mark_sent: format!(
+                "UPDATE {outbox} SET sent_at = {now} \
+                 WHERE position IN (SELECT value FROM json_each(?1))"
+            ),
+            prune_outbox: format!(
+                "DELETE FROM {outbox} WHERE sent_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1)"
             ),
         }
     }
@@ -195,13 +246,15 @@ fn index_on(tables: &Tables, index: &str, table: &str) -> (String, String) {
 fn migrations(tables: &Tables) -> Vec<Vec<String>> {
     let outbox = tables.name("outbox");
     let inbox = tables.name("inbox");
+    let lease = tables.name("relay_lease");
     let (unsent, outbox_table) = index_on(tables, "outbox_unsent", "outbox");
     let (handled, inbox_table) = index_on(tables, "inbox_handled_at", "inbox");
-    vec![vec![
-        // AUTOINCREMENT: a position is never reused, even after the last
-        // rows were deleted, so a relay can remember where it stopped.
-        format!(
-            "CREATE TABLE IF NOT EXISTS {outbox} (
+    vec![
+        vec![
+            // AUTOINCREMENT: a position is never reused, even after the last
+            // rows were deleted, so a relay can remember where it stopped.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {outbox} (
                 position INTEGER PRIMARY KEY AUTOINCREMENT,
                 message_id TEXT NOT NULL UNIQUE,
                 name TEXT NOT NULL,
@@ -213,20 +266,30 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
                 claimed_until TEXT,
                 attempts INTEGER NOT NULL DEFAULT 0
             )"
-        ),
-        format!(
-            "CREATE INDEX IF NOT EXISTS {unsent} ON {outbox_table} (position) WHERE sent_at IS NULL"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {inbox} (
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {unsent} ON {outbox_table} (position) WHERE sent_at IS NULL"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {inbox} (
                 message_id TEXT NOT NULL,
                 handler TEXT NOT NULL,
                 handled_at TEXT NOT NULL DEFAULT (strftime('{TIMESTAMP_FORMAT}', 'now')),
                 PRIMARY KEY (message_id, handler)
             )"
-        ),
-        format!("CREATE INDEX IF NOT EXISTS {handled} ON {inbox_table} (handled_at)"),
-    ]]
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {handled} ON {inbox_table} (handled_at)"),
+        ],
+        // 2: the lease of the outbox relay (one process publishes at a
+        // time). `expires_at` in `TIMESTAMP_FORMAT`.
+        vec![format!(
+            "CREATE TABLE IF NOT EXISTS {lease} (
+                name TEXT PRIMARY KEY NOT NULL,
+                holder TEXT NOT NULL,
+                expires_at TEXT NOT NULL
+            )"
+        )],
+    ]
 }
 
 /// The migration, as owned SQL, run in one `BEGIN IMMEDIATE` transaction:
@@ -303,6 +366,8 @@ struct Inner {
     tables: Tables,
     in_memory: bool,
     statements: Statements,
+    /// Signalled when a transaction of this process committed outbox rows.
+    committed: Arc<Notify>,
 }
 
 /// A SQLite database: the [`Database`] adapter units of work begin their
@@ -381,6 +446,7 @@ impl SqliteDatabase {
                 url: RedactedUrl(url.to_owned()),
                 tables,
                 in_memory,
+                committed: Arc::new(Notify::new()),
             }),
         };
         db.migrate().await.map_err(|e| connect_error(url, e))?;
@@ -437,6 +503,96 @@ impl SqliteDatabase {
             .map(|r| r.rows_affected())
             .map_err(adapter_error)
     }
+
+    /// Deletes outbox rows published longer than `age` ago. Returns how
+    /// many rows were deleted. (Positions are never reused, so pruning
+    /// does not disturb the order of the rows left.)
+    pub async fn prune_outbox(&self, age: Duration) -> Result<u64, Error> {
+        sqlx::query(&self.inner.statements.prune_outbox)
+            .bind(format!("-{:.3} seconds", age.as_secs_f64()))
+            .execute(&self.inner.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(adapter_error)
+    }
+}
+
+impl OutboxStore for SqliteDatabase {
+    fn lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let row = sqlx::query(&self.inner.statements.lease)
+                .bind(holder)
+                .bind(format!("+{:.3} seconds", ttl.as_secs_f64()))
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(row.is_some())
+        })
+    }
+
+    fn release<'a>(&'a self, holder: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            sqlx::query(&self.inner.statements.release)
+                .bind(holder)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn unsent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxEntry>, Error>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&self.inner.statements.unsent)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            rows.iter().map(outbox_entry).collect()
+        })
+    }
+
+    fn mark_sent<'a>(&'a self, positions: &'a [i64]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let positions = serde_json::to_string(positions).map_err(Error::database)?;
+            sqlx::query(&self.inner.statements.mark_sent)
+                .bind(positions)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn committed(&self) -> Arc<Notify> {
+        self.inner.committed.clone()
+    }
+}
+
+/// An outbox row of the `unsent` statement, its ids parsed from their text.
+fn outbox_entry(row: &SqliteRow) -> Result<OutboxEntry, Error> {
+    let column = |e: sqlx::Error| Error::Database(e.into());
+    let id = |text: String| {
+        Uuid::parse_str(&text)
+            .map(MessageId::from)
+            .map_err(Error::database)
+    };
+    let causation: Option<String> = row.try_get(5).map_err(column)?;
+    let created_at: i64 = row.try_get(6).map_err(column)?;
+    let payload: String = row.try_get(3).map_err(column)?;
+    Ok(OutboxEntry {
+        position: row.try_get(0).map_err(column)?,
+        message: ExternalMessage {
+            name: row.try_get(2).map_err(column)?,
+            metadata: Metadata {
+                message_id: id(row.try_get(1).map_err(column)?)?,
+                correlation_id: id(row.try_get(4).map_err(column)?)?,
+                causation_id: causation.map(id).transpose()?,
+                timestamp: Timestamp::from_millis(created_at.max(0) as u64),
+            },
+            payload: payload.into_bytes(),
+        },
+    })
 }
 
 /// sqlx's options for `url`, and whether the database is in memory.
@@ -496,6 +652,7 @@ impl Database for SqliteDatabase {
             Ok(Box::new(SqliteTransaction {
                 tx,
                 db: self.inner.clone(),
+                wrote_outbox: false,
             }) as Box<dyn DatabaseTransaction>)
         })
     }
@@ -504,6 +661,7 @@ impl Database for SqliteDatabase {
 struct SqliteTransaction {
     tx: sqlx::Transaction<'static, Sqlite>,
     db: Arc<Inner>,
+    wrote_outbox: bool,
 }
 
 impl DatabaseTransaction for SqliteTransaction {
@@ -516,6 +674,7 @@ impl DatabaseTransaction for SqliteTransaction {
         &'a mut self,
         messages: &'a [ExternalMessage],
     ) -> BoxFuture<'a, Result<(), Error>> {
+        self.wrote_outbox |= !messages.is_empty();
         Box::pin(async move {
             let mut rows = Vec::with_capacity(messages.len());
             for m in messages {
@@ -555,7 +714,15 @@ impl DatabaseTransaction for SqliteTransaction {
     }
 
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin(async move { self.tx.commit().await.map_err(adapter_error) })
+        Box::pin(async move {
+            self.tx.commit().await.map_err(adapter_error)?;
+            if self.wrote_outbox {
+                // A permit, not a broadcast: a relay busy publishing when
+                // this fires still sees it on its next wait.
+                self.db.committed.notify_one();
+            }
+            Ok(())
+        })
     }
 
     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {

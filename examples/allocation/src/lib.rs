@@ -8,7 +8,7 @@
 //! - [`views`]: the read model (which batch each line of an order went
 //!   to), kept by event handlers.
 //! - [`adapters`]: what the handlers talk to outside the domain:
-//!   notifications, and the Postgres tables and repositories.
+//!   notifications, and the Postgres and SQLite tables and repositories.
 //!
 //! ```
 //! use allocation::adapters::notifications::{FakeNotifier, Notifications};

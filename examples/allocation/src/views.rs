@@ -6,9 +6,11 @@
 //! in its own unit of work, [`ViewsUow`], so that:
 //!
 //! - the same handlers keep it on every database: on the in-memory one of
-//!   the unit tests (which stores any aggregate) and on Postgres (through
-//!   [`PgOrderAllocationsRepository`](crate::adapters::postgres::PgOrderAllocationsRepository), over
-//!   `allocations_view`); a SQL query in the handlers would work on one
+//!   the unit tests (which stores any aggregate), on Postgres (through
+//!   [`PgOrderAllocationsRepository`](crate::adapters::postgres::PgOrderAllocationsRepository))
+//!   and on SQLite (through
+//!   [`SqliteOrderAllocationsRepository`](crate::adapters::sqlite::SqliteOrderAllocationsRepository)),
+//!   over `allocations_view`; a SQL query in the handlers would work on one
 //!   database only;
 //! - two handlers updating the view of one order at once (its lines of two
 //!   products allocated concurrently) are caught by the aggregate's version

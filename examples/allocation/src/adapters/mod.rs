@@ -5,6 +5,4 @@
 
 pub mod notifications;
 pub mod postgres;
-// SQLite: `pub mod sqlite;` beside it, the same shape (`migrate`, a product
-// repository with `Find<ByBatchref>`, a read-model repository) with
-// `type Connection = sqlx::SqliteConnection`, once eda-core's adapter lands.
+pub mod sqlite;
