@@ -6,6 +6,8 @@
 //! | `AMQP_URL` | `amqp://…`: RabbitMQ | unset: the in-process external bus |
 //! | `PORT` | the HTTP port | `8080` |
 //! | `EDA_EXCHANGE` | RabbitMQ's topic exchange | `eda.events` |
+//! | `EDA_QUEUE` | the service queue (its dead-letter queue is `<queue>.dlq`) | `allocation` |
+//! | `DATABASE_SCHEMA` | the Postgres schema of the service's tables (created if needed) | the connection's default |
 //! | `NOTIFICATIONS_FILE` | out-of-stock notifications are appended there | unset: written to the log |
 //!
 //! Printed (`Display`) and debugged (`Debug`) with passwords hidden.
@@ -15,7 +17,8 @@ use std::path::PathBuf;
 
 use eda_core::adapters::redact_url;
 
-/// The service queue on RabbitMQ (and the name of the service).
+/// The name of the service, and its queue on RabbitMQ unless `EDA_QUEUE`
+/// says otherwise.
 pub const SERVICE: &str = "allocation";
 
 /// Where the state is kept.
@@ -47,6 +50,10 @@ pub struct Config {
     pub port: u16,
     /// The RabbitMQ exchange.
     pub exchange: String,
+    /// The service queue.
+    pub queue: String,
+    /// The Postgres schema, if not the connection's default.
+    pub schema: Option<String>,
     /// Where notifications are appended, if not to the log.
     pub notifications_file: Option<PathBuf>,
 }
@@ -105,6 +112,8 @@ impl Config {
             broker,
             port,
             exchange: var("EDA_EXCHANGE").unwrap_or_else(|| "eda.events".into()),
+            queue: var("EDA_QUEUE").unwrap_or_else(|| SERVICE.into()),
+            schema: var("DATABASE_SCHEMA"),
             notifications_file: var("NOTIFICATIONS_FILE").map(PathBuf::from),
         })
     }
@@ -121,9 +130,10 @@ impl fmt::Display for Config {
         match &self.broker {
             BrokerConfig::RabbitMq(url) => writeln!(
                 f,
-                "broker: RabbitMQ at {}, exchange {}, queue {SERVICE}",
+                "broker: RabbitMQ at {}, exchange {}, queue {}",
                 redact_url(url),
-                self.exchange
+                self.exchange,
+                self.queue
             )?,
             BrokerConfig::InProcess => writeln!(f, "broker: in-process (AMQP_URL is not set)")?,
         }
@@ -163,6 +173,8 @@ impl fmt::Debug for Config {
             .field("broker", &self.broker)
             .field("port", &self.port)
             .field("exchange", &self.exchange)
+            .field("queue", &self.queue)
+            .field("schema", &self.schema)
             .field("notifications_file", &self.notifications_file)
             .finish()
     }
@@ -192,6 +204,8 @@ mod tests {
         assert_eq!(c.broker, BrokerConfig::InProcess);
         assert_eq!(c.port, 8080);
         assert_eq!(c.exchange, "eda.events");
+        assert_eq!(c.queue, "allocation");
+        assert_eq!(c.schema, None);
         assert_eq!(c.notifications_file, None);
     }
 

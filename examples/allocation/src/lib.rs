@@ -32,5 +32,6 @@ pub mod adapters;
 pub mod config;
 pub mod domain;
 pub mod entrypoints;
+pub mod service;
 pub mod service_layer;
 pub mod views;
