@@ -93,11 +93,15 @@ pub struct RelayOptions {
     pub backoff: Duration,
     /// The longest delay after failures.
     pub max_backoff: Duration,
+    /// How long [`OutboxRelay::shutdown`] keeps publishing what is left.
+    /// Under steady load the outbox never empties; what is left after this
+    /// stays in the outbox, for the next instance (nothing is lost).
+    pub flush_timeout: Duration,
 }
 
 impl Default for RelayOptions {
     /// Batches of 256, polling every 200 ms, leases of 10 s, backoff 100 ms
-    /// to 5 s.
+    /// to 5 s, up to 10 s of flushing at shutdown.
     fn default() -> Self {
         RelayOptions {
             batch: 256,
@@ -105,6 +109,7 @@ impl Default for RelayOptions {
             lease: Duration::from_secs(10),
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            flush_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -206,12 +211,24 @@ impl Relay {
         let committed = self.store.committed();
         let mut backoff = self.options.backoff;
         let mut leased_until: Option<tokio::time::Instant> = None;
+        let mut flush_until: Option<tokio::time::Instant> = None;
         loop {
             let stopping = *stopped.borrow();
+            if stopping {
+                let until = *flush_until
+                    .get_or_insert_with(|| tokio::time::Instant::now() + self.options.flush_timeout);
+                if tokio::time::Instant::now() >= until {
+                    tracing::warn!("outbox not empty at the end of the shutdown flush; the next instance publishes the rest");
+                    break;
+                }
+            }
             let step = self.step(&mut leased_until).await;
             match step {
                 Ok(Step::More) => {
                     backoff = self.options.backoff;
+                    // A store and a broker that answer at once (in memory)
+                    // would otherwise keep this task from ever yielding.
+                    tokio::task::yield_now().await;
                     continue;
                 }
                 Ok(Step::Idle) => {
@@ -301,5 +318,64 @@ impl Relay {
             None if batch.len() == self.options.batch => Ok(Step::More),
             None => Ok(Step::Idle),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Metadata;
+
+    /// An outbox that never empties (as under steady load).
+    struct Endless(Arc<Notify>);
+
+    impl OutboxStore for Endless {
+        fn lease<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<bool, Error>> {
+            Box::pin(std::future::ready(Ok(true)))
+        }
+        fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn unsent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxEntry>, Error>> {
+            let entry = OutboxEntry {
+                position: 0,
+                message: ExternalMessage {
+                    name: "x".into(),
+                    metadata: Metadata::new(),
+                    payload: b"{}".to_vec(),
+                },
+            };
+            Box::pin(std::future::ready(Ok(vec![entry; limit])))
+        }
+        fn mark_sent<'a>(&'a self, _: &'a [i64]) -> BoxFuture<'a, Result<(), Error>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn committed(&self) -> Arc<Notify> {
+            self.0.clone()
+        }
+    }
+
+    struct Sink;
+
+    impl Publisher for Sink {
+        fn publish<'a>(&'a self, messages: &'a [ExternalMessage]) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)> {
+            Box::pin(std::future::ready((vec![Delivery::Confirmed; messages.len()], None)))
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_under_endless_load_stops_after_the_flush_timeout() {
+        let options = RelayOptions {
+            batch: 8,
+            flush_timeout: Duration::from_millis(200),
+            ..RelayOptions::default()
+        };
+        let relay = OutboxRelay::spawn(Arc::new(Endless(Arc::new(Notify::new()))), Arc::new(Sink), options);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), relay.shutdown())
+            .await
+            .expect("the shutdown is bounded");
+        assert!(started.elapsed() >= Duration::from_millis(150), "it flushed for a while first");
     }
 }

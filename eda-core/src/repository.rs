@@ -20,18 +20,45 @@ use crate::private::BoxFuture;
 /// [`#[repository]`](macro@crate::repository), which registers it. The unit
 /// of work calls these functions; handlers never do.
 ///
-/// ```ignore
-/// pub struct PgProductRepository;
+/// On Postgres, `type Connection = eda_core::sqlx::PgConnection` and the
+/// functions run sqlx queries on `conn` (see the allocation example's
+/// `adapters/postgres`). Here, a stand-in connection keeps it short:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use eda_core::{Aggregate, Events, Repository, RepositoryError, repository};
+///
+/// #[derive(Clone, Aggregate)]
+/// pub struct Product { #[aggregate(id)] pub sku: String, pub version: u64, pub events: Events }
+///
+/// /// What a database connection would be: rows of (sku, version).
+/// pub struct Connection { rows: HashMap<String, u64> }
+///
+/// pub struct ProductRepository;
 ///
 /// #[repository]
-/// impl Repository for PgProductRepository {
+/// impl Repository for ProductRepository {
 ///     type Aggregate = Product;
-///     type Connection = sqlx::PgConnection;
+///     type Connection = Connection;
 ///
-///     async fn get(conn: &mut PgConnection, sku: &String) -> Result<Option<Product>, RepositoryError> { … }
-///     async fn add(conn: &mut PgConnection, product: &Product) -> Result<(), RepositoryError> { … }
-///     async fn update(conn: &mut PgConnection, product: &Product, expected_version: u64)
-///         -> Result<bool, RepositoryError> { … }
+///     async fn get(conn: &mut Connection, sku: &String) -> Result<Option<Product>, RepositoryError> {
+///         Ok(conn.rows.get(sku).map(|v| Product { sku: sku.clone(), version: *v, events: Events::new() }))
+///     }
+///
+///     async fn add(conn: &mut Connection, product: &Product) -> Result<(), RepositoryError> {
+///         conn.rows.insert(product.sku.clone(), product.version);
+///         Ok(())
+///     }
+///
+///     async fn update(conn: &mut Connection, product: &Product, expected_version: u64) -> Result<bool, RepositoryError> {
+///         match conn.rows.get_mut(&product.sku) {
+///             Some(version) if *version == expected_version => {
+///                 *version = product.version;
+///                 Ok(true)
+///             }
+///             _ => Ok(false), // a conflict: someone saved it first
+///         }
+///     }
 /// }
 /// ```
 pub trait Repository: Send + Sync + 'static {

@@ -196,14 +196,18 @@ fn handler_attribute(args: TokenStream, item: TokenStream, kind: Kind) -> TokenS
 /// Units of work then use it whenever the bus's database is the one of its
 /// `type Connection`.
 ///
-/// ```ignore
+/// See [`Repository`](../eda_core/trait.Repository.html) for a complete
+/// example; on Postgres:
+///
+/// ```text
 /// #[repository]
 /// impl Repository for PgProductRepository {
 ///     type Aggregate = Product;
 ///     type Connection = sqlx::PgConnection;
-///     async fn get(conn: &mut PgConnection, sku: &String) -> Result<Option<Product>, RepositoryError> { … }
-///     async fn add(conn: &mut PgConnection, product: &Product) -> Result<(), RepositoryError> { … }
-///     async fn update(conn: &mut PgConnection, product: &Product, expected_version: u64) -> Result<bool, RepositoryError> { … }
+///     async fn get(conn: &mut PgConnection, sku: &String) -> Result<Option<Product>, RepositoryError> { /* SELECT … */ }
+///     async fn add(conn: &mut PgConnection, product: &Product) -> Result<(), RepositoryError> { /* INSERT … */ }
+///     async fn update(conn: &mut PgConnection, product: &Product, expected_version: u64)
+///         -> Result<bool, RepositoryError> { /* UPDATE … WHERE version = $expected */ }
 /// }
 /// ```
 #[proc_macro_attribute]

@@ -114,7 +114,7 @@ pub struct Tables {
 
 impl Tables {
     /// Tables named `<prefix>outbox`, `<prefix>inbox`, `<prefix>migrations`
-    /// in the connection's default schema.
+    /// and `<prefix>relay_lease` in the connection's default schema.
     pub fn new(prefix: impl Into<String>) -> Self {
         Tables {
             schema: None,
