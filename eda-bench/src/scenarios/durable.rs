@@ -1,0 +1,561 @@
+//! `durable`: allocate-like commands (see [`stock`](super::stock)) on
+//! Postgres, each of whose events must reach RabbitMQ, confirmed by the
+//! broker. A run is measured from its first command until the broker
+//! confirmed the last event.
+//!
+//! - eda: `bus.handle(Reserve { sku, seq })` on `C` workers (the handler:
+//!   `SELECT` the stock, change it, raise `Reserved`; commit: `UPDATE …
+//!   WHERE version`, outbox `INSERT`, `COMMIT`), and the [`OutboxRelay`]
+//!   (default options) publishing the outbox to a topic exchange through
+//!   [`RabbitMq::publisher`](eda_core::adapters::rabbitmq::RabbitMq::publisher):
+//!   persistent messages, mandatory, publisher confirms.
+//! - baseline: per command, by hand, the same two statements as the
+//!   `database` baseline in one sqlx transaction (`UPDATE … qty = qty - 1
+//!   RETURNING qty`, outbox `INSERT`, `COMMIT`), then a lapin
+//!   `basic_publish` of the event (persistent, mandatory, the same
+//!   properties but the eda headers) on one confirm channel shared by the
+//!   workers, awaiting its confirm.
+//! - limit: the baseline's transactions and nothing else (Postgres alone).
+//!
+//! Every message goes to the same durable queue, bound to `bench.reserved`
+//! (checked, then purged, after each run).
+//!
+//! **When was an event confirmed?** The relay is given a [`Publisher`] that
+//! wraps eda's and notes, for each message of a batch, the instant the
+//! wrapped `publish` returned: when the broker had confirmed that message
+//! and every one before it in the batch (they are pipelined, so each
+//! message's own confirm came between the batch's start and that instant).
+//! A message's latency so measured overstates the truth by at most its
+//! batch's publishing time; the note gives that bound, and the p99 that one
+//! gets by taking the batch's start instead (a lower bound). Outbox rows are
+//! matched to commands by the `seq` in their payload, after the run. The
+//! wrapper costs one `Instant::now()` and a copy of the message ids per
+//! batch. (Counting arrivals at a consumer instead would time the broker's
+//! delivery, which can come before its confirm.)
+//!
+//! After the closed-loop rounds, eda runs again paced at half its measured
+//! rate (`--rate` to choose), and so does the baseline, latencies counted
+//! from when each command was due.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eda_core::prelude::*;
+use eda_core::relay::Delivery;
+use eda_core::sqlx::{self, PgPool};
+use eda_core::testing::{TestPostgres, TestRabbitMq, amqp_url};
+use eda_core::{BoxFuture, Error, ExternalMessage, OutboxRelay, Publisher, RelayOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use uuid::Uuid;
+
+use super::stock::{self, RESERVED, err};
+use crate::Args;
+use crate::drive::{self, Run};
+use crate::report::{Row, median, peak_rss_mb, percentile_ms, process_peak_rss_mb, reset_peak_rss};
+
+/// One batch the relay published.
+#[derive(Clone, Copy, Debug)]
+struct Batch {
+    start: Instant,
+    end: Instant,
+}
+
+/// The relay's publisher, noting when each message was confirmed.
+struct Confirms {
+    inner: Arc<dyn Publisher>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Messages the broker could not route, and failed batches: there
+    /// should be none.
+    unroutable: u64,
+    failures: u64,
+    batches: Vec<Batch>,
+    /// A message, and the batch it was confirmed in.
+    messages: Vec<(Uuid, usize)>,
+}
+
+impl Publisher for Confirms {
+    fn publish<'a>(
+        &'a self,
+        messages: &'a [ExternalMessage],
+    ) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let (deliveries, error) = self.inner.publish(messages).await;
+            let end = Instant::now();
+            let mut seen = self.seen.lock().expect("not poisoned");
+            let batch = seen.batches.len();
+            seen.batches.push(Batch { start, end });
+            seen.failures += u64::from(error.is_some());
+            seen.unroutable += deliveries
+                .iter()
+                .filter(|d| **d == Delivery::Unroutable)
+                .count() as u64;
+            seen.messages.extend(
+                messages[..deliveries.len()]
+                    .iter()
+                    .map(|m| (m.metadata.message_id.as_uuid(), batch)),
+            );
+            (deliveries, error)
+        })
+    }
+}
+
+impl Confirms {
+    /// Why the relay's publishing went wrong, if it did.
+    fn problem(&self) -> Option<String> {
+        let seen = self.seen.lock().expect("not poisoned");
+        (seen.unroutable + seen.failures > 0).then(|| {
+            format!(
+                "the relay's publishing failed {} time(s); {} message(s) unroutable",
+                seen.failures, seen.unroutable
+            )
+        })
+    }
+
+    /// Where the records stand now: (batches, messages).
+    fn mark(&self) -> (usize, usize) {
+        let seen = self.seen.lock().expect("not poisoned");
+        (seen.batches.len(), seen.messages.len())
+    }
+}
+
+/// Everything a round needs.
+struct Bench {
+    pool: PgPool,
+    bus: MessageBus,
+    relay: OutboxRelay,
+    confirms: Arc<Confirms>,
+    /// The baseline's confirm channel (its own connection).
+    channel: Channel,
+    /// Checks and purges the observer queue.
+    admin: Channel,
+    exchange: String,
+    observer: String,
+    concurrency: usize,
+    /// The next command's sequence number.
+    next_seq: u64,
+}
+
+/// A run and, for eda, what the broker's confirms say about it.
+struct Measured {
+    per_sec: f64,
+    /// Sorted.
+    latencies: Vec<Duration>,
+    /// Sorted: each message's latency had it been confirmed when its batch
+    /// started publishing (eda only).
+    optimistic: Vec<Duration>,
+    /// The longest a batch took to publish and be confirmed (eda only).
+    batch_max: Duration,
+    batches: usize,
+}
+
+impl Measured {
+    fn from_run(run: &Run) -> Self {
+        let mut latencies = run.latencies.clone();
+        latencies.sort_unstable();
+        Measured {
+            per_sec: run.per_sec(),
+            latencies,
+            optimistic: Vec::new(),
+            batch_max: Duration::ZERO,
+            batches: 0,
+        }
+    }
+
+    fn p(&self, p: f64) -> f64 {
+        percentile_ms(&self.latencies, p)
+    }
+}
+
+fn properties(message_id: Uuid) -> BasicProperties {
+    let id = message_id.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    BasicProperties::default()
+        .with_message_id(id.clone().into())
+        .with_type(RESERVED.into())
+        .with_content_type("application/json".into())
+        .with_correlation_id(id.into())
+        .with_timestamp(now.as_secs())
+        .with_delivery_mode(2)
+}
+
+/// The baseline: commit, then publish and await the confirm.
+async fn commit_then_publish(
+    pool: &PgPool,
+    channel: &Channel,
+    exchange: &str,
+    seq: u64,
+) -> Result<(), String> {
+    let written = stock::two_statements(pool, seq).await?;
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            RESERVED.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &written.payload,
+            properties(written.message_id),
+        )
+        .await
+        .map_err(err)?
+        .await
+        .map_err(err)?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        other => Err(format!("the broker did not take the message: {other:?}")),
+    }
+}
+
+impl Bench {
+    fn seqs(&mut self, n: u64) -> u64 {
+        let first = self.next_seq;
+        self.next_seq += n;
+        first
+    }
+
+    /// The observer queue holds `n` messages (then it is emptied).
+    async fn check_observer(&self, label: &str, n: u64) -> Result<(), String> {
+        let queue = self
+            .admin
+            .queue_declare(
+                self.observer.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        if u64::from(queue.message_count()) != n {
+            return Err(format!(
+                "{label}: {} messages reached the broker, expected {n}",
+                queue.message_count()
+            ));
+        }
+        self.admin
+            .queue_purge(self.observer.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn limit(&mut self, label: &str, n: u64, pace: Option<f64>) -> Result<Measured, String> {
+        let first = self.seqs(n);
+        let pool = self.pool.clone();
+        let run = drive::run(label, n, self.concurrency, pace, move |i| {
+            let pool = pool.clone();
+            async move { stock::two_statements(&pool, first + i).await.map(|_| ()) }
+        })
+        .await?;
+        Ok(Measured::from_run(&run))
+    }
+
+    async fn baseline(
+        &mut self,
+        label: &str,
+        n: u64,
+        pace: Option<f64>,
+    ) -> Result<Measured, String> {
+        let first = self.seqs(n);
+        let (pool, channel) = (self.pool.clone(), self.channel.clone());
+        let exchange = Arc::new(self.exchange.clone());
+        let run = drive::run(label, n, self.concurrency, pace, move |i| {
+            let (pool, channel, exchange) = (pool.clone(), channel.clone(), exchange.clone());
+            async move { commit_then_publish(&pool, &channel, &exchange, first + i).await }
+        })
+        .await?;
+        self.check_observer(label, n).await?;
+        Ok(Measured::from_run(&run))
+    }
+
+    async fn eda(&mut self, label: &str, n: u64, pace: Option<f64>) -> Result<Measured, String> {
+        let first = self.seqs(n);
+        let published = self.relay.metrics().published();
+        let (batches_before, messages_before) = self.confirms.mark();
+        let bus = self.bus.clone();
+        let run = drive::run(label, n, self.concurrency, pace, move |i| {
+            let bus = bus.clone();
+            async move {
+                bus.handle(stock::command(first + i))
+                    .await
+                    .map(|_| ())
+                    .map_err(err)
+            }
+        })
+        .await?;
+        // Until the broker confirmed every event, and the relay marked it.
+        let confirms = self.confirms.clone();
+        let (confirmed, problems) = (confirms.clone(), confirms.clone());
+        drive::wait_for(
+            &format!("{label}: confirms"),
+            messages_before as u64 + n,
+            Duration::from_secs(120),
+            move || confirmed.seen.lock().expect("not poisoned").messages.len() as u64,
+            move || problems.problem(),
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.relay.metrics().published() < published + n {
+            if Instant::now() > deadline {
+                return Err(format!("{label}: the relay did not mark its rows sent"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.check_observer(label, n).await?;
+        let unsent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM eda_outbox WHERE sent_at IS NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(err)?;
+        if unsent != 0 {
+            return Err(format!("{label}: {unsent} outbox rows not marked sent"));
+        }
+
+        // Which command each confirmed message came from.
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT message_id, (payload::jsonb->>'seq')::int8 AS seq FROM eda_outbox \
+             WHERE (payload::jsonb->>'seq')::int8 BETWEEN $1 AND $2",
+        )
+        .bind(first as i64)
+        .bind((first + n - 1) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        let seq_of: HashMap<Uuid, u64> = rows.into_iter().map(|(id, s)| (id, s as u64)).collect();
+        let seen = self.confirms.seen.lock().expect("not poisoned");
+        let batches = &seen.batches[batches_before..];
+        let mut confirmed: Vec<Option<Batch>> = vec![None; n as usize];
+        for (id, batch) in &seen.messages[messages_before..] {
+            if let Some(seq) = seq_of.get(id) {
+                confirmed[(seq - first) as usize] = Some(seen.batches[*batch]);
+            }
+        }
+        let mut latencies = Vec::with_capacity(n as usize);
+        let mut optimistic = Vec::with_capacity(n as usize);
+        let mut end = run.start;
+        for (i, batch) in confirmed.iter().enumerate() {
+            let batch = batch.ok_or(format!("{label}: no confirm seen for command {i}"))?;
+            let from = run.start + run.starts[i];
+            latencies.push(batch.end.saturating_duration_since(from));
+            optimistic.push(batch.start.saturating_duration_since(from));
+            end = end.max(batch.end);
+        }
+        latencies.sort_unstable();
+        optimistic.sort_unstable();
+        Ok(Measured {
+            per_sec: n as f64 / (end - run.start).as_secs_f64(),
+            latencies,
+            optimistic,
+            batch_max: batches
+                .iter()
+                .map(|b| b.end - b.start)
+                .max()
+                .unwrap_or_default(),
+            batches: batches.len(),
+        })
+    }
+}
+
+pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
+    let n = args.n.unwrap_or(5000);
+    let concurrency = args.concurrency.unwrap_or(8);
+    let rounds = args.rounds.unwrap_or(2);
+    let Some(pg) = TestPostgres::start().await else {
+        return Err("PostgreSQL is not reachable (see DATABASE_URL)".into());
+    };
+    let Some(rmq) = TestRabbitMq::start().await else {
+        return Err("RabbitMQ is not reachable (see AMQP_URL)".into());
+    };
+    stock::setup(pg.pool()).await?;
+    let bus = MessageBus::builder()
+        .scope(stock::SCOPE)
+        .adapter(pg.db.clone())
+        .build()
+        .map_err(err)?;
+
+    let exchange = rmq.options().exchange_name().to_owned();
+    let observer = format!("{}.observer", rmq.options().queue_name());
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .map_err(err)?;
+    let admin = connection.create_channel().await.map_err(err)?;
+    admin
+        .queue_declare(
+            observer.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    admin
+        .queue_bind(
+            observer.as_str().into(),
+            exchange.as_str().into(),
+            RESERVED.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    let channel = connection.create_channel().await.map_err(err)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(err)?;
+
+    let confirms = Arc::new(Confirms {
+        inner: rmq.rabbitmq.publisher(),
+        seen: Mutex::new(Seen::default()),
+    });
+    let relay = OutboxRelay::spawn(
+        Arc::new(pg.db.clone()),
+        confirms.clone(),
+        RelayOptions::default(),
+    );
+    let mut bench = Bench {
+        pool: pg.pool().clone(),
+        bus,
+        relay,
+        confirms,
+        channel,
+        admin,
+        exchange,
+        observer,
+        concurrency,
+        next_seq: 0,
+    };
+
+    let warm = (n / 10).clamp(100, 1000);
+    bench.limit("warm-up limit", warm, None).await?;
+    bench.baseline("warm-up baseline", warm, None).await?;
+    bench.eda("warm-up eda", warm, None).await?;
+
+    let (mut limits, mut baselines, mut edas) = (Vec::new(), Vec::new(), Vec::new());
+    let mut eda_rss: f64 = 0.0;
+    for round in 1..=rounds {
+        let label = |what: &str| format!("{what} {round}/{rounds}");
+        limits.push(bench.limit(&label("limit"), n, None).await?);
+        baselines.push(bench.baseline(&label("baseline"), n, None).await?);
+        reset_peak_rss();
+        edas.push(bench.eda(&label("eda"), n, None).await?);
+        eda_rss = eda_rss.max(peak_rss_mb());
+    }
+    let per_sec = |m: &[Measured]| median(&m.iter().map(|m| m.per_sec).collect::<Vec<_>>());
+    let p = |m: &[Measured], p: f64| median(&m.iter().map(|m| m.p(p)).collect::<Vec<_>>());
+    let eda_max = per_sec(&edas);
+
+    let rate = args.rate.unwrap_or(eda_max / 2.0);
+    let paced_baseline = bench.baseline("paced baseline", n, Some(rate)).await?;
+    reset_peak_rss();
+    let paced = bench.eda("paced eda", n, Some(rate)).await?;
+    eda_rss = eda_rss.max(peak_rss_mb());
+
+    // Every command took its unit of stock; every eda event was confirmed.
+    let commands = bench.next_seq;
+    let taken = stock::units_taken(&bench.pool).await?;
+    let published = bench.relay.metrics().published();
+    let eda_commands = warm + rounds * n + n;
+    if taken as u64 != commands || published != eda_commands {
+        return Err(format!(
+            "work missing: {taken} units taken (expected {commands}), {published} events \
+             published by the relay (expected {eda_commands})"
+        ));
+    }
+    let Bench {
+        relay,
+        admin,
+        observer,
+        ..
+    } = bench;
+    relay.shutdown().await;
+    let _ = admin
+        .queue_delete(observer.as_str().into(), Default::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    rmq.cleanup().await;
+    pg.drop_schema().await;
+
+    let last = edas.last().expect("at least one round");
+    let bounds = |m: &Measured| {
+        format!(
+            "{} relay batches of {:.0} on average, the longest {:.1} ms: the bound on the \
+             error; p99 if each was confirmed when its batch started: {:.2} ms",
+            m.batches,
+            n as f64 / m.batches.max(1) as f64,
+            m.batch_max.as_secs_f64() * 1000.0,
+            percentile_ms(&m.optimistic, 0.99),
+        )
+    };
+    let limit_per_sec = per_sec(&limits);
+    Ok(vec![
+        Row {
+            scenario: "durable".into(),
+            n,
+            concurrency,
+            eda_per_sec: eda_max,
+            baseline_per_sec: per_sec(&baselines),
+            ratio_vs_baseline: eda_max / per_sec(&baselines),
+            limit_per_sec: Some(limit_per_sec),
+            ratio_vs_limit: Some(eda_max / limit_per_sec),
+            p50_ms: Some(p(&edas, 0.50)),
+            p99_ms: Some(p(&edas, 0.99)),
+            baseline_p50_ms: Some(p(&baselines, 0.50)),
+            baseline_p99_ms: Some(p(&baselines, 0.99)),
+            peak_rss_mb: process_peak_rss_mb(),
+            eda_peak_rss_mb: Some(eda_rss),
+            note: format!(
+                "until the broker confirmed every event; baseline: UPDATE + outbox INSERT, \
+                 commit, then lapin publish + await confirm, per command; limit: the same \
+                 transactions, no publishing (p50 {:.2} ms, p99 {:.2} ms); latency: bus.handle \
+                 (baseline: the transaction's begin) to the broker's confirm; median of \
+                 {rounds} interleaved rounds; last eda round: {}",
+                p(&limits, 0.50),
+                p(&limits, 0.99),
+                bounds(last)
+            ),
+        },
+        Row {
+            scenario: "durable/paced".into(),
+            n,
+            concurrency,
+            eda_per_sec: paced.per_sec,
+            baseline_per_sec: paced_baseline.per_sec,
+            ratio_vs_baseline: paced.per_sec / paced_baseline.per_sec,
+            p50_ms: Some(paced.p(0.50)),
+            p99_ms: Some(paced.p(0.99)),
+            baseline_p50_ms: Some(paced_baseline.p(0.50)),
+            baseline_p99_ms: Some(paced_baseline.p(0.99)),
+            peak_rss_mb: process_peak_rss_mb(),
+            eda_peak_rss_mb: Some(eda_rss),
+            note: format!(
+                "both paced at {rate:.0}/s{}; latency from when the command was due to the \
+                 broker's confirm; {}",
+                if args.rate.is_some() {
+                    ""
+                } else {
+                    " (half eda's rate)"
+                },
+                bounds(&paced)
+            ),
+            ..Row::default()
+        },
+    ])
+}
