@@ -17,6 +17,7 @@
 //! - `all`: each of them in a process of its own (so that each one's peak
 //!   RSS is its own), one table.
 
+mod cpu;
 mod drive;
 mod report;
 mod scenarios;

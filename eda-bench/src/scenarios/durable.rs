@@ -56,6 +56,7 @@ use uuid::Uuid;
 
 use super::stock::{self, RESERVED, err};
 use crate::Args;
+use crate::cpu::{self, Usage};
 use crate::drive::{self, Run};
 use crate::report::{Row, median, peak_rss_mb, percentile_ms, process_peak_rss_mb, reset_peak_rss};
 
@@ -64,6 +65,8 @@ use crate::report::{Row, median, peak_rss_mb, percentile_ms, process_peak_rss_mb
 struct Batch {
     start: Instant,
     end: Instant,
+    /// Messages confirmed.
+    size: usize,
 }
 
 /// The relay's publisher, noting when each message was confirmed.
@@ -94,7 +97,11 @@ impl Publisher for Confirms {
             let end = Instant::now();
             let mut seen = self.seen.lock().expect("not poisoned");
             let batch = seen.batches.len();
-            seen.batches.push(Batch { start, end });
+            seen.batches.push(Batch {
+                start,
+                end,
+                size: deliveries.len(),
+            });
             seen.failures += u64::from(error.is_some());
             seen.unroutable += deliveries
                 .iter()
@@ -154,21 +161,96 @@ struct Measured {
     /// Sorted: each message's latency had it been confirmed when its batch
     /// started publishing (eda only).
     optimistic: Vec<Duration>,
-    /// The longest a batch took to publish and be confirmed (eda only).
-    batch_max: Duration,
-    batches: usize,
+    /// How the relay's batches went (eda only).
+    batches: BatchStats,
+    /// The CPU one command cost, everywhere.
+    cpu: Usage,
+    /// How fast the commands committed (for eda: before their events were
+    /// all confirmed).
+    committed_per_sec: f64,
+    /// From the last commit to the last confirm (eda only).
+    drain: Duration,
+}
+
+/// What the relay's batches of one run looked like.
+#[derive(Debug, Default, Clone, Copy)]
+struct BatchStats {
+    count: usize,
+    mean_size: f64,
+    /// The longest a batch took to publish and be confirmed: the bound on
+    /// the error of a message's confirm time.
+    longest: Duration,
+    /// Publishing time against batch size, least squares: per message, and
+    /// fixed per batch, in ms.
+    per_message_ms: f64,
+    per_batch_ms: f64,
+    /// Between the end of a batch and the start of the next: marking it
+    /// sent, the lease, reading the next (and waiting for commits, if idle).
+    mean_gap_ms: f64,
+}
+
+impl BatchStats {
+    fn of(batches: &[Batch]) -> Self {
+        if batches.is_empty() {
+            return BatchStats::default();
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let points: Vec<(f64, f64)> = batches
+            .iter()
+            .map(|b| (b.size as f64, ms(b.end - b.start)))
+            .collect();
+        let (per_message_ms, per_batch_ms) = fit(&points);
+        let gaps: Vec<f64> = batches
+            .windows(2)
+            .map(|w| ms(w[1].start.saturating_duration_since(w[0].end)))
+            .collect();
+        BatchStats {
+            count: batches.len(),
+            mean_size: batches.iter().map(|b| b.size).sum::<usize>() as f64 / batches.len() as f64,
+            longest: batches
+                .iter()
+                .map(|b| b.end - b.start)
+                .max()
+                .unwrap_or_default(),
+            per_message_ms,
+            per_batch_ms,
+            mean_gap_ms: gaps.iter().sum::<f64>() / gaps.len().max(1) as f64,
+        }
+    }
+}
+
+/// The least-squares line through `(x, y)` points: `(slope, intercept)`;
+/// a flat line through the mean when the x do not vary.
+fn fit(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len() as f64;
+    if points.is_empty() {
+        return (0.0, 0.0);
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx == 0.0 {
+        return (0.0, my);
+    }
+    let slope = sxy / sxx;
+    (slope, my - slope * mx)
 }
 
 impl Measured {
-    fn from_run(run: &Run) -> Self {
+    fn from_run(run: &Run, cpu: Usage) -> Self {
         let mut latencies = run.latencies.clone();
         latencies.sort_unstable();
         Measured {
             per_sec: run.per_sec(),
             latencies,
             optimistic: Vec::new(),
-            batch_max: Duration::ZERO,
-            batches: 0,
+            batches: BatchStats::default(),
+            cpu,
+            committed_per_sec: run.per_sec(),
+            drain: Duration::ZERO,
         }
     }
 
@@ -257,12 +339,13 @@ impl Bench {
     async fn limit(&mut self, label: &str, n: u64, pace: Option<f64>) -> Result<Measured, String> {
         let first = self.seqs(n);
         let pool = self.pool.clone();
+        let before = cpu::sample();
         let run = drive::run(label, n, self.concurrency, pace, move |i| {
             let pool = pool.clone();
             async move { stock::two_statements(&pool, first + i).await.map(|_| ()) }
         })
         .await?;
-        Ok(Measured::from_run(&run))
+        Ok(Measured::from_run(&run, cpu::sample().since(&before, n)))
     }
 
     async fn baseline(
@@ -274,13 +357,15 @@ impl Bench {
         let first = self.seqs(n);
         let (pool, channel) = (self.pool.clone(), self.channel.clone());
         let exchange = Arc::new(self.exchange.clone());
+        let before = cpu::sample();
         let run = drive::run(label, n, self.concurrency, pace, move |i| {
             let (pool, channel, exchange) = (pool.clone(), channel.clone(), exchange.clone());
             async move { commit_then_publish(&pool, &channel, &exchange, first + i).await }
         })
         .await?;
+        let cpu = cpu::sample().since(&before, n);
         self.check_observer(label, n).await?;
-        Ok(Measured::from_run(&run))
+        Ok(Measured::from_run(&run, cpu))
     }
 
     async fn eda(&mut self, label: &str, n: u64, pace: Option<f64>) -> Result<Measured, String> {
@@ -288,6 +373,7 @@ impl Bench {
         let published = self.relay.metrics().published();
         let (batches_before, messages_before) = self.confirms.mark();
         let bus = self.bus.clone();
+        let before = cpu::sample();
         let run = drive::run(label, n, self.concurrency, pace, move |i| {
             let bus = bus.clone();
             async move {
@@ -316,6 +402,7 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        let cpu = cpu::sample().since(&before, n);
         self.check_observer(label, n).await?;
         let unsent: i64 =
             sqlx::query_scalar("SELECT count(*) FROM eda_outbox WHERE sent_at IS NULL")
@@ -361,12 +448,10 @@ impl Bench {
             per_sec: n as f64 / (end - run.start).as_secs_f64(),
             latencies,
             optimistic,
-            batch_max: batches
-                .iter()
-                .map(|b| b.end - b.start)
-                .max()
-                .unwrap_or_default(),
-            batches: batches.len(),
+            batches: BatchStats::of(batches),
+            cpu,
+            committed_per_sec: run.per_sec(),
+            drain: end.saturating_duration_since(run.start + run.elapsed),
         })
     }
 }
@@ -495,16 +580,23 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
 
     let last = edas.last().expect("at least one round");
     let bounds = |m: &Measured| {
+        let b = &m.batches;
         format!(
-            "{} relay batches of {:.0} on average, the longest {:.1} ms: the bound on the \
-             error; p99 if each was confirmed when its batch started: {:.2} ms",
-            m.batches,
-            n as f64 / m.batches.max(1) as f64,
-            m.batch_max.as_secs_f64() * 1000.0,
+            "{} relay batches of {:.0} on average; publishing one took {:.2} ms + {:.3} ms per \
+             message (least squares), {:.2} ms between batches on average; the longest took \
+             {:.1} ms: the bound on the error; p99 if each message was confirmed when its \
+             batch started: {:.2} ms",
+            b.count,
+            b.mean_size,
+            b.per_batch_ms,
+            b.per_message_ms,
+            b.mean_gap_ms,
+            b.longest.as_secs_f64() * 1000.0,
             percentile_ms(&m.optimistic, 0.99),
         )
     };
     let limit_per_sec = per_sec(&limits);
+    let cpu_of = |m: &[Measured]| Usage::mean(&m.iter().map(|m| m.cpu).collect::<Vec<_>>());
     Ok(vec![
         Row {
             scenario: "durable".into(),
@@ -526,9 +618,21 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
                  commit, then lapin publish + await confirm, per command; limit: the same \
                  transactions, no publishing (p50 {:.2} ms, p99 {:.2} ms); latency: bus.handle \
                  (baseline: the transaction's begin) to the broker's confirm; median of \
-                 {rounds} interleaved rounds; last eda round: {}",
+                 {rounds} interleaved rounds. eda committed at {:.0}/s, its last event was \
+                 confirmed {:.0} ms after its last commit. CPU: limit {}; baseline {}; eda {}. \
+                 Last eda round: {}",
                 p(&limits, 0.50),
                 p(&limits, 0.99),
+                median(&edas.iter().map(|m| m.committed_per_sec).collect::<Vec<_>>()),
+                median(
+                    &edas
+                        .iter()
+                        .map(|m| m.drain.as_secs_f64() * 1000.0)
+                        .collect::<Vec<_>>()
+                ),
+                cpu_of(&limits).brief(),
+                cpu_of(&baselines).brief(),
+                cpu_of(&edas).brief(),
                 bounds(last)
             ),
         },
@@ -547,15 +651,55 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             eda_peak_rss_mb: Some(eda_rss),
             note: format!(
                 "both paced at {rate:.0}/s{}; latency from when the command was due to the \
-                 broker's confirm; {}",
+                 broker's confirm. CPU: baseline {}; eda {}. {}",
                 if args.rate.is_some() {
                     ""
                 } else {
                     " (half eda's rate)"
                 },
+                paced_baseline.cpu.brief(),
+                paced.cpu.brief(),
                 bounds(&paced)
             ),
             ..Row::default()
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fits_a_line() {
+        let (slope, intercept) = fit(&[(1.0, 3.0), (2.0, 5.0), (4.0, 9.0)]);
+        assert!((slope - 2.0).abs() < 1e-9 && (intercept - 1.0).abs() < 1e-9);
+        assert_eq!(fit(&[(5.0, 2.0), (5.0, 4.0)]), (0.0, 3.0));
+        assert_eq!(fit(&[]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn batch_statistics() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let batches = [
+            Batch {
+                start: t,
+                end: t + ms(3),
+                size: 1,
+            },
+            Batch {
+                start: t + ms(5),
+                end: t + ms(10),
+                size: 2,
+            },
+        ];
+        let s = BatchStats::of(&batches);
+        assert_eq!(s.count, 2);
+        assert_eq!(s.mean_size, 1.5);
+        assert_eq!(s.longest, ms(5));
+        assert!((s.per_message_ms - 2.0).abs() < 1e-6, "{s:?}");
+        assert!((s.per_batch_ms - 1.0).abs() < 1e-6, "{s:?}");
+        assert!((s.mean_gap_ms - 2.0).abs() < 1e-6, "{s:?}");
+    }
 }
