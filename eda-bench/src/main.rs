@@ -35,6 +35,8 @@ pub(crate) struct Args {
     rounds: Option<u64>,
     rate: Option<f64>,
     json: bool,
+    /// Run without a tracing subscriber.
+    no_subscriber: bool,
 }
 
 const SCENARIOS: [&str; 4] = ["dispatch", "database", "durable", "consume"];
@@ -45,7 +47,10 @@ scenarios: dispatch, database, durable, consume, all (each in its own process)
   --n            operations per run (messages for consume)
   --concurrency  workers (handlers at once for consume)
   --rounds       interleaved rounds of eda and its baselines
-  --rate         durable: the paced run's rate (default: half eda's measured rate)";
+  --rate         durable: the paced run's rate (default: half eda's measured rate)
+  --no-subscriber  install no tracing subscriber (by default one logs warnings to
+                 stderr, as a service would: without one, tracing hands every
+                 disabled span to its `log` fallback, which sqlx turns on)";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
     fn value<T: std::str::FromStr>(
@@ -73,6 +78,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
                 parsed.rate = Some(rate);
             }
             "--json" => parsed.json = true,
+            "--no-subscriber" => parsed.no_subscriber = true,
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
             s if scenario.is_none() => scenario = Some(s.to_owned()),
@@ -100,6 +106,9 @@ impl Args {
         flag("--concurrency", self.concurrency.map(|c| c.to_string()));
         flag("--rounds", self.rounds.map(|r| r.to_string()));
         flag("--rate", self.rate.map(|r| r.to_string()));
+        if self.no_subscriber {
+            v.push("--no-subscriber".to_owned());
+        }
         v
     }
 }
@@ -134,6 +143,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !args.no_subscriber {
+        // What a service does (the example installs `fmt` at INFO): spans
+        // below the level are then disabled by the callsite's interest.
+        tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rows = if args.scenario == "all" {
         run_all(&args)
     } else {

@@ -42,6 +42,7 @@ use uuid::Uuid;
 
 use super::stock::err;
 use crate::Args;
+use crate::cpu::{self, Usage};
 use crate::drive;
 use crate::report::{Row, median, peak_rss_mb, process_peak_rss_mb, reset_peak_rss};
 
@@ -253,7 +254,7 @@ struct Bench {
 }
 
 impl Bench {
-    async fn eda(&mut self, label: &str, n: u64) -> Result<f64, String> {
+    async fn eda(&mut self, label: &str, n: u64) -> Result<(f64, Usage), String> {
         let first = self.next_seq;
         self.next_seq += n;
         let queue = self.rmq.options().queue_name().to_owned();
@@ -266,6 +267,7 @@ impl Bench {
         let consumer = self.rmq.rabbitmq.consumer(self.bus.clone());
         let metrics = consumer.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
+        let before = cpu::sample();
         let start = Instant::now();
         let task = tokio::spawn(consumer.run(async move {
             let _ = stopped.await;
@@ -287,6 +289,7 @@ impl Bench {
             },
         )
         .await?;
+        let cpu = cpu::sample().since(&before, n);
         let _ = stop.send(());
         task.await.map_err(err)?.map_err(err)?;
 
@@ -310,14 +313,15 @@ impl Bench {
                 inbox - inbox_before
             ));
         }
-        Ok(n as f64 / (end - start).as_secs_f64())
+        Ok((n as f64 / (end - start).as_secs_f64(), cpu))
     }
 
-    async fn baseline(&mut self, label: &str, n: u64) -> Result<f64, String> {
+    async fn baseline(&mut self, label: &str, n: u64) -> Result<(f64, Usage), String> {
         let first = self.next_seq;
         self.next_seq += n;
         fill(&self.admin, &self.baseline_queue, first, n).await?;
         let handled = Arc::new(AtomicU64::new(0));
+        let before = cpu::sample();
         let start = Instant::now();
         let task = tokio::spawn(consume_by_hand(
             self.connection.clone(),
@@ -337,6 +341,7 @@ impl Bench {
             || None,
         )
         .await;
+        let cpu = cpu::sample().since(&before, n);
         let consumed = task.await.map_err(err)?;
         let end = end?;
         consumed?;
@@ -354,7 +359,7 @@ impl Bench {
                 "{label}: {rows} rows for {n} messages; {left} left in the queue"
             ));
         }
-        Ok(n as f64 / (end - start).as_secs_f64())
+        Ok((n as f64 / (end - start).as_secs_f64(), cpu))
     }
 }
 
@@ -449,7 +454,9 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     rmq.cleanup().await;
     pg.drop_schema().await;
 
-    let (eda, baseline) = (median(&edas), median(&baselines));
+    let rate = |runs: &[(f64, Usage)]| median(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+    let cpu_of = |runs: &[(f64, Usage)]| Usage::mean(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
+    let (eda, baseline) = (rate(&edas), rate(&baselines));
     Ok(vec![Row {
         scenario: "consume".into(),
         n,
@@ -462,7 +469,10 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         note: format!(
             "prefetch {prefetch}; baseline: lapin consume, a task per delivery ({concurrency} at \
              a time), inbox INSERT … ON CONFLICT DO NOTHING + row INSERT in one sqlx \
-             transaction, then ack; median of {rounds} interleaved rounds"
+             transaction, then ack; median of {rounds} interleaved rounds. CPU: baseline {}; \
+             eda {}",
+            cpu_of(&baselines).brief(),
+            cpu_of(&edas).brief()
         ),
         ..Row::default()
     }])

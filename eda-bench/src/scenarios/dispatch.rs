@@ -57,6 +57,30 @@ async fn noop(cmd: &Noop, uow: &mut NoopUow) -> Result<u64, BoxError> {
     Ok(black_box(cmd.n))
 }
 
+/// The parts of a command's cost: one without a unit of work.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "bench.dispatch.bare", output = u64)]
+pub(crate) struct Bare {
+    n: u64,
+}
+
+#[command_handler]
+async fn bare(cmd: &Bare) -> Result<u64, BoxError> {
+    Ok(black_box(cmd.n))
+}
+
+/// The parts of an event's cost: one with a single handler.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "bench.dispatch.single")]
+pub(crate) struct Single {
+    n: u64,
+}
+
+#[event_handler]
+async fn only(event: &Single) {
+    black_box(event.n);
+}
+
 #[event_handler]
 async fn first(event: &Happened) {
     black_box(event.n);
@@ -136,8 +160,14 @@ impl Baseline {
                 })
             })
             .collect();
+        let single: EventHandler = Box::new(|m, _raised| {
+            Box::pin(async move {
+                black_box(m.downcast_ref::<Single>().expect("a Single").n);
+            })
+        });
         let mut events = HashMap::new();
         events.insert(TypeId::of::<Happened>(), fanout);
+        events.insert(TypeId::of::<Single>(), vec![single]);
         Baseline {
             db: Database::default(),
             commands,
@@ -300,6 +330,77 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     }
     drop(progress);
 
+    // The parts of eda's costs, in ns per message (once, after the rounds).
+    let ns = |per_sec: f64| 1e9 / per_sec;
+    let metadata = {
+        let start = Instant::now();
+        for _ in 0..n {
+            black_box(eda_core::Metadata::new());
+        }
+        start.elapsed().as_nanos() as f64 / n as f64
+    };
+    let bare_ns = ns(timed(n, concurrency, {
+        let bus = bus.clone();
+        move |i: u64| {
+            let bus = bus.clone();
+            async move {
+                match bus.handle(Bare { n: i }).await {
+                    Ok(out) if out == i => Ok(()),
+                    other => Err(format!("eda: bare command {i}: {other:?}")),
+                }
+            }
+        }
+    })
+    .await?);
+    let single_ns = ns(timed(n, concurrency, {
+        let bus = bus.clone();
+        move |i: u64| {
+            let bus = bus.clone();
+            async move {
+                match bus.publish(Envelope::new(Single { n: i })).await.handled {
+                    1 => Ok(()),
+                    ran => Err(format!("eda: single event {i}: {ran} handlers ran")),
+                }
+            }
+        }
+    })
+    .await?);
+    let baseline_single_ns = ns(timed(n, concurrency, {
+        let b = baseline.clone();
+        move |i: u64| {
+            let b = b.clone();
+            async move {
+                match b.event(Single { n: i }).await {
+                    1 => Ok(()),
+                    ran => Err(format!("baseline: single event {i}: {ran} handlers ran")),
+                }
+            }
+        }
+    })
+    .await?);
+    let command_parts = format!(
+        "eda {:.0} ns per command = Metadata::new {metadata:.0} + the rest of a command \
+         without a unit of work {:.0} + the in-memory unit of work {:.0}; baseline {:.0} ns",
+        ns(median(&ec)),
+        bare_ns - metadata,
+        ns(median(&ec)) - bare_ns,
+        ns(median(&bc)),
+    );
+    let per_handler = |one: f64, three: f64| (three - one) / 2.0;
+    let event_parts = format!(
+        "eda {:.0} ns per event with 1 handler, {:.0} with 3: {:.0} per handler, {:.0} per \
+         event of which Metadata::new {metadata:.0}; baseline {:.0} and {:.0}: {:.0} per handler, \
+         {:.0} per event",
+        single_ns,
+        ns(median(&ee)),
+        per_handler(single_ns, ns(median(&ee))),
+        single_ns - per_handler(single_ns, ns(median(&ee))),
+        baseline_single_ns,
+        ns(median(&be)),
+        per_handler(baseline_single_ns, ns(median(&be))),
+        baseline_single_ns - per_handler(baseline_single_ns, ns(median(&be))),
+    );
+
     // Every command committed its unit of work, in both.
     let commands = warm + rounds * n;
     if db.commits() != commands || baseline.db.commits.load(Ordering::SeqCst) != commands {
@@ -327,13 +428,19 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             "dispatch/command",
             &ec,
             &bc,
-            "baseline: TypeId map, boxed handler future, hand-written in-memory unit of work",
+            &format!(
+                "baseline: TypeId map, boxed handler future, hand-written in-memory unit of \
+                 work. {command_parts}"
+            ),
         ),
         row(
             "dispatch/event_fanout_3",
             &ee,
             &be,
-            "baseline: event boxed and queued, 3 handlers by TypeId, boxed futures",
+            &format!(
+                "baseline: event boxed and queued, 3 handlers by TypeId, boxed futures. \
+                 {event_parts}"
+            ),
         ),
     ])
 }
