@@ -1,6 +1,5 @@
 //! `consume`: `n` events waiting in a queue, consumed, handled (one row
-//! inserted) with the inbox, acknowledged. A run is measured from starting
-//! the consumer until it acknowledged the last message.
+//! inserted) with the inbox, acknowledged.
 //!
 //! - eda: [`RabbitMq::consumer`](eda_core::adapters::rabbitmq::RabbitMq::consumer)
 //!   on the service queue (prefetch `max(32, C)`, concurrency `C`); per
@@ -14,13 +13,14 @@
 //!   the same row `INSERT` if new, commit, `basic_ack`.
 //!
 //! Both queues are filled with the same messages (eda's properties: id,
-//! type, timestamps) before each run, untimed. Both consumers open their
-//! channels inside the timed run (eda's also declares its topology).
+//! type, timestamps) before each run, untimed. A run is timed from when its
+//! consumer consumes (after eda's has declared its topology, and the
+//! baseline's opened its channel) until the last message was acknowledged.
 
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use eda_core::adapters::rabbitmq::properties;
@@ -128,8 +128,8 @@ async fn consume_by_hand(
     pool: PgPool,
     queue: String,
     n: u64,
-    prefetch: u16,
-    concurrency: usize,
+    (prefetch, concurrency): (u16, usize),
+    consuming: Arc<AtomicBool>,
     handled: Arc<AtomicU64>,
 ) -> Result<(), String> {
     let channel = connection.create_channel().await.map_err(err)?;
@@ -146,6 +146,7 @@ async fn consume_by_hand(
         )
         .await
         .map_err(err)?;
+    consuming.store(true, Ordering::SeqCst);
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
@@ -267,11 +268,12 @@ impl Bench {
         let consumer = self.rmq.rabbitmq.consumer(self.bus.clone());
         let metrics = consumer.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
-        let before = cpu::sample();
-        let start = Instant::now();
         let task = tokio::spawn(consumer.run(async move {
             let _ = stopped.await;
         }));
+        let consuming = metrics.clone();
+        let started = started(move || consuming.consuming()).await?;
+        let before = cpu::sample();
         let (handled, problems) = (metrics.clone(), metrics.clone());
         let end = drive::wait_for(
             label,
@@ -313,7 +315,7 @@ impl Bench {
                 inbox - inbox_before
             ));
         }
-        Ok((n as f64 / (end - start).as_secs_f64(), cpu))
+        Ok((n as f64 / (end - started).as_secs_f64(), cpu))
     }
 
     async fn baseline(&mut self, label: &str, n: u64) -> Result<(f64, Usage), String> {
@@ -321,17 +323,24 @@ impl Bench {
         self.next_seq += n;
         fill(&self.admin, &self.baseline_queue, first, n).await?;
         let handled = Arc::new(AtomicU64::new(0));
-        let before = cpu::sample();
-        let start = Instant::now();
+        let consuming = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(consume_by_hand(
             self.connection.clone(),
             self.pool.clone(),
             self.baseline_queue.clone(),
             n,
-            self.prefetch,
-            self.concurrency,
+            (self.prefetch, self.concurrency),
+            consuming.clone(),
             handled.clone(),
         ));
+        let started = match started(move || consuming.load(Ordering::SeqCst)).await {
+            Ok(started) => started,
+            Err(e) => {
+                task.abort();
+                return Err(e);
+            }
+        };
+        let before = cpu::sample();
         let progress = handled.clone();
         let end = drive::wait_for(
             label,
@@ -359,8 +368,22 @@ impl Bench {
                 "{label}: {rows} rows for {n} messages; {left} left in the queue"
             ));
         }
-        Ok((n as f64 / (end - start).as_secs_f64(), cpu))
+        Ok((n as f64 / (end - started).as_secs_f64(), cpu))
     }
+}
+
+/// When `consuming()` turned true (polled every millisecond): the timed
+/// part of a run starts once a consumer consumes, after its set-up (eda's
+/// declares its topology, the baseline only opens a channel).
+async fn started(consuming: impl Fn() -> bool) -> Result<Instant, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !consuming() {
+        if Instant::now() > deadline {
+            return Err("the consumer did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(Instant::now())
 }
 
 pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
