@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::report::percentile_ms;
@@ -133,9 +133,11 @@ pub(crate) async fn wait_for(
     failed: impl Fn() -> Option<String>,
 ) -> Result<Instant, String> {
     let count = Arc::new(count);
-    let progress = Progress::start(label, target, {
+    // The bar counts from where the count stands now.
+    let base = count().min(target);
+    let progress = Progress::start(label, target - base, {
         let count = count.clone();
-        move || count()
+        move || count().saturating_sub(base)
     });
     let deadline = Instant::now() + timeout;
     loop {
@@ -160,6 +162,7 @@ pub(crate) async fn wait_for(
 /// second, erased when dropped.
 pub(crate) struct Progress {
     task: tokio::task::JoinHandle<()>,
+    shown: Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -170,8 +173,11 @@ impl Progress {
     ) -> Self {
         let label = label.to_owned();
         let start = Instant::now();
+        let shown = Arc::new(AtomicBool::new(false));
+        let showing = shown.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            showing.store(true, Ordering::Relaxed);
             loop {
                 let d = done().min(total);
                 let rate = d as f64 / start.elapsed().as_secs_f64();
@@ -180,17 +186,17 @@ impl Progress {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        Progress { task }
+        Progress { task, shown }
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        if !self.task.is_finished() {
-            self.task.abort();
+        self.task.abort();
+        if self.shown.load(Ordering::Relaxed) {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
         }
-        eprint!("\r\x1b[2K");
-        let _ = std::io::stderr().flush();
     }
 }
 
