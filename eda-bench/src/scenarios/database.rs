@@ -18,6 +18,7 @@ use eda_core::testing::TestPostgres;
 
 use super::stock::{self, err};
 use crate::Args;
+use crate::cpu::{self, Usage};
 use crate::drive;
 use crate::report::{Row, median, peak_rss_mb, process_peak_rss_mb, reset_peak_rss};
 
@@ -69,11 +70,15 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     drive::run("warm-up rmw", warm, concurrency, None, rmw(pool.clone())).await?;
 
     let (mut eda_runs, mut two_runs, mut rmw_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut eda_cpu, mut two_cpu, mut rmw_cpu) = (Vec::new(), Vec::new(), Vec::new());
     let mut eda_rss: f64 = 0.0;
     for round in 1..=rounds {
         let label = |what: &str| format!("{what} {round}/{rounds}");
+        let before = cpu::sample();
         two_runs
             .push(drive::run(&label("baseline"), n, concurrency, None, two(pool.clone())).await?);
+        two_cpu.push(cpu::sample().since(&before, n));
+        let before = cpu::sample();
         rmw_runs.push(
             drive::run(
                 &label("baseline rmw"),
@@ -84,8 +89,11 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             )
             .await?,
         );
+        rmw_cpu.push(cpu::sample().since(&before, n));
         reset_peak_rss();
+        let before = cpu::sample();
         eda_runs.push(drive::run(&label("eda"), n, concurrency, None, eda(bus.clone())).await?);
+        eda_cpu.push(cpu::sample().since(&before, n));
         eda_rss = eda_rss.max(peak_rss_mb());
     }
 
@@ -120,7 +128,8 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         median(&runs.iter().map(|r| r.percentile_ms(p)).collect::<Vec<_>>())
     };
     let eda_per_sec = per_sec(&eda_runs);
-    let row = |scenario: &str, baseline: &[drive::Run], note: &str| Row {
+    let eda_cpu = Usage::mean(&eda_cpu).brief();
+    let row = |scenario: &str, baseline: &[drive::Run], cpu: &[Usage], note: &str| Row {
         scenario: scenario.into(),
         n,
         concurrency,
@@ -134,7 +143,9 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         peak_rss_mb: process_peak_rss_mb(),
         eda_peak_rss_mb: Some(eda_rss),
         note: format!(
-            "{note}; latency: bus.handle to commit; median of {rounds} interleaved rounds"
+            "{note}; latency: bus.handle to commit; median of {rounds} interleaved rounds. \
+             CPU: baseline {}; eda {eda_cpu}",
+            Usage::mean(cpu).brief()
         ),
         ..Row::default()
     };
@@ -142,11 +153,13 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         row(
             "database",
             &two_runs,
+            &two_cpu,
             "baseline: UPDATE … qty = qty - 1 + outbox INSERT in one sqlx transaction (no read)",
         ),
         row(
             "database/rmw",
             &rmw_runs,
+            &rmw_cpu,
             "baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand (eda's work)",
         ),
     ])
