@@ -3,11 +3,21 @@
 //! same data, and prints their throughputs side by side.
 //!
 //! ```text
-//! cargo run --release -p eda-bench -- <scenario> [--n N] [--concurrency C] [--json]
+//! cargo run --release -p eda-bench -- <scenario> [--n N] [--concurrency C] [--rounds R] [--rate R] [--json]
 //! ```
 //!
-//! Scenarios: `database` (allocate-like commands on Postgres: state + outbox).
+//! Scenarios:
+//! - `dispatch`: the bus in memory, against a hand-written `TypeId` dispatcher;
+//! - `database`: allocate-like commands on Postgres (state + outbox);
+//! - `durable`: the same commands until the broker confirmed their events
+//!   (outbox relay to RabbitMQ), against commit-then-publish by hand, and
+//!   against the transactions alone; then paced at half eda's rate for the
+//!   latency;
+//! - `consume`: events waiting in a queue, consumed with the inbox;
+//! - `all`: each of them in a process of its own (so that each one's peak
+//!   RSS is its own), one table.
 
+mod cpu;
 mod drive;
 mod report;
 mod scenarios;
@@ -17,49 +27,137 @@ use std::process::ExitCode;
 use report::Row;
 
 /// What the command line asked for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Args {
     scenario: String,
     n: Option<u64>,
     concurrency: Option<usize>,
+    rounds: Option<u64>,
+    rate: Option<f64>,
     json: bool,
+    /// Run without a tracing subscriber.
+    no_subscriber: bool,
+    /// durable: the relay's publisher (an experiment: a pipelined one).
+    relay: scenarios::durable::RelayChoice,
 }
 
+const SCENARIOS: [&str; 4] = ["dispatch", "database", "durable", "consume"];
+
 const USAGE: &str =
-    "usage: eda-bench <scenario> [--n N] [--concurrency C] [--json]\nscenarios: database";
+    "usage: eda-bench <scenario> [--n N] [--concurrency C] [--rounds R] [--rate PER_SEC] [--json]
+scenarios: dispatch, database, durable, consume, all (each in its own process)
+  --n            operations per run (messages for consume)
+  --concurrency  workers (handlers at once for consume)
+  --rounds       interleaved rounds of eda and its baselines
+  --rate         durable: the paced run's rate (default: half eda's measured rate)
+  --no-subscriber  install no tracing subscriber (by default one logs warnings to
+                 stderr, as a service would: without one, tracing hands every
+                 disabled span to its `log` fallback, which sqlx turns on)
+  --relay eda|pipelined|both  durable: the relay's publisher; `pipelined` is an
+                 experiment (a publisher in the bench whose sends are pipelined),
+                 `both` runs it in rounds interleaved with eda's";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
+    fn value<T: std::str::FromStr>(
+        args: &mut impl Iterator<Item = String>,
+        flag: &str,
+    ) -> Result<T, String> {
+        let v = args.next().ok_or(format!("{flag} needs a value"))?;
+        v.parse().map_err(|_| format!("{flag}: not a number: {v}"))
+    }
+    let mut parsed = Args::default();
     let mut scenario = None;
-    let mut n = None;
-    let mut concurrency = None;
-    let mut json = false;
-    let mut args = args.peekable();
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--n" => {
-                let v = args.next().ok_or("--n needs a value")?;
-                n = Some(v.parse().map_err(|_| format!("--n: not a number: {v}"))?);
-            }
+            "--n" | "-n" => parsed.n = Some(value::<u64>(&mut args, "--n")?.max(1)),
             "--concurrency" | "-c" => {
-                let v = args.next().ok_or("--concurrency needs a value")?;
-                let c: usize = v
-                    .parse()
-                    .map_err(|_| format!("--concurrency: not a number: {v}"))?;
-                concurrency = Some(c.max(1));
+                parsed.concurrency = Some(value::<usize>(&mut args, "--concurrency")?.max(1))
             }
-            "--json" => json = true,
+            "--rounds" => parsed.rounds = Some(value::<u64>(&mut args, "--rounds")?.max(1)),
+            "--rate" => {
+                let rate: f64 = value(&mut args, "--rate")?;
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(format!("--rate: must be positive: {rate}"));
+                }
+                parsed.rate = Some(rate);
+            }
+            "--json" => parsed.json = true,
+            "--no-subscriber" => parsed.no_subscriber = true,
+            "--relay" => {
+                use scenarios::durable::RelayChoice;
+                parsed.relay = match args.next().as_deref() {
+                    Some("eda") => RelayChoice::Eda,
+                    Some("pipelined") => RelayChoice::Pipelined,
+                    Some("both") => RelayChoice::Both,
+                    other => {
+                        return Err(format!("--relay: eda, pipelined or both, not {other:?}"));
+                    }
+                }
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
             s if scenario.is_none() => scenario = Some(s.to_owned()),
             s => return Err(format!("unexpected argument {s}\n{USAGE}")),
         }
     }
-    Ok(Args {
-        scenario: scenario.ok_or(USAGE)?,
-        n,
-        concurrency,
-        json,
-    })
+    parsed.scenario = scenario.ok_or(USAGE)?;
+    if parsed.scenario != "all" && !SCENARIOS.contains(&parsed.scenario.as_str()) {
+        return Err(format!("unknown scenario {}\n{USAGE}", parsed.scenario));
+    }
+    Ok(parsed)
+}
+
+impl Args {
+    /// The command line of one scenario, for a child process.
+    fn for_scenario(&self, scenario: &str) -> Vec<String> {
+        let mut v = vec![scenario.to_owned(), "--json".to_owned()];
+        let mut flag = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                v.push(name.to_owned());
+                v.push(value);
+            }
+        };
+        flag("--n", self.n.map(|n| n.to_string()));
+        flag("--concurrency", self.concurrency.map(|c| c.to_string()));
+        flag("--rounds", self.rounds.map(|r| r.to_string()));
+        flag("--rate", self.rate.map(|r| r.to_string()));
+        if self.no_subscriber {
+            v.push("--no-subscriber".to_owned());
+        }
+        match self.relay {
+            scenarios::durable::RelayChoice::Eda => {}
+            scenarios::durable::RelayChoice::Pipelined => {
+                v.extend(["--relay".to_owned(), "pipelined".to_owned()])
+            }
+            scenarios::durable::RelayChoice::Both => {
+                v.extend(["--relay".to_owned(), "both".to_owned()])
+            }
+        }
+        v
+    }
+}
+
+/// Each scenario in a child process (this binary), its rows read back from
+/// its JSON lines; its progress lines go to our stderr.
+fn run_all(args: &Args) -> Result<Vec<Row>, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for scenario in SCENARIOS {
+        eprintln!("eda-bench: {scenario} …");
+        let out = std::process::Command::new(&me)
+            .args(args.for_scenario(scenario))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("{scenario}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("{scenario} failed ({})", out.status));
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            rows.push(serde_json::from_str(line).map_err(|e| format!("{scenario}: {e}: {line}"))?);
+        }
+    }
+    Ok(rows)
 }
 
 fn main() -> ExitCode {
@@ -70,16 +168,31 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let rows: Result<Vec<Row>, String> = runtime.block_on(async {
-        match args.scenario.as_str() {
-            "database" => scenarios::database::run(&args).await,
-            other => Err(format!("unknown scenario {other}\n{USAGE}")),
-        }
-    });
+    if !args.no_subscriber {
+        // What a service does (the example installs `fmt` at INFO): spans
+        // below the level are then disabled by the callsite's interest.
+        tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let rows = if args.scenario == "all" {
+        run_all(&args)
+    } else {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        runtime.block_on(async {
+            match args.scenario.as_str() {
+                "dispatch" => scenarios::dispatch::run(&args).await,
+                "database" => scenarios::database::run(&args).await,
+                "durable" => scenarios::durable::run(&args).await,
+                "consume" => scenarios::consume::run(&args).await,
+                other => Err(format!("unknown scenario {other}\n{USAGE}")),
+            }
+        })
+    };
     match rows {
         Ok(rows) => {
             report::print(&rows, args.json);
@@ -107,8 +220,52 @@ mod tests {
         assert_eq!(a.n, Some(500));
         assert_eq!(a.concurrency, Some(8));
         assert!(a.json);
+        let a = args("durable -c 4 --rounds 3 --rate 750.5").unwrap();
+        assert_eq!(a.concurrency, Some(4));
+        assert_eq!(a.rounds, Some(3));
+        assert_eq!(a.rate, Some(750.5));
+        assert!(!a.json);
+        assert_eq!(args("consume -c 0").unwrap().concurrency, Some(1));
+        assert_eq!(args("all").unwrap().scenario, "all");
+    }
+
+    #[test]
+    fn rejects_what_it_does_not_understand() {
         assert!(args("").is_err());
         assert!(args("database --n x").is_err());
+        assert!(args("database --n").is_err());
         assert!(args("database --bogus").is_err());
+        assert!(args("database durable").is_err());
+        assert!(args("nosuch").is_err());
+        assert!(args("durable --rate 0").is_err());
+        assert!(args("durable --rate -3").is_err());
+        assert!(args("--help").is_err());
+        assert!(args("durable --relay fast").is_err());
+        assert_eq!(
+            args("durable --relay both").unwrap().relay,
+            scenarios::durable::RelayChoice::Both
+        );
+    }
+
+    #[test]
+    fn all_passes_the_options_on() {
+        let a = args("all --n 100 -c 4 --rate 50").unwrap();
+        assert_eq!(
+            a.for_scenario("durable"),
+            [
+                "durable",
+                "--json",
+                "--n",
+                "100",
+                "--concurrency",
+                "4",
+                "--rate",
+                "50"
+            ]
+        );
+        assert_eq!(
+            args("all").unwrap().for_scenario("consume"),
+            ["consume", "--json"]
+        );
     }
 }

@@ -1,3 +1,7 @@
-//! The scenarios, one module each.
+//! The scenarios, one module each; `stock` is the service two of them share.
 
+pub(crate) mod consume;
 pub(crate) mod database;
+pub(crate) mod dispatch;
+pub(crate) mod durable;
+pub(crate) mod stock;

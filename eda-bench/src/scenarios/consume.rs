@@ -1,0 +1,502 @@
+//! `consume`: `n` events waiting in a queue, consumed, handled (one row
+//! inserted) with the inbox, acknowledged.
+//!
+//! - eda: [`RabbitMq::consumer`](eda_core::adapters::rabbitmq::RabbitMq::consumer)
+//!   on the service queue (prefetch `max(32, C)`, concurrency `C`); per
+//!   message the bus decodes `Placed`, begins a transaction, records the
+//!   message in `eda_inbox`, runs the handler (one `INSERT`), commits; the
+//!   consumer then acknowledges.
+//! - baseline: lapin by hand, with the same prefetch and concurrency
+//!   (`basic_qos`, `basic_consume`, a semaphore of `C` permits, a task per
+//!   delivery): parse the message id and the JSON body, begin,
+//!   `INSERT … ON CONFLICT DO NOTHING` into an inbox table of the same shape,
+//!   the same row `INSERT` if new, commit, `basic_ack`.
+//!
+//! Both queues are filled with the same messages (eda's properties: id,
+//! type, timestamps) before each run, untimed. A run is timed from when its
+//! consumer consumes (after eda's has declared its topology, and the
+//! baseline's opened its channel) until the last message was acknowledged.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use eda_core::adapters::rabbitmq::properties;
+use eda_core::prelude::*;
+use eda_core::sqlx::{self, PgConnection, PgPool};
+use eda_core::testing::{TestPostgres, TestRabbitMq, amqp_url};
+use eda_core::{ExternalMessage, Metadata};
+use futures_core::Stream;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, oneshot};
+use uuid::Uuid;
+
+use super::stock::err;
+use crate::Args;
+use crate::cpu::{self, Usage};
+use crate::drive;
+use crate::report::{Row, median, peak_rss_mb, process_peak_rss_mb, reset_peak_rss};
+
+const PLACED: &str = "bench.placed";
+
+/// An event another service published; this one consumes it.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "bench.placed")]
+pub(crate) struct Placed {
+    seq: u64,
+    sku: String,
+    qty: i64,
+}
+
+#[derive(UnitOfWork)]
+pub(crate) struct PlacedUow {
+    tx: Transaction,
+}
+
+const INSERT_EDA: &str = "INSERT INTO bench_placed (seq, sku, qty) VALUES ($1, $2, $3)";
+const INSERT_BASELINE: &str =
+    "INSERT INTO bench_placed_baseline (seq, sku, qty) VALUES ($1, $2, $3)";
+
+#[event_handler]
+async fn record_placed(event: &Placed, uow: &mut PlacedUow) -> Result<(), BoxError> {
+    let conn = uow
+        .tx
+        .connection::<PgConnection>()
+        .ok_or("not on Postgres")?;
+    sqlx::query(INSERT_EDA)
+        .bind(event.seq as i64)
+        .bind(&event.sku)
+        .bind(event.qty)
+        .execute(&mut *conn)
+        .await?;
+    uow.commit().await?;
+    Ok(())
+}
+
+/// The baseline's handling of one delivery.
+async fn handle_by_hand(pool: &PgPool, delivery: Delivery) -> Result<(), String> {
+    let id: Uuid = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .ok_or("no message id")?
+        .as_str()
+        .parse()
+        .map_err(err)?;
+    let event: Placed = serde_json::from_slice(&delivery.data).map_err(err)?;
+    let mut tx = pool.begin().await.map_err(err)?;
+    let fresh = sqlx::query(
+        "INSERT INTO bench_inbox (message_id, handler) VALUES ($1, 'record_placed') \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?
+    .rows_affected()
+        == 1;
+    if fresh {
+        sqlx::query(INSERT_BASELINE)
+            .bind(event.seq as i64)
+            .bind(&event.sku)
+            .bind(event.qty)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The baseline consumer: takes exactly `n` deliveries, `concurrency` at a
+/// time.
+async fn consume_by_hand(
+    connection: Arc<Connection>,
+    pool: PgPool,
+    queue: String,
+    n: u64,
+    (prefetch, concurrency): (u16, usize),
+    consuming: Arc<AtomicBool>,
+    handled: Arc<AtomicU64>,
+) -> Result<(), String> {
+    let channel = connection.create_channel().await.map_err(err)?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(err)?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench-baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    consuming.store(true, Ordering::SeqCst);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let permit = permits.clone().acquire_owned().await.map_err(err)?;
+        let delivery = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx))
+            .await
+            .ok_or("the broker cancelled the consumer")?
+            .map_err(err)?;
+        let (pool, handled) = (pool.clone(), handled.clone());
+        tasks.spawn(async move {
+            let done = handle_by_hand(&pool, delivery).await;
+            drop(permit);
+            if done.is_ok() {
+                handled.fetch_add(1, Ordering::Relaxed);
+            }
+            done
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done.map_err(err)??;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(err)??;
+    }
+    let _ = channel.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// Publishes `n` `Placed` events straight to `queue`, confirmed.
+async fn fill(channel: &Channel, queue: &str, first: u64, n: u64) -> Result<(), String> {
+    let mut pending = Vec::new();
+    for seq in first..first + n {
+        let event = Placed {
+            seq,
+            sku: format!("sku-{}", seq % 1000),
+            qty: 1,
+        };
+        let message = ExternalMessage {
+            name: PLACED.into(),
+            metadata: Metadata::new(),
+            payload: serde_json::to_vec(&event).map_err(err)?,
+        };
+        pending.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &message.payload,
+                    properties(&message),
+                )
+                .await
+                .map_err(err)?,
+        );
+        if pending.len() == 500 || seq + 1 == first + n {
+            for confirm in pending.drain(..) {
+                match confirm.await.map_err(err)? {
+                    Confirmation::Ack(None) => {}
+                    other => return Err(format!("filling {queue}: {other:?}")),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn queue_len(channel: &Channel, queue: &str) -> Result<u64, String> {
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    Ok(u64::from(q.message_count()))
+}
+
+async fn count(pool: &PgPool, sql: &str, first: u64, n: u64) -> Result<u64, String> {
+    let c: i64 = sqlx::query_scalar(sql)
+        .bind(first as i64)
+        .bind((first + n) as i64)
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+    Ok(c as u64)
+}
+
+struct Bench {
+    pool: PgPool,
+    bus: MessageBus,
+    rmq: TestRabbitMq,
+    connection: Arc<Connection>,
+    /// Fills the queues (confirm mode) and counts their messages.
+    admin: Channel,
+    baseline_queue: String,
+    prefetch: u16,
+    concurrency: usize,
+    next_seq: u64,
+}
+
+impl Bench {
+    async fn eda(&mut self, label: &str, n: u64) -> Result<(f64, Usage), String> {
+        let first = self.next_seq;
+        self.next_seq += n;
+        let queue = self.rmq.options().queue_name().to_owned();
+        fill(&self.admin, &queue, first, n).await?;
+        let inbox_before: i64 = sqlx::query_scalar("SELECT count(*) FROM eda_inbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+
+        let consumer = self.rmq.rabbitmq.consumer(self.bus.clone());
+        let metrics = consumer.metrics();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(consumer.run(async move {
+            let _ = stopped.await;
+        }));
+        let consuming = metrics.clone();
+        let started = started(move || consuming.consuming()).await?;
+        let before = cpu::sample();
+        let (handled, problems) = (metrics.clone(), metrics.clone());
+        let end = drive::wait_for(
+            label,
+            n,
+            Duration::from_secs(300),
+            move || handled.handled(),
+            move || {
+                (problems.retried() + problems.dead_lettered() > 0).then(|| {
+                    format!(
+                        "{} retried, {} dead-lettered",
+                        problems.retried(),
+                        problems.dead_lettered()
+                    )
+                })
+            },
+        )
+        .await?;
+        let cpu = cpu::sample().since(&before, n);
+        let _ = stop.send(());
+        task.await.map_err(err)?.map_err(err)?;
+
+        let rows = count(
+            &self.pool,
+            "SELECT count(*) FROM bench_placed WHERE seq >= $1 AND seq < $2",
+            first,
+            n,
+        )
+        .await?;
+        let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM eda_inbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        let left = queue_len(&self.admin, &queue).await?;
+        let dead = queue_len(&self.admin, &self.rmq.options().dead_letter_queue()).await?;
+        if rows != n || (inbox - inbox_before) as u64 != n || left != 0 || dead != 0 {
+            return Err(format!(
+                "{label}: {rows} rows and {} inbox rows for {n} messages; {left} left in the \
+                 queue, {dead} dead-lettered",
+                inbox - inbox_before
+            ));
+        }
+        Ok((n as f64 / (end - started).as_secs_f64(), cpu))
+    }
+
+    async fn baseline(&mut self, label: &str, n: u64) -> Result<(f64, Usage), String> {
+        let first = self.next_seq;
+        self.next_seq += n;
+        fill(&self.admin, &self.baseline_queue, first, n).await?;
+        let handled = Arc::new(AtomicU64::new(0));
+        let consuming = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(consume_by_hand(
+            self.connection.clone(),
+            self.pool.clone(),
+            self.baseline_queue.clone(),
+            n,
+            (self.prefetch, self.concurrency),
+            consuming.clone(),
+            handled.clone(),
+        ));
+        let started = match started(move || consuming.load(Ordering::SeqCst)).await {
+            Ok(started) => started,
+            Err(e) => {
+                task.abort();
+                return Err(e);
+            }
+        };
+        let before = cpu::sample();
+        let progress = handled.clone();
+        let end = drive::wait_for(
+            label,
+            n,
+            Duration::from_secs(300),
+            move || progress.load(Ordering::Relaxed),
+            || None,
+        )
+        .await;
+        let cpu = cpu::sample().since(&before, n);
+        let consumed = task.await.map_err(err)?;
+        let end = end?;
+        consumed?;
+
+        let rows = count(
+            &self.pool,
+            "SELECT count(*) FROM bench_placed_baseline WHERE seq >= $1 AND seq < $2",
+            first,
+            n,
+        )
+        .await?;
+        let left = queue_len(&self.admin, &self.baseline_queue).await?;
+        if rows != n || left != 0 {
+            return Err(format!(
+                "{label}: {rows} rows for {n} messages; {left} left in the queue"
+            ));
+        }
+        Ok((n as f64 / (end - started).as_secs_f64(), cpu))
+    }
+}
+
+/// When `consuming()` turned true (polled every millisecond): the timed
+/// part of a run starts once a consumer consumes, after its set-up (eda's
+/// declares its topology, the baseline only opens a channel).
+async fn started(consuming: impl Fn() -> bool) -> Result<Instant, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !consuming() {
+        if Instant::now() > deadline {
+            return Err("the consumer did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(Instant::now())
+}
+
+pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
+    let n = args.n.unwrap_or(5000);
+    let concurrency = args.concurrency.unwrap_or(8);
+    let rounds = args.rounds.unwrap_or(2);
+    let prefetch = concurrency.max(32).min(u16::MAX as usize) as u16;
+    let Some(pg) = TestPostgres::start().await else {
+        return Err("PostgreSQL is not reachable (see DATABASE_URL)".into());
+    };
+    let Some(rmq) =
+        TestRabbitMq::start_with(|o| o.prefetch(prefetch).concurrency(concurrency)).await
+    else {
+        return Err("RabbitMQ is not reachable (see AMQP_URL)".into());
+    };
+    for sql in [
+        "CREATE TABLE bench_placed (seq BIGINT PRIMARY KEY, sku TEXT NOT NULL, qty BIGINT NOT NULL)",
+        "CREATE TABLE bench_placed_baseline (LIKE bench_placed INCLUDING ALL)",
+        "CREATE TABLE bench_inbox (LIKE eda_inbox INCLUDING ALL)",
+    ] {
+        sqlx::query(sql).execute(pg.pool()).await.map_err(err)?;
+    }
+    let bus = MessageBus::builder()
+        .scope(module_path!())
+        .adapter(pg.db.clone())
+        .build()
+        .map_err(err)?;
+    rmq.rabbitmq.declare_topology(&bus).await.map_err(err)?;
+
+    let connection = Arc::new(
+        Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .map_err(err)?,
+    );
+    let admin = connection.create_channel().await.map_err(err)?;
+    admin
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(err)?;
+    let baseline_queue = format!("{}.baseline", rmq.options().queue_name());
+    admin
+        .queue_declare(
+            baseline_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+
+    let mut bench = Bench {
+        pool: pg.pool().clone(),
+        bus,
+        rmq,
+        connection,
+        admin,
+        baseline_queue,
+        prefetch,
+        concurrency,
+        next_seq: 0,
+    };
+    let warm = (n / 10).clamp(100, 1000);
+    bench.baseline("warm-up baseline", warm).await?;
+    bench.eda("warm-up eda", warm).await?;
+    let (mut edas, mut baselines) = (Vec::new(), Vec::new());
+    let mut eda_rss: f64 = 0.0;
+    for round in 1..=rounds {
+        baselines.push(
+            bench
+                .baseline(&format!("baseline {round}/{rounds}"), n)
+                .await?,
+        );
+        reset_peak_rss();
+        edas.push(bench.eda(&format!("eda {round}/{rounds}"), n).await?);
+        eda_rss = eda_rss.max(peak_rss_mb());
+    }
+
+    let Bench {
+        rmq,
+        admin,
+        baseline_queue,
+        connection,
+        ..
+    } = bench;
+    let _ = admin
+        .queue_delete(baseline_queue.as_str().into(), Default::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    rmq.cleanup().await;
+    pg.drop_schema().await;
+
+    let rate = |runs: &[(f64, Usage)]| median(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+    let cpu_of = |runs: &[(f64, Usage)]| Usage::mean(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
+    let (eda, baseline) = (rate(&edas), rate(&baselines));
+    Ok(vec![Row {
+        scenario: "consume".into(),
+        n,
+        concurrency,
+        eda_per_sec: eda,
+        baseline_per_sec: baseline,
+        ratio_vs_baseline: eda / baseline,
+        peak_rss_mb: process_peak_rss_mb(),
+        eda_peak_rss_mb: Some(eda_rss),
+        note: format!(
+            "prefetch {prefetch}; baseline: lapin consume, a task per delivery ({concurrency} at \
+             a time), inbox INSERT … ON CONFLICT DO NOTHING + row INSERT in one sqlx \
+             transaction, then ack; median of {rounds} interleaved rounds. CPU: baseline {}; \
+             eda {}",
+            cpu_of(&baselines).brief(),
+            cpu_of(&edas).brief()
+        ),
+        ..Row::default()
+    }])
+}
