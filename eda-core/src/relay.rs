@@ -215,10 +215,13 @@ impl Relay {
         loop {
             let stopping = *stopped.borrow();
             if stopping {
-                let until = *flush_until
-                    .get_or_insert_with(|| tokio::time::Instant::now() + self.options.flush_timeout);
+                let until = *flush_until.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + self.options.flush_timeout
+                });
                 if tokio::time::Instant::now() >= until {
-                    tracing::warn!("outbox not empty at the end of the shutdown flush; the next instance publishes the rest");
+                    tracing::warn!(
+                        "outbox not empty at the end of the shutdown flush; the next instance publishes the rest"
+                    );
                     break;
                 }
             }
@@ -358,8 +361,14 @@ mod tests {
     struct Sink;
 
     impl Publisher for Sink {
-        fn publish<'a>(&'a self, messages: &'a [ExternalMessage]) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)> {
-            Box::pin(std::future::ready((vec![Delivery::Confirmed; messages.len()], None)))
+        fn publish<'a>(
+            &'a self,
+            messages: &'a [ExternalMessage],
+        ) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)> {
+            Box::pin(std::future::ready((
+                vec![Delivery::Confirmed; messages.len()],
+                None,
+            )))
         }
     }
 
@@ -370,12 +379,19 @@ mod tests {
             flush_timeout: Duration::from_millis(200),
             ..RelayOptions::default()
         };
-        let relay = OutboxRelay::spawn(Arc::new(Endless(Arc::new(Notify::new()))), Arc::new(Sink), options);
+        let relay = OutboxRelay::spawn(
+            Arc::new(Endless(Arc::new(Notify::new()))),
+            Arc::new(Sink),
+            options,
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         let started = std::time::Instant::now();
         tokio::time::timeout(Duration::from_secs(5), relay.shutdown())
             .await
             .expect("the shutdown is bounded");
-        assert!(started.elapsed() >= Duration::from_millis(150), "it flushed for a while first");
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "it flushed for a while first"
+        );
     }
 }

@@ -39,7 +39,9 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use lapin::Confirmation;
@@ -520,24 +522,28 @@ impl Publisher for RabbitMqPublisher {
                 },
             };
             let exchange = self.rabbitmq.inner.options.exchange.as_str();
-            // Pipelined: every message is sent before the first confirm is
-            // awaited; a channel keeps their order.
+            // Pipelined: every message of the batch is sent before any
+            // confirm is awaited, and the sends themselves are not awaited
+            // one by one (each is a round trip through lapin's I/O loop).
+            // Their order holds: lapin queues a message's frames, and gives
+            // it its delivery tag, on the first poll of `basic_publish`,
+            // and `in_order` polls them in order.
+            let sends = messages.iter().map(|message| {
+                channel.basic_publish(
+                    short(exchange),
+                    short(&message.name),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &message.payload,
+                    properties(message),
+                )
+            });
             let mut confirms = Vec::with_capacity(messages.len());
             let mut error = None;
-            for message in messages {
-                let published = channel
-                    .basic_publish(
-                        short(exchange),
-                        short(&message.name),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &message.payload,
-                        properties(message),
-                    )
-                    .await;
-                match published {
+            for sent in in_order(sends.collect()).await {
+                match sent {
                     Ok(confirm) => confirms.push(confirm),
                     Err(e) => {
                         error = Some(self.rabbitmq.error(e));
@@ -575,4 +581,35 @@ impl Publisher for RabbitMqPublisher {
             (deliveries, error)
         })
     }
+}
+
+/// Polls every future, in order, until all are done; their outputs in the
+/// same order.
+async fn in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(&mut outputs) {
+            if let Some(f) = future {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *output = Some(v);
+                        *future = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }
