@@ -151,6 +151,11 @@ pub fn command_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 /// An event has any number of handlers; each runs in its own unit of work,
 /// and a failing one is retried by policy without stopping the others.
 ///
+/// The handlers of one event run one after the other, in a stable order:
+/// by module path, then file and line. A handler should not rely on that
+/// order (as APwP's read model relies on running before `reallocate`): put
+/// what it needs in the event instead.
+///
 /// ```
 /// # use eda_core::{Event, Adapter};
 /// # use serde::{Deserialize, Serialize};
