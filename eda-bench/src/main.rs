@@ -37,8 +37,6 @@ pub(crate) struct Args {
     json: bool,
     /// Run without a tracing subscriber.
     no_subscriber: bool,
-    /// durable: the relay's publisher (an experiment: a pipelined one).
-    relay: scenarios::durable::RelayChoice,
 }
 
 const SCENARIOS: [&str; 4] = ["dispatch", "database", "durable", "consume"];
@@ -52,10 +50,7 @@ scenarios: dispatch, database, durable, consume, all (each in its own process)
   --rate         durable: the paced run's rate (default: half eda's measured rate)
   --no-subscriber  install no tracing subscriber (by default one logs warnings to
                  stderr, as a service would: without one, tracing hands every
-                 disabled span to its `log` fallback, which sqlx turns on)
-  --relay eda|pipelined|both  durable: the relay's publisher; `pipelined` is an
-                 experiment (a publisher in the bench whose sends are pipelined),
-                 `both` runs it in rounds interleaved with eda's";
+                 disabled span to its `log` fallback, which sqlx turns on)";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
     fn value<T: std::str::FromStr>(
@@ -84,17 +79,6 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--json" => parsed.json = true,
             "--no-subscriber" => parsed.no_subscriber = true,
-            "--relay" => {
-                use scenarios::durable::RelayChoice;
-                parsed.relay = match args.next().as_deref() {
-                    Some("eda") => RelayChoice::Eda,
-                    Some("pipelined") => RelayChoice::Pipelined,
-                    Some("both") => RelayChoice::Both,
-                    other => {
-                        return Err(format!("--relay: eda, pipelined or both, not {other:?}"));
-                    }
-                }
-            }
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
             s if scenario.is_none() => scenario = Some(s.to_owned()),
@@ -124,15 +108,6 @@ impl Args {
         flag("--rate", self.rate.map(|r| r.to_string()));
         if self.no_subscriber {
             v.push("--no-subscriber".to_owned());
-        }
-        match self.relay {
-            scenarios::durable::RelayChoice::Eda => {}
-            scenarios::durable::RelayChoice::Pipelined => {
-                v.extend(["--relay".to_owned(), "pipelined".to_owned()])
-            }
-            scenarios::durable::RelayChoice::Both => {
-                v.extend(["--relay".to_owned(), "both".to_owned()])
-            }
         }
         v
     }
@@ -240,11 +215,6 @@ mod tests {
         assert!(args("durable --rate 0").is_err());
         assert!(args("durable --rate -3").is_err());
         assert!(args("--help").is_err());
-        assert!(args("durable --relay fast").is_err());
-        assert_eq!(
-            args("durable --relay both").unwrap().relay,
-            scenarios::durable::RelayChoice::Both
-        );
     }
 
     #[test]

@@ -38,13 +38,10 @@
 //! from when each command was due.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use eda_core::adapters::postgres::PostgresDatabase;
-use eda_core::adapters::rabbitmq::RabbitMq;
 use eda_core::prelude::*;
 use eda_core::relay::{Delivery, OutboxEntry};
 use eda_core::sqlx::{self, PgPool};
@@ -142,121 +139,6 @@ impl Confirms {
     }
 }
 
-/// An experiment, not the framework: eda's relay publisher as it would be
-/// with its sends pipelined. eda's awaits each `basic_publish` before
-/// sending the next, and lapin resolves that await only once its I/O loop
-/// wrote the frames: one hand-off to the I/O thread and back per message.
-/// This one starts every send of the batch before awaiting any (lapin
-/// queues the frames in order on their first poll), then awaits the
-/// confirms in order, as eda's does. Chosen with `--relay pipelined`.
-struct Pipelined {
-    rabbitmq: RabbitMq,
-    channel: tokio::sync::Mutex<Option<Channel>>,
-}
-
-impl Publisher for Pipelined {
-    fn publish<'a>(
-        &'a self,
-        messages: &'a [ExternalMessage],
-    ) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)> {
-        let broker = |e: lapin::Error| Error::Broker(e.to_string().into());
-        Box::pin(async move {
-            let mut slot = self.channel.lock().await;
-            let channel = match slot.as_ref().filter(|c| c.status().connected()) {
-                Some(channel) => channel.clone(),
-                None => {
-                    let channel = match self.rabbitmq.channel().await {
-                        Ok(channel) => channel,
-                        Err(e) => return (Vec::new(), Some(e)),
-                    };
-                    if let Err(e) = channel
-                        .confirm_select(ConfirmSelectOptions::default())
-                        .await
-                    {
-                        return (Vec::new(), Some(broker(e)));
-                    }
-                    *slot = Some(channel.clone());
-                    channel
-                }
-            };
-            let exchange = self.rabbitmq.options().exchange_name();
-            let sends = messages.iter().map(|m| {
-                channel.basic_publish(
-                    exchange.into(),
-                    m.name.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &m.payload,
-                    eda_core::adapters::rabbitmq::properties(m),
-                )
-            });
-            let mut error = None;
-            let mut confirms = Vec::with_capacity(messages.len());
-            for sent in join_in_order(sends.collect()).await {
-                match sent {
-                    Ok(confirm) => confirms.push(confirm),
-                    Err(e) => {
-                        error = Some(broker(e));
-                        break;
-                    }
-                }
-            }
-            let mut deliveries = Vec::with_capacity(confirms.len());
-            for confirm in confirms {
-                match confirm.await {
-                    Ok(Confirmation::Ack(None)) => deliveries.push(Delivery::Confirmed),
-                    Ok(Confirmation::Ack(Some(_))) => deliveries.push(Delivery::Unroutable),
-                    Ok(other) => {
-                        error.get_or_insert(Error::Broker(format!("{other:?}").into()));
-                        break;
-                    }
-                    Err(e) => {
-                        error.get_or_insert(broker(e));
-                        break;
-                    }
-                }
-            }
-            if error.is_some() {
-                *slot = None;
-            }
-            (deliveries, error)
-        })
-    }
-}
-
-/// Runs the futures concurrently, each first polled in their order; their
-/// outputs in that order.
-async fn join_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(&mut outputs) {
-            if let Some(f) = future {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => {
-                        *output = Some(v);
-                        *future = None;
-                    }
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs
-        .into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
-}
-
 /// The outbox the relay reads (eda's, on Postgres), timing its reads and
 /// its marks.
 struct TimedStore {
@@ -328,51 +210,14 @@ impl OutboxStore for TimedStore {
     }
 }
 
-/// Which publisher the outbox relay uses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum RelayChoice {
-    /// eda's ([`RabbitMq::publisher`]).
-    #[default]
-    Eda,
-    /// The experiment, [`Pipelined`].
-    Pipelined,
-    /// Both, in interleaved rounds.
-    Both,
-}
-
-impl RelayChoice {
-    fn kinds(self) -> &'static [RelayChoice] {
-        match self {
-            RelayChoice::Eda => &[RelayChoice::Eda],
-            RelayChoice::Pipelined => &[RelayChoice::Pipelined],
-            RelayChoice::Both => &[RelayChoice::Eda, RelayChoice::Pipelined],
-        }
-    }
-
-    fn suffix(self) -> &'static str {
-        match self {
-            RelayChoice::Pipelined => " (what-if: pipelined relay)",
-            RelayChoice::Eda | RelayChoice::Both => "",
-        }
-    }
-}
-
-/// The running relay, and its recording publisher.
-struct ActiveRelay {
-    kind: RelayChoice,
-    relay: OutboxRelay,
-    confirms: Arc<Confirms>,
-}
-
 /// Everything a round needs.
 struct Bench {
     pool: PgPool,
     bus: MessageBus,
     store: Arc<TimedStore>,
-    rabbitmq: RabbitMq,
-    relay: Option<ActiveRelay>,
-    /// Published by relays that were stopped.
-    published_before: u64,
+    /// eda's relay, and the recording publisher it was given.
+    relay: OutboxRelay,
+    confirms: Arc<Confirms>,
     /// The baseline's confirm channel (its own connection).
     channel: Channel,
     /// Checks and purges the observer queue.
@@ -545,47 +390,9 @@ impl Bench {
         first
     }
 
-    /// Makes `kind` the running relay (stopping the other one, which
-    /// releases its lease), and returns it.
-    async fn use_relay(&mut self, kind: RelayChoice) -> &ActiveRelay {
-        if self.relay.as_ref().is_some_and(|r| r.kind != kind) {
-            let stopped = self.relay.take().expect("a relay");
-            self.published_before += stopped.relay.metrics().published();
-            stopped.relay.shutdown().await;
-        }
-        if self.relay.is_none() {
-            let inner: Arc<dyn Publisher> = match kind {
-                RelayChoice::Pipelined => Arc::new(Pipelined {
-                    rabbitmq: self.rabbitmq.clone(),
-                    channel: tokio::sync::Mutex::new(None),
-                }),
-                RelayChoice::Eda | RelayChoice::Both => self.rabbitmq.publisher(),
-            };
-            let confirms = Arc::new(Confirms {
-                inner,
-                seen: Mutex::new(Seen::default()),
-            });
-            let relay = OutboxRelay::spawn(
-                self.store.clone(),
-                confirms.clone(),
-                RelayOptions::default(),
-            );
-            self.relay = Some(ActiveRelay {
-                kind,
-                relay,
-                confirms,
-            });
-        }
-        self.relay.as_ref().expect("a relay")
-    }
-
-    /// Events published by every relay so far.
+    /// Events the relay published so far.
     fn published(&self) -> u64 {
-        self.published_before
-            + self
-                .relay
-                .as_ref()
-                .map_or(0, |r| r.relay.metrics().published())
+        self.relay.metrics().published()
     }
 
     /// The observer queue holds `n` messages (then it is emptied).
@@ -647,15 +454,9 @@ impl Bench {
         Ok(Measured::from_run(&run, cpu))
     }
 
-    async fn eda(
-        &mut self,
-        kind: RelayChoice,
-        label: &str,
-        n: u64,
-        pace: Option<f64>,
-    ) -> Result<Measured, String> {
+    async fn eda(&mut self, label: &str, n: u64, pace: Option<f64>) -> Result<Measured, String> {
         let first = self.seqs(n);
-        let confirms = self.use_relay(kind).await.confirms.clone();
+        let confirms = self.confirms.clone();
         let published = self.published();
         let (batches_before, messages_before) = confirms.mark();
         let store_before = self.store.times();
@@ -799,16 +600,22 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         .await
         .map_err(err)?;
 
+    let store = Arc::new(TimedStore {
+        inner: pg.db.clone(),
+        times: Mutex::new(StoreTimes::default()),
+    });
+    let confirms = Arc::new(Confirms {
+        inner: rmq.rabbitmq.publisher(),
+        seen: Mutex::new(Seen::default()),
+    });
+    let relay = OutboxRelay::spawn(store.clone(), confirms.clone(), RelayOptions::default());
+
     let mut bench = Bench {
         pool: pg.pool().clone(),
         bus,
-        store: Arc::new(TimedStore {
-            inner: pg.db.clone(),
-            times: Mutex::new(StoreTimes::default()),
-        }),
-        rabbitmq: rmq.rabbitmq.clone(),
-        relay: None,
-        published_before: 0,
+        store,
+        relay,
+        confirms,
         channel,
         admin,
         exchange,
@@ -816,52 +623,37 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         concurrency,
         next_seq: 0,
     };
-    let kinds = args.relay.kinds();
 
     let warm = (n / 10).clamp(100, 1000);
     bench.limit("warm-up limit", warm, None).await?;
     bench.baseline("warm-up baseline", warm, None).await?;
-    for &kind in kinds {
-        bench.eda(kind, "warm-up eda", warm, None).await?;
-    }
+    bench.eda("warm-up eda", warm, None).await?;
 
-    let (mut limits, mut baselines) = (Vec::new(), Vec::new());
-    let mut edas: Vec<Vec<Measured>> = kinds.iter().map(|_| Vec::new()).collect();
+    let (mut limits, mut baselines, mut edas) = (Vec::new(), Vec::new(), Vec::new());
     let mut eda_rss: f64 = 0.0;
     for round in 1..=rounds {
         let label = |what: &str| format!("{what} {round}/{rounds}");
         limits.push(bench.limit(&label("limit"), n, None).await?);
         baselines.push(bench.baseline(&label("baseline"), n, None).await?);
-        for (k, &kind) in kinds.iter().enumerate() {
-            reset_peak_rss();
-            let what = if kind == RelayChoice::Pipelined {
-                "eda (pipelined relay)"
-            } else {
-                "eda"
-            };
-            edas[k].push(bench.eda(kind, &label(what), n, None).await?);
-            eda_rss = eda_rss.max(peak_rss_mb());
-        }
+        reset_peak_rss();
+        edas.push(bench.eda(&label("eda"), n, None).await?);
+        eda_rss = eda_rss.max(peak_rss_mb());
     }
     let per_sec = |m: &[Measured]| median(&m.iter().map(|m| m.per_sec).collect::<Vec<_>>());
     let p = |m: &[Measured], p: f64| median(&m.iter().map(|m| m.p(p)).collect::<Vec<_>>());
 
-    // Paced at half the rate of the first relay (eda's, unless only the
-    // experiment runs).
-    let rate = args.rate.unwrap_or(per_sec(&edas[0]) / 2.0);
+    let eda_max = per_sec(&edas);
+    let rate = args.rate.unwrap_or(eda_max / 2.0);
     let paced_baseline = bench.baseline("paced baseline", n, Some(rate)).await?;
-    let mut paced = Vec::new();
-    for &kind in kinds {
-        reset_peak_rss();
-        paced.push(bench.eda(kind, "paced eda", n, Some(rate)).await?);
-        eda_rss = eda_rss.max(peak_rss_mb());
-    }
+    reset_peak_rss();
+    let paced = bench.eda("paced eda", n, Some(rate)).await?;
+    eda_rss = eda_rss.max(peak_rss_mb());
 
     // Every command took its unit of stock; every eda event was confirmed.
     let commands = bench.next_seq;
     let taken = stock::units_taken(&bench.pool).await?;
     let published = bench.published();
-    let eda_commands = kinds.len() as u64 * (warm + rounds * n + n);
+    let eda_commands = warm + rounds * n + n;
     if taken as u64 != commands || published != eda_commands {
         return Err(format!(
             "work missing: {taken} units taken (expected {commands}), {published} events \
@@ -874,9 +666,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         observer,
         ..
     } = bench;
-    if let Some(active) = relay {
-        active.relay.shutdown().await;
-    }
+    relay.shutdown().await;
     let _ = admin
         .queue_delete(observer.as_str().into(), Default::default())
         .await;
@@ -905,13 +695,10 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     };
     let limit_per_sec = per_sec(&limits);
     let cpu_of = |m: &[Measured]| Usage::mean(&m.iter().map(|m| m.cpu).collect::<Vec<_>>());
-    let mut rows = Vec::new();
-    for (k, &kind) in kinds.iter().enumerate() {
-        let (edas, paced) = (&edas[k], &paced[k]);
-        let eda_max = per_sec(edas);
-        let last = edas.last().expect("at least one round");
-        rows.push(Row {
-            scenario: format!("durable{}", kind.suffix()),
+    let last = edas.last().expect("at least one round");
+    Ok(vec![
+        Row {
+            scenario: "durable".into(),
             n,
             concurrency,
             eda_per_sec: eda_max,
@@ -919,8 +706,8 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             ratio_vs_baseline: eda_max / per_sec(&baselines),
             limit_per_sec: Some(limit_per_sec),
             ratio_vs_limit: Some(eda_max / limit_per_sec),
-            p50_ms: Some(p(edas, 0.50)),
-            p99_ms: Some(p(edas, 0.99)),
+            p50_ms: Some(p(&edas, 0.50)),
+            p99_ms: Some(p(&edas, 0.99)),
             baseline_p50_ms: Some(p(&baselines, 0.50)),
             baseline_p99_ms: Some(p(&baselines, 0.99)),
             peak_rss_mb: process_peak_rss_mb(),
@@ -944,12 +731,12 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
                 ),
                 cpu_of(&limits).brief(),
                 cpu_of(&baselines).brief(),
-                cpu_of(edas).brief(),
+                cpu_of(&edas).brief(),
                 bounds(last)
             ),
-        });
-        rows.push(Row {
-            scenario: format!("durable/paced{}", kind.suffix()),
+        },
+        Row {
+            scenario: "durable/paced".into(),
             n,
             concurrency,
             eda_per_sec: paced.per_sec,
@@ -971,12 +758,11 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
                 },
                 paced_baseline.cpu.brief(),
                 paced.cpu.brief(),
-                bounds(paced)
+                bounds(&paced)
             ),
             ..Row::default()
-        });
-    }
-    Ok(rows)
+        },
+    ])
 }
 
 #[cfg(test)]
