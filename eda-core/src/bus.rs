@@ -282,11 +282,14 @@ impl MessageBus {
     async fn run_event<E: Event>(&self, envelope: Envelope<E>, incoming: bool) -> Report {
         let mut report = Report::default();
         let mut queue = EventQueue::new();
-        queue.push_back(Box::new(Raised {
+        // On the stack: no allocation for the event, nor for the queue
+        // unless its handlers raise more events.
+        let event = Raised {
             metadata: envelope.metadata,
             event: envelope.message,
-        }));
-        self.process_events(&mut queue, &mut report, incoming).await;
+        };
+        self.process_events(Some(&event), &mut queue, &mut report, incoming)
+            .await;
         report
     }
 
@@ -440,12 +443,16 @@ impl MessageBus {
         let Some(entry) = self.inner.commands.get(&TypeId::of::<C>()) else {
             return Err(CommandError::Bus(Error::NoHandler(C::NAME)));
         };
-        let span = tracing::debug_span!(
-            "command",
-            name = C::NAME,
-            id = %envelope.metadata.message_id,
-            handler = entry.handler,
-        );
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "command",
+                name = C::NAME,
+                id = %envelope.metadata.message_id,
+                handler = entry.handler,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let mut queue = EventQueue::new();
         let result = async {
             let policy = &self.inner.command_retry;
@@ -507,7 +514,7 @@ impl MessageBus {
         // Events committed by the handler are processed even when it failed
         // afterwards: their state is saved, so they must not be lost.
         if !queue.is_empty() {
-            self.process_events(&mut queue, report, false).await;
+            self.process_events(None, &mut queue, report, false).await;
         }
         result
     }
@@ -520,11 +527,23 @@ impl MessageBus {
     /// would be copied on every call.
     pub(crate) async fn process_events(
         &self,
+        mut first: Option<&dyn AnyEvent>,
         queue: &mut EventQueue,
         report: &mut Report,
         mut incoming: bool,
     ) {
-        while let Some(event) = queue.pop_front() {
+        loop {
+            let popped;
+            let event: &dyn AnyEvent = match first.take() {
+                Some(event) => event,
+                None => match queue.pop_front() {
+                    Some(event) => {
+                        popped = event;
+                        &*popped
+                    }
+                    None => break,
+                },
+            };
             let Some(handlers) = self.inner.events.get(&event.__type_id()) else {
                 incoming = false;
                 continue;
@@ -542,7 +561,7 @@ impl MessageBus {
                         events: queue,
                         handler: handler.handler,
                     });
-                    let outcome = match event_span(&*event, handler) {
+                    let outcome = match event_span(event, handler) {
                         None => call.await,
                         Some(span) => call.instrument(span).await,
                     };
@@ -553,7 +572,7 @@ impl MessageBus {
                         }
                         EventOutcome::Failed { error, committed } => {
                             match self.event_handler_failed(
-                                handler, &*event, attempt, error, committed, report,
+                                handler, event, attempt, error, committed, report,
                             ) {
                                 Some(delay) => {
                                     Box::pin(tokio::time::sleep(delay)).await;
@@ -616,6 +635,11 @@ impl MessageBus {
 
 /// The span of one event handler run, if anyone listens.
 fn event_span(event: &dyn AnyEvent, handler: &EventHandlerRegistration) -> Option<tracing::Span> {
+    // Cheaper than building a disabled span (which, with tracing's `log`
+    // feature that sqlx turns on, still asks the `log` facade).
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return None;
+    }
     let span = tracing::debug_span!(
         "event",
         name = event.name(),

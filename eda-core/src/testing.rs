@@ -118,7 +118,12 @@ impl TestPostgres {
     pub async fn start_with(options: PostgresOptions) -> Option<Self> {
         let url = postgres_url();
         let schema = unique_name("eda_test");
-        match PostgresDatabase::connect_with(&url, options.schema(schema.clone())).await {
+        // Named after the schema: a test can find its own connections in
+        // pg_stat_activity (to kill them, say) without touching others'.
+        let options = options
+            .schema(schema.clone())
+            .application_name(schema.clone());
+        match PostgresDatabase::connect_with(&url, options).await {
             Ok(db) => Some(TestPostgres { db, schema, url }),
             Err(e) => service_missing(
                 "PostgreSQL",

@@ -249,14 +249,22 @@ impl Transaction {
     pub async fn __commit(&mut self) -> Result<(), Error> {
         self.check_active()?;
         let mut outbox = Vec::new();
+        let mut unencodable = None;
         for event in &mut self.events {
             event.__set_metadata(self.metadata.caused_by());
             if event.is_external() {
                 match ExternalMessage::from_event(&**event) {
                     Ok(message) => outbox.push(message),
-                    Err(e) => return self.__abort(Error::database(e)).await,
+                    Err(e) => {
+                        unencodable = Some(Error::database(e));
+                        break;
+                    }
                 }
             }
+        }
+        if let Some(e) = unencodable {
+            // Cold: boxed, so that it does not size every commit's future.
+            return Box::pin(self.__abort(e)).await;
         }
         let backend = std::mem::replace(&mut self.backend, Backend::Ended);
         let result = match backend {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use eda_core::adapters::postgres::{PostgresDatabase, PostgresOptions};
 use eda_core::adapters::sql::RowExt;
 use eda_core::prelude::*;
-use eda_core::sqlx::{self, PgConnection, Row};
+use eda_core::sqlx::{self, PgConnection, PgPool, Row};
 use eda_core::testing::TestPostgres;
 use eda_core::{Error, Metadata, RetryPolicy};
 use serde::{Deserialize, Serialize};
@@ -439,6 +439,37 @@ async fn a_connection_lost_before_commit_fails_the_command_and_writes_nothing() 
         })
         .await
         .unwrap();
+    assert_eq!(value, 1);
+    s.pg.drop_schema().await;
+}
+
+#[tokio::test]
+async fn pooled_connections_killed_while_idle_are_replaced_without_failing_a_command() {
+    let Some(s) = service_with(RetryPolicy::never()).await else {
+        return;
+    };
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    // The server ends every idle connection of this service's pool (a
+    // restart, a proxy's idle timeout): the pool does not ping them.
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&s.pg.schema)
+    .fetch_one(&PgPool::connect(&s.pg.url).await.unwrap())
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the pool had idle connections");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let value = s
+        .bus
+        .handle(Add {
+            id: "a".into(),
+            by: 1,
+            fail: false,
+        })
+        .await
+        .expect("begin found the dead connection and took another");
     assert_eq!(value, 1);
     s.pg.drop_schema().await;
 }

@@ -381,8 +381,11 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
     // not `Send`" and points at the `.await` in the handler that holds the
     // culprit. (rustc then does not report the enclosing future again.)
     let call = quote_spanned! {span=>
-        let __future = #name(#(#call_args),*);
-        let _: &dyn ::core::marker::Send = &__future;
+        let __future = {
+            let __future = #name(#(#call_args),*);
+            let _: &dyn ::core::marker::Send = &__future;
+            __future
+        };
     };
 
     let (parts, finish_result, outcome, call_fn, registration) = match kind {

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -50,6 +50,7 @@ pub struct PostgresOptions {
     tables: Tables,
     max_connections: u32,
     acquire_timeout: Duration,
+    application_name: Option<String>,
 }
 
 impl Default for PostgresOptions {
@@ -60,6 +61,7 @@ impl Default for PostgresOptions {
             tables: Tables::default(),
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
+            application_name: None,
         }
     }
 }
@@ -89,6 +91,13 @@ impl PostgresOptions {
     /// How long to wait for a connection before failing.
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// The `application_name` of the connections: how they show in
+    /// `pg_stat_activity` (the service's name, say).
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
         self
     }
 }
@@ -143,7 +152,10 @@ impl Statements {
                  (extract(epoch FROM created_at) * 1000)::int8 \
                  FROM {outbox} WHERE sent_at IS NULL ORDER BY position LIMIT $1"
             ),
-            mark_sent: format!("UPDATE {outbox} SET sent_at = now() WHERE position = ANY($1)"),
+            mark_sent: format!(
+                "WITH unsynced AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                 UPDATE {outbox} SET sent_at = now() FROM unsynced WHERE position = ANY($1)"
+            ),
             prune_outbox: format!(
                 "DELETE FROM {outbox} WHERE sent_at < now() - make_interval(secs => $1)"
             ),
@@ -276,9 +288,18 @@ impl PostgresDatabase {
     /// with its password hidden.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, Error> {
         let search_path = options.tables.schema.clone();
+        let mut connect_options: PgConnectOptions =
+            url.parse().map_err(|e| connect_error(url, e))?;
+        if let Some(name) = &options.application_name {
+            connect_options = connect_options.application_name(name);
+        }
+        // No ping on every checkout (sqlx's default): it is one more round
+        // trip per unit of work. A connection the server closed while idle
+        // is found at BEGIN instead, and `begin` retries once.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 let search_path = search_path.clone();
                 Box::pin(async move {
@@ -289,7 +310,7 @@ impl PostgresDatabase {
                     Ok(())
                 })
             })
-            .connect(url)
+            .connect_with(connect_options)
             .await
             .map_err(|e| connect_error(url, e))?;
         Self::setup(pool, url, options.tables).await
@@ -443,21 +464,17 @@ impl OutboxStore for PostgresDatabase {
 
     fn mark_sent<'a>(&'a self, positions: &'a [i64]) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            // Without waiting for the disk: a mark lost in a crash only
+            // Without waiting for the disk (synchronous_commit off for this
+            // statement's own transaction only): a mark lost in a crash only
             // means the message is published again, and consumers' inboxes
             // remove the duplicate. Waiting would stall the relay between
             // batches for the length of an fsync.
-            let mut tx = self.inner.pool.begin().await.map_err(adapter_error)?;
-            sqlx::query("SET LOCAL synchronous_commit TO OFF")
-                .execute(&mut *tx)
-                .await
-                .map_err(adapter_error)?;
             sqlx::query(&self.inner.statements.mark_sent)
                 .bind(positions)
-                .execute(&mut *tx)
+                .execute(&self.inner.pool)
                 .await
                 .map_err(adapter_error)?;
-            tx.commit().await.map_err(adapter_error)
+            Ok(())
         })
     }
 
@@ -483,13 +500,38 @@ impl Database for PostgresDatabase {
 
     fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
         Box::pin(async move {
-            let tx = self.inner.pool.begin().await.map_err(adapter_error)?;
+            // Pooled connections that died while idle (the server restarted,
+            // a proxy timed out) are found here: each failed BEGIN drops one;
+            // try the next, up to as many as the pool holds.
+            let mut attempts = self.inner.pool.options().get_max_connections() + 1;
+            let tx = loop {
+                match self.inner.pool.begin().await {
+                    Err(e) if attempts > 1 && is_dead_connection(&e) => {
+                        tracing::debug!(error = %e, "pooled connection was dead, taking another");
+                        attempts -= 1;
+                    }
+                    other => break other.map_err(adapter_error)?,
+                }
+            };
             Ok(Box::new(PgTransaction {
                 tx,
                 db: self.inner.clone(),
                 wrote_outbox: false,
             }) as Box<dyn DatabaseTransaction>)
         })
+    }
+}
+
+/// An error that means the connection itself is gone (not the query):
+/// I/O and protocol failures, and SQLSTATE classes 08 (connection
+/// exception) and 57 (operator intervention: the server shut the session).
+fn is_dead_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        _ => false,
     }
 }
 
