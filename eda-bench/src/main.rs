@@ -39,11 +39,11 @@ pub(crate) struct Args {
     no_subscriber: bool,
 }
 
-const SCENARIOS: [&str; 4] = ["dispatch", "database", "durable", "consume"];
+const SCENARIOS: [&str; 5] = ["dispatch", "database", "durable", "relay", "consume"];
 
 const USAGE: &str =
     "usage: eda-bench <scenario> [--n N] [--concurrency C] [--rounds R] [--rate PER_SEC] [--json]
-scenarios: dispatch, database, durable, consume, all (each in its own process)
+scenarios: dispatch, database, durable, relay, consume, all (each in its own process)
   --n            operations per run (messages for consume)
   --concurrency  workers (handlers at once for consume)
   --rounds       interleaved rounds of eda and its baselines
@@ -164,6 +164,7 @@ fn main() -> ExitCode {
                 "database" => scenarios::database::run(&args).await,
                 "durable" => scenarios::durable::run(&args).await,
                 "consume" => scenarios::consume::run(&args).await,
+                "relay" => scenarios::relay::run(&args).await,
                 other => Err(format!("unknown scenario {other}\n{USAGE}")),
             }
         })

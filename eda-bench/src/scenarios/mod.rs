@@ -4,4 +4,5 @@ pub(crate) mod consume;
 pub(crate) mod database;
 pub(crate) mod dispatch;
 pub(crate) mod durable;
+pub(crate) mod relay;
 pub(crate) mod stock;
