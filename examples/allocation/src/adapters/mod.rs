@@ -5,4 +5,5 @@
 
 pub mod notifications;
 pub mod postgres;
+mod rows;
 pub mod sqlite;

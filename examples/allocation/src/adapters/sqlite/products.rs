@@ -23,12 +23,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::NaiveDate;
-use eda_core::adapters::sql::RowExt;
 use eda_core::sqlx::{self, SqliteConnection};
 use eda_core::{Find, Repository, RepositoryError, repository};
 
-use super::{decode_aliased, decode_as, decode_opt_as, encode};
+use crate::adapters::rows::{self, encode, load_product_where};
 use crate::domain::model::{Batch, OrderLine, Product};
 use crate::service_layer::unit_of_work::ByBatchref;
 
@@ -36,24 +34,6 @@ use crate::service_layer::unit_of_work::ByBatchref;
 /// on a `SqliteDatabase`.
 #[derive(Debug)]
 pub struct SqliteProductRepository;
-
-/// A product with its batches and their lines: one row per allocation (or
-/// per batch without any, or one for a product without batches), in order,
-/// read in one statement so that it is one consistent snapshot.
-macro_rules! load_product_where {
-    ($condition:literal) => {
-        concat!(
-            "SELECT p.sku AS product, p.version, b.reference, b.purchased_quantity, b.eta, \
-                    a.orderid, a.sku, a.qty \
-             FROM products p \
-             LEFT JOIN batches b ON b.sku = p.sku \
-             LEFT JOIN allocations a ON a.batchref = b.reference \
-             WHERE ",
-            $condition,
-            " ORDER BY b.position, a.position"
-        )
-    };
-}
 
 const LOAD_BY_SKU: &str = load_product_where!("p.sku = ?1");
 const LOAD_BY_BATCHREF: &str =
@@ -123,51 +103,7 @@ async fn load(
     key: &str,
 ) -> Result<Option<Product>, RepositoryError> {
     let rows = sqlx::query(query).bind(key).fetch_all(&mut *conn).await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let sku: String = decode_aliased(first, "product", "products", "sku")?;
-    let version: u64 = decode_as::<i64, _>(first, "products", "version")?;
-    let mut batches: Vec<Batch> = Vec::new();
-    let mut lines: Vec<OrderLine> = Vec::new();
-    let mut current: Option<(String, u32, Option<NaiveDate>)> = None;
-    for row in &rows {
-        // `None`: a product without batches (its one row).
-        let Some(reference) = row.decode::<Option<String>>("batches", "reference")? else {
-            continue;
-        };
-        if current.as_ref().is_none_or(|(r, _, _)| *r != reference) {
-            if let Some((r, qty, eta)) = current.take() {
-                let lines = std::mem::take(&mut lines);
-                batches.push(Batch::restore(r, sku.clone(), qty, eta, lines));
-            }
-            let (table, column) = ("batches", "purchased_quantity");
-            let qty = required(decode_opt_as::<i64, _>(row, table, column)?, table, column)?;
-            let eta: Option<NaiveDate> = row.decode("batches", "eta")?;
-            current = Some((reference, qty, eta));
-        }
-        // `None`: a batch without allocations.
-        if let Some(orderid) = row.decode::<Option<String>>("allocations", "orderid")? {
-            let line_sku = row.decode::<Option<String>>("allocations", "sku")?;
-            let line_sku = required(line_sku, "allocations", "sku")?;
-            let qty = decode_opt_as::<i64, _>(row, "allocations", "qty")?;
-            let qty = required(qty, "allocations", "qty")?;
-            lines.push(OrderLine::new(orderid, line_sku, qty));
-        }
-    }
-    if let Some((r, qty, eta)) = current {
-        batches.push(Batch::restore(r, sku.clone(), qty, eta, lines));
-    }
-    let mut product = Product::new(sku, batches);
-    product.version_number = version;
-    Ok(Some(product))
-}
-
-/// A `NOT NULL` column read through an outer join, on a row that exists
-/// (its key is not `NULL`): the schema says it has a value; if it has none,
-/// that is a decoding error, not a panic.
-fn required<T>(value: Option<T>, table: &str, column: &str) -> Result<T, RepositoryError> {
-    value.ok_or_else(|| RepositoryError::decode(table, column, "NULL in a NOT NULL column"))
+    rows::product(&rows)
 }
 
 /// What a save writes, row by row: the stored batches to delete (with
@@ -329,6 +265,8 @@ fn batch_insert_error(e: sqlx::Error, reference: &str) -> RepositoryError {
 
 #[cfg(test)]
 mod tests {
+    use chrono::NaiveDate;
+
     use super::*;
 
     fn product(batches: Vec<Batch>) -> Product {
