@@ -3,6 +3,7 @@
 //! the repositories of each database register themselves, and units of work
 //! use those of the database the bus was given.
 
+mod diff;
 pub mod notifications;
 pub mod postgres;
 mod rows;
