@@ -24,10 +24,7 @@
 mod products;
 mod views;
 
-use eda_core::adapters::sql::RowExt;
-use eda_core::sqlx::postgres::{PgPool, PgRow, Postgres};
-use eda_core::sqlx::{self, Decode, Type};
-use eda_core::{BoxError, RepositoryError};
+use eda_core::sqlx::{self, PgPool};
 
 pub use products::PgProductRepository;
 pub use views::PgOrderAllocationsRepository;
@@ -90,60 +87,4 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
         sqlx::query(statement).execute(&mut *tx).await?;
     }
     tx.commit().await
-}
-
-/// Decodes `column` as the database's type `S` (e.g. `BIGINT`) and converts
-/// it into the model's `T` (e.g. `u32`); either failure names the table and
-/// the column.
-fn decode_as<'r, S, T>(row: &'r PgRow, table: &str, column: &str) -> Result<T, RepositoryError>
-where
-    S: Decode<'r, Postgres> + Type<Postgres>,
-    T: TryFrom<S>,
-    T::Error: Into<BoxError>,
-{
-    let stored: S = row.decode(table, column)?;
-    T::try_from(stored).map_err(|e| RepositoryError::decode(table, column, e))
-}
-
-/// [`RowExt::decode`] for a column selected under another name
-/// (`p.sku AS product`): the error names the table's column, not the alias.
-fn decode_aliased<'r, T>(
-    row: &'r PgRow,
-    alias: &str,
-    table: &str,
-    column: &str,
-) -> Result<T, RepositoryError>
-where
-    T: Decode<'r, Postgres> + Type<Postgres>,
-{
-    sqlx::Row::try_get(row, alias).map_err(|e| RepositoryError::decode(table, column, e))
-}
-
-/// [`decode_as`] for a column that can be `NULL` (from an outer join).
-fn decode_opt_as<'r, S, T>(
-    row: &'r PgRow,
-    table: &str,
-    column: &str,
-) -> Result<Option<T>, RepositoryError>
-where
-    S: Decode<'r, Postgres> + Type<Postgres>,
-    T: TryFrom<S>,
-    T::Error: Into<BoxError>,
-{
-    let stored: Option<S> = row.decode(table, column)?;
-    stored
-        .map(T::try_from)
-        .transpose()
-        .map_err(|e| RepositoryError::decode(table, column, e))
-}
-
-/// A value the table cannot hold (a version past `i64::MAX`, a list longer
-/// than `i32::MAX`): refused before any query.
-fn encode<S, T>(value: S, what: &str) -> Result<T, RepositoryError>
-where
-    T: TryFrom<S>,
-    S: Copy + std::fmt::Display,
-{
-    T::try_from(value)
-        .map_err(|_| RepositoryError::database(format!("{what} {value} is out of range")))
 }

@@ -2,12 +2,11 @@
 //! batchref)`, plus `allocations_view_orders (orderid, version)` for the
 //! version check of each order's view (see `crate::views`).
 
-use eda_core::adapters::sql::RowExt;
 use eda_core::sqlx::{self, PgConnection};
 use eda_core::{Repository, RepositoryError, repository};
 
-use super::{decode_as, encode};
-use crate::views::{Allocation, OrderAllocations};
+use crate::adapters::rows::{self, encode, load_order_allocations_where};
+use crate::views::OrderAllocations;
 
 /// The repository of [`OrderAllocations`] on Postgres.
 #[derive(Debug)]
@@ -22,33 +21,11 @@ impl Repository for PgOrderAllocationsRepository {
         conn: &mut PgConnection,
         orderid: &String,
     ) -> Result<Option<OrderAllocations>, RepositoryError> {
-        let rows = sqlx::query(
-            "SELECT o.version, v.sku, v.batchref \
-             FROM allocations_view_orders o \
-             LEFT JOIN allocations_view v ON v.orderid = o.orderid \
-             WHERE o.orderid = $1",
-        )
-        .bind(orderid)
-        .fetch_all(&mut *conn)
-        .await?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let version = decode_as::<i64, u64>(first, "allocations_view_orders", "version")?;
-        let mut lines = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let sku: Option<String> = row.decode("allocations_view", "sku")?;
-            let batchref: Option<String> = row.decode("allocations_view", "batchref")?;
-            // Both `NULL`: an order whose view is empty (its one row).
-            if let (Some(sku), Some(batchref)) = (sku, batchref) {
-                lines.push(Allocation { sku, batchref });
-            }
-        }
-        Ok(Some(OrderAllocations::restore(
-            orderid.clone(),
-            lines,
-            version,
-        )))
+        let rows = sqlx::query(load_order_allocations_where!("o.orderid = $1"))
+            .bind(orderid)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows::order_allocations(orderid, &rows)
     }
 
     async fn add(conn: &mut PgConnection, view: &OrderAllocations) -> Result<(), RepositoryError> {

@@ -38,10 +38,7 @@
 mod products;
 mod views;
 
-use eda_core::adapters::sql::RowExt;
-use eda_core::sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
-use eda_core::sqlx::{self, Decode, Type};
-use eda_core::{BoxError, RepositoryError};
+use eda_core::sqlx::{self, SqlitePool};
 
 pub use products::SqliteProductRepository;
 pub use views::SqliteOrderAllocationsRepository;
@@ -105,60 +102,4 @@ pub async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::Error> {
         sqlx::query(statement).execute(&mut *tx).await?;
     }
     tx.commit().await
-}
-
-/// Decodes `column` as the database's type `S` (`i64` for an `INTEGER`)
-/// and converts it into the model's `T` (e.g. `u32`); either failure names
-/// the table and the column.
-fn decode_as<'r, S, T>(row: &'r SqliteRow, table: &str, column: &str) -> Result<T, RepositoryError>
-where
-    S: Decode<'r, Sqlite> + Type<Sqlite>,
-    T: TryFrom<S>,
-    T::Error: Into<BoxError>,
-{
-    let stored: S = row.decode(table, column)?;
-    T::try_from(stored).map_err(|e| RepositoryError::decode(table, column, e))
-}
-
-/// [`RowExt::decode`] for a column selected under another name
-/// (`p.sku AS product`): the error names the table's column, not the alias.
-fn decode_aliased<'r, T>(
-    row: &'r SqliteRow,
-    alias: &str,
-    table: &str,
-    column: &str,
-) -> Result<T, RepositoryError>
-where
-    T: Decode<'r, Sqlite> + Type<Sqlite>,
-{
-    sqlx::Row::try_get(row, alias).map_err(|e| RepositoryError::decode(table, column, e))
-}
-
-/// [`decode_as`] for a column that can be `NULL` (from an outer join).
-fn decode_opt_as<'r, S, T>(
-    row: &'r SqliteRow,
-    table: &str,
-    column: &str,
-) -> Result<Option<T>, RepositoryError>
-where
-    S: Decode<'r, Sqlite> + Type<Sqlite>,
-    T: TryFrom<S>,
-    T::Error: Into<BoxError>,
-{
-    let stored: Option<S> = row.decode(table, column)?;
-    stored
-        .map(T::try_from)
-        .transpose()
-        .map_err(|e| RepositoryError::decode(table, column, e))
-}
-
-/// A value the table cannot hold (a version past `i64::MAX`): refused
-/// before any query.
-fn encode<S, T>(value: S, what: &str) -> Result<T, RepositoryError>
-where
-    T: TryFrom<S>,
-    S: Copy + std::fmt::Display,
-{
-    T::try_from(value)
-        .map_err(|_| RepositoryError::database(format!("{what} {value} is out of range")))
 }

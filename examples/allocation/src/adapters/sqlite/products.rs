@@ -1,59 +1,28 @@
 //! Products on SQLite: a product, its batches and their allocations in
-//! three tables, loaded in one query and saved as a difference.
+//! three tables, loaded in one query and saved as a difference, as on
+//! Postgres (see `adapters::diff`).
 //!
-//! # Saving: a difference, as on Postgres
-//!
-//! A product's allocation lines are never archived, so rewriting them all
-//! on each save would make each allocation cost as much as the product's
-//! history. `update` writes what changed instead: after its version check,
-//! it reads the stored rows (one query, as `get` does) and compares; an
-//! allocation then inserts one row, a shrinking batch deletes the lines it
-//! gave back and updates its quantity. What is stored is the product at the
-//! version this unit of work loaded: the version check says so, and the
+//! `update` reads the stored rows after its version check (one query, as
+//! `get` does), and writes what changed. What is stored is the product at
+//! the version this unit of work loaded: the version check says so, and the
 //! unit of work has held SQLite's write lock since it began.
 //!
 //! The writes are one statement per row changed. Postgres binds arrays to
 //! save a round trip per statement; SQLite has no arrays and no round
 //! trips (it runs in the process), and a save changes one or two rows.
-//!
-//! Both lists keep their order (`position`): allocation lines are compared
-//! as a prefix, which covers what the domain does (append a line, give back
-//! the most recent ones); anything else rewrites that batch's lines from the
-//! first difference on.
 
-use std::collections::{HashMap, HashSet};
-
-use chrono::NaiveDate;
-use eda_core::adapters::sql::RowExt;
 use eda_core::sqlx::{self, SqliteConnection};
 use eda_core::{Find, Repository, RepositoryError, repository};
 
-use super::{decode_aliased, decode_as, decode_opt_as, encode};
-use crate::domain::model::{Batch, OrderLine, Product};
+use crate::adapters::diff::{Changes, changes};
+use crate::adapters::rows::{self, encode, load_product_where};
+use crate::domain::model::Product;
 use crate::service_layer::unit_of_work::ByBatchref;
 
 /// The repository of [`Product`]s on SQLite, registered for units of work
 /// on a `SqliteDatabase`.
 #[derive(Debug)]
 pub struct SqliteProductRepository;
-
-/// A product with its batches and their lines: one row per allocation (or
-/// per batch without any, or one for a product without batches), in order,
-/// read in one statement so that it is one consistent snapshot.
-macro_rules! load_product_where {
-    ($condition:literal) => {
-        concat!(
-            "SELECT p.sku AS product, p.version, b.reference, b.purchased_quantity, b.eta, \
-                    a.orderid, a.sku, a.qty \
-             FROM products p \
-             LEFT JOIN batches b ON b.sku = p.sku \
-             LEFT JOIN allocations a ON a.batchref = b.reference \
-             WHERE ",
-            $condition,
-            " ORDER BY b.position, a.position"
-        )
-    };
-}
 
 const LOAD_BY_SKU: &str = load_product_where!("p.sku = ?1");
 const LOAD_BY_BATCHREF: &str =
@@ -123,127 +92,7 @@ async fn load(
     key: &str,
 ) -> Result<Option<Product>, RepositoryError> {
     let rows = sqlx::query(query).bind(key).fetch_all(&mut *conn).await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let sku: String = decode_aliased(first, "product", "products", "sku")?;
-    let version: u64 = decode_as::<i64, _>(first, "products", "version")?;
-    let mut batches: Vec<Batch> = Vec::new();
-    let mut lines: Vec<OrderLine> = Vec::new();
-    let mut current: Option<(String, u32, Option<NaiveDate>)> = None;
-    for row in &rows {
-        // `None`: a product without batches (its one row).
-        let Some(reference) = row.decode::<Option<String>>("batches", "reference")? else {
-            continue;
-        };
-        if current.as_ref().is_none_or(|(r, _, _)| *r != reference) {
-            if let Some((r, qty, eta)) = current.take() {
-                let lines = std::mem::take(&mut lines);
-                batches.push(Batch::restore(r, sku.clone(), qty, eta, lines));
-            }
-            let (table, column) = ("batches", "purchased_quantity");
-            let qty = required(decode_opt_as::<i64, _>(row, table, column)?, table, column)?;
-            let eta: Option<NaiveDate> = row.decode("batches", "eta")?;
-            current = Some((reference, qty, eta));
-        }
-        // `None`: a batch without allocations.
-        if let Some(orderid) = row.decode::<Option<String>>("allocations", "orderid")? {
-            let line_sku = row.decode::<Option<String>>("allocations", "sku")?;
-            let line_sku = required(line_sku, "allocations", "sku")?;
-            let qty = decode_opt_as::<i64, _>(row, "allocations", "qty")?;
-            let qty = required(qty, "allocations", "qty")?;
-            lines.push(OrderLine::new(orderid, line_sku, qty));
-        }
-    }
-    if let Some((r, qty, eta)) = current {
-        batches.push(Batch::restore(r, sku.clone(), qty, eta, lines));
-    }
-    let mut product = Product::new(sku, batches);
-    product.version_number = version;
-    Ok(Some(product))
-}
-
-/// A `NOT NULL` column read through an outer join, on a row that exists
-/// (its key is not `NULL`): the schema says it has a value; if it has none,
-/// that is a decoding error, not a panic.
-fn required<T>(value: Option<T>, table: &str, column: &str) -> Result<T, RepositoryError> {
-    value.ok_or_else(|| RepositoryError::decode(table, column, "NULL in a NOT NULL column"))
-}
-
-/// What a save writes, row by row: the stored batches to delete (with
-/// their lines), the lines to delete, the batches to update or insert and
-/// the lines to insert.
-#[derive(Debug, Default, PartialEq)]
-struct Changes<'a> {
-    removed_batches: Vec<&'a str>,
-    /// Per batch, how many of its stored lines stay (a prefix); the others
-    /// are deleted.
-    truncated: Vec<(&'a str, i64)>,
-    /// With their positions.
-    updated_batches: Vec<(i64, &'a Batch)>,
-    inserted_batches: Vec<(i64, &'a Batch)>,
-    /// Batch reference, position, line.
-    inserted_allocations: Vec<(&'a str, i64, &'a OrderLine)>,
-}
-
-/// The difference between the stored batches and the product's.
-fn changes<'a>(stored: &'a [Batch], product: &'a Product) -> Result<Changes<'a>, RepositoryError> {
-    let stored_at: HashMap<&str, (usize, &Batch)> = stored
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (b.reference.as_str(), (i, b)))
-        .collect();
-    let mut c = Changes::default();
-    for (i, batch) in product.batches.iter().enumerate() {
-        if batch.sku != product.sku {
-            return Err(RepositoryError::database(format!(
-                "batch {} is of {}, not of the product {} that holds it",
-                batch.reference, batch.sku, product.sku
-            )));
-        }
-        let position = encode(i, "batch position")?;
-        let kept = match stored_at.get(batch.reference.as_str()) {
-            None => {
-                c.inserted_batches.push((position, batch));
-                0
-            }
-            Some(&(j, old)) => {
-                if j != i
-                    || old.purchased_quantity() != batch.purchased_quantity()
-                    || old.eta != batch.eta
-                {
-                    c.updated_batches.push((position, batch));
-                }
-                let kept = old
-                    .allocations()
-                    .iter()
-                    .zip(batch.allocations())
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                if kept < old.allocations().len() {
-                    c.truncated
-                        .push((&batch.reference, encode(kept, "allocation position")?));
-                }
-                kept
-            }
-        };
-        for (k, line) in batch.allocations().iter().enumerate().skip(kept) {
-            let position = encode(k, "allocation position")?;
-            c.inserted_allocations
-                .push((&batch.reference, position, line));
-        }
-    }
-    let current: HashSet<&str> = product
-        .batches
-        .iter()
-        .map(|b| b.reference.as_str())
-        .collect();
-    c.removed_batches = stored
-        .iter()
-        .map(|b| b.reference.as_str())
-        .filter(|r| !current.contains(r))
-        .collect();
-    Ok(c)
+    rows::product(&rows)
 }
 
 /// Applies the changes, deletions first (a line's position can be reused
@@ -251,7 +100,7 @@ fn changes<'a>(stored: &'a [Batch], product: &'a Product) -> Result<Changes<'a>,
 async fn write(
     conn: &mut SqliteConnection,
     sku: &str,
-    changes: &Changes<'_>,
+    changes: &Changes<'_, i64>,
 ) -> Result<(), RepositoryError> {
     for reference in &changes.removed_batches {
         // Its lines go with it (`ON DELETE CASCADE`).
@@ -261,50 +110,50 @@ async fn write(
             .execute(&mut *conn)
             .await?;
     }
-    for (batchref, keep) in &changes.truncated {
+    for t in &changes.truncated {
         sqlx::query("DELETE FROM allocations WHERE batchref = ?1 AND position >= ?2")
-            .bind(batchref)
-            .bind(keep)
+            .bind(t.batchref)
+            .bind(t.keep)
             .execute(&mut *conn)
             .await?;
     }
-    for (position, batch) in &changes.updated_batches {
+    for b in &changes.updated_batches {
         sqlx::query(
             "UPDATE batches SET position = ?3, purchased_quantity = ?4, eta = ?5 \
              WHERE sku = ?1 AND reference = ?2",
         )
         .bind(sku)
-        .bind(&batch.reference)
-        .bind(position)
-        .bind(i64::from(batch.purchased_quantity()))
-        .bind(batch.eta)
+        .bind(b.reference)
+        .bind(b.position)
+        .bind(b.purchased_quantity)
+        .bind(b.eta)
         .execute(&mut *conn)
         .await?;
     }
-    for (position, batch) in &changes.inserted_batches {
+    for b in &changes.inserted_batches {
         sqlx::query(
             "INSERT INTO batches (sku, reference, position, purchased_quantity, eta) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .bind(sku)
-        .bind(&batch.reference)
-        .bind(position)
-        .bind(i64::from(batch.purchased_quantity()))
-        .bind(batch.eta)
+        .bind(b.reference)
+        .bind(b.position)
+        .bind(b.purchased_quantity)
+        .bind(b.eta)
         .execute(&mut *conn)
         .await
-        .map_err(|e| batch_insert_error(e, &batch.reference))?;
+        .map_err(|e| batch_insert_error(e, b.reference))?;
     }
-    for (batchref, position, line) in &changes.inserted_allocations {
+    for l in &changes.inserted_allocations {
         sqlx::query(
             "INSERT INTO allocations (batchref, position, orderid, sku, qty) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )
-        .bind(batchref)
-        .bind(position)
-        .bind(&line.orderid)
-        .bind(&line.sku)
-        .bind(i64::from(line.qty))
+        .bind(l.batchref)
+        .bind(l.position)
+        .bind(l.orderid)
+        .bind(l.sku)
+        .bind(l.qty)
         .execute(&mut *conn)
         .await?;
     }
@@ -325,145 +174,4 @@ fn batch_insert_error(e: sqlx::Error, reference: &str) -> RepositoryError {
         ));
     }
     e.into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn product(batches: Vec<Batch>) -> Product {
-        Product::new("RUG", batches)
-    }
-
-    fn line(orderid: &str, qty: u32) -> OrderLine {
-        OrderLine::new(orderid, "RUG", qty)
-    }
-
-    /// (reference, position) of batch rows.
-    fn batch_rows(rows: &[(i64, &Batch)]) -> Vec<(String, i64)> {
-        rows.iter()
-            .map(|(p, b)| (b.reference.clone(), *p))
-            .collect()
-    }
-
-    /// (batch, position, order) of line rows.
-    fn line_rows(c: &Changes<'_>) -> Vec<(String, i64, String)> {
-        c.inserted_allocations
-            .iter()
-            .map(|(b, p, l)| (b.to_string(), *p, l.orderid.clone()))
-            .collect()
-    }
-
-    fn rows(v: &[(&str, i64, &str)]) -> Vec<(String, i64, String)> {
-        v.iter()
-            .map(|(b, p, o)| (b.to_string(), *p, o.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn a_new_product_inserts_everything() {
-        let p = product(vec![
-            Batch::restore("b1", "RUG", 10, None, vec![line("o1", 2), line("o2", 3)]),
-            Batch::new("b2", "RUG", 5, NaiveDate::from_ymd_opt(2024, 3, 1)),
-        ]);
-        let c = changes(&[], &p).unwrap();
-        assert_eq!(
-            batch_rows(&c.inserted_batches),
-            [("b1".to_owned(), 0), ("b2".to_owned(), 1)]
-        );
-        assert_eq!(line_rows(&c), rows(&[("b1", 0, "o1"), ("b1", 1, "o2")]));
-        assert!(c.updated_batches.is_empty());
-        assert!(c.truncated.is_empty());
-        assert!(c.removed_batches.is_empty());
-    }
-
-    #[test]
-    fn nothing_changed_writes_nothing() {
-        let p = product(vec![Batch::restore(
-            "b1",
-            "RUG",
-            10,
-            None,
-            vec![line("o1", 2)],
-        )]);
-        assert_eq!(changes(&p.batches, &p).unwrap(), Changes::default());
-    }
-
-    #[test]
-    fn an_allocation_inserts_one_line() {
-        let stored = vec![Batch::restore("b1", "RUG", 10, None, vec![line("o1", 2)])];
-        let mut p = product(stored.clone());
-        assert_eq!(p.allocate(line("o2", 3)).as_deref(), Some("b1"));
-        let c = changes(&stored, &p).unwrap();
-        assert_eq!(line_rows(&c), rows(&[("b1", 1, "o2")]));
-        assert_eq!(
-            c,
-            Changes {
-                inserted_allocations: c.inserted_allocations.clone(),
-                ..Changes::default()
-            },
-            "and nothing else"
-        );
-    }
-
-    #[test]
-    fn a_shrinking_batch_updates_its_quantity_and_deletes_the_lines_it_gave_back() {
-        let stored = vec![Batch::restore(
-            "b1",
-            "RUG",
-            10,
-            None,
-            vec![line("o1", 4), line("o2", 3), line("o3", 3)],
-        )];
-        let mut p = product(stored.clone());
-        p.change_batch_quantity("b1", 5).unwrap();
-        let c = changes(&stored, &p).unwrap();
-        assert_eq!(batch_rows(&c.updated_batches), [("b1".to_owned(), 0)]);
-        assert_eq!(c.updated_batches[0].1.purchased_quantity(), 5);
-        assert_eq!(c.truncated, [("b1", 1)]);
-        assert!(c.inserted_allocations.is_empty());
-    }
-
-    #[test]
-    fn a_line_removed_in_the_middle_rewrites_the_lines_after_it() {
-        let stored = vec![Batch::restore(
-            "b1",
-            "RUG",
-            10,
-            None,
-            vec![line("o1", 1), line("o2", 1), line("o3", 1)],
-        )];
-        let mut p = product(stored.clone());
-        p.batches[0].deallocate(&line("o2", 1));
-        let c = changes(&stored, &p).unwrap();
-        assert_eq!(c.truncated, [("b1", 1)]);
-        assert_eq!(line_rows(&c), rows(&[("b1", 1, "o3")]));
-        assert!(c.updated_batches.is_empty());
-    }
-
-    #[test]
-    fn a_batch_gone_from_the_product_is_deleted() {
-        let stored = vec![
-            Batch::new("b1", "RUG", 10, None),
-            Batch::new("b2", "RUG", 10, None),
-        ];
-        let p = product(vec![Batch::new("b2", "RUG", 10, None)]);
-        let c = changes(&stored, &p).unwrap();
-        assert_eq!(c.removed_batches, ["b1"]);
-        assert_eq!(
-            batch_rows(&c.updated_batches),
-            [("b2".to_owned(), 0)],
-            "moved to position 0"
-        );
-    }
-
-    #[test]
-    fn a_batch_of_another_sku_is_refused() {
-        let p = product(vec![Batch::new("b1", "LAMP", 10, None)]);
-        let e = changes(&[], &p).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "database error: batch b1 is of LAMP, not of the product RUG that holds it"
-        );
-    }
 }
