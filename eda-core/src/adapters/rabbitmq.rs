@@ -412,7 +412,9 @@ impl RabbitMq {
     }
 }
 
-/// The AMQP properties of a message: its metadata.
+/// The AMQP properties of a message: its metadata, which [`metadata`]
+/// reads back as it was (the timestamp to the millisecond up to `i64::MAX`
+/// ms, to the second past it).
 pub fn properties(message: &ExternalMessage) -> BasicProperties {
     let m = &message.metadata;
     let mut headers = FieldTable::default();
@@ -422,10 +424,12 @@ pub fn properties(message: &ExternalMessage) -> BasicProperties {
             AMQPValue::LongString(causation.to_string().into()),
         );
     }
-    headers.insert(
-        TIMESTAMP_HEADER.into(),
-        AMQPValue::LongLongInt(m.timestamp.as_millis() as i64),
-    );
+    // A long-long-int is signed: past `i64::MAX` ms (292 million years),
+    // the `timestamp` property alone carries the time, to the second,
+    // rather than a header that wrapped to a negative number.
+    if let Ok(ms) = i64::try_from(m.timestamp.as_millis()) {
+        headers.insert(TIMESTAMP_HEADER.into(), AMQPValue::LongLongInt(ms));
+    }
     BasicProperties::default()
         .with_message_id(m.message_id.to_string().into())
         .with_type(message.name.as_str().into())
