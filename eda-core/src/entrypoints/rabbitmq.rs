@@ -96,6 +96,7 @@ impl fmt::Debug for RabbitMqConsumer {
 }
 
 /// What to do with a delivery once handled.
+#[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Ack,
     Retry { attempts: u32, reason: String },
@@ -227,6 +228,8 @@ struct Handling {
     metrics: Arc<ConsumerMetrics>,
 }
 
+/// How many times the message failed before, from its header: 0 when it is
+/// missing, negative or of another type, `u32::MAX` at most.
 fn attempts(properties: &BasicProperties) -> u32 {
     match properties
         .headers()
@@ -240,6 +243,18 @@ fn attempts(properties: &BasicProperties) -> u32 {
     }
 }
 
+/// The verdict on a message that failed again after `failed_before`
+/// failures. The count saturates: a header that claims `u32::MAX` failures
+/// (anyone can publish one) dead-letters the message, it does not overflow.
+fn after_failure(failed_before: u32, max_attempts: u32, reason: String) -> Verdict {
+    let attempts = failed_before.saturating_add(1);
+    if attempts >= max_attempts {
+        Verdict::DeadLetter { attempts, reason }
+    } else {
+        Verdict::Retry { attempts, reason }
+    }
+}
+
 impl Handling {
     async fn handle(self, delivery: Delivery) {
         let verdict = self.verdict(&delivery).await;
@@ -248,7 +263,7 @@ impl Handling {
             Verdict::Retry { attempts, reason } => {
                 let options = self.rabbitmq.options();
                 let delays = &options.retry_delays;
-                let delay = delays[(*attempts as usize - 1).min(delays.len() - 1)];
+                let delay = delays[(*attempts as usize).saturating_sub(1).min(delays.len() - 1)];
                 tracing::warn!(attempts, reason, ?delay, "message failed, retrying");
                 self.forward(&delivery, &options.retry_queue(delay), *attempts, reason)
                     .await
@@ -332,12 +347,7 @@ impl Handling {
             }
             Err(join) => format!("handler of `{name}` was cancelled: {join}"),
         };
-        let attempts = failed_before + 1;
-        if attempts >= options.max_attempts {
-            Verdict::DeadLetter { attempts, reason }
-        } else {
-            Verdict::Retry { attempts, reason }
-        }
+        after_failure(failed_before, options.max_attempts, reason)
     }
 
     /// Publishes a copy of the delivery to `queue` (through the default
@@ -397,5 +407,62 @@ fn panic_message(join: tokio::task::JoinError) -> String {
         s.clone()
     } else {
         "(no message)".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_attempts(value: AMQPValue) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(ATTEMPTS_HEADER.into(), value);
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn the_attempts_header_is_read_within_u32() {
+        assert_eq!(attempts(&BasicProperties::default()), 0);
+        assert_eq!(attempts(&with_attempts(AMQPValue::LongLongInt(3))), 3);
+        assert_eq!(attempts(&with_attempts(AMQPValue::LongLongInt(-1))), 0);
+        assert_eq!(
+            attempts(&with_attempts(AMQPValue::LongLongInt(i64::MAX))),
+            u32::MAX
+        );
+        assert_eq!(attempts(&with_attempts(AMQPValue::LongInt(i32::MIN))), 0);
+        assert_eq!(
+            attempts(&with_attempts(AMQPValue::LongUInt(u32::MAX))),
+            u32::MAX
+        );
+        assert_eq!(attempts(&with_attempts(AMQPValue::Boolean(true))), 0);
+    }
+
+    /// A header claiming `u32::MAX` failures overflowed the count: a panic
+    /// in a debug build (the delivery left unacknowledged), a retry with
+    /// the count reset to 0 in a release build.
+    #[test]
+    fn a_huge_attempt_count_dead_letters_without_overflow() {
+        let reason = || "boom".to_owned();
+        assert_eq!(
+            after_failure(u32::MAX, 5, reason()),
+            Verdict::DeadLetter {
+                attempts: u32::MAX,
+                reason: reason()
+            }
+        );
+        assert_eq!(
+            after_failure(0, 5, reason()),
+            Verdict::Retry {
+                attempts: 1,
+                reason: reason()
+            }
+        );
+        assert_eq!(
+            after_failure(4, 5, reason()),
+            Verdict::DeadLetter {
+                attempts: 5,
+                reason: reason()
+            }
+        );
     }
 }
