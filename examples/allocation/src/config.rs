@@ -9,11 +9,15 @@
 //! | `EDA_QUEUE` | the service queue (its dead-letter queue is `<queue>.dlq`) | `allocation` |
 //! | `DATABASE_SCHEMA` | the Postgres schema of the service's tables (created if needed) | the connection's default |
 //! | `NOTIFICATIONS_FILE` | out-of-stock notifications are appended there | unset: written to the log |
+//! | `EDA_RETRY_DELAYS_MS` | delays before the retries of a failed RabbitMQ message, comma-separated milliseconds | `1000,5000,30000` |
+//! | `EDA_MAX_ATTEMPTS` | attempts at a RabbitMQ message before it is dead-lettered | `5` |
+//! | `EDA_MAX_MESSAGE_BYTES` | larger RabbitMQ messages are dead-lettered unread | `1048576` (1 MiB) |
 //!
 //! Printed (`Display`) and debugged (`Debug`) with passwords hidden.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use eda_core::adapters::redact_url;
 
@@ -56,6 +60,20 @@ pub struct Config {
     pub schema: Option<String>,
     /// Where notifications are appended, if not to the log.
     pub notifications_file: Option<PathBuf>,
+    /// How the RabbitMQ consumer treats failures and large messages.
+    pub consumer: ConsumerConfig,
+}
+
+/// The RabbitMQ consumer's settings that an operator may change; `None`
+/// keeps the framework's default (see `RabbitMqOptions::new`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Delays before the retries of a failed message.
+    pub retry_delays: Option<Vec<Duration>>,
+    /// Attempts before a failing message is dead-lettered.
+    pub max_attempts: Option<u32>,
+    /// The largest message read; larger ones are dead-lettered.
+    pub max_message_bytes: Option<usize>,
 }
 
 /// A variable with a value the service cannot use.
@@ -115,8 +133,55 @@ impl Config {
             queue: var("EDA_QUEUE").unwrap_or_else(|| SERVICE.into()),
             schema: var("DATABASE_SCHEMA"),
             notifications_file: var("NOTIFICATIONS_FILE").map(PathBuf::from),
+            consumer: ConsumerConfig {
+                retry_delays: var("EDA_RETRY_DELAYS_MS")
+                    .map(|v| parse_delays(&v))
+                    .transpose()?,
+                max_attempts: positive(&var, "EDA_MAX_ATTEMPTS")?,
+                max_message_bytes: positive(&var, "EDA_MAX_MESSAGE_BYTES")?,
+            },
         })
     }
+}
+
+/// `1000,5000,30000` → 1 s, 5 s, 30 s.
+fn parse_delays(value: &str) -> Result<Vec<Duration>, ConfigError> {
+    value
+        .split(',')
+        .map(|ms| {
+            ms.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| ConfigError {
+                    variable: "EDA_RETRY_DELAYS_MS",
+                    problem: format!(
+                        "expected positive milliseconds separated by commas, got {value:?}"
+                    ),
+                })
+        })
+        .collect()
+}
+
+/// A variable holding a number above zero, if set.
+fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    var: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    var(variable)
+        .map(|value| {
+            value
+                .trim()
+                .parse::<T>()
+                .ok()
+                .filter(|n| *n > T::default())
+                .ok_or_else(|| ConfigError {
+                    variable,
+                    problem: format!("expected a number above zero, got {value:?}"),
+                })
+        })
+        .transpose()
 }
 
 impl fmt::Display for Config {
@@ -176,6 +241,7 @@ impl fmt::Debug for Config {
             .field("queue", &self.queue)
             .field("schema", &self.schema)
             .field("notifications_file", &self.notifications_file)
+            .field("consumer", &self.consumer)
             .finish()
     }
 }
@@ -207,6 +273,36 @@ mod tests {
         assert_eq!(c.queue, "allocation");
         assert_eq!(c.schema, None);
         assert_eq!(c.notifications_file, None);
+        assert_eq!(c.consumer, ConsumerConfig::default());
+    }
+
+    #[test]
+    fn the_consumer_can_be_tuned() {
+        let c = config(&[
+            ("EDA_RETRY_DELAYS_MS", "200, 500"),
+            ("EDA_MAX_ATTEMPTS", "3"),
+            ("EDA_MAX_MESSAGE_BYTES", "65536"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.consumer,
+            ConsumerConfig {
+                retry_delays: Some(vec![Duration::from_millis(200), Duration::from_millis(500)]),
+                max_attempts: Some(3),
+                max_message_bytes: Some(65536),
+            }
+        );
+        for (variable, value) in [
+            ("EDA_RETRY_DELAYS_MS", "200,,500"),
+            ("EDA_RETRY_DELAYS_MS", "0"),
+            ("EDA_MAX_ATTEMPTS", "0"),
+            ("EDA_MAX_ATTEMPTS", "-1"),
+            ("EDA_MAX_MESSAGE_BYTES", "1MB"),
+        ] {
+            let err = config(&[(variable, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{variable}: expected")), "{err}");
+            assert!(err.contains(value), "{err}");
+        }
     }
 
     #[test]

@@ -62,7 +62,9 @@ impl Db {
     async fn connect(config: &Config) -> Result<Self, ServiceError> {
         match &config.database {
             DatabaseConfig::Postgres(url) => {
-                let mut options = PostgresOptions::default();
+                // The service's connections show under its queue's name in
+                // `pg_stat_activity`.
+                let mut options = PostgresOptions::default().application_name(config.queue.clone());
                 if let Some(schema) = &config.schema {
                     options = options.schema(schema.clone());
                 }
@@ -111,8 +113,18 @@ impl Broker {
     async fn connect(config: &Config) -> Result<Self, ServiceError> {
         match &config.broker {
             BrokerConfig::RabbitMq(url) => {
-                let options = RabbitMqOptions::new(url.clone(), config.queue.clone())
+                let mut options = RabbitMqOptions::new(url.clone(), config.queue.clone())
                     .exchange(config.exchange.clone());
+                let tuning = &config.consumer;
+                if let Some(delays) = &tuning.retry_delays {
+                    options = options.retry_delays(delays.iter().copied());
+                }
+                if let Some(attempts) = tuning.max_attempts {
+                    options = options.max_attempts(attempts);
+                }
+                if let Some(bytes) = tuning.max_message_bytes {
+                    options = options.max_message_bytes(bytes);
+                }
                 Ok(Broker::RabbitMq(
                     RabbitMq::connect(options)
                         .await

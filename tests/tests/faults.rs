@@ -1,0 +1,547 @@
+//! The fault suite: the real `allocation` binary, the real Postgres and
+//! RabbitMQ, a stream of commands, a fault in the middle of it, and then the
+//! books ([`World::check_books`]): every acknowledged command saved, each
+//! order allocated once and published once after dedupe by message id,
+//! nothing else changed.
+//!
+//! Each scenario prints one `FIGURES {json}` line (`--nocapture` shows it);
+//! RELIABILITY.md records a run. Faults of the whole broker (restart, closing
+//! every connection) hold [`BROKER`] exclusively, the others share it, so
+//! that the scenarios of this file can run in parallel.
+#![allow(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use eda_core::MessageId;
+use eda_core::adapters::rabbitmq::{ATTEMPTS_HEADER, ERROR_HEADER, header_string};
+use eda_core::sqlx;
+use eda_core::testing::{service_missing, unique_name};
+use eda_tests::{HttpLoad, Outcome, Service, World, orders, publish_allocations};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::{Value, json};
+use tokio::sync::RwLock;
+
+/// Shared by the scenarios; held exclusively by those that break the whole
+/// broker.
+static BROKER: RwLock<()> = RwLock::const_new(());
+
+/// Stock enough for every order: `count` skus with one big batch each.
+async fn stock(service: &Service, count: usize) -> Vec<String> {
+    let skus: Vec<String> = (0..count).map(|_| unique_name("sku")).collect();
+    for sku in &skus {
+        service.add_batch(&format!("{sku}-batch"), sku, 1_000_000, None).await;
+    }
+    skus
+}
+
+/// Runs `rabbitmqctl`; `false` when it is not installed here (and not
+/// `CI=true`, where that fails the test).
+fn rabbitmqctl(args: &[&str]) -> bool {
+    match Command::new("rabbitmqctl").args(args).output() {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "rabbitmqctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            true
+        }
+        Err(e) => service_missing::<()>(
+            "rabbitmqctl (the broker's control tool)",
+            "rabbitmqctl",
+            &e,
+            "run the suite on the broker's machine",
+        )
+        .is_some(),
+    }
+}
+
+fn figures(scenario: &str, fault: &str, books: &eda_tests::Books, extra: Value) {
+    let mut line = json!({
+        "scenario": scenario,
+        "fault": fault,
+        "attempted": books.attempted,
+        "acknowledged": books.acknowledged,
+        "saved": books.saved,
+        "lost": 0,
+        "events": books.events,
+        "duplicate_publications": books.duplicates,
+    });
+    if let (Value::Object(line), Value::Object(extra)) = (&mut line, extra) {
+        line.extend(extra);
+    }
+    println!("FIGURES {line}");
+}
+
+/// Waits until `load` has sent `n` requests.
+async fn when_sent(load: &HttpLoad, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load.sent() < n {
+        assert!(Instant::now() < deadline, "the load stalled at {}", load.sent());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart() {
+    let _shared = BROKER.read().await;
+    let Some(world) = World::new().await else {
+        return;
+    };
+    let service = Service::start(&world).await;
+    let observer = world.observe("allocation.allocated").await;
+    let skus = stock(&service, 16).await;
+    // Commands over RabbitMQ, waiting in the queue, and over HTTP.
+    let queued = publish_allocations(&world, &orders("amqp", 500, &skus)).await;
+    let load = HttpLoad::new(&service.base);
+    let stream = load.run(orders("http", 2000, &skus), 8);
+
+    when_sent(&load, 1000).await;
+    service.kill().await;
+    let killed_at = load.sent();
+    let service = Service::start(&world).await;
+    load.target(&service.base);
+    let outcome = stream.await.unwrap().merge(queued);
+
+    let books = world
+        .check_books(&observer, &outcome, Duration::from_secs(60))
+        .await;
+    figures(
+        "sigkill",
+        &format!("SIGKILL after {killed_at} HTTP requests, then a restart"),
+        &books,
+        json!({"unanswered": outcome.failed.get(&0).copied().unwrap_or(0)}),
+    );
+    assert_eq!(service.terminate().await, 0);
+    world.cleanup().await;
+}
+
+/// A broker-wide fault in the middle of a stream of commands over HTTP and
+/// RabbitMQ.
+async fn broker_fault(scenario: &str, fault: &str, inject: impl AsyncFnOnce() -> bool) {
+    let _exclusive = BROKER.write().await;
+    let Some(world) = World::new().await else {
+        return;
+    };
+    let service = Service::start(&world).await;
+    let observer = world.observe("allocation.allocated").await;
+    let skus = stock(&service, 16).await;
+    let queued = publish_allocations(&world, &orders("amqp", 500, &skus)).await;
+    let load = HttpLoad::new(&service.base);
+    let stream = load.run(orders("http", 2000, &skus), 8);
+    when_sent(&load, 700).await;
+    if !inject().await {
+        return;
+    }
+    let outcome = stream.await.unwrap().merge(queued);
+    let books = world
+        .check_books(&observer, &outcome, Duration::from_secs(90))
+        .await;
+    figures(scenario, fault, &books, json!({"failed": outcome.failed}));
+    assert_eq!(service.terminate().await, 0);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restarted_mid_stream() {
+    broker_fault(
+        "rabbitmq_restart",
+        "rabbitmqctl stop_app, 2 s down, start_app",
+        async || {
+            if !rabbitmqctl(&["stop_app"]) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rabbitmqctl(&["start_app"]) && rabbitmqctl(&["await_startup"])
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_connections_closed_mid_stream() {
+    broker_fault(
+        "rabbitmq_close_connections",
+        "rabbitmqctl close_all_connections, three times 300 ms apart",
+        async || {
+            for _ in 0..3 {
+                if !rabbitmqctl(&["close_all_connections", "fault suite"]) {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            true
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_terminated_mid_stream() {
+    let _shared = BROKER.read().await;
+    let Some(world) = World::new().await else {
+        return;
+    };
+    let service = Service::start(&world).await;
+    let observer = world.observe("allocation.allocated").await;
+    let skus = stock(&service, 16).await;
+    let queued = publish_allocations(&world, &orders("amqp", 500, &skus)).await;
+    let load = HttpLoad::new(&service.base);
+    let stream = load.run(orders("http", 2000, &skus), 8);
+    let mut terminated = 0i64;
+    for at in [500, 1000, 1500] {
+        when_sent(&load, at).await;
+        // Every connection of this service (its application_name is its
+        // queue's name), in the middle of whatever it was doing.
+        terminated += sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND pid <> pg_backend_pid()) t",
+        )
+        .bind(&world.queue)
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    }
+    assert!(terminated > 0, "the service had connections to terminate");
+    let outcome = stream.await.unwrap().merge(queued);
+    let books = world
+        .check_books(&observer, &outcome, Duration::from_secs(60))
+        .await;
+    figures(
+        "postgres_terminate",
+        &format!("pg_terminate_backend of all the service's connections, 3 times ({terminated} in all)"),
+        &books,
+        json!({"failed": outcome.failed}),
+    );
+    assert_eq!(service.terminate().await, 0);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_recovers_and_what_outlived_its_retries_is_dead_lettered() {
+    let _shared = BROKER.read().await;
+    let Some(world) = World::new().await else {
+        return;
+    };
+    // The notifications go to a directory that is not there yet: the
+    // out-of-stock handler fails until it is created.
+    let dir = std::env::temp_dir().join(unique_name("eda-notify"));
+    let file = dir.join("notifications.log");
+    let file_env = file.to_string_lossy().into_owned();
+    let service = Service::start_with(
+        &world,
+        &[
+            ("NOTIFICATIONS_FILE", &file_env),
+            ("EDA_RETRY_DELAYS_MS", "200"),
+            ("EDA_MAX_ATTEMPTS", "4"),
+        ],
+    )
+    .await;
+    let observer = world.observe("allocation.allocated").await;
+    let skus = stock(&service, 8).await;
+    let load = HttpLoad::new(&service.base);
+    let stream = load.run(orders("http", 1000, &skus), 4);
+
+    // Another service reports products out of stock, one every 10 ms for
+    // 3 s; the notifier recovers after 1.5 s.
+    let start = Instant::now();
+    let recovery = Duration::from_millis(1500);
+    let mut published: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut recovered = false;
+    for i in 0..300 {
+        if !recovered && start.elapsed() >= recovery {
+            std::fs::create_dir_all(&dir).unwrap();
+            recovered = true;
+        }
+        let sku = format!("gone-{i}");
+        world
+            .publish("allocation.out_of_stock", &json!({"sku": sku}))
+            .await;
+        published.insert(sku, start.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let recovered_at = recovery;
+
+    // Each report ends notified or dead-lettered, with the reason.
+    let dlq = format!("{}.dlq", world.queue);
+    let mut dead: BTreeMap<String, (u32, String)> = BTreeMap::new();
+    let mut notified: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while notified.len() + dead.len() < published.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} notified and {} dead-lettered of {}",
+            notified.len(),
+            dead.len(),
+            published.len()
+        );
+        for m in world.drain(&dlq).await {
+            let body: Value = serde_json::from_slice(&m.data).unwrap();
+            let attempts = match m
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(ATTEMPTS_HEADER).cloned())
+            {
+                Some(AMQPValue::LongLongInt(n)) => n as u32,
+                other => panic!("attempts header: {other:?}"),
+            };
+            let reason = header_string(&m.properties, ERROR_HEADER).unwrap();
+            dead.insert(body["sku"].as_str().unwrap().to_owned(), (attempts, reason));
+        }
+        notified.clear();
+        for line in std::fs::read_to_string(&file).unwrap_or_default().lines() {
+            let sku = line.rsplit(' ').next().unwrap().to_owned();
+            *notified.entry(sku).or_default() += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let both: Vec<&String> = dead.keys().filter(|s| notified.contains_key(*s)).collect();
+    assert!(both.is_empty(), "notified and dead-lettered: {both:?}");
+    let all: BTreeSet<&String> = dead.keys().chain(notified.keys()).collect();
+    assert_eq!(all, published.keys().collect(), "every report accounted for");
+    for (sku, (attempts, reason)) in &dead {
+        assert_eq!(*attempts, 4, "{sku} dead-lettered after every attempt");
+        assert!(
+            reason.contains("cannot send a notification to stock@made.com"),
+            "{sku}: {reason}"
+        );
+        assert!(
+            published[sku] < recovered_at,
+            "{sku} was dead-lettered, but published after the recovery"
+        );
+    }
+    // Published before the recovery, yet notified: a retry succeeded.
+    let failed_then_notified = notified
+        .keys()
+        .filter(|s| published[*s] < recovered_at)
+        .count();
+    assert!(!dead.is_empty(), "the first reports outlived their retries");
+    assert!(failed_then_notified > 0, "some reports published while failing were notified");
+    let twice = notified.values().filter(|n| **n > 1).count();
+
+    let outcome = stream.await.unwrap();
+    let books = world
+        .check_books(&observer, &outcome, Duration::from_secs(60))
+        .await;
+    figures(
+        "failing_handler",
+        "the notifier fails for 1.5 s (its directory is missing), 300 out-of-stock reports over 3 s, 4 attempts 200 ms apart",
+        &books,
+        json!({
+            "reports": published.len(),
+            "dead_lettered": dead.len(),
+            "failed_then_notified": failed_then_notified,
+            "notified_first_time": notified.len() - failed_then_notified,
+            "notified_twice": twice,
+        }),
+    );
+    assert_eq!(service.terminate().await, 0);
+    world.cleanup().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The kinds of poison, and the reason each must be dead-lettered with.
+const POISON: [(&str, &str); 5] = [
+    ("malformed_json", "malformed `allocation.allocate`"),
+    ("unknown_name", "unknown message `billing.invoice`"),
+    ("wrong_types", "malformed `allocation.allocate`"),
+    ("huge_body", "message too large"),
+    ("missing_message_id", "no message_id property"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_interleaved_with_good_messages() {
+    let _shared = BROKER.read().await;
+    let Some(world) = World::new().await else {
+        return;
+    };
+    let limit = 64 * 1024;
+    let service =
+        Service::start_with(&world, &[("EDA_MAX_MESSAGE_BYTES", &limit.to_string())]).await;
+    let observer = world.observe("allocation.allocated").await;
+    let skus = stock(&service, 8).await;
+    let good = orders("good", 1000, &skus);
+    let mut outcome = Outcome::default();
+    let huge = json!({"orderid": "huge", "sku": skus[0], "qty": 1, "pad": "x".repeat(limit)});
+    for (i, (orderid, sku)) in good.iter().enumerate() {
+        let (kind, _) = POISON[i % POISON.len()];
+        let mut body = json!({"orderid": format!("poison-{i}"), "sku": sku, "qty": 1});
+        let mut name = "allocation.allocate";
+        let mut id = Some(MessageId::new().to_string());
+        let bytes = match kind {
+            "malformed_json" => b"{\"orderid\": \"poison".to_vec(),
+            "unknown_name" => {
+                name = "billing.invoice";
+                body.to_string().into_bytes()
+            }
+            "wrong_types" => {
+                body["qty"] = json!("one");
+                body.to_string().into_bytes()
+            }
+            "huge_body" => huge.to_string().into_bytes(),
+            _ => {
+                id = None;
+                body.to_string().into_bytes()
+            }
+        };
+        let mut headers = FieldTable::default();
+        headers.insert("x-poison".into(), AMQPValue::LongLongInt(i as i64));
+        let mut properties = BasicProperties::default()
+            .with_type(name.into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(id) = id {
+            properties = properties.with_message_id(id.into());
+        }
+        // Straight into the service's queue: its bindings route only the
+        // names it knows.
+        world.publish_raw("", &world.queue, &bytes, properties).await;
+        outcome.attempted.insert(orderid.clone());
+        world
+            .publish(
+                "allocation.allocate",
+                &json!({"orderid": orderid, "sku": sku, "qty": 1}),
+            )
+            .await;
+        outcome.acknowledged.insert(orderid.clone());
+    }
+    let books = world
+        .check_books(&observer, &outcome, Duration::from_secs(60))
+        .await;
+
+    let dlq = format!("{}.dlq", world.queue);
+    let mut dead: BTreeMap<i64, String> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dead.len() < good.len() {
+        assert!(Instant::now() < deadline, "{} poison in the DLQ", dead.len());
+        for m in world.drain(&dlq).await {
+            let Some(AMQPValue::LongLongInt(i)) = m
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-poison").cloned())
+            else {
+                panic!("a good message was dead-lettered: {m:?}");
+            };
+            let reason = header_string(&m.properties, ERROR_HEADER).unwrap();
+            assert!(dead.insert(i, reason).is_none(), "poison {i} dead-lettered twice");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, reason) in &dead {
+        let (kind, expected) = POISON[*i as usize % POISON.len()];
+        assert!(reason.contains(expected), "poison {i} ({kind}): {reason}");
+        *by_kind.entry(kind).or_default() += 1;
+    }
+    let saved = world.saved_orders().await;
+    assert!(
+        saved.keys().all(|o| o.starts_with("good-")),
+        "a poison message was handled"
+    );
+    figures(
+        "poison",
+        "1,000 poison messages interleaved one by one with 1,000 good commands",
+        &books,
+        json!({"poison": dead.len(), "dead_lettered_by_kind": by_kind}),
+    );
+    assert_eq!(service.terminate().await, 0);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scarce_stock_is_never_oversold() {
+    let _shared = BROKER.read().await;
+    let Some(world) = World::new().await else {
+        return;
+    };
+    let (first, second) = (
+        Service::start(&world).await,
+        Service::start(&world).await,
+    );
+    let sku = unique_name("scarce");
+    first.add_batch("scarce-1", &sku, 30, None).await;
+    first.add_batch("scarce-2", &sku, 20, Some("2031-01-01")).await;
+    let (stock, demand) = (50, 400);
+    // 400 orders of one unit, from 16 clients on two instances; a 503
+    // (conflict outlived the retries) is asked again, a 409 is final.
+    let bases = [first.base.clone(), second.base.clone()];
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let (next, base, sku) = (next.clone(), bases[c % 2].clone(), sku.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut answers: BTreeMap<u16, usize> = BTreeMap::new();
+                let mut conflicts = 0;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= demand {
+                        break (answers, conflicts);
+                    }
+                    let body = json!({"orderid": format!("order-{i}"), "sku": sku, "qty": 1});
+                    let status = loop {
+                        let r = http
+                            .post(format!("{base}/allocate"))
+                            .json(&body)
+                            .send()
+                            .await
+                            .unwrap();
+                        match r.status().as_u16() {
+                            503 => conflicts += 1,
+                            status => break status,
+                        }
+                    };
+                    *answers.entry(status).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    let mut answers: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut conflicts = 0;
+    for client in clients {
+        let (a, c) = client.await.unwrap();
+        for (status, n) in a {
+            *answers.entry(status).or_default() += n;
+        }
+        conflicts += c;
+    }
+    let allocated: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT batchref, sum(qty)::BIGINT FROM {} GROUP BY batchref ORDER BY batchref",
+        world.table("allocations")
+    ))
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        allocated,
+        vec![("scarce-1".to_owned(), 30), ("scarce-2".to_owned(), 20)],
+        "exactly the stock is allocated, never more"
+    );
+    assert_eq!(
+        answers,
+        BTreeMap::from([(201, stock), (409, demand - stock)]),
+        "one success per unit, out of stock for the rest"
+    );
+    let saved = world.saved_orders().await;
+    assert_eq!(saved.len(), stock);
+    assert!(saved.values().all(|n| *n == 1));
+    println!(
+        "FIGURES {}",
+        json!({
+            "scenario": "scarce_stock",
+            "fault": "400 concurrent orders of 1 unit for 50 in stock, 16 clients on 2 instances",
+            "allocated": 50,
+            "answers": answers,
+            "conflicts_retried_by_clients": conflicts,
+            "oversold": 0,
+        })
+    );
+    assert_eq!(first.terminate().await, 0);
+    assert_eq!(second.terminate().await, 0);
+    world.cleanup().await;
+}
