@@ -1,1 +1,660 @@
-//! Cross-crate integration and end-to-end tests of eda (see `tests/`).
+//! Cross-crate integration and end-to-end tests of eda (see `tests/`), and
+//! the harness they share: the real `allocation` binary started as a process
+//! ([`Service`]), the services a test uses, isolated ([`World`]), a stream of
+//! commands ([`HttpLoad`]) and the check that nothing was lost or doubled
+//! ([`World::check_books`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use eda_core::MessageId;
+use eda_core::sqlx::{self, PgPool};
+use eda_core::testing::{amqp_url, postgres_url, service_missing, unique_name};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The `allocation` binary, built by `cargo test --workspace` (or built
+/// here when a single test binary runs).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/e2e-… → target/<profile>/allocation
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let path = dir.join(format!("allocation{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "allocation"])
+            .status()
+            .expect("cargo");
+        assert!(status.success(), "cargo build -p allocation");
+    }
+    path
+}
+
+/// Waits until `check` holds, failing the test with `what` after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The services a test uses, isolated: a Postgres schema, a RabbitMQ
+/// exchange and service queue of its own. Its own broker connection comes
+/// back by itself after the broker restarts or closes it.
+pub struct World {
+    /// A pool on the test's database (tables are in [`schema`](Self::schema)).
+    pub pool: PgPool,
+    /// The service's Postgres schema.
+    pub schema: String,
+    /// The service's exchange.
+    pub exchange: String,
+    /// The service's queue (and the prefix of its retry and dead-letter
+    /// queues).
+    pub queue: String,
+    broker: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    observers: Mutex<Vec<String>>,
+}
+
+impl World {
+    /// Connects to Postgres and RabbitMQ, or skips (`None`), or under
+    /// `CI=true` fails naming the missing service.
+    pub async fn new() -> Option<Self> {
+        let url = postgres_url();
+        let pool = match PgPool::connect(&url).await {
+            Ok(pool) => pool,
+            Err(e) => {
+                return service_missing(
+                    "PostgreSQL",
+                    &url,
+                    &e,
+                    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+                );
+            }
+        };
+        let amqp = amqp_url();
+        let broker = match connect(&amqp).await {
+            Ok(broker) => broker,
+            Err(e) => return service_missing("RabbitMQ", &amqp, &e, "rabbitmq-server -detached"),
+        };
+        let name = unique_name("e2e");
+        Some(World {
+            pool,
+            schema: name.clone(),
+            exchange: format!("{name}.events"),
+            queue: name,
+            broker: tokio::sync::Mutex::new(Some(broker)),
+            observers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A schema-qualified name of one of the service's tables.
+    pub fn table(&self, name: &str) -> String {
+        format!("\"{}\".{name}", self.schema)
+    }
+
+    /// A channel (with publisher confirms) on a live connection: reconnects,
+    /// for up to a minute, when the last one was closed.
+    pub async fn channel(&self) -> Channel {
+        let mut broker = self.broker.lock().await;
+        if let Some((connection, channel)) = broker.as_ref()
+            && connection.status().connected()
+            && channel.status().connected()
+        {
+            return channel.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match connect(&amqp_url()).await {
+                Ok((connection, channel)) => {
+                    *broker = Some((connection, channel.clone()));
+                    return channel;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "RabbitMQ did not come back: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// A durable queue bound to `routing_key` on the service's exchange, as
+    /// another service would consume its events (it survives a broker
+    /// restart).
+    pub async fn observe(&self, routing_key: &str) -> String {
+        let queue = format!("{}.observer.{routing_key}", self.queue);
+        let channel = self.channel().await;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.observers.lock().unwrap().push(queue.clone());
+        queue
+    }
+
+    /// Publishes `body` as the message `name` to the service's exchange,
+    /// persistent, with a fresh message id, and waits for the broker's
+    /// confirm.
+    pub async fn publish(&self, name: &str, body: &Value) {
+        let properties = BasicProperties::default()
+            .with_message_id(MessageId::new().to_string().into())
+            .with_type(name.into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        self.publish_raw(
+            &self.exchange,
+            name,
+            body.to_string().as_bytes(),
+            properties,
+        )
+        .await;
+    }
+
+    /// Publishes anything, anywhere (`""` is the default exchange, whose
+    /// routing keys are queue names), and waits for the confirm.
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
+        self.channel()
+            .await
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// The next message in `queue`, taken (acknowledged) at once.
+    pub async fn take(&self, queue: &str) -> Option<lapin::message::Delivery> {
+        self.channel()
+            .await
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .map(|m| m.delivery)
+    }
+
+    /// Everything in `queue` now.
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::Delivery> {
+        let mut messages = Vec::new();
+        while let Some(m) = self.take(queue).await {
+            messages.push(m);
+        }
+        messages
+    }
+
+    /// The order ids saved in the service's `allocations`, with how many
+    /// lines each has.
+    pub async fn saved_orders(&self) -> BTreeMap<String, i64> {
+        sqlx::query_as::<_, (String, i64)>(&format!(
+            "SELECT orderid, count(*) FROM {} GROUP BY orderid",
+            self.table("allocations")
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+    }
+
+    /// Outbox rows not yet confirmed by the broker.
+    pub async fn unsent(&self) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {} WHERE sent_at IS NULL",
+            self.table("eda_outbox")
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(-1)
+    }
+
+    /// Checks the books after a stream of `Allocate` commands (one line of
+    /// one unit per order): waits (up to `within`) until every acknowledged
+    /// order is saved, the outbox is empty and every saved order's
+    /// `allocation.allocated` arrived in `observer`; then asserts that
+    ///
+    /// - every acknowledged order is saved (nothing lost);
+    /// - nothing but the attempted orders is saved, each once (nothing
+    ///   doubled, nothing else changed);
+    /// - each saved order has exactly one event after dedupe by message id,
+    ///   and no event names an order that is not saved;
+    ///
+    /// and counts the saved orders the read model misses
+    /// ([`Books::not_in_read_model`]).
+    pub async fn check_books(&self, observer: &str, load: &Outcome, within: Duration) -> Books {
+        let mut events: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut deliveries = 0usize;
+        let mut drain = async |events: &mut HashMap<String, HashSet<String>>| {
+            for m in self.drain(observer).await {
+                let body: Value = serde_json::from_slice(&m.data).unwrap();
+                let id = m.properties.message_id().as_ref().unwrap().to_string();
+                events
+                    .entry(body["orderid"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .insert(id);
+                deliveries += 1;
+            }
+        };
+        let deadline = Instant::now() + within;
+        let saved = loop {
+            drain(&mut events).await;
+            let saved = self.saved_orders().await;
+            let done = load.acknowledged.iter().all(|o| saved.contains_key(o))
+                && saved.keys().all(|o| events.contains_key(o))
+                && self.unsent().await == 0;
+            if done || Instant::now() > deadline {
+                break saved;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Late duplicates (a publication confirmed twice) arrive too.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drain(&mut events).await;
+
+        let lost: Vec<&String> = load
+            .acknowledged
+            .iter()
+            .filter(|o| !saved.contains_key(*o))
+            .collect();
+        assert!(lost.is_empty(), "acknowledged but not saved: {lost:?}");
+        let strangers: Vec<&String> = saved
+            .keys()
+            .filter(|o| !load.attempted.contains(*o))
+            .collect();
+        assert!(strangers.is_empty(), "saved but never sent: {strangers:?}");
+        let doubled: Vec<(&String, &i64)> = saved.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(doubled.is_empty(), "allocated more than once: {doubled:?}");
+        let unpublished: Vec<&String> = saved.keys().filter(|o| !events.contains_key(*o)).collect();
+        assert!(
+            unpublished.is_empty(),
+            "saved, but no allocation.allocated: {unpublished:?}"
+        );
+        let twice: Vec<(&String, &HashSet<String>)> =
+            events.iter().filter(|(_, ids)| ids.len() != 1).collect();
+        assert!(twice.is_empty(), "more than one event per order: {twice:?}");
+        let ghosts: Vec<&String> = events.keys().filter(|o| !saved.contains_key(*o)).collect();
+        assert!(ghosts.is_empty(), "published, but not saved: {ghosts:?}");
+        assert_eq!(self.unsent().await, 0, "the outbox is empty");
+        let viewed: HashSet<String> = sqlx::query_scalar(&format!(
+            "SELECT orderid FROM {}",
+            self.table("allocations_view")
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+        Books {
+            attempted: load.attempted.len(),
+            acknowledged: load.acknowledged.len(),
+            saved: saved.len(),
+            events: deliveries,
+            duplicates: deliveries - events.values().map(HashSet::len).sum::<usize>(),
+            not_in_read_model: saved
+                .keys()
+                .filter(|o| !viewed.contains(*o))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Drops the schema and the broker objects of the test.
+    pub async fn cleanup(self) {
+        let _ = sqlx::query(&format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.schema
+        ))
+        .execute(&self.pool)
+        .await;
+        let channel = self.channel().await;
+        let mut queues: Vec<String> = [
+            "",
+            ".dlq",
+            ".retry.1000ms",
+            ".retry.5000ms",
+            ".retry.30000ms",
+        ]
+        .iter()
+        .map(|suffix| format!("{}{suffix}", self.queue))
+        .collect();
+        queues.extend(self.observers.lock().unwrap().iter().cloned());
+        for queue in queues {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(self.exchange.as_str().into(), Default::default())
+            .await;
+    }
+}
+
+async fn connect(url: &str) -> Result<(Connection, Channel), lapin::Error> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((connection, channel))
+}
+
+/// What [`World::check_books`] counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Books {
+    /// Commands sent.
+    pub attempted: usize,
+    /// Commands that got a success answer (201, or the broker's confirm).
+    pub acknowledged: usize,
+    /// Orders saved (acknowledged, and some whose answer was lost).
+    pub saved: usize,
+    /// `allocation.allocated` messages received.
+    pub events: usize,
+    /// Of those, publications of an event already received (same message
+    /// id), which a consumer's inbox removes.
+    pub duplicates: usize,
+    /// Saved orders that the read model (`GET /allocations/{orderid}`)
+    /// does not list.
+    pub not_in_read_model: Vec<String>,
+}
+
+impl Books {
+    /// Asserts that the read model lists every saved order.
+    pub fn assert_read_model(&self) {
+        assert!(
+            self.not_in_read_model.is_empty(),
+            "saved, but not in the read model: {:?}",
+            self.not_in_read_model
+        );
+    }
+}
+
+/// A running `allocation` process.
+pub struct Service {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Service {
+    /// Starts the service on the world's schema, exchange and queue.
+    pub async fn start(world: &World) -> Service {
+        Self::start_with(world, &[]).await
+    }
+
+    /// Starts the service with more environment variables.
+    pub async fn start_with(world: &World, env: &[(&str, &str)]) -> Service {
+        let mut command = Command::new(binary());
+        command
+            .env("DATABASE_URL", postgres_url())
+            .env("DATABASE_SCHEMA", &world.schema)
+            .env("AMQP_URL", amqp_url())
+            .env("EDA_EXCHANGE", &world.exchange)
+            .env("EDA_QUEUE", &world.queue)
+            .env("PORT", "0")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            )
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("the allocation binary starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+                .await
+                .expect("the service started in time")
+                .unwrap()
+                .expect("the service printed where it listens");
+            if let Some(address) = line.strip_prefix("listening on ") {
+                break address.replace("0.0.0.0", "127.0.0.1");
+            }
+        };
+        // Keep reading stdout so the process never blocks on it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Service {
+            child,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// POSTs JSON; the status and the JSON answer (`Null` if none).
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// GETs; the status and the JSON answer (`Null` if none).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Adds a batch, asserting the 201.
+    pub async fn add_batch(&self, reference: &str, sku: &str, qty: u32, eta: Option<&str>) {
+        let (status, body) = self
+            .post(
+                "/batches",
+                json!({"ref": reference, "sku": sku, "qty": qty, "eta": eta}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// SIGTERM, and the exit code.
+    pub async fn terminate(mut self) -> i32 {
+        let pid = self.child.id().expect("running") as i32;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("it stops in time")
+            .unwrap();
+        exit.code().expect("an exit code, not a signal")
+    }
+
+    /// SIGKILL: the process dies where it stands.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("SIGKILL");
+    }
+}
+
+/// What a stream of commands did.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// Every order sent (answered or not).
+    pub attempted: BTreeSet<String>,
+    /// The orders that got a success answer.
+    pub acknowledged: BTreeSet<String>,
+    /// Answers other than success, by status (0: no answer at all).
+    pub failed: BTreeMap<u16, usize>,
+}
+
+impl Outcome {
+    /// Both streams together.
+    pub fn merge(mut self, other: Outcome) -> Outcome {
+        self.attempted.extend(other.attempted);
+        self.acknowledged.extend(other.acknowledged);
+        for (status, n) in other.failed {
+            *self.failed.entry(status).or_default() += n;
+        }
+        self
+    }
+}
+
+/// `POST /allocate` of one unit for each order, from `workers` clients at
+/// once, to whichever address [`target`](Self::target) holds (a restarted
+/// service listens elsewhere). An order is sent once: a request without an
+/// answer is not repeated, since it may have been allocated.
+pub struct HttpLoad {
+    target: Arc<RwLock<String>>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl HttpLoad {
+    /// Load on the service at `base`.
+    pub fn new(base: &str) -> Self {
+        HttpLoad {
+            target: Arc::new(RwLock::new(base.to_owned())),
+            sent: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Sends the next requests to `base`.
+    pub fn target(&self, base: &str) {
+        *self.target.write().unwrap() = base.to_owned();
+    }
+
+    /// How many requests have been sent (or tried) so far.
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Sends `orders` (order id, sku) and returns what happened, in a task
+    /// of its own.
+    pub fn run(
+        &self,
+        orders: Vec<(String, String)>,
+        workers: usize,
+    ) -> tokio::task::JoinHandle<Outcome> {
+        let orders = Arc::new(orders);
+        let next = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let (orders, next) = (orders.clone(), next.clone());
+                let (target, sent) = (self.target.clone(), self.sent.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .unwrap();
+                    let mut outcome = Outcome::default();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((orderid, sku)) = orders.get(i) else {
+                            break outcome;
+                        };
+                        let base = target.read().unwrap().clone();
+                        let body = json!({"orderid": orderid, "sku": sku, "qty": 1});
+                        outcome.attempted.insert(orderid.clone());
+                        let answer = http
+                            .post(format!("{base}/allocate"))
+                            .json(&body)
+                            .send()
+                            .await;
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match answer {
+                            Ok(r) if r.status().as_u16() == 201 => {
+                                outcome.acknowledged.insert(orderid.clone());
+                            }
+                            Ok(r) => {
+                                *outcome.failed.entry(r.status().as_u16()).or_default() += 1;
+                            }
+                            Err(_) => {
+                                *outcome.failed.entry(0).or_default() += 1;
+                                // The service is down: do not burn the
+                                // orders faster than it comes back.
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut all = Outcome::default();
+            for task in tasks {
+                all = all.merge(task.await.unwrap());
+            }
+            all
+        })
+    }
+}
+
+/// `count` orders named `<prefix>-<i>`, spread over `skus`.
+pub fn orders(prefix: &str, count: usize, skus: &[String]) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| (format!("{prefix}-{i}"), skus[i % skus.len()].clone()))
+        .collect()
+}
+
+/// Publishes an `allocation.allocate` for each order, confirmed one by one:
+/// each is acknowledged once the broker has it.
+pub async fn publish_allocations(world: &World, orders: &[(String, String)]) -> Outcome {
+    let mut outcome = Outcome::default();
+    for (orderid, sku) in orders {
+        outcome.attempted.insert(orderid.clone());
+        world
+            .publish(
+                "allocation.allocate",
+                &json!({"orderid": orderid, "sku": sku, "qty": 1}),
+            )
+            .await;
+        outcome.acknowledged.insert(orderid.clone());
+    }
+    outcome
+}
