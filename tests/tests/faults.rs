@@ -32,7 +32,9 @@ static BROKER: RwLock<()> = RwLock::const_new(());
 async fn stock(service: &Service, count: usize) -> Vec<String> {
     let skus: Vec<String> = (0..count).map(|_| unique_name("sku")).collect();
     for sku in &skus {
-        service.add_batch(&format!("{sku}-batch"), sku, 1_000_000, None).await;
+        service
+            .add_batch(&format!("{sku}-batch"), sku, 1_000_000, None)
+            .await;
     }
     skus
 }
@@ -80,13 +82,30 @@ fn figures(scenario: &str, fault: &str, books: &eda_tests::Books, extra: Value) 
 async fn when_sent(load: &HttpLoad, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while load.sent() < n {
-        assert!(Instant::now() < deadline, "the load stalled at {}", load.sent());
+        assert!(
+            Instant::now() < deadline,
+            "the load stalled at {}",
+            load.sent()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart() {
+    sigkill(false).await;
+}
+
+/// The read model is kept by an in-process handler of `Allocated`, run after
+/// the command's commit: a process killed between the two loses that
+/// update (RELIABILITY.md, "Known gaps").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: in-process event handlers are lost when the process dies after the commit"]
+async fn sigkill_loses_no_read_model_update() {
+    sigkill(true).await;
+}
+
+async fn sigkill(read_model: bool) {
     let _shared = BROKER.read().await;
     let Some(world) = World::new().await else {
         return;
@@ -113,8 +132,14 @@ async fn sigkill_mid_stream_then_restart() {
         "sigkill",
         &format!("SIGKILL after {killed_at} HTTP requests, then a restart"),
         &books,
-        json!({"unanswered": outcome.failed.get(&0).copied().unwrap_or(0)}),
+        json!({
+            "unanswered": outcome.failed.get(&0).copied().unwrap_or(0),
+            "not_in_read_model": books.not_in_read_model.len(),
+        }),
     );
+    if read_model {
+        books.assert_read_model();
+    }
     assert_eq!(service.terminate().await, 0);
     world.cleanup().await;
 }
@@ -140,6 +165,7 @@ async fn broker_fault(scenario: &str, fault: &str, inject: impl AsyncFnOnce() ->
     let books = world
         .check_books(&observer, &outcome, Duration::from_secs(90))
         .await;
+    books.assert_read_model();
     figures(scenario, fault, &books, json!({"failed": outcome.failed}));
     assert_eq!(service.terminate().await, 0);
     world.cleanup().await;
@@ -210,9 +236,12 @@ async fn postgres_connections_terminated_mid_stream() {
     let books = world
         .check_books(&observer, &outcome, Duration::from_secs(60))
         .await;
+    books.assert_read_model();
     figures(
         "postgres_terminate",
-        &format!("pg_terminate_backend of all the service's connections, 3 times ({terminated} in all)"),
+        &format!(
+            "pg_terminate_backend of all the service's connections, 3 times ({terminated} in all)"
+        ),
         &books,
         json!({"failed": outcome.failed}),
     );
@@ -302,7 +331,11 @@ async fn a_failing_handler_recovers_and_what_outlived_its_retries_is_dead_letter
     let both: Vec<&String> = dead.keys().filter(|s| notified.contains_key(*s)).collect();
     assert!(both.is_empty(), "notified and dead-lettered: {both:?}");
     let all: BTreeSet<&String> = dead.keys().chain(notified.keys()).collect();
-    assert_eq!(all, published.keys().collect(), "every report accounted for");
+    assert_eq!(
+        all,
+        published.keys().collect(),
+        "every report accounted for"
+    );
     for (sku, (attempts, reason)) in &dead {
         assert_eq!(*attempts, 4, "{sku} dead-lettered after every attempt");
         assert!(
@@ -320,13 +353,17 @@ async fn a_failing_handler_recovers_and_what_outlived_its_retries_is_dead_letter
         .filter(|s| published[*s] < recovered_at)
         .count();
     assert!(!dead.is_empty(), "the first reports outlived their retries");
-    assert!(failed_then_notified > 0, "some reports published while failing were notified");
+    assert!(
+        failed_then_notified > 0,
+        "some reports published while failing were notified"
+    );
     let twice = notified.values().filter(|n| **n > 1).count();
 
     let outcome = stream.await.unwrap();
     let books = world
         .check_books(&observer, &outcome, Duration::from_secs(60))
         .await;
+    books.assert_read_model();
     figures(
         "failing_handler",
         "the notifier fails for 1.5 s (its directory is missing), 300 out-of-stock reports over 3 s, 4 attempts 200 ms apart",
@@ -399,7 +436,9 @@ async fn poison_interleaved_with_good_messages() {
         }
         // Straight into the service's queue: its bindings route only the
         // names it knows.
-        world.publish_raw("", &world.queue, &bytes, properties).await;
+        world
+            .publish_raw("", &world.queue, &bytes, properties)
+            .await;
         outcome.attempted.insert(orderid.clone());
         world
             .publish(
@@ -412,12 +451,17 @@ async fn poison_interleaved_with_good_messages() {
     let books = world
         .check_books(&observer, &outcome, Duration::from_secs(60))
         .await;
+    books.assert_read_model();
 
     let dlq = format!("{}.dlq", world.queue);
     let mut dead: BTreeMap<i64, String> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while dead.len() < good.len() {
-        assert!(Instant::now() < deadline, "{} poison in the DLQ", dead.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} poison in the DLQ",
+            dead.len()
+        );
         for m in world.drain(&dlq).await {
             let Some(AMQPValue::LongLongInt(i)) = m
                 .properties
@@ -428,7 +472,10 @@ async fn poison_interleaved_with_good_messages() {
                 panic!("a good message was dead-lettered: {m:?}");
             };
             let reason = header_string(&m.properties, ERROR_HEADER).unwrap();
-            assert!(dead.insert(i, reason).is_none(), "poison {i} dead-lettered twice");
+            assert!(
+                dead.insert(i, reason).is_none(),
+                "poison {i} dead-lettered twice"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -459,13 +506,12 @@ async fn scarce_stock_is_never_oversold() {
     let Some(world) = World::new().await else {
         return;
     };
-    let (first, second) = (
-        Service::start(&world).await,
-        Service::start(&world).await,
-    );
+    let (first, second) = (Service::start(&world).await, Service::start(&world).await);
     let sku = unique_name("scarce");
     first.add_batch("scarce-1", &sku, 30, None).await;
-    first.add_batch("scarce-2", &sku, 20, Some("2031-01-01")).await;
+    first
+        .add_batch("scarce-2", &sku, 20, Some("2031-01-01"))
+        .await;
     let (stock, demand) = (50, 400);
     // 400 orders of one unit, from 16 clients on two instances; a 503
     // (conflict outlived the retries) is asked again, a 409 is final.
