@@ -8,7 +8,7 @@ use crate::adapters::memory::InMemoryDatabase;
 use crate::bus::{Context, MessageBus};
 use crate::error::Error;
 use crate::message::{MessageId, Metadata};
-use crate::outbox::ExternalMessage;
+use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::private::BoxFuture;
 use crate::registry::Requirements;
 
@@ -50,6 +50,24 @@ pub trait Database: Send + Sync + 'static {
     fn connection_type(&self) -> (TypeId, &'static str);
     /// Begins a transaction.
     fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>>;
+    /// Marks events of the dispatch journal dispatched: their handlers in
+    /// this process have run. The default (no journal) does nothing.
+    fn mark_dispatched<'a>(&'a self, ids: &'a [MessageId]) -> BoxFuture<'a, Result<(), Error>> {
+        let _ = ids;
+        Box::pin(async { Ok(()) })
+    }
+    /// Up to `limit` events of the dispatch journal committed more than
+    /// `older_than` ago and not marked dispatched, oldest first: their
+    /// process died before their handlers ran. The default (no journal) has
+    /// none.
+    fn undispatched(
+        &self,
+        older_than: std::time::Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ExternalMessage>, Error>> {
+        let _ = (older_than, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// One open transaction of a [`Database`]. Dropping it rolls it back.
@@ -62,6 +80,29 @@ pub trait DatabaseTransaction: Send {
         &'a mut self,
         messages: &'a [ExternalMessage],
     ) -> BoxFuture<'a, Result<(), Error>>;
+    /// Whether [`write_events`](Self::write_events) keeps a dispatch
+    /// journal (see [`OutboxWrite`]). The default: no.
+    fn keeps_journal(&self) -> bool {
+        false
+    }
+    /// Writes the rows of a commit, in this transaction: the ones to
+    /// publish, and (when it [keeps a journal](Self::keeps_journal)) the ones
+    /// to dispatch in this process. The default writes the ones to publish
+    /// with [`write_outbox`](Self::write_outbox).
+    fn write_events<'a>(&'a mut self, rows: &'a [OutboxWrite]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let published: Vec<ExternalMessage> = rows
+                .iter()
+                .filter(|r| r.publish)
+                .map(|r| r.message.clone())
+                .collect();
+            if published.is_empty() {
+                Ok(())
+            } else {
+                self.write_outbox(&published).await
+            }
+        })
+    }
     /// Records that `handler` handled message `id`, in this transaction.
     /// Returns `false` if it was recorded already (a redelivery).
     fn record_inbox<'a>(

@@ -84,6 +84,7 @@ impl Events {
         self.raised.push(Box::new(Raised {
             metadata: Metadata::new(),
             event,
+            journaled: false,
         }));
     }
 

@@ -7,6 +7,7 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -14,7 +15,7 @@ use crate::adapter::{Adapter, AdapterEntry, AnyAdapter};
 use crate::adapters::memory::InMemoryDatabase;
 use crate::aggregate::Aggregate;
 use crate::error::{CommandError, Error, IncomingError};
-use crate::message::{AnyEvent, Command, Envelope, Event, Metadata, Raised};
+use crate::message::{AnyEvent, Command, Envelope, Event, MessageId, Metadata, Raised};
 use crate::private::{CallOutcome, EventOutcome};
 use crate::registry::{
     CommandHandlerRegistration, EventHandlerRegistration, HandlerRef, MessageRegistration, Wiring,
@@ -122,9 +123,14 @@ impl fmt::Debug for MessageBus {
 pub struct Context<'a> {
     pub(crate) bus: &'a MessageBus,
     pub(crate) metadata: &'a Metadata,
-    /// The message came from outside the service: handlers record it in
-    /// their inbox, so that a redelivery changes nothing.
+    /// The message came from outside the service (or from the dispatch
+    /// journal): handlers record it in their inbox, so that a redelivery
+    /// changes nothing.
     pub(crate) incoming: bool,
+    /// The bus handles the events its units of work commit (in a handler),
+    /// so they go to the dispatch journal; `false` for
+    /// [`MessageBus::begin`].
+    pub(crate) dispatches: bool,
 }
 
 impl<'a> Context<'a> {
@@ -287,6 +293,7 @@ impl MessageBus {
         let event = Raised {
             metadata: envelope.metadata,
             event: envelope.message,
+            journaled: false,
         };
         self.process_events(Some(&event), &mut queue, &mut report, incoming)
             .await;
@@ -329,6 +336,7 @@ impl MessageBus {
             bus: self,
             metadata: &metadata,
             incoming: false,
+            dispatches: false,
         };
         U::__begin(&ctx).await
     }
@@ -395,6 +403,120 @@ impl MessageBus {
             .collect();
         names.sort_unstable();
         names
+    }
+
+    /// Whether events of this type have handlers in this bus.
+    pub(crate) fn has_event_handlers(&self, type_id: TypeId) -> bool {
+        self.inner.events.contains_key(&type_id)
+    }
+
+    /// The bus's database, if it is a [`Database`](crate::Database) (not
+    /// the in-memory one).
+    fn database(&self) -> Option<&dyn crate::adapter::Database> {
+        match &self.inner.database {
+            DatabaseRole::Other { adapter } => adapter.adapter().as_database(),
+            DatabaseRole::None | DatabaseRole::Memory(_) => None,
+        }
+    }
+
+    /// Marks the journaled events whose handlers here have run.
+    #[cold]
+    async fn mark_dispatched(&self, ids: &[MessageId]) {
+        if let Some(db) = self.database()
+            && let Err(e) = db.mark_dispatched(ids).await
+        {
+            // They will be dispatched again by the recovery; the inbox
+            // keeps handlers with a unit of work from running twice.
+            tracing::warn!(error = %e, events = ids.len(), "could not mark events dispatched");
+        }
+    }
+
+    /// Handles the events of the dispatch journal that were committed more
+    /// than `older_than` ago and never dispatched: their process died
+    /// between the commit and the end of their handlers. Each runs as if it
+    /// came from a broker: handlers with a unit of work record it in their
+    /// inbox, so one that had already run is skipped; handlers without one
+    /// run again (at least once). Returns how many events it handled.
+    ///
+    /// Run it periodically in every instance ([`recovery`](Self::recovery)
+    /// does), with `older_than` well above the time a message takes to
+    /// handle, so that it does not race a live instance's own dispatch.
+    pub async fn recover_undispatched(&self, older_than: Duration) -> Result<usize, Error> {
+        const BATCH: usize = 256;
+        let Some(db) = self.database() else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        loop {
+            let rows = db.undispatched(older_than, BATCH).await?;
+            for row in &rows {
+                tracing::warn!(
+                    name = row.name,
+                    id = %row.metadata.message_id,
+                    "dispatching an event its process did not finish"
+                );
+                let handled = match self.inner.messages.get(row.name.as_str()) {
+                    Some(registration) => {
+                        (registration.dispatch)(self, row.metadata, &row.payload).await
+                    }
+                    None => Err(IncomingError::UnknownMessage {
+                        name: row.name.clone(),
+                    }),
+                };
+                if let Err(e) = handled {
+                    tracing::error!(error = %e, name = row.name, "a recovered event failed");
+                }
+            }
+            let ids: Vec<MessageId> = rows.iter().map(|r| r.metadata.message_id).collect();
+            if !ids.is_empty() {
+                db.mark_dispatched(&ids).await?;
+            }
+            total += rows.len();
+            if rows.len() < BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs [`recover_undispatched`](Self::recover_undispatched) every
+    /// `every` (and once at once), for events older than `older_than`,
+    /// until `shutdown` resolves. Errors are logged and the next round
+    /// tries again.
+    ///
+    /// ```no_run
+    /// # async fn run(bus: eda_core::MessageBus) {
+    /// use std::time::Duration;
+    /// let recovery = bus.recovery(Duration::from_secs(5), Duration::from_secs(10), std::future::pending());
+    /// tokio::spawn(recovery);
+    /// # }
+    /// ```
+    pub fn recovery(
+        &self,
+        every: Duration,
+        older_than: Duration,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let bus = self.clone();
+        async move {
+            let rounds = async {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    match bus.recover_undispatched(older_than).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(events = n, "recovered undispatched events"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not recover undispatched events")
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = rounds => {}
+                () = shutdown => {}
+            }
+        }
     }
 
     pub(crate) fn repository<A: Aggregate>(&self) -> Result<&'static RepositoryVTable<A>, Error> {
@@ -464,6 +586,7 @@ impl MessageBus {
                         bus: self,
                         metadata: &envelope.metadata,
                         incoming,
+                        dispatches: true,
                     },
                     message: &envelope.message,
                     out: &mut out,
@@ -532,6 +655,7 @@ impl MessageBus {
         report: &mut Report,
         mut incoming: bool,
     ) {
+        let mut dispatched: Vec<MessageId> = Vec::new();
         loop {
             let popped;
             let event: &dyn AnyEvent = match first.take() {
@@ -548,6 +672,10 @@ impl MessageBus {
                 incoming = false;
                 continue;
             };
+            // A journaled event is recorded in its handlers' inboxes, so
+            // that the recovery skips the ones that ran.
+            let journaled = event.__journaled();
+            let incoming = std::mem::take(&mut incoming) || journaled;
             for handler in handlers.iter() {
                 let mut attempt = 1;
                 loop {
@@ -556,6 +684,7 @@ impl MessageBus {
                             bus: self,
                             metadata: event.metadata(),
                             incoming,
+                            dispatches: true,
                         },
                         event: event.as_any(),
                         events: queue,
@@ -584,7 +713,12 @@ impl MessageBus {
                     }
                 }
             }
-            incoming = false;
+            if journaled {
+                dispatched.push(event.metadata().message_id);
+            }
+        }
+        if !dispatched.is_empty() {
+            self.mark_dispatched(&dispatched).await;
         }
     }
 

@@ -75,7 +75,7 @@ pub use error::{BoxError, CommandError, DomainError, Error, IncomingError};
 pub use message::{
     AnyEvent, Command, Envelope, Event, Message, MessageId, MessageKind, Metadata, Timestamp,
 };
-pub use outbox::ExternalMessage;
+pub use outbox::{ExternalMessage, OutboxWrite};
 pub use registry::{HandlerRef, Location, WiringError, WiringProblem};
 pub use relay::{OutboxRelay, OutboxStore, Publisher, RelayOptions};
 pub use repository::{Find, Finder, Repository, RepositoryError};

@@ -280,6 +280,14 @@ pub trait AnyEvent: fmt::Debug + Send + Sync + 'static {
     fn __clone_box(&self) -> Box<dyn AnyEvent>;
     #[doc(hidden)]
     fn __type_id(&self) -> std::any::TypeId;
+    /// Whether its commit wrote it to the dispatch journal (it has handlers
+    /// in this process, and the database keeps a journal).
+    #[doc(hidden)]
+    fn __journaled(&self) -> bool {
+        false
+    }
+    #[doc(hidden)]
+    fn __set_journaled(&mut self) {}
 }
 
 impl dyn AnyEvent {
@@ -299,6 +307,7 @@ impl dyn AnyEvent {
 pub(crate) struct Raised<E> {
     pub(crate) metadata: Metadata,
     pub(crate) event: E,
+    pub(crate) journaled: bool,
 }
 
 impl<E: Event> fmt::Debug for Raised<E> {
@@ -330,10 +339,17 @@ impl<E: Event> AnyEvent for Raised<E> {
         Box::new(Raised {
             metadata: self.metadata,
             event: self.event.clone(),
+            journaled: self.journaled,
         })
     }
     fn __type_id(&self) -> std::any::TypeId {
         std::any::TypeId::of::<E>()
+    }
+    fn __journaled(&self) -> bool {
+        self.journaled
+    }
+    fn __set_journaled(&mut self) {
+        self.journaled = true;
     }
 }
 

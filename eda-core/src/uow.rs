@@ -37,7 +37,7 @@ use crate::aggregate::Aggregate;
 use crate::bus::{Context, DatabaseRole, MessageBus};
 use crate::error::Error;
 use crate::message::{AnyEvent, Metadata};
-use crate::outbox::ExternalMessage;
+use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::registry::Requirements;
 use crate::repository::{Finder, FinderVTable, RepositoryError, RepositoryVTable};
 
@@ -145,6 +145,9 @@ pub struct Transaction {
     events: Vec<Box<dyn AnyEvent>>,
     state: State,
     conflict: bool,
+    /// Its events are handled by the bus after the commit (see
+    /// [`Context`]'s `dispatches`).
+    dispatches: bool,
 }
 
 impl fmt::Debug for Transaction {
@@ -174,6 +177,7 @@ impl Transaction {
             events: Vec::new(),
             state: State::Active,
             conflict: false,
+            dispatches: ctx.dispatches,
         })
     }
 
@@ -244,6 +248,36 @@ impl Transaction {
         Err(error)
     }
 
+    /// The rows of a commit whose events have handlers in this process: the
+    /// external ones (`outbox`, in order) to publish, and every event with
+    /// handlers here to dispatch, marked journaled.
+    #[cold]
+    fn journal(&mut self, outbox: Vec<ExternalMessage>) -> Result<Vec<OutboxWrite>, Error> {
+        let mut published = outbox.into_iter();
+        let mut rows = Vec::with_capacity(self.events.len());
+        for event in &mut self.events {
+            let dispatch = self.bus.has_event_handlers(event.__type_id());
+            let message = if event.is_external() {
+                published
+                    .next()
+                    .expect("one outbox message per external event")
+            } else if dispatch {
+                ExternalMessage::from_event(&**event).map_err(Error::database)?
+            } else {
+                continue;
+            };
+            if dispatch {
+                event.__set_journaled();
+            }
+            rows.push(OutboxWrite {
+                message,
+                publish: event.is_external(),
+                dispatch,
+            });
+        }
+        Ok(rows)
+    }
+
     /// Writes the outbox and commits (the repositories were flushed).
     #[doc(hidden)]
     pub async fn __commit(&mut self) -> Result<(), Error> {
@@ -270,7 +304,18 @@ impl Transaction {
         let result = match backend {
             Backend::Memory(tx) => tx.commit(outbox),
             Backend::Database(mut tx) => {
-                let written = if outbox.is_empty() {
+                let journal = self.dispatches
+                    && tx.keeps_journal()
+                    && self
+                        .events
+                        .iter()
+                        .any(|e| self.bus.has_event_handlers(e.__type_id()));
+                let written = if journal {
+                    match self.journal(outbox) {
+                        Ok(rows) => tx.write_events(&rows).await,
+                        Err(e) => Err(e),
+                    }
+                } else if outbox.is_empty() {
                     Ok(())
                 } else {
                     tx.write_outbox(&outbox).await

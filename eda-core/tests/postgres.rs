@@ -10,7 +10,7 @@ use eda_core::adapters::sql::RowExt;
 use eda_core::prelude::*;
 use eda_core::sqlx::{self, PgConnection, PgPool, Row};
 use eda_core::testing::TestPostgres;
-use eda_core::{Error, Metadata, RetryPolicy};
+use eda_core::{Database, Error, Metadata, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Barrier;
 
@@ -522,8 +522,46 @@ async fn migrations_are_idempotent_and_safe_when_instances_start_at_once() {
     .fetch_one(pg.pool())
     .await
     .unwrap();
-    assert!(max >= 2, "the relay lease migration ran");
+    assert!(
+        max >= 3,
+        "the relay lease and dispatch journal migrations ran"
+    );
     assert_eq!((count, distinct), (i64::from(max), i64::from(max)));
+    pg.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
+    let Some(pg) = TestPostgres::start().await else {
+        return;
+    };
+    for sql in [
+        "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
+        "DELETE FROM eda_migrations WHERE version = 3",
+        // A row written before the journal existed.
+        "INSERT INTO eda_outbox (message_id, name, payload, correlation_id, created_at) \
+         VALUES (gen_random_uuid(), 'old', '{}', gen_random_uuid(), now() - interval '1 hour')",
+    ] {
+        sqlx::query(sql).execute(pg.pool()).await.unwrap();
+    }
+    let options = PostgresOptions::default().schema(pg.schema.clone());
+    let again = PostgresDatabase::connect_with(&pg.url, options)
+        .await
+        .unwrap();
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM eda_migrations ORDER BY version")
+            .fetch_all(pg.pool())
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2, 3]);
+    assert!(
+        again
+            .undispatched(Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "rows before the journal count as dispatched"
+    );
     pg.drop_schema().await;
 }
 

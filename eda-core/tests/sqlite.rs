@@ -14,7 +14,7 @@ use eda_core::prelude::*;
 use eda_core::sqlx::{self, Connection, Row, SqliteConnection};
 use eda_core::testing::TestSqlite;
 use eda_core::{
-    Envelope, Error, ExternalMessage, InProcessBus, Metadata, OutboxRelay, OutboxStore,
+    Database, Envelope, Error, ExternalMessage, InProcessBus, Metadata, OutboxRelay, OutboxStore,
     RelayOptions, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
@@ -660,7 +660,7 @@ async fn start_at_once(url: &str, n: usize) {
         .fetch_one(db.pool())
         .await
         .unwrap();
-    assert_eq!(versions, 2, "{url}");
+    assert_eq!(versions, 3, "{url}");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(db.pool())
         .await
@@ -1357,7 +1357,9 @@ async fn a_database_of_the_first_migration_gets_the_lease_table() {
     let file = TestSqlite::start().await;
     for sql in [
         "DROP TABLE eda_relay_lease",
-        "DELETE FROM eda_migrations WHERE version = 2",
+        "DROP INDEX eda_outbox_undispatched",
+        "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
+        "DELETE FROM eda_migrations WHERE version >= 2",
     ] {
         sqlx::query(sql).execute(file.pool()).await.unwrap();
     }
@@ -1367,7 +1369,39 @@ async fn a_database_of_the_first_migration_gets_the_lease_table() {
             .fetch_all(again.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     assert!(again.lease("x", Duration::from_secs(1)).await.unwrap());
+    again.pool().close().await;
+}
+
+#[tokio::test]
+async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
+    let file = TestSqlite::start().await;
+    for sql in [
+        "DROP INDEX eda_outbox_undispatched",
+        "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
+        "DELETE FROM eda_migrations WHERE version = 3",
+        // A row written before the journal existed.
+        "INSERT INTO eda_outbox (message_id, name, payload, correlation_id, created_at) \
+         VALUES ('0190b0a4-0000-7000-8000-000000000001', 'old', '{}', \
+         '0190b0a4-0000-7000-8000-000000000001', '2024-01-01T00:00:00.000Z')",
+    ] {
+        sqlx::query(sql).execute(file.pool()).await.unwrap();
+    }
+    let again = SqliteDatabase::connect(&file.url).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM eda_migrations ORDER BY version")
+            .fetch_all(again.pool())
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2, 3]);
+    assert!(
+        again
+            .undispatched(Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "rows before the journal count as dispatched"
+    );
     again.pool().close().await;
 }

@@ -40,7 +40,7 @@ use super::sql::{Tables, adapter_error, connect_error, quote_ident};
 use crate::adapter::{Adapter, Database, DatabaseTransaction};
 use crate::error::Error;
 use crate::message::{MessageId, Metadata, Timestamp};
-use crate::outbox::ExternalMessage;
+use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::private::BoxFuture;
 use crate::relay::{OutboxEntry, OutboxStore};
 
@@ -108,6 +108,10 @@ struct Statements {
     write_outbox_one: String,
     /// Several: one insert of arrays, still one round trip.
     write_outbox: String,
+    /// Rows to publish and/or to dispatch (the dispatch journal).
+    write_events: String,
+    mark_dispatched: String,
+    undispatched: String,
     record_inbox: String,
     prune_inbox: String,
     lease: String,
@@ -133,6 +137,24 @@ impl Statements {
                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[]) \
                  AS x(m, n, p, c, k, t)"
             ),
+            write_events: format!(
+                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at, sent_at, dispatched_at) \
+                 SELECT m, n, p, c, k, to_timestamp(t::float8 / 1000), \
+                 CASE WHEN publish THEN NULL ELSE now() END, CASE WHEN dispatch THEN NULL ELSE now() END \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[], $7::bool[], $8::bool[]) \
+                 AS x(m, n, p, c, k, t, publish, dispatch)"
+            ),
+            mark_dispatched: format!(
+                "WITH unsynced AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                 UPDATE {outbox} SET dispatched_at = now() FROM unsynced \
+                 WHERE message_id = ANY($1) AND dispatched_at IS NULL"
+            ),
+            undispatched: format!(
+                "SELECT position, message_id, name, payload, correlation_id, causation_id, \
+                 (extract(epoch FROM created_at) * 1000)::int8 \
+                 FROM {outbox} WHERE dispatched_at IS NULL \
+                 AND created_at < now() - make_interval(secs => $1) ORDER BY position LIMIT $2"
+            ),
             record_inbox: format!(
                 "INSERT INTO {inbox} (message_id, handler) VALUES ($1, $2) ON CONFLICT DO NOTHING"
             ),
@@ -157,7 +179,8 @@ impl Statements {
                  UPDATE {outbox} SET sent_at = now() FROM unsynced WHERE position = ANY($1)"
             ),
             prune_outbox: format!(
-                "DELETE FROM {outbox} WHERE sent_at < now() - make_interval(secs => $1)"
+                "DELETE FROM {outbox} WHERE sent_at < now() - make_interval(secs => $1) \
+                 AND dispatched_at IS NOT NULL"
             ),
         }
     }
@@ -172,6 +195,7 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
     let prefix = &tables.prefix;
     let unsent = quote_ident(&format!("{prefix}outbox_unsent"));
     let handled = quote_ident(&format!("{prefix}inbox_handled_at"));
+    let undispatched = quote_ident(&format!("{prefix}outbox_undispatched"));
     let lease = tables.name("relay_lease");
     vec![
         vec![
@@ -210,6 +234,17 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
             expires_at TIMESTAMPTZ NOT NULL
         )"
         )],
+        // 3: the dispatch journal: events with handlers in the process that
+        // committed them, NULL until those handlers ran (rows before this
+        // migration, and rows only to publish, count as dispatched).
+        vec![
+            format!(
+                "ALTER TABLE {outbox} ADD COLUMN IF NOT EXISTS dispatched_at TIMESTAMPTZ DEFAULT now()"
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {undispatched} ON {outbox} (position) WHERE dispatched_at IS NULL"
+            ),
+        ],
     ]
 }
 
@@ -435,30 +470,7 @@ impl OutboxStore for PostgresDatabase {
                 .fetch_all(&self.inner.pool)
                 .await
                 .map_err(adapter_error)?;
-            rows.iter()
-                .map(|row| {
-                    let column = |e: sqlx::Error| Error::Database(e.into());
-                    let payload: String = row.try_get(3).map_err(column)?;
-                    Ok(OutboxEntry {
-                        position: row.try_get(0).map_err(column)?,
-                        message: ExternalMessage {
-                            name: row.try_get(2).map_err(column)?,
-                            metadata: Metadata {
-                                message_id: row.try_get::<Uuid, _>(1).map_err(column)?.into(),
-                                correlation_id: row.try_get::<Uuid, _>(4).map_err(column)?.into(),
-                                causation_id: row
-                                    .try_get::<Option<Uuid>, _>(5)
-                                    .map_err(column)?
-                                    .map(Into::into),
-                                timestamp: Timestamp::from_millis(
-                                    row.try_get::<i64, _>(6).map_err(column)?.max(0) as u64,
-                                ),
-                            },
-                            payload: payload.into_bytes(),
-                        },
-                    })
-                })
-                .collect()
+            rows.iter().map(outbox_entry).collect()
         })
     }
 
@@ -487,6 +499,30 @@ impl Adapter for PostgresDatabase {
     fn as_database(&self) -> Option<&dyn Database> {
         Some(self)
     }
+}
+
+/// An outbox row, as `unsent` and `undispatched` select it.
+fn outbox_entry(row: &sqlx::postgres::PgRow) -> Result<OutboxEntry, Error> {
+    let column = |e: sqlx::Error| Error::Database(e.into());
+    let payload: String = row.try_get(3).map_err(column)?;
+    Ok(OutboxEntry {
+        position: row.try_get(0).map_err(column)?,
+        message: ExternalMessage {
+            name: row.try_get(2).map_err(column)?,
+            metadata: Metadata {
+                message_id: row.try_get::<Uuid, _>(1).map_err(column)?.into(),
+                correlation_id: row.try_get::<Uuid, _>(4).map_err(column)?.into(),
+                causation_id: row
+                    .try_get::<Option<Uuid>, _>(5)
+                    .map_err(column)?
+                    .map(Into::into),
+                timestamp: Timestamp::from_millis(
+                    row.try_get::<i64, _>(6).map_err(column)?.max(0) as u64
+                ),
+            },
+            payload: payload.into_bytes(),
+        },
+    })
 }
 
 impl Database for PostgresDatabase {
@@ -518,6 +554,39 @@ impl Database for PostgresDatabase {
                 db: self.inner.clone(),
                 wrote_outbox: false,
             }) as Box<dyn DatabaseTransaction>)
+        })
+    }
+
+    fn mark_dispatched<'a>(&'a self, ids: &'a [MessageId]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            // Without waiting for the disk, like `mark_sent`: a mark lost in
+            // a crash means the event is dispatched again, and the inbox
+            // keeps handlers with a unit of work from running twice.
+            let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+            sqlx::query(&self.inner.statements.mark_dispatched)
+                .bind(ids)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn undispatched(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ExternalMessage>, Error>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&self.inner.statements.undispatched)
+                .bind(older_than.as_secs_f64())
+                .bind(limit as i64)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            rows.iter()
+                .map(|row| outbox_entry(row).map(|entry| entry.message))
+                .collect()
         })
     }
 }
@@ -587,6 +656,48 @@ impl DatabaseTransaction for PgTransaction {
                 .bind(correlations)
                 .bind(causations)
                 .bind(timestamps)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn keeps_journal(&self) -> bool {
+        true
+    }
+
+    fn write_events<'a>(&'a mut self, rows: &'a [OutboxWrite]) -> BoxFuture<'a, Result<(), Error>> {
+        self.wrote_outbox |= rows.iter().any(|r| r.publish);
+        Box::pin(async move {
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut names = Vec::with_capacity(rows.len());
+            let mut payloads = Vec::with_capacity(rows.len());
+            let mut correlations = Vec::with_capacity(rows.len());
+            let mut causations: Vec<Option<Uuid>> = Vec::with_capacity(rows.len());
+            let mut timestamps = Vec::with_capacity(rows.len());
+            let mut publish = Vec::with_capacity(rows.len());
+            let mut dispatch = Vec::with_capacity(rows.len());
+            for row in rows {
+                let m = &row.message;
+                ids.push(m.metadata.message_id.as_uuid());
+                names.push(m.name.as_str());
+                payloads.push(std::str::from_utf8(&m.payload).map_err(Error::database)?);
+                correlations.push(m.metadata.correlation_id.as_uuid());
+                causations.push(m.metadata.causation_id.map(|c| c.as_uuid()));
+                timestamps.push(m.metadata.timestamp.as_millis() as i64);
+                publish.push(row.publish);
+                dispatch.push(row.dispatch);
+            }
+            sqlx::query(&self.db.statements.write_events)
+                .bind(ids)
+                .bind(names)
+                .bind(payloads)
+                .bind(correlations)
+                .bind(causations)
+                .bind(timestamps)
+                .bind(publish)
+                .bind(dispatch)
                 .execute(&mut *self.tx)
                 .await
                 .map_err(adapter_error)?;

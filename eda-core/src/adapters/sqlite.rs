@@ -90,7 +90,7 @@ use super::sql::{Tables, adapter_error, connect_error, is_sqlite_busy, quote_ide
 use crate::adapter::{Adapter, Database, DatabaseTransaction};
 use crate::error::Error;
 use crate::message::{MessageId, Metadata, Timestamp};
-use crate::outbox::ExternalMessage;
+use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::private::BoxFuture;
 use crate::relay::{OutboxEntry, OutboxStore};
 
@@ -154,6 +154,10 @@ impl SqliteOptions {
 /// The statements of the framework, with its table names in them, built once.
 struct Statements {
     write_outbox: String,
+    /// Rows to publish and/or to dispatch (the dispatch journal).
+    write_events: String,
+    mark_dispatched: String,
+    undispatched: String,
     record_inbox: String,
     prune_inbox: String,
     lease: String,
@@ -178,6 +182,29 @@ impl Statements {
                  json_extract(value, '$.p'), json_extract(value, '$.c'), json_extract(value, '$.k'), \
                  strftime('{TIMESTAMP_FORMAT}', json_extract(value, '$.t') / 1000.0, 'unixepoch') \
                  FROM json_each(?1) ORDER BY key"
+            ),
+            // The same, with `u` (publish) and `d` (dispatch) for each row.
+            write_events: format!(
+                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at, \
+                 sent_at, dispatched_at) \
+                 SELECT json_extract(value, '$.m'), json_extract(value, '$.n'), \
+                 json_extract(value, '$.p'), json_extract(value, '$.c'), json_extract(value, '$.k'), \
+                 strftime('{TIMESTAMP_FORMAT}', json_extract(value, '$.t') / 1000.0, 'unixepoch'), \
+                 CASE WHEN json_extract(value, '$.u') THEN NULL ELSE {now} END, \
+                 CASE WHEN json_extract(value, '$.d') THEN NULL ELSE {now} END \
+                 FROM json_each(?1) ORDER BY key"
+            ),
+            // The ids arrive as one JSON array.
+            mark_dispatched: format!(
+                "UPDATE {outbox} SET dispatched_at = {now} \
+                 WHERE dispatched_at IS NULL AND message_id IN (SELECT value FROM json_each(?1))"
+            ),
+            undispatched: format!(
+                "SELECT position, message_id, name, payload, correlation_id, causation_id, \
+                 CAST(strftime('%s', created_at) AS INTEGER) * 1000 \
+                 + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER) \
+                 FROM {outbox} WHERE dispatched_at IS NULL \
+                 AND created_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1) ORDER BY position LIMIT ?2"
             ),
             record_inbox: format!(
                 "INSERT INTO {inbox} (message_id, handler) VALUES (?1, ?2) ON CONFLICT DO NOTHING"
@@ -211,7 +238,8 @@ impl Statements {
                  WHERE position IN (SELECT value FROM json_each(?1))"
             ),
             prune_outbox: format!(
-                "DELETE FROM {outbox} WHERE sent_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1)"
+                "DELETE FROM {outbox} WHERE sent_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1) \
+                 AND dispatched_at IS NOT NULL"
             ),
         }
     }
@@ -226,6 +254,27 @@ struct OutboxRow<'a> {
     c: Uuid,
     k: Option<Uuid>,
     t: u64,
+    /// To publish (`write_events` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    u: Option<bool>,
+    /// To dispatch (`write_events` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    d: Option<bool>,
+}
+
+impl<'a> OutboxRow<'a> {
+    fn new(m: &'a ExternalMessage) -> Result<Self, Error> {
+        Ok(OutboxRow {
+            m: m.metadata.message_id.as_uuid(),
+            n: &m.name,
+            p: std::str::from_utf8(&m.payload).map_err(Error::database)?,
+            c: m.metadata.correlation_id.as_uuid(),
+            k: m.metadata.causation_id.map(|c| c.as_uuid()),
+            t: m.metadata.timestamp.as_millis(),
+            u: None,
+            d: None,
+        })
+    }
 }
 
 /// A framework table's name without its schema (the table of a
@@ -249,6 +298,7 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
     let lease = tables.name("relay_lease");
     let (unsent, outbox_table) = index_on(tables, "outbox_unsent", "outbox");
     let (handled, inbox_table) = index_on(tables, "inbox_handled_at", "inbox");
+    let (undispatched, _) = index_on(tables, "outbox_undispatched", "outbox");
     vec![
         vec![
             // AUTOINCREMENT: a position is never reused, even after the last
@@ -289,6 +339,18 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
                 expires_at TEXT NOT NULL
             )"
         )],
+        // 3: the dispatch journal: events with handlers in the process that
+        // committed them, NULL until those handlers ran. (SQLite adds a
+        // column only with a constant default: rows before this migration,
+        // and rows only to publish, count as dispatched at the epoch.)
+        vec![
+            format!(
+                "ALTER TABLE {outbox} ADD COLUMN dispatched_at TEXT DEFAULT '1970-01-01T00:00:00.000Z'"
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {undispatched} ON {outbox_table} (position) WHERE dispatched_at IS NULL"
+            ),
+        ],
     ]
 }
 
@@ -656,6 +718,37 @@ impl Database for SqliteDatabase {
             }) as Box<dyn DatabaseTransaction>)
         })
     }
+
+    fn mark_dispatched<'a>(&'a self, ids: &'a [MessageId]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+            let ids = serde_json::to_string(&ids).map_err(Error::database)?;
+            sqlx::query(&self.inner.statements.mark_dispatched)
+                .bind(ids)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn undispatched(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ExternalMessage>, Error>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&self.inner.statements.undispatched)
+                .bind(format!("-{:.3} seconds", older_than.as_secs_f64()))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            rows.iter()
+                .map(|row| outbox_entry(row).map(|entry| entry.message))
+                .collect()
+        })
+    }
 }
 
 struct SqliteTransaction {
@@ -676,19 +769,39 @@ impl DatabaseTransaction for SqliteTransaction {
     ) -> BoxFuture<'a, Result<(), Error>> {
         self.wrote_outbox |= !messages.is_empty();
         Box::pin(async move {
-            let mut rows = Vec::with_capacity(messages.len());
-            for m in messages {
-                rows.push(OutboxRow {
-                    m: m.metadata.message_id.as_uuid(),
-                    n: &m.name,
-                    p: std::str::from_utf8(&m.payload).map_err(Error::database)?,
-                    c: m.metadata.correlation_id.as_uuid(),
-                    k: m.metadata.causation_id.map(|c| c.as_uuid()),
-                    t: m.metadata.timestamp.as_millis(),
-                });
-            }
+            let rows: Vec<OutboxRow<'_>> = messages
+                .iter()
+                .map(OutboxRow::new)
+                .collect::<Result<_, _>>()?;
             let rows = serde_json::to_string(&rows).map_err(Error::database)?;
             sqlx::query(&self.db.statements.write_outbox)
+                .bind(rows)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn keeps_journal(&self) -> bool {
+        true
+    }
+
+    fn write_events<'a>(&'a mut self, rows: &'a [OutboxWrite]) -> BoxFuture<'a, Result<(), Error>> {
+        self.wrote_outbox |= rows.iter().any(|r| r.publish);
+        Box::pin(async move {
+            let rows: Vec<OutboxRow<'_>> = rows
+                .iter()
+                .map(|r| {
+                    OutboxRow::new(&r.message).map(|row| OutboxRow {
+                        u: Some(r.publish),
+                        d: Some(r.dispatch),
+                        ..row
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let rows = serde_json::to_string(&rows).map_err(Error::database)?;
+            sqlx::query(&self.db.statements.write_events)
                 .bind(rows)
                 .execute(&mut *self.tx)
                 .await
