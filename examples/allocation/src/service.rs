@@ -162,6 +162,12 @@ fn bus(db: &Db, broker: &Broker, config: &Config) -> Result<MessageBus, ServiceE
     Ok(builder.build()?)
 }
 
+/// How often the service looks for events that were committed but never
+/// dispatched, and how old they must be (well above the time handling
+/// takes, so as not to race a live instance's own dispatch).
+const RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const RECOVERY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the service until `shutdown` resolves, then stops gracefully.
 /// `ready` is told the address HTTP listens on, once everything runs.
 pub async fn run(
@@ -193,6 +199,11 @@ pub async fn run(
         Broker::InProcess(_) => None,
     };
 
+    // Events whose process died between their commit and the end of their
+    // handlers here (the read model's, say) are handled again.
+    let recovery =
+        tokio::spawn(bus.recovery(RECOVERY_EVERY, RECOVERY_AFTER, signal(stopping.clone())));
+
     let port = config.port;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
@@ -217,6 +228,7 @@ pub async fn run(
         None => Ok(Ok(())),
     };
     relay.shutdown().await;
+    let _ = recovery.await;
     tracing::info!("stopped");
     match served {
         Ok(Ok(())) => {}

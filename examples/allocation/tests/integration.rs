@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use allocation::adapters::notifications::{FakeNotifier, Notifications};
 use allocation::adapters::{postgres, sqlite};
 use allocation::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
+use allocation::domain::events::Allocated;
 use allocation::domain::model::{Batch, OrderLine, Product};
 use allocation::service_layer::STOCK_ADDRESS;
 use allocation::service_layer::unit_of_work::{AllocationUow, ByBatchref};
@@ -24,7 +25,10 @@ use allocation::views::{self, Allocation};
 use chrono::NaiveDate;
 use eda_core::sqlx::{self, Row};
 use eda_core::testing::{TestPostgres, TestSqlite};
-use eda_core::{Adapter, InMemoryDatabase, MessageBus, Metadata, RetryPolicy};
+use eda_core::{
+    Adapter, Database, ExternalMessage, InMemoryDatabase, Message, MessageBus, Metadata,
+    OutboxWrite, RetryPolicy,
+};
 use serde_json::json;
 
 /// The databases the service runs on.
@@ -99,9 +103,11 @@ impl Service {
         uow.products().read(&sku.to_owned()).await.unwrap().cloned()
     }
 
-    /// The committed outbox, as (name, JSON body), in order.
+    /// The committed outbox rows to publish (the service's one external
+    /// event, `Allocated`; the table also journals the internal events that
+    /// have handlers here), as (name, JSON body), in order.
     async fn outbox(&self) -> Vec<(String, serde_json::Value)> {
-        const OUTBOX: &str = "SELECT name, payload FROM eda_outbox ORDER BY position";
+        const OUTBOX: &str = "SELECT name, payload FROM eda_outbox WHERE name = 'allocation.allocated' ORDER BY position";
         let rows: Vec<(String, String)> = match &self.store {
             Store::Memory(db) => {
                 return db
@@ -117,6 +123,37 @@ impl Service {
         rows.into_iter()
             .map(|(name, payload)| (name, serde_json::from_str(&payload).unwrap()))
             .collect()
+    }
+
+    /// Runs a statement on the SQL database.
+    async fn execute(&self, statement: &str) {
+        match &self.store {
+            Store::Memory(_) => unreachable!("no SQL in memory"),
+            Store::Postgres(pg) => sqlx::query(statement).execute(pg.pool()).await.map(drop),
+            Store::Sqlite(file) => sqlx::query(statement).execute(file.pool()).await.map(drop),
+        }
+        .unwrap();
+    }
+
+    /// The version of an order's read model row (a save adds one).
+    async fn view_version(&self, orderid: &str) -> i64 {
+        let query = "SELECT version FROM allocations_view_orders WHERE orderid = $1";
+        match &self.store {
+            Store::Memory(_) => unreachable!("no SQL in memory"),
+            Store::Postgres(pg) => {
+                sqlx::query_scalar(query)
+                    .bind(orderid)
+                    .fetch_one(pg.pool())
+                    .await
+            }
+            Store::Sqlite(file) => {
+                sqlx::query_scalar(query)
+                    .bind(orderid)
+                    .fetch_one(file.pool())
+                    .await
+            }
+        }
+        .unwrap()
     }
 
     /// The batches a line of this order and product is allocated to, read
@@ -304,6 +341,7 @@ on_every_backend!(
     concurrent_updates_to_a_product_are_detected,
     two_concurrent_allocations_lose_nothing,
     fifty_concurrent_allocations_of_twenty_units_never_oversell,
+    an_event_committed_but_never_dispatched_is_recovered_once,
 );
 
 /// APwP `test_repository_can_save_a_batch` and `…_retrieve_a_batch_with_allocations`:
@@ -700,6 +738,98 @@ async fn fifty_concurrent_allocations_of_twenty_units_never_oversell(s: &Service
             .len();
     }
     assert_eq!(viewed, 20);
+}
+
+/// The dispatch journal: an event with handlers in the service (the read
+/// model's) is marked dispatched once they ran, so the recovery finds
+/// nothing; an event whose process died between its commit and its handlers
+/// (simulated: written to the journal, never dispatched) is handled by the
+/// recovery, once, and again only when its mark was lost, where the read
+/// model's inbox keeps it from being applied twice.
+async fn an_event_committed_but_never_dispatched_is_recovered_once(s: &Service) {
+    let bus = &s.bus;
+    bus.handle(CreateBatch::new("b1", "sku1", 50, None))
+        .await
+        .unwrap();
+    bus.handle(Allocate::new("o1", "sku1", 5)).await.unwrap();
+    // Out of stock: an internal event, with a handler without a unit of work.
+    bus.handle(Allocate::new("o-big", "sku1", 1000))
+        .await
+        .unwrap();
+    assert_eq!(s.notifier.sent_to(STOCK_ADDRESS).len(), 1);
+    assert_eq!(
+        bus.recover_undispatched(Duration::ZERO).await.unwrap(),
+        0,
+        "dispatched and marked"
+    );
+    let db: &dyn Database = match &s.store {
+        Store::Memory(_) => return, // nothing outlives its process
+        Store::Postgres(pg) => &pg.db,
+        Store::Sqlite(file) => &file.db,
+    };
+    // Its handlers ran, but the mark was lost (a crash right after them):
+    // dispatched again, and skipped by the read model's handler (its
+    // inbox, recorded when it ran): the view is not saved again.
+    // A handler without a unit of work has no inbox: it runs again (at
+    // least once).
+    let version = s.view_version("o1").await;
+    s.execute("UPDATE eda_outbox SET dispatched_at = NULL")
+        .await;
+    assert_eq!(bus.recover_undispatched(Duration::ZERO).await.unwrap(), 2);
+    assert_eq!(s.view_version("o1").await, version);
+    assert_eq!(s.notifier.sent_to(STOCK_ADDRESS).len(), 2);
+
+    let event = Allocated {
+        orderid: "o2".into(),
+        sku: "sku1".into(),
+        qty: 5,
+        batchref: "b1".into(),
+    };
+    let message = ExternalMessage {
+        name: Allocated::NAME.into(),
+        metadata: Metadata::new(),
+        payload: serde_json::to_vec(&event).unwrap(),
+    };
+    let id = message.metadata.message_id;
+    let mut tx = db.begin().await.unwrap();
+    tx.write_events(&[OutboxWrite {
+        message,
+        publish: true,
+        dispatch: true,
+    }])
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(views::allocations("o2", bus).await.unwrap(), []);
+
+    assert_eq!(
+        bus.recover_undispatched(Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0,
+        "younger than asked: perhaps its process is still at it"
+    );
+    assert_eq!(bus.recover_undispatched(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(
+        views::allocations("o2", bus).await.unwrap(),
+        [Allocation::new("sku1", "b1")]
+    );
+    assert_eq!(bus.recover_undispatched(Duration::ZERO).await.unwrap(), 0);
+    let version = s.view_version("o2").await;
+
+    // The mark lost in a crash: dispatched again, and skipped by the read
+    // model's handler (its inbox): the view is not saved again.
+    s.execute(&format!(
+        "UPDATE eda_outbox SET dispatched_at = NULL WHERE message_id = '{}'",
+        id.as_uuid()
+    ))
+    .await;
+    assert_eq!(bus.recover_undispatched(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(s.view_version("o2").await, version);
+    assert_eq!(
+        views::allocations("o2", bus).await.unwrap(),
+        [Allocation::new("sku1", "b1")]
+    );
 }
 
 /// What only a SQL database has: the schema, rows that do not decode,
