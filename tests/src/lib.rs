@@ -240,6 +240,19 @@ impl World {
         .collect()
     }
 
+    /// The order ids the read model lists.
+    pub async fn viewed_orders(&self) -> HashSet<String> {
+        sqlx::query_scalar(&format!(
+            "SELECT orderid FROM {}",
+            self.table("allocations_view")
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+    }
+
     /// Outbox rows not yet confirmed by the broker.
     pub async fn unsent(&self) -> i64 {
         sqlx::query_scalar(&format!(
@@ -253,8 +266,9 @@ impl World {
 
     /// Checks the books after a stream of `Allocate` commands (one line of
     /// one unit per order): waits (up to `within`) until every acknowledged
-    /// order is saved, the outbox is empty and every saved order's
-    /// `allocation.allocated` arrived in `observer`; then asserts that
+    /// order is saved, the outbox is empty, and every saved order is in the
+    /// read model and its `allocation.allocated` arrived in `observer`; then
+    /// asserts that
     ///
     /// - every acknowledged order is saved (nothing lost);
     /// - nothing but the attempted orders is saved, each once (nothing
@@ -282,8 +296,11 @@ impl World {
         let saved = loop {
             drain(&mut events).await;
             let saved = self.saved_orders().await;
+            let viewed = self.viewed_orders().await;
             let done = load.acknowledged.iter().all(|o| saved.contains_key(o))
-                && saved.keys().all(|o| events.contains_key(o))
+                && saved
+                    .keys()
+                    .all(|o| events.contains_key(o) && viewed.contains(o))
                 && self.unsent().await == 0;
             if done || Instant::now() > deadline {
                 break saved;
@@ -318,15 +335,7 @@ impl World {
         let ghosts: Vec<&String> = events.keys().filter(|o| !saved.contains_key(*o)).collect();
         assert!(ghosts.is_empty(), "published, but not saved: {ghosts:?}");
         assert_eq!(self.unsent().await, 0, "the outbox is empty");
-        let viewed: HashSet<String> = sqlx::query_scalar(&format!(
-            "SELECT orderid FROM {}",
-            self.table("allocations_view")
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+        let viewed = self.viewed_orders().await;
         Books {
             attempted: load.attempted.len(),
             acknowledged: load.acknowledged.len(),
