@@ -50,6 +50,17 @@ fn parse_attrs(input: &DeriveInput, kind: Kind, cx: &mut Ctxt) -> Attrs {
                         "a message name is a non-empty string without spaces, e.g. \"allocation.allocated\"",
                     ));
                 }
+                // The name is the AMQP routing key and `type` property: short
+                // strings, of at most 255 bytes.
+                if value.len() > 255 {
+                    return Err(syn::Error::new_spanned(
+                        &name,
+                        format!(
+                            "a message name is at most 255 bytes (it is the RabbitMQ routing key); this one has {}",
+                            value.len()
+                        ),
+                    ));
+                }
                 attrs.name = Some(name);
             } else if kind == Kind::Command && meta.path.is_ident("output") {
                 attrs.output = Some(meta.value()?.parse()?);
