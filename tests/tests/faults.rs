@@ -5,6 +5,7 @@
 //! nothing else changed.
 //!
 //! Each scenario prints one `FIGURES {json}` line (`--nocapture` shows it);
+//! `EDA_FAULT_SCALE=4` makes the streams four times longer;
 //! RELIABILITY.md records a run. Faults of the whole broker (restart, closing
 //! every connection) hold [`BROKER`] exclusively, the others share it, so
 //! that the scenarios of this file can run in parallel.
@@ -27,6 +28,17 @@ use tokio::sync::RwLock;
 /// Shared by the scenarios; held exclusively by those that break the whole
 /// broker.
 static BROKER: RwLock<()> = RwLock::const_new(());
+
+/// How much larger than in CI the streams are: `EDA_FAULT_SCALE=4` sends
+/// 10,000 commands a scenario instead of 2,500 (the poison scenario keeps
+/// its 1,000 + 1,000).
+fn scale() -> usize {
+    std::env::var("EDA_FAULT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(1)
+}
 
 /// Stock enough for every order: `count` skus with one big batch each.
 async fn stock(service: &Service, count: usize) -> Vec<String> {
@@ -105,11 +117,11 @@ async fn sigkill_mid_stream_then_restart() {
     let observer = world.observe("allocation.allocated").await;
     let skus = stock(&service, 16).await;
     // Commands over RabbitMQ, waiting in the queue, and over HTTP.
-    let queued = publish_allocations(&world, &orders("amqp", 500, &skus)).await;
+    let queued = publish_allocations(&world, &orders("amqp", 500 * scale(), &skus)).await;
     let load = HttpLoad::new(&service.base);
-    let stream = load.run(orders("http", 2000, &skus), 8);
+    let stream = load.run(orders("http", 2000 * scale(), &skus), 8);
 
-    when_sent(&load, 1000).await;
+    when_sent(&load, 1000 * scale()).await;
     service.kill().await;
     let killed_at = load.sent();
     let service = Service::start(&world).await;
@@ -117,7 +129,11 @@ async fn sigkill_mid_stream_then_restart() {
     let outcome = stream.await.unwrap().merge(queued);
 
     let books = world
-        .check_books(&observer, &outcome, Duration::from_secs(60))
+        .check_books(
+            &observer,
+            &outcome,
+            Duration::from_secs(60 * scale() as u64),
+        )
         .await;
     figures(
         "sigkill",
@@ -143,16 +159,20 @@ async fn broker_fault(scenario: &str, fault: &str, inject: impl AsyncFnOnce() ->
     let service = Service::start(&world).await;
     let observer = world.observe("allocation.allocated").await;
     let skus = stock(&service, 16).await;
-    let queued = publish_allocations(&world, &orders("amqp", 500, &skus)).await;
+    let queued = publish_allocations(&world, &orders("amqp", 500 * scale(), &skus)).await;
     let load = HttpLoad::new(&service.base);
-    let stream = load.run(orders("http", 2000, &skus), 8);
-    when_sent(&load, 700).await;
+    let stream = load.run(orders("http", 2000 * scale(), &skus), 8);
+    when_sent(&load, 700 * scale()).await;
     if !inject().await {
         return;
     }
     let outcome = stream.await.unwrap().merge(queued);
     let books = world
-        .check_books(&observer, &outcome, Duration::from_secs(90))
+        .check_books(
+            &observer,
+            &outcome,
+            Duration::from_secs(90 * scale() as u64),
+        )
         .await;
     books.assert_read_model();
     figures(scenario, fault, &books, json!({"failed": outcome.failed}));
@@ -203,11 +223,12 @@ async fn postgres_connections_terminated_mid_stream() {
     let service = Service::start(&world).await;
     let observer = world.observe("allocation.allocated").await;
     let skus = stock(&service, 16).await;
-    let queued = publish_allocations(&world, &orders("amqp", 500, &skus)).await;
+    let queued = publish_allocations(&world, &orders("amqp", 500 * scale(), &skus)).await;
     let load = HttpLoad::new(&service.base);
-    let stream = load.run(orders("http", 2000, &skus), 8);
+    let stream = load.run(orders("http", 2000 * scale(), &skus), 8);
     let mut terminated = 0i64;
     for at in [500, 1000, 1500] {
+        let at = at * scale();
         when_sent(&load, at).await;
         // Every connection of this service (its application_name is its
         // queue's name), in the middle of whatever it was doing.
@@ -223,7 +244,11 @@ async fn postgres_connections_terminated_mid_stream() {
     assert!(terminated > 0, "the service had connections to terminate");
     let outcome = stream.await.unwrap().merge(queued);
     let books = world
-        .check_books(&observer, &outcome, Duration::from_secs(60))
+        .check_books(
+            &observer,
+            &outcome,
+            Duration::from_secs(60 * scale() as u64),
+        )
         .await;
     books.assert_read_model();
     figures(
@@ -350,7 +375,11 @@ async fn a_failing_handler_recovers_and_what_outlived_its_retries_is_dead_letter
 
     let outcome = stream.await.unwrap();
     let books = world
-        .check_books(&observer, &outcome, Duration::from_secs(60))
+        .check_books(
+            &observer,
+            &outcome,
+            Duration::from_secs(60 * scale() as u64),
+        )
         .await;
     books.assert_read_model();
     figures(
@@ -438,7 +467,11 @@ async fn poison_interleaved_with_good_messages() {
         outcome.acknowledged.insert(orderid.clone());
     }
     let books = world
-        .check_books(&observer, &outcome, Duration::from_secs(60))
+        .check_books(
+            &observer,
+            &outcome,
+            Duration::from_secs(60 * scale() as u64),
+        )
         .await;
     books.assert_read_model();
 
