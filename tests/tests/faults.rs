@@ -90,6 +90,14 @@ fn figures(scenario: &str, fault: &str, books: &eda_tests::Books, extra: Value) 
     println!("FIGURES {line}");
 }
 
+/// The books of a scenario, the read model included.
+async fn check_books(world: &World, observer: &str, outcome: &Outcome) -> eda_tests::Books {
+    let within = Duration::from_secs(90 * scale() as u64);
+    let books = world.check_books(observer, outcome, within).await;
+    books.assert_read_model();
+    books
+}
+
 /// Waits until `load` has sent `n` requests.
 async fn when_sent(load: &HttpLoad, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -103,112 +111,93 @@ async fn when_sent(load: &HttpLoad, n: usize) {
     }
 }
 
+/// A stream of commands (`POST /allocate` from 8 clients, and
+/// `allocation.allocate` waiting on RabbitMQ), `fault` in its middle (given
+/// the service, it returns the one running afterwards and what it did, or
+/// `None` to skip), then the books. `exclusive`: the fault breaks the whole
+/// broker.
+async fn mid_stream<F>(scenario: &str, exclusive: bool, fault: F)
+where
+    F: AsyncFnOnce(&World, &HttpLoad, Service) -> Option<(Service, String)>,
+{
+    let _shared = if exclusive {
+        None
+    } else {
+        Some(BROKER.read().await)
+    };
+    let _exclusive = if exclusive {
+        Some(BROKER.write().await)
+    } else {
+        None
+    };
+    let Some(world) = World::new().await else {
+        return;
+    };
+    let service = Service::start(&world).await;
+    let observer = world.observe("allocation.allocated").await;
+    let skus = stock(&service, 16).await;
+    let queued = publish_allocations(&world, &orders("amqp", 500 * scale(), &skus)).await;
+    let load = HttpLoad::new(&service.base);
+    let stream = load.run(orders("http", 2000 * scale(), &skus), 8);
+    let Some((service, fault)) = fault(&world, &load, service).await else {
+        return;
+    };
+    let outcome = stream.await.unwrap().merge(queued);
+    let books = check_books(&world, &observer, &outcome).await;
+    figures(scenario, &fault, &books, json!({"failed": outcome.failed}));
+    assert_eq!(service.terminate().await, 0);
+    world.cleanup().await;
+}
+
 /// The read model is kept by an in-process handler of `Allocated`, run
 /// after the command's commit: a process killed between the two leaves the
 /// event undispatched in the journal, and the restarted service's recovery
 /// handles it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart() {
-    let _shared = BROKER.read().await;
-    let Some(world) = World::new().await else {
-        return;
-    };
-    let service = Service::start(&world).await;
-    let observer = world.observe("allocation.allocated").await;
-    let skus = stock(&service, 16).await;
-    // Commands over RabbitMQ, waiting in the queue, and over HTTP.
-    let queued = publish_allocations(&world, &orders("amqp", 500 * scale(), &skus)).await;
-    let load = HttpLoad::new(&service.base);
-    let stream = load.run(orders("http", 2000 * scale(), &skus), 8);
-
-    when_sent(&load, 1000 * scale()).await;
-    service.kill().await;
-    let killed_at = load.sent();
-    let service = Service::start(&world).await;
-    load.target(&service.base);
-    let outcome = stream.await.unwrap().merge(queued);
-
-    let books = world
-        .check_books(
-            &observer,
-            &outcome,
-            Duration::from_secs(60 * scale() as u64),
-        )
-        .await;
-    figures(
-        "sigkill",
-        &format!("SIGKILL after {killed_at} HTTP requests, then a restart"),
-        &books,
-        json!({
-            "unanswered": outcome.failed.get(&0).copied().unwrap_or(0),
-            "not_in_read_model": books.not_in_read_model.len(),
-        }),
-    );
-    books.assert_read_model();
-    assert_eq!(service.terminate().await, 0);
-    world.cleanup().await;
-}
-
-/// A broker-wide fault in the middle of a stream of commands over HTTP and
-/// RabbitMQ.
-async fn broker_fault(scenario: &str, fault: &str, inject: impl AsyncFnOnce() -> bool) {
-    let _exclusive = BROKER.write().await;
-    let Some(world) = World::new().await else {
-        return;
-    };
-    let service = Service::start(&world).await;
-    let observer = world.observe("allocation.allocated").await;
-    let skus = stock(&service, 16).await;
-    let queued = publish_allocations(&world, &orders("amqp", 500 * scale(), &skus)).await;
-    let load = HttpLoad::new(&service.base);
-    let stream = load.run(orders("http", 2000 * scale(), &skus), 8);
-    when_sent(&load, 700 * scale()).await;
-    if !inject().await {
-        return;
-    }
-    let outcome = stream.await.unwrap().merge(queued);
-    let books = world
-        .check_books(
-            &observer,
-            &outcome,
-            Duration::from_secs(90 * scale() as u64),
-        )
-        .await;
-    books.assert_read_model();
-    figures(scenario, fault, &books, json!({"failed": outcome.failed}));
-    assert_eq!(service.terminate().await, 0);
-    world.cleanup().await;
+    mid_stream("sigkill", false, async |world, load, service| {
+        when_sent(load, 1000 * scale()).await;
+        service.kill().await;
+        let killed_at = load.sent();
+        let service = Service::start(world).await;
+        load.target(&service.base);
+        Some((
+            service,
+            format!("SIGKILL after {killed_at} HTTP requests, then a restart"),
+        ))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restarted_mid_stream() {
-    broker_fault(
-        "rabbitmq_restart",
-        "rabbitmqctl stop_app, 2 s down, start_app",
-        async || {
-            if !rabbitmqctl(&["stop_app"]) {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            rabbitmqctl(&["start_app"]) && rabbitmqctl(&["await_startup"])
-        },
-    )
+    mid_stream("rabbitmq_restart", true, async |_, load, service| {
+        when_sent(load, 700 * scale()).await;
+        if !rabbitmqctl(&["stop_app"]) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        (rabbitmqctl(&["start_app"]) && rabbitmqctl(&["await_startup"]))
+            .then(|| (service, "rabbitmqctl stop_app, 2 s down, start_app".into()))
+    })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_connections_closed_mid_stream() {
-    broker_fault(
+    mid_stream(
         "rabbitmq_close_connections",
-        "rabbitmqctl close_all_connections, three times 300 ms apart",
-        async || {
+        true,
+        async |_, load, service| {
+            when_sent(load, 700 * scale()).await;
             for _ in 0..3 {
                 if !rabbitmqctl(&["close_all_connections", "fault suite"]) {
-                    return false;
+                    return None;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            true
+            let fault = "rabbitmqctl close_all_connections, three times 300 ms apart";
+            Some((service, fault.into()))
         },
     )
     .await;
@@ -216,51 +205,28 @@ async fn rabbitmq_connections_closed_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_terminated_mid_stream() {
-    let _shared = BROKER.read().await;
-    let Some(world) = World::new().await else {
-        return;
-    };
-    let service = Service::start(&world).await;
-    let observer = world.observe("allocation.allocated").await;
-    let skus = stock(&service, 16).await;
-    let queued = publish_allocations(&world, &orders("amqp", 500 * scale(), &skus)).await;
-    let load = HttpLoad::new(&service.base);
-    let stream = load.run(orders("http", 2000 * scale(), &skus), 8);
-    let mut terminated = 0i64;
-    for at in [500, 1000, 1500] {
-        let at = at * scale();
-        when_sent(&load, at).await;
-        // Every connection of this service (its application_name is its
-        // queue's name), in the middle of whatever it was doing.
-        terminated += sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name = $1 AND pid <> pg_backend_pid()) t",
-        )
-        .bind(&world.queue)
-        .fetch_one(&world.pool)
-        .await
-        .unwrap();
-    }
-    assert!(terminated > 0, "the service had connections to terminate");
-    let outcome = stream.await.unwrap().merge(queued);
-    let books = world
-        .check_books(
-            &observer,
-            &outcome,
-            Duration::from_secs(60 * scale() as u64),
-        )
-        .await;
-    books.assert_read_model();
-    figures(
-        "postgres_terminate",
-        &format!(
+    mid_stream("postgres_terminate", false, async |world, load, service| {
+        let mut terminated = 0i64;
+        for at in [500, 1000, 1500] {
+            when_sent(load, at * scale()).await;
+            // Every connection of this service (its application_name is its
+            // queue's name), in the middle of whatever it was doing.
+            terminated += sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_backend_pid()) t",
+            )
+            .bind(&world.queue)
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
+        }
+        assert!(terminated > 0, "the service had connections to terminate");
+        let fault = format!(
             "pg_terminate_backend of all the service's connections, 3 times ({terminated} in all)"
-        ),
-        &books,
-        json!({"failed": outcome.failed}),
-    );
-    assert_eq!(service.terminate().await, 0);
-    world.cleanup().await;
+        );
+        Some((service, fault))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,14 +340,7 @@ async fn a_failing_handler_recovers_and_what_outlived_its_retries_is_dead_letter
     let twice = notified.values().filter(|n| **n > 1).count();
 
     let outcome = stream.await.unwrap();
-    let books = world
-        .check_books(
-            &observer,
-            &outcome,
-            Duration::from_secs(60 * scale() as u64),
-        )
-        .await;
-    books.assert_read_model();
+    let books = check_books(&world, &observer, &outcome).await;
     figures(
         "failing_handler",
         "the notifier fails for 1.5 s (its directory is missing), 300 out-of-stock reports over 3 s, 4 attempts 200 ms apart",
@@ -457,23 +416,10 @@ async fn poison_interleaved_with_good_messages() {
         world
             .publish_raw("", &world.queue, &bytes, properties)
             .await;
-        outcome.attempted.insert(orderid.clone());
-        world
-            .publish(
-                "allocation.allocate",
-                &json!({"orderid": orderid, "sku": sku, "qty": 1}),
-            )
-            .await;
-        outcome.acknowledged.insert(orderid.clone());
+        let one = publish_allocations(&world, &[(orderid.clone(), sku.clone())]).await;
+        outcome = outcome.merge(one);
     }
-    let books = world
-        .check_books(
-            &observer,
-            &outcome,
-            Duration::from_secs(60 * scale() as u64),
-        )
-        .await;
-    books.assert_read_model();
+    let books = check_books(&world, &observer, &outcome).await;
 
     let dlq = format!("{}.dlq", world.queue);
     let mut dead: BTreeMap<i64, String> = BTreeMap::new();

@@ -501,6 +501,65 @@ impl Adapter for PostgresDatabase {
     }
 }
 
+/// Outbox rows as columns, bound as arrays to an `INSERT … SELECT FROM
+/// UNNEST(…)` (one round trip for any number of rows).
+struct OutboxColumns<'a> {
+    ids: Vec<Uuid>,
+    names: Vec<&'a str>,
+    payloads: Vec<&'a str>,
+    correlations: Vec<Uuid>,
+    causations: Vec<Option<Uuid>>,
+    timestamps: Vec<i64>,
+}
+
+impl<'a> OutboxColumns<'a> {
+    fn new(messages: impl ExactSizeIterator<Item = &'a ExternalMessage>) -> Result<Self, Error> {
+        let n = messages.len();
+        let mut columns = OutboxColumns {
+            ids: Vec::with_capacity(n),
+            names: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            correlations: Vec::with_capacity(n),
+            causations: Vec::with_capacity(n),
+            timestamps: Vec::with_capacity(n),
+        };
+        for m in messages {
+            columns.ids.push(m.metadata.message_id.as_uuid());
+            columns.names.push(m.name.as_str());
+            columns
+                .payloads
+                .push(std::str::from_utf8(&m.payload).map_err(Error::database)?);
+            columns
+                .correlations
+                .push(m.metadata.correlation_id.as_uuid());
+            columns
+                .causations
+                .push(m.metadata.causation_id.map(|c| c.as_uuid()));
+            columns
+                .timestamps
+                .push(m.metadata.timestamp.as_millis() as i64);
+        }
+        Ok(columns)
+    }
+
+    /// Binds `$1` to `$6`.
+    fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.ids)
+            .bind(self.names)
+            .bind(self.payloads)
+            .bind(self.correlations)
+            .bind(self.causations)
+            .bind(self.timestamps)
+    }
+}
+
 /// An outbox row, as `unsent` and `undispatched` select it.
 fn outbox_entry(row: &sqlx::postgres::PgRow) -> Result<OutboxEntry, Error> {
     let column = |e: sqlx::Error| Error::Database(e.into());
@@ -635,27 +694,8 @@ impl DatabaseTransaction for PgTransaction {
                     .map_err(adapter_error)?;
                 return Ok(());
             }
-            let mut ids = Vec::with_capacity(messages.len());
-            let mut names = Vec::with_capacity(messages.len());
-            let mut payloads = Vec::with_capacity(messages.len());
-            let mut correlations = Vec::with_capacity(messages.len());
-            let mut causations: Vec<Option<Uuid>> = Vec::with_capacity(messages.len());
-            let mut timestamps = Vec::with_capacity(messages.len());
-            for m in messages {
-                ids.push(m.metadata.message_id.as_uuid());
-                names.push(m.name.as_str());
-                payloads.push(std::str::from_utf8(&m.payload).map_err(Error::database)?);
-                correlations.push(m.metadata.correlation_id.as_uuid());
-                causations.push(m.metadata.causation_id.map(|c| c.as_uuid()));
-                timestamps.push(m.metadata.timestamp.as_millis() as i64);
-            }
-            sqlx::query(&self.db.statements.write_outbox)
-                .bind(ids)
-                .bind(names)
-                .bind(payloads)
-                .bind(correlations)
-                .bind(causations)
-                .bind(timestamps)
+            OutboxColumns::new(messages.iter())?
+                .bind(sqlx::query(&self.db.statements.write_outbox))
                 .execute(&mut *self.tx)
                 .await
                 .map_err(adapter_error)?;
@@ -670,32 +710,10 @@ impl DatabaseTransaction for PgTransaction {
     fn write_events<'a>(&'a mut self, rows: &'a [OutboxWrite]) -> BoxFuture<'a, Result<(), Error>> {
         self.wrote_outbox |= rows.iter().any(|r| r.publish);
         Box::pin(async move {
-            let mut ids = Vec::with_capacity(rows.len());
-            let mut names = Vec::with_capacity(rows.len());
-            let mut payloads = Vec::with_capacity(rows.len());
-            let mut correlations = Vec::with_capacity(rows.len());
-            let mut causations: Vec<Option<Uuid>> = Vec::with_capacity(rows.len());
-            let mut timestamps = Vec::with_capacity(rows.len());
-            let mut publish = Vec::with_capacity(rows.len());
-            let mut dispatch = Vec::with_capacity(rows.len());
-            for row in rows {
-                let m = &row.message;
-                ids.push(m.metadata.message_id.as_uuid());
-                names.push(m.name.as_str());
-                payloads.push(std::str::from_utf8(&m.payload).map_err(Error::database)?);
-                correlations.push(m.metadata.correlation_id.as_uuid());
-                causations.push(m.metadata.causation_id.map(|c| c.as_uuid()));
-                timestamps.push(m.metadata.timestamp.as_millis() as i64);
-                publish.push(row.publish);
-                dispatch.push(row.dispatch);
-            }
-            sqlx::query(&self.db.statements.write_events)
-                .bind(ids)
-                .bind(names)
-                .bind(payloads)
-                .bind(correlations)
-                .bind(causations)
-                .bind(timestamps)
+            let publish: Vec<bool> = rows.iter().map(|r| r.publish).collect();
+            let dispatch: Vec<bool> = rows.iter().map(|r| r.dispatch).collect();
+            OutboxColumns::new(rows.iter().map(|r| &r.message))?
+                .bind(sqlx::query(&self.db.statements.write_events))
                 .bind(publish)
                 .bind(dispatch)
                 .execute(&mut *self.tx)
