@@ -56,16 +56,19 @@ pub trait Database: Send + Sync + 'static {
         let _ = ids;
         Box::pin(async { Ok(()) })
     }
-    /// Up to `limit` events of the dispatch journal committed more than
-    /// `older_than` ago and not marked dispatched, oldest first: their
-    /// process died before their handlers ran. The default (no journal) has
-    /// none.
-    fn undispatched(
-        &self,
+    /// Up to `limit` events of the dispatch journal named one of `names`,
+    /// committed more than `older_than` ago and not marked dispatched, oldest
+    /// first: their process died before their handlers ran. (Only the names
+    /// the caller handles: an event of a newer version of the service, or
+    /// of another service on the same tables, is left to them.) The default
+    /// (no journal) has none.
+    fn undispatched<'a>(
+        &'a self,
+        names: &'a [&'a str],
         older_than: std::time::Duration,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<ExternalMessage>, Error>> {
-        let _ = (older_than, limit);
+    ) -> BoxFuture<'a, Result<Vec<ExternalMessage>, Error>> {
+        let _ = (names, older_than, limit);
         Box::pin(async { Ok(Vec::new()) })
     }
 }

@@ -433,7 +433,9 @@ impl MessageBus {
 
     /// Handles the events of the dispatch journal that were committed more
     /// than `older_than` ago and never dispatched: their process died
-    /// between the commit and the end of their handlers. Each runs as if it
+    /// between the commit and the end of their handlers. Only events this
+    /// bus has handlers for are taken (a newer version of the service, or
+    /// another service on the same tables, recovers its own). Each runs as if it
     /// came from a broker: handlers with a unit of work record it in their
     /// inbox, so one that had already run is skipped; handlers without one
     /// run again (at least once). Returns how many events it handled.
@@ -446,9 +448,23 @@ impl MessageBus {
         let Some(db) = self.database() else {
             return Ok(0);
         };
+        // The events this bus handles; others are left to whoever does.
+        let names: Vec<&str> = self
+            .inner
+            .messages
+            .values()
+            .filter(|m| {
+                m.kind == crate::message::MessageKind::Event
+                    && self.inner.events.contains_key(&m.type_id)
+            })
+            .map(|m| m.name)
+            .collect();
+        if names.is_empty() {
+            return Ok(0);
+        }
         let mut total = 0;
         loop {
-            let rows = db.undispatched(older_than, BATCH).await?;
+            let rows = db.undispatched(&names, older_than, BATCH).await?;
             for row in &rows {
                 tracing::warn!(
                     name = row.name,

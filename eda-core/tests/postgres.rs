@@ -556,7 +556,7 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
     assert_eq!(versions, [1, 2, 3]);
     assert!(
         again
-            .undispatched(Duration::ZERO, 10)
+            .undispatched(&["old"], Duration::ZERO, 10)
             .await
             .unwrap()
             .is_empty(),

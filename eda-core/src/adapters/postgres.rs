@@ -153,7 +153,8 @@ impl Statements {
                 "SELECT position, message_id, name, payload, correlation_id, causation_id, \
                  (extract(epoch FROM created_at) * 1000)::int8 \
                  FROM {outbox} WHERE dispatched_at IS NULL \
-                 AND created_at < now() - make_interval(secs => $1) ORDER BY position LIMIT $2"
+                 AND created_at < now() - make_interval(secs => $1) AND name = ANY($3) \
+                 ORDER BY position LIMIT $2"
             ),
             record_inbox: format!(
                 "INSERT INTO {inbox} (message_id, handler) VALUES ($1, $2) ON CONFLICT DO NOTHING"
@@ -631,15 +632,17 @@ impl Database for PostgresDatabase {
         })
     }
 
-    fn undispatched(
-        &self,
+    fn undispatched<'a>(
+        &'a self,
+        names: &'a [&'a str],
         older_than: Duration,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<ExternalMessage>, Error>> {
+    ) -> BoxFuture<'a, Result<Vec<ExternalMessage>, Error>> {
         Box::pin(async move {
             let rows = sqlx::query(&self.inner.statements.undispatched)
                 .bind(older_than.as_secs_f64())
                 .bind(limit as i64)
+                .bind(names)
                 .fetch_all(&self.inner.pool)
                 .await
                 .map_err(adapter_error)?;

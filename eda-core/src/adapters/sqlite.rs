@@ -204,7 +204,8 @@ impl Statements {
                  CAST(strftime('%s', created_at) AS INTEGER) * 1000 \
                  + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER) \
                  FROM {outbox} WHERE dispatched_at IS NULL \
-                 AND created_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1) ORDER BY position LIMIT ?2"
+                 AND created_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1) \
+                 AND name IN (SELECT value FROM json_each(?3)) ORDER BY position LIMIT ?2"
             ),
             record_inbox: format!(
                 "INSERT INTO {inbox} (message_id, handler) VALUES (?1, ?2) ON CONFLICT DO NOTHING"
@@ -732,15 +733,18 @@ impl Database for SqliteDatabase {
         })
     }
 
-    fn undispatched(
-        &self,
+    fn undispatched<'a>(
+        &'a self,
+        names: &'a [&'a str],
         older_than: Duration,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<ExternalMessage>, Error>> {
+    ) -> BoxFuture<'a, Result<Vec<ExternalMessage>, Error>> {
         Box::pin(async move {
+            let names = serde_json::to_string(names).map_err(Error::database)?;
             let rows = sqlx::query(&self.inner.statements.undispatched)
                 .bind(format!("-{:.3} seconds", older_than.as_secs_f64()))
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(names)
                 .fetch_all(&self.inner.pool)
                 .await
                 .map_err(adapter_error)?;

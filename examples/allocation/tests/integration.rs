@@ -135,6 +135,16 @@ impl Service {
         .unwrap();
     }
 
+    /// A `count(*)` on the SQL database.
+    async fn count(&self, query: &str) -> i64 {
+        match &self.store {
+            Store::Memory(_) => unreachable!("no SQL in memory"),
+            Store::Postgres(pg) => sqlx::query_scalar(query).fetch_one(pg.pool()).await,
+            Store::Sqlite(file) => sqlx::query_scalar(query).fetch_one(file.pool()).await,
+        }
+        .unwrap()
+    }
+
     /// The version of an order's read model row (a save adds one).
     async fn view_version(&self, orderid: &str) -> i64 {
         let query = "SELECT version FROM allocations_view_orders WHERE orderid = $1";
@@ -829,6 +839,30 @@ async fn an_event_committed_but_never_dispatched_is_recovered_once(s: &Service) 
     assert_eq!(
         views::allocations("o2", bus).await.unwrap(),
         [Allocation::new("sku1", "b1")]
+    );
+
+    // An event this service has no handler for (a newer version's, or
+    // another service's on the same tables) is left for whoever handles it.
+    let foreign = ExternalMessage {
+        name: "billing.invoiced".into(),
+        metadata: Metadata::new(),
+        payload: b"{}".to_vec(),
+    };
+    let mut tx = db.begin().await.unwrap();
+    tx.write_events(&[OutboxWrite {
+        message: foreign,
+        publish: false,
+        dispatch: true,
+    }])
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(bus.recover_undispatched(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(
+        s.count("SELECT count(*) FROM eda_outbox WHERE dispatched_at IS NULL")
+            .await,
+        1,
+        "left undispatched"
     );
 }
 
