@@ -337,6 +337,7 @@ impl World {
         assert_eq!(self.unsent().await, 0, "the outbox is empty");
         let viewed = self.viewed_orders().await;
         Books {
+            lost: lost.len(),
             attempted: load.attempted.len(),
             acknowledged: load.acknowledged.len(),
             saved: saved.len(),
@@ -399,6 +400,8 @@ pub struct Books {
     pub acknowledged: usize,
     /// Orders saved (acknowledged, and some whose answer was lost).
     pub saved: usize,
+    /// Acknowledged orders not saved (the check fails unless it is 0).
+    pub lost: usize,
     /// `allocation.allocated` messages received.
     pub events: usize,
     /// Of those, publications of an event already received (same message
