@@ -653,7 +653,10 @@ impl MessageBus {
         // Events committed by the handler are processed even when it failed
         // afterwards: their state is saved, so they must not be lost.
         if !queue.is_empty() {
-            self.process_events(None, &mut queue, report, false).await;
+            // Boxed: a command that raised no event does not carry the
+            // state of the event loop in its future (which every caller's
+            // future embeds and copies).
+            Box::pin(self.process_events(None, &mut queue, report, false)).await;
         }
         result
     }

@@ -87,11 +87,17 @@ impl MessageId {
     /// for randomness on every id, which costs more than the rest of the
     /// dispatch of a message.
     pub fn at(timestamp: Timestamp) -> Self {
-        let random = fastrand::u128(..).to_le_bytes();
-        let bytes: [u8; 10] = random[..10].try_into().expect("10 of 16 bytes");
-        MessageId(
-            uuid::Builder::from_unix_timestamp_millis(timestamp.as_millis(), &bytes).into_uuid(),
-        )
+        // The layout of RFC 9562, section 5.7, built in one integer (what
+        // `uuid::Builder` does byte by byte, at six times the cost):
+        // unix_ts_ms (48 bits) | ver = 7 (4) | rand_a (12) | var = 0b10 (2) |
+        // rand_b (62).
+        let random = fastrand::u128(..);
+        let millis = u128::from(timestamp.as_millis() & 0xFFFF_FFFF_FFFF);
+        let rand_a = (random >> 64) & 0xFFF;
+        let rand_b = random & 0x3FFF_FFFF_FFFF_FFFF;
+        MessageId(Uuid::from_u128(
+            millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b,
+        ))
     }
 
     /// The id as a UUID.
@@ -115,6 +121,33 @@ mod tests {
         assert_eq!(
             secs * 1000 + u64::from(nanos) / 1_000_000,
             1_700_000_000_123
+        );
+    }
+
+    #[test]
+    fn ids_have_the_rfc_variant_and_the_random_bits_vary() {
+        let t = Timestamp::from_millis(1_700_000_000_123);
+        let ids: Vec<Uuid> = (0..64).map(|_| MessageId::at(t).as_uuid()).collect();
+        for id in &ids {
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(id.get_version(), Some(uuid::Version::SortRand));
+        }
+        // Each of the 74 random bits is set in some id and clear in another.
+        let rand_mask: u128 = (0xFFF << 64) | 0x3FFF_FFFF_FFFF_FFFF;
+        let ones = ids.iter().fold(0, |acc, id| acc | id.as_u128());
+        let zeros = ids.iter().fold(0, |acc, id| acc | !id.as_u128());
+        assert_eq!(ones & rand_mask, rand_mask);
+        assert_eq!(zeros & rand_mask, rand_mask);
+    }
+
+    #[test]
+    fn now_is_the_system_clock_in_millis() {
+        let before = system_time_millis();
+        let now = Timestamp::now().as_millis();
+        let after = system_time_millis();
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
         );
     }
 
@@ -165,10 +198,7 @@ pub struct Timestamp(u64);
 impl Timestamp {
     /// Now.
     pub fn now() -> Self {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
-        Timestamp(since.as_millis() as u64)
+        Timestamp(now_millis())
     }
 
     /// From milliseconds since the Unix epoch.
@@ -185,6 +215,40 @@ impl Timestamp {
     pub fn to_system_time(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.0)
     }
+}
+
+/// Milliseconds since the Unix epoch, from the real-time clock. On Unix,
+/// straight from `clock_gettime`: `SystemTime::now().duration_since(..)`
+/// spends as long again on its conversions, a quarter of the cost of
+/// dispatching a message in memory.
+#[cfg(unix)]
+fn now_millis() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable `timespec`, and CLOCK_REALTIME is
+    // a clock every Unix has.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    if rc != 0 {
+        return system_time_millis();
+    }
+    // Before 1970 (a clock set wrong) reads as 1970, as `system_time_millis`.
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    secs.saturating_mul(1000).saturating_add(millis)
+}
+
+#[cfg(not(unix))]
+fn now_millis() -> u64 {
+    system_time_millis()
+}
+
+fn system_time_millis() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Where a message comes from: its id, the conversation it belongs to
