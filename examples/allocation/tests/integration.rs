@@ -26,8 +26,8 @@ use chrono::NaiveDate;
 use eda_core::sqlx::{self, Row};
 use eda_core::testing::{TestPostgres, TestSqlite};
 use eda_core::{
-    Adapter, Database, ExternalMessage, InMemoryDatabase, Message, MessageBus, Metadata,
-    OutboxWrite, RetryPolicy,
+    Adapter, CommandError, Database, Error, ExternalMessage, InMemoryDatabase, Message, MessageBus,
+    Metadata, OutboxWrite, RepositoryError, RetryPolicy,
 };
 use serde_json::json;
 
@@ -275,28 +275,38 @@ async fn run(backend: Backend, scenario: impl AsyncFnOnce(&Service)) {
     s.stop().await;
 }
 
-/// For each scenario (an `async fn(&Service)` below), a module of the same
-/// name with one test per backend. Multi-threaded runtimes, so that
+/// One test of `scenario` on `backend`. Multi-threaded runtimes, so that
 /// concurrent handlers really run in parallel.
+macro_rules! backend_test {
+    ($test:ident, $backend:ident, $scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            run(Backend::$backend, super::$scenario).await
+        }
+    };
+}
+
+/// For each scenario (an `async fn(&Service)` below), a module of the same
+/// name with one test per backend.
 macro_rules! on_every_backend {
     ($($scenario:ident,)*) => {$(
         mod $scenario {
             use super::{Backend, run};
+            backend_test!(memory, Memory, $scenario);
+            backend_test!(postgres, Postgres, $scenario);
+            backend_test!(sqlite, Sqlite, $scenario);
+        }
+    )*};
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                run(Backend::Memory, super::$scenario).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                run(Backend::Postgres, super::$scenario).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                run(Backend::Sqlite, super::$scenario).await
-            }
+/// The same, for what only a SQL database has: one test on Postgres, one on
+/// SQLite.
+macro_rules! on_sql_backends {
+    ($($scenario:ident,)*) => {$(
+        mod $scenario {
+            use super::{Backend, run};
+            backend_test!(postgres, Postgres, $scenario);
+            backend_test!(sqlite, Sqlite, $scenario);
         }
     )*};
 }
@@ -866,12 +876,82 @@ async fn an_event_committed_but_never_dispatched_is_recovered_once(s: &Service) 
     );
 }
 
+on_sql_backends!(
+    a_row_that_cannot_be_decoded_is_an_error_naming_its_table_and_column,
+    a_batch_reference_held_by_another_product_is_refused_without_retries,
+);
+
+async fn a_row_that_cannot_be_decoded_is_an_error_naming_its_table_and_column(s: &Service) {
+    s.bus
+        .handle(CreateBatch::new("b1", "LAMP", 10, None))
+        .await
+        .unwrap();
+    // More than a `u32` holds.
+    s.execute("UPDATE batches SET purchased_quantity = 5000000000")
+        .await;
+
+    let error = s
+        .bus
+        .handle(Allocate::new("o1", "LAMP", 1))
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(
+            &error,
+            CommandError::Bus(Error::Repository(RepositoryError::Decode { table, column, .. }))
+                if table == "batches" && column == "purchased_quantity"
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot decode column `purchased_quantity` of table `batches`"),
+        "{error}"
+    );
+}
+
+/// The domain does not know that batch references are unique across
+/// products; the table does. That is an error at once, not a conflict
+/// retried in vain.
+async fn a_batch_reference_held_by_another_product_is_refused_without_retries(s: &Service) {
+    // Each database words its unique violation its own way.
+    let refused = match &s.store {
+        Store::Postgres(_) => "duplicate batch reference: Key (reference)=(b1) already exists",
+        Store::Sqlite(_) => "duplicate batch reference: b1 already exists",
+        Store::Memory(_) => unreachable!("a SQL constraint"),
+    };
+    s.bus
+        .handle(CreateBatch::new("b1", "LAMP", 10, None))
+        .await
+        .unwrap();
+    s.bus
+        .handle(CreateBatch::new("b2", "TABLE", 10, None))
+        .await
+        .unwrap();
+
+    // On an existing product (update) and on a new one (add).
+    for sku in ["TABLE", "CHAIR"] {
+        let error = s
+            .bus
+            .handle(CreateBatch::new("b1", sku, 5, None))
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(refused), "{text}");
+    }
+
+    assert_eq!(s.bus.metrics().command_conflicts, 0, "not retried");
+    assert_eq!(s.stock("TABLE").await, [("b2".to_owned(), 10, 0)]);
+    assert!(s.product("CHAIR").await.is_none());
+}
+
 /// What only a SQL database has: the schema, rows that do not decode,
 /// constraints the domain does not know, how much a save writes. (The
 /// same on SQLite: `sqlite_tables`.)
 mod postgres_tables {
     use super::*;
-    use eda_core::{CommandError, Error, RepositoryError};
 
     /// The pool of a service started on Postgres.
     fn pool(s: &Service) -> &sqlx::PgPool {
@@ -925,81 +1005,6 @@ mod postgres_tables {
             ],
             "the example's tables (the framework's, eda_*, are its own business)"
         );
-        s.stop().await;
-    }
-
-    #[tokio::test]
-    async fn a_row_that_cannot_be_decoded_is_an_error_naming_its_table_and_column() {
-        let Some(s) = Service::start(Backend::Postgres).await else {
-            return;
-        };
-        s.bus
-            .handle(CreateBatch::new("b1", "LAMP", 10, None))
-            .await
-            .unwrap();
-        // More than a `u32` holds.
-        sqlx::query("UPDATE batches SET purchased_quantity = 5000000000")
-            .execute(pool(&s))
-            .await
-            .unwrap();
-
-        let error = s
-            .bus
-            .handle(Allocate::new("o1", "LAMP", 1))
-            .await
-            .unwrap_err();
-
-        assert!(
-            matches!(
-                &error,
-                CommandError::Bus(Error::Repository(RepositoryError::Decode { table, column, .. }))
-                    if table == "batches" && column == "purchased_quantity"
-            ),
-            "{error:?}"
-        );
-        assert!(
-            error
-                .to_string()
-                .starts_with("cannot decode column `purchased_quantity` of table `batches`"),
-            "{error}"
-        );
-        s.stop().await;
-    }
-
-    /// The domain does not know that batch references are unique across
-    /// products; the table does. That is an error at once, not a conflict
-    /// retried in vain.
-    #[tokio::test]
-    async fn a_batch_reference_held_by_another_product_is_refused_without_retries() {
-        let Some(s) = Service::start(Backend::Postgres).await else {
-            return;
-        };
-        s.bus
-            .handle(CreateBatch::new("b1", "LAMP", 10, None))
-            .await
-            .unwrap();
-        s.bus
-            .handle(CreateBatch::new("b2", "TABLE", 10, None))
-            .await
-            .unwrap();
-
-        // On an existing product (update) and on a new one (add).
-        for sku in ["TABLE", "CHAIR"] {
-            let error = s
-                .bus
-                .handle(CreateBatch::new("b1", sku, 5, None))
-                .await
-                .unwrap_err();
-            let text = error.to_string();
-            assert!(
-                text.contains("duplicate batch reference: Key (reference)=(b1) already exists"),
-                "{text}"
-            );
-        }
-
-        assert_eq!(s.bus.metrics().command_conflicts, 0, "not retried");
-        assert_eq!(s.stock("TABLE").await, [("b2".to_owned(), 10, 0)]);
-        assert!(s.product("CHAIR").await.is_none());
         s.stop().await;
     }
 
@@ -1073,9 +1078,9 @@ mod postgres_tables {
 mod sqlite_tables {
     use super::*;
     use allocation::adapters::sqlite::SqliteProductRepository;
+    use eda_core::Repository;
     use eda_core::adapters::sqlite::SqliteDatabase;
     use eda_core::sqlx::SqlitePool;
-    use eda_core::{CommandError, Error, Repository, RepositoryError};
 
     async fn start() -> Service {
         Service::start(Backend::Sqlite)
@@ -1168,42 +1173,6 @@ mod sqlite_tables {
         s.stop().await;
     }
 
-    #[tokio::test]
-    async fn a_row_that_cannot_be_decoded_is_an_error_naming_its_table_and_column() {
-        let s = start().await;
-        s.bus
-            .handle(CreateBatch::new("b1", "LAMP", 10, None))
-            .await
-            .unwrap();
-        // More than a `u32` holds.
-        sqlx::query("UPDATE batches SET purchased_quantity = 5000000000")
-            .execute(pool(&s))
-            .await
-            .unwrap();
-
-        let error = s
-            .bus
-            .handle(Allocate::new("o1", "LAMP", 1))
-            .await
-            .unwrap_err();
-
-        assert!(
-            matches!(
-                &error,
-                CommandError::Bus(Error::Repository(RepositoryError::Decode { table, column, .. }))
-                    if table == "batches" && column == "purchased_quantity"
-            ),
-            "{error:?}"
-        );
-        assert!(
-            error
-                .to_string()
-                .starts_with("cannot decode column `purchased_quantity` of table `batches`"),
-            "{error}"
-        );
-        s.stop().await;
-    }
-
     /// `STRICT` tables and `CHECK`s: what the model could not read back is
     /// not stored in the first place.
     #[tokio::test]
@@ -1234,41 +1203,6 @@ mod sqlite_tables {
             let error = sqlx::query(sql).execute(pool(&s)).await.unwrap_err();
             assert!(error.to_string().contains(why), "{sql}: {error}");
         }
-        s.stop().await;
-    }
-
-    /// The domain does not know that batch references are unique across
-    /// products; the table does. That is an error at once, not a conflict
-    /// retried in vain.
-    #[tokio::test]
-    async fn a_batch_reference_held_by_another_product_is_refused_without_retries() {
-        let s = start().await;
-        s.bus
-            .handle(CreateBatch::new("b1", "LAMP", 10, None))
-            .await
-            .unwrap();
-        s.bus
-            .handle(CreateBatch::new("b2", "TABLE", 10, None))
-            .await
-            .unwrap();
-
-        // On an existing product (update) and on a new one (add).
-        for sku in ["TABLE", "CHAIR"] {
-            let error = s
-                .bus
-                .handle(CreateBatch::new("b1", sku, 5, None))
-                .await
-                .unwrap_err();
-            let text = error.to_string();
-            assert!(
-                text.contains("duplicate batch reference: b1 already exists"),
-                "{text}"
-            );
-        }
-
-        assert_eq!(s.bus.metrics().command_conflicts, 0, "not retried");
-        assert_eq!(s.stock("TABLE").await, [("b2".to_owned(), 10, 0)]);
-        assert!(s.product("CHAIR").await.is_none());
         s.stop().await;
     }
 
