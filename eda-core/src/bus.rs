@@ -131,6 +131,9 @@ pub struct Context<'a> {
     /// so they go to the dispatch journal; `false` for
     /// [`MessageBus::begin`].
     pub(crate) dispatches: bool,
+    /// The stable id of the handler being run (its key in the inbox); empty
+    /// outside a handler.
+    pub(crate) handler: &'static str,
 }
 
 impl<'a> Context<'a> {
@@ -142,6 +145,12 @@ impl<'a> Context<'a> {
     /// The metadata of the message being handled.
     pub fn metadata(&self) -> &'a Metadata {
         self.metadata
+    }
+
+    /// The stable id of the handler being run: `#[event_handler(id = "…")]`,
+    /// or `<crate>::<fn name>` by default. Empty outside a handler.
+    pub fn handler(&self) -> &'static str {
+        self.handler
     }
 }
 
@@ -160,7 +169,6 @@ pub struct EventCall<'a> {
     pub ctx: Context<'a>,
     pub event: &'a (dyn Any + Send + Sync),
     pub events: &'a mut EventQueue,
-    pub handler: &'static str,
 }
 
 /// An event handler that failed after its retries.
@@ -252,22 +260,6 @@ impl MessageBus {
         self.run_command(&envelope, &mut report, false).await
     }
 
-    /// Handles a command in the conversation of the message with metadata
-    /// `cause`: what a handler that sends a command (reallocate on
-    /// `Deallocated`) calls, with its `&Metadata`.
-    ///
-    /// The command is handled at once, with its events, before this returns;
-    /// failures of those events' handlers are logged and counted, not
-    /// returned.
-    pub async fn handle_caused_by<C: Command>(
-        &self,
-        command: C,
-        cause: &Metadata,
-    ) -> Result<C::Output, CommandError<C::Error>> {
-        self.handle_envelope(Envelope::with_metadata(command, cause.caused_by()))
-            .await
-    }
-
     /// Like [`handle`](Self::handle), and also returns the report of the
     /// event handlers that ran.
     pub async fn handle_with_report<C: Command>(
@@ -337,6 +329,7 @@ impl MessageBus {
             metadata: &metadata,
             incoming: false,
             dispatches: false,
+            handler: "",
         };
         U::__begin(&ctx).await
     }
@@ -572,7 +565,7 @@ impl MessageBus {
         }
     }
 
-    async fn run_command<C: Command>(
+    pub(crate) async fn run_command<C: Command>(
         &self,
         envelope: &Envelope<C>,
         report: &mut Report,
@@ -603,6 +596,7 @@ impl MessageBus {
                         metadata: &envelope.metadata,
                         incoming,
                         dispatches: true,
+                        handler: entry.id,
                     },
                     message: &envelope.message,
                     out: &mut out,
@@ -704,10 +698,10 @@ impl MessageBus {
                             metadata: event.metadata(),
                             incoming,
                             dispatches: true,
+                            handler: handler.id,
                         },
                         event: event.as_any(),
                         events: queue,
-                        handler: handler.handler,
                     });
                     let outcome = match event_span(event, handler) {
                         None => call.await,

@@ -49,6 +49,7 @@ pub mod adapter;
 pub mod adapters;
 pub mod aggregate;
 pub mod bus;
+pub mod causation;
 pub mod entrypoints;
 pub mod error;
 pub mod message;
@@ -71,6 +72,7 @@ pub use adapter::{Adapter, Database, DatabaseTransaction, Dependency};
 pub use adapters::memory::{InMemoryDatabase, InProcessBus};
 pub use aggregate::{Aggregate, Events};
 pub use bus::{BusBuilder, BusMetrics, Context, EventHandlerFailure, MessageBus, Report};
+pub use causation::Causation;
 pub use error::{BoxError, CommandError, DomainError, Error, IncomingError};
 pub use message::{
     AnyEvent, Command, Envelope, Event, Message, MessageId, MessageKind, Metadata, Timestamp,
@@ -96,9 +98,9 @@ pub struct ReadmeDoctests;
 /// The names a service module usually needs.
 pub mod prelude {
     pub use crate::{
-        Adapter, Aggregate, BoxError, Command, CommandError, DomainError, Envelope, Event, Events,
-        Finder, IdentityMap, InMemoryDatabase, InProcessBus, MessageBus, Metadata, Repository,
-        RepositoryError, Transaction, UnitOfWork,
+        Adapter, Aggregate, BoxError, Causation, Command, CommandError, DomainError, Envelope,
+        Event, Events, Finder, IdentityMap, InMemoryDatabase, InProcessBus, MessageBus, Metadata,
+        Repository, RepositoryError, Transaction, UnitOfWork,
     };
     #[cfg(feature = "macros")]
     pub use crate::{command_handler, event_handler, repository};

@@ -100,6 +100,35 @@ impl MessageId {
         ))
     }
 
+    /// The id of the `n`th message (from 0) that `handler` (its stable id)
+    /// caused while handling the message `cause`: the same whenever the
+    /// handler handles `cause` again, so that a redelivery causes nothing
+    /// new (the inbox of the caused message's handler knows the id). A
+    /// UUID version 8 whose 122 free bits are the 128-bit FNV-1a hash of
+    /// the three, a function that stays the same across builds.
+    pub fn caused(cause: MessageId, handler: &str, n: u32) -> Self {
+        const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+        const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+        let mut hash = OFFSET;
+        let n = n.to_le_bytes();
+        let bytes = cause
+            .0
+            .as_bytes()
+            .iter()
+            .chain(handler.as_bytes())
+            // A byte that no UTF-8 string holds: "ab" + 1 and "a" + "b1"
+            // hash apart.
+            .chain(&[0xff])
+            .chain(&n);
+        for byte in bytes {
+            hash ^= u128::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+        // Version 8 (bits 48..52 from the top), RFC 9562 variant (0b10).
+        let hash = (hash & !(0xF << 76) & !(0b11 << 62)) | (0x8 << 76) | (0b10 << 62);
+        MessageId(Uuid::from_u128(hash))
+    }
+
     /// The id as a UUID.
     pub fn as_uuid(&self) -> Uuid {
         self.0

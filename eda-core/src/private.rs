@@ -71,12 +71,12 @@ impl<'a> CommandCall<'a> {
 }
 
 impl<'a> EventCall<'a> {
-    pub fn into_parts<E: Event>(self) -> (Context<'a>, &'a E, &'a mut EventQueue, &'static str) {
+    pub fn into_parts<E: Event>(self) -> (Context<'a>, &'a E, &'a mut EventQueue) {
         let event = self
             .event
             .downcast_ref::<E>()
             .expect("the bus calls a handler with the event it registered for");
-        (self.ctx, event, self.events, self.handler)
+        (self.ctx, event, self.events)
     }
 }
 
@@ -85,16 +85,12 @@ impl<'a> EventCall<'a> {
 /// (Generated code begins the unit of work itself, through trait paths, so
 /// that a type that is not a unit of work is reported once, at the handler's
 /// parameter.)
-pub async fn record_inbox(
-    tx: Option<&mut Transaction>,
-    ctx: &Context<'_>,
-    handler: &str,
-) -> Result<bool, Error> {
+pub async fn record_inbox(tx: Option<&mut Transaction>, ctx: &Context<'_>) -> Result<bool, Error> {
     if ctx.incoming
         && let Some(tx) = tx
-        && !tx.__record_inbox(handler).await?
+        && !tx.__record_inbox(ctx.handler).await?
     {
-        tracing::debug!(handler, "already handled (inbox), skipped");
+        tracing::debug!(handler = ctx.handler, "already handled (inbox), skipped");
         return Ok(false);
     }
     Ok(true)

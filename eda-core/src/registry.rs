@@ -43,6 +43,8 @@ pub struct CommandHandlerRegistration {
     pub command: TypeId,
     pub command_name: &'static str,
     pub handler: &'static str,
+    /// The handler's stable identity (its key in the inbox).
+    pub id: &'static str,
     pub module: &'static str,
     pub location: Location,
     pub call: CommandCallFn,
@@ -52,6 +54,7 @@ pub struct CommandHandlerRegistration {
 impl CommandHandlerRegistration {
     pub const fn new<C: Command>(
         handler: &'static str,
+        id: &'static str,
         module: &'static str,
         file: &'static str,
         line: u32,
@@ -62,6 +65,7 @@ impl CommandHandlerRegistration {
             command: TypeId::of::<C>(),
             command_name: C::NAME,
             handler,
+            id,
             module,
             location: Location { file, line },
             call,
@@ -84,6 +88,8 @@ pub struct EventHandlerRegistration {
     pub event: TypeId,
     pub event_name: &'static str,
     pub handler: &'static str,
+    /// The handler's stable identity (its key in the inbox).
+    pub id: &'static str,
     pub module: &'static str,
     pub location: Location,
     pub call: EventCallFn,
@@ -93,6 +99,7 @@ pub struct EventHandlerRegistration {
 impl EventHandlerRegistration {
     pub const fn new<E: Event>(
         handler: &'static str,
+        id: &'static str,
         module: &'static str,
         file: &'static str,
         line: u32,
@@ -103,6 +110,7 @@ impl EventHandlerRegistration {
             event: TypeId::of::<E>(),
             event_name: E::NAME,
             handler,
+            id,
             module,
             location: Location { file, line },
             call,
@@ -292,6 +300,16 @@ pub enum WiringProblem {
         /// The module path given to `scope`.
         scope: String,
     },
+    /// Two handlers of one message with the same id: the inbox could not
+    /// tell them apart, and would skip the second as a redelivery.
+    DuplicateHandlerId {
+        /// The message's name.
+        message: &'static str,
+        /// The id they share.
+        id: &'static str,
+        /// The handlers.
+        handlers: Vec<HandlerRef>,
+    },
     /// Two adapters of the same type, or two databases.
     DuplicateAdapter {
         /// The adapter's type, or `"database"`.
@@ -367,6 +385,21 @@ impl fmt::Display for WiringProblem {
                 "scope `{scope}` matches no handler and no message: if they are declared in another crate that this binary does not name, the linker left them out; name it once, e.g. `use {crate_name} as _;` in main.rs",
                 crate_name = scope.split("::").next().unwrap_or(scope)
             ),
+            WiringProblem::DuplicateHandlerId {
+                message,
+                id,
+                handlers,
+            } => {
+                write!(
+                    f,
+                    "{} handlers of `{message}` have the id `{id}`, which must be unique among a message's handlers (the inbox records each handler by its id): give each its own with `#[event_handler(id = \"…\")]`:",
+                    handlers.len()
+                )?;
+                for h in handlers {
+                    write!(f, " {h};")?;
+                }
+                Ok(())
+            }
             WiringProblem::DuplicateAdapter { adapter } => {
                 write!(f, "two adapters of type `{adapter}` were given to the bus")
             }
@@ -495,6 +528,26 @@ impl Wiring<'_> {
                 handlers: handlers.iter().map(|h| h.describe()).collect(),
             });
         }
+        // Handler ids are the inbox's keys: unique among one event's
+        // handlers. (A command has one handler, or is reported above.)
+        let mut per_id: HashMap<(TypeId, &'static str), Vec<(HandlerRef, &'static str)>> =
+            HashMap::new();
+        for e in &events {
+            per_id
+                .entry((e.event, e.id))
+                .or_default()
+                .push((e.describe(), e.event_name));
+        }
+        let mut shared: Vec<_> = per_id.into_iter().filter(|(_, v)| v.len() > 1).collect();
+        shared.sort_by_key(|((_, id), v)| (v[0].1, *id));
+        for ((_, id), handlers) in shared {
+            problems.push(WiringProblem::DuplicateHandlerId {
+                message: handlers[0].1,
+                id,
+                handlers: handlers.into_iter().map(|(h, _)| h).collect(),
+            });
+        }
+
         let mut unhandled: Vec<_> = inventory::iter::<MessageRegistration>
             .into_iter()
             .filter(|m| {

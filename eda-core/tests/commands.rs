@@ -257,8 +257,9 @@ async fn peek_racing(cmd: PeekRacing, uow: &mut CounterUow, race: &Race) -> Hand
 }
 
 #[command_handler]
-async fn add_later(cmd: AddLater, bus: &MessageBus, meta: &Metadata) -> Handled<i64> {
-    bus.handle_caused_by(Add { id: cmd.id, by: 1 }, meta).await
+async fn add_later(cmd: AddLater, cause: &Causation) -> Handled<i64> {
+    let added = cause.send(Add { id: cmd.id, by: 1 }).await?;
+    Ok(added.expect("handled in process: never a redelivery"))
 }
 
 #[event_handler]

@@ -10,7 +10,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ItemFn, PathArguments, ReturnType, Type, TypeReference};
+use syn::{FnArg, Ident, ItemFn, LitStr, PathArguments, ReturnType, Type, TypeReference};
 
 use crate::ctxt::{Ctxt, respan};
 use crate::message::Kind;
@@ -255,14 +255,49 @@ fn error_span(output: &Type) -> Span {
     output.span()
 }
 
+/// The handler's options: `id = "…"`, its stable identity.
+fn parse_args(args: TokenStream, kind: Kind, cx: &mut Ctxt) -> Option<LitStr> {
+    let mut id: Option<LitStr> = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("id") {
+            let value: LitStr = meta.value()?.parse()?;
+            let text = value.value();
+            if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(syn::Error::new_spanned(
+                    &value,
+                    "a handler id is a non-empty string without spaces, e.g. \"allocation::reallocate\"",
+                ));
+            }
+            if text.len() > 200 {
+                return Err(syn::Error::new_spanned(
+                    &value,
+                    format!(
+                        "a handler id is at most 200 bytes (it is stored in the inbox); this one has {}",
+                        text.len()
+                    ),
+                ));
+            }
+            if id.is_some() {
+                return Err(meta.error("`id` is given twice"));
+            }
+            id = Some(value);
+            Ok(())
+        } else {
+            Err(meta.error(format_args!(
+                "unknown `#[{}_handler]` option: expected `id = \"…\"` (the handler's stable identity in the inbox)",
+                what(kind)
+            )))
+        }
+    });
+    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
+        cx.push(e);
+    }
+    id
+}
+
 pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result<TokenStream> {
     let mut cx = Ctxt::default();
-    if !args.is_empty() {
-        cx.error(
-            &args,
-            format_args!("`#[{}_handler]` takes no arguments", what(kind)),
-        );
-    }
+    let id = parse_args(args, kind, &mut cx);
     let sig = parse(&item, kind, &mut cx);
     cx.check()?;
     let sig = sig.expect("no error means a parsed signature");
@@ -323,7 +358,6 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
                     #p::record_inbox(
                         <#ty as #p::UnitOfWorkTrait>::__transaction(&mut #var),
                         &__ctx,
-                        __inbox_key,
                     ).await
                 };
                 let begin = quote_spanned! {ty_span=>
@@ -351,13 +385,17 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
                     let _ = <#ty as #p::Dependency>::__require;
                 });
                 let resolve_fn = quote_spanned!(ty_span=> <#ty as #p::Dependency>::__resolve);
-                resolve.push(quote! {
+                // The slot's type is a projection on the user's type: the
+                // binding carries their span, so that an unsatisfied bound
+                // is reported there, once.
+                resolve.push(quote_spanned! {ty_span=>
                     let #var = match #resolve_fn(&__ctx) {
                         ::core::result::Result::Ok(d) => d,
                         ::core::result::Result::Err(e) => return #failed,
                     };
                 });
-                call_args.push(quote!(#var));
+                let get = quote_spanned!(ty_span=> <#ty as #p::Dependency>::__get(&#var));
+                call_args.push(get);
                 requirements.push(quote_spanned!(ty_span=> <#ty as #p::Dependency>::__require(r);));
             }
         }
@@ -374,7 +412,12 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
         .unwrap_or_else(|| quote!(()));
     let file = quote_spanned!(span=> ::core::file!());
     let line = quote_spanned!(span=> ::core::line!());
-    let inbox_key = quote!(::core::concat!(::core::module_path!(), "::", #name_str));
+    // The handler's identity in the inbox: stable across moves between
+    // modules (unlike `module_path!()`), and across renames when given.
+    let handler_id = match &id {
+        Some(id) => quote!(#id),
+        None => quote!(::core::concat!(::core::env!("CARGO_CRATE_NAME"), "::", #name_str)),
+    };
 
     // The handler's own future must be `Send`: checked on it, at the
     // handler's name, so that the error says "future returned by `name` is
@@ -435,7 +478,7 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
                 None => quote! {{ let _ = __events; #p::finish_event(__error) }},
             };
             (
-                quote_spanned!(msg_span=> let (__ctx, __message, __events, _) = __call.into_parts::<#msg_ty>();),
+                quote_spanned!(msg_span=> let (__ctx, __message, __events) = __call.into_parts::<#msg_ty>();),
                 quote! {
                     let __error = #into_error;
                     #finish
@@ -477,12 +520,12 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
                 #(#checks)*
                 #registration(
                     #name_str,
+                    #handler_id,
                     ::core::module_path!(),
                     #file,
                     #line,
                     |__call: #call_fn<'_>| -> #p::BoxFuture<'_, #outcome> {
                         #parts
-                        let __inbox_key: &'static str = #inbox_key;
                         #p::send(#async_block {
                             #(#resolve)*
                             #call

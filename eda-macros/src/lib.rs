@@ -122,8 +122,17 @@ pub fn derive_unit_of_work(input: TokenStream) -> TokenStream {
 
 /// Declares the handler of a command: an `async fn` whose first parameter is
 /// the command (by value or `&`), whose other parameters are lent by the bus
-/// (`&mut` a unit of work, `&` an adapter, `&Metadata`, `&MessageBus`), and
-/// which returns `Result<Output, E>`.
+/// (`&mut` a unit of work, `&` an adapter, `&Metadata`, `&Causation` to send
+/// the commands it causes, `&MessageBus`), and which returns
+/// `Result<Output, E>`.
+///
+/// Option: `id = "…"`, the handler's stable identity, which the inbox
+/// records with each message it handled. By default it is
+/// `<crate name>::<fn name>`: moving the function to another module keeps
+/// it, renaming the function changes it. Before renaming a handler in a
+/// running system, give it its old id (`#[command_handler(id =
+/// "shop::old_name")]`), or messages it handled before may run again when
+/// redelivered.
 ///
 /// A command has exactly one handler: a second one in the same module does
 /// not compile, and `MessageBus::builder().build()` rejects one anywhere.
@@ -150,6 +159,10 @@ pub fn command_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// An event has any number of handlers; each runs in its own unit of work,
 /// and a failing one is retried by policy without stopping the others.
+///
+/// Option: `id = "…"`, the handler's stable identity in the inbox, as for
+/// `#[command_handler]` (default `<crate name>::<fn name>`). The handlers of
+/// one event must have different ids: `build()` says so otherwise.
 ///
 /// The handlers of one event run one after the other, in a stable order:
 /// by module path, then file and line. A handler should not rely on that

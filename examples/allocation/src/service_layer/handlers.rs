@@ -2,7 +2,7 @@
 //! `handlers.py`). The bus finds them by their attributes; nothing calls them
 //! directly.
 
-use eda_core::{CommandError, MessageBus, Metadata, command_handler, event_handler};
+use eda_core::{Causation, CommandError, command_handler, event_handler};
 
 use crate::adapters::notifications::{NotificationError, Notifications};
 use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
@@ -58,13 +58,13 @@ async fn change_batch_quantity(cmd: ChangeBatchQuantity, uow: &mut AllocationUow
     Ok(())
 }
 
-/// Allocates a deallocated line again, as a new `Allocate` command in the
-/// same conversation (its own unit of work, retried on conflict like any
-/// command).
+/// Allocates a deallocated line again, as a new `Allocate` command caused
+/// by the `Deallocated` (its own unit of work, retried on conflict like any
+/// command; sent once however often the event is dispatched).
 #[event_handler]
-async fn reallocate(event: &Deallocated, metadata: &Metadata, bus: &MessageBus) -> Handled<()> {
+async fn reallocate(event: &Deallocated, cause: &Causation) -> Handled<()> {
     let command = Allocate::new(event.orderid.clone(), event.sku.clone(), event.qty);
-    bus.handle_caused_by(command, metadata).await?;
+    cause.send(command).await?;
     Ok(())
 }
 
