@@ -2,7 +2,7 @@
 //! every event raised, in order, until its queue is empty.
 
 use std::any::{Any, TypeId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use crate::registry::{
 };
 use crate::repository::{Finder, FinderVTable, RepositoryVTable};
 use crate::retry::RetryPolicy;
+use crate::topology::{Topology, TopologyWarning, events_going_nowhere};
 
 /// A `TypeId` is already a hash: use it as is.
 #[derive(Default)]
@@ -77,6 +78,13 @@ pub(crate) struct BusInner {
     command_retry: RetryPolicy,
     event_retry: RetryPolicy,
     metrics: Metrics,
+    /// The names of the messages the service takes from the broker
+    /// (see [`crate::topology`]), sorted.
+    consumed: Box<[&'static str]>,
+    /// What `build` found probably wrong.
+    pub(crate) warnings: Vec<TopologyWarning>,
+    /// The events without handlers that were raised, logged once each.
+    went_nowhere: std::sync::Mutex<HashSet<&'static str>>,
 }
 
 /// The internal message bus. Cheap to clone (an `Arc`); build it once at
@@ -220,6 +228,7 @@ struct Metrics {
     command_conflicts: AtomicU64,
     event_handler_failures: AtomicU64,
     event_handler_retries: AtomicU64,
+    events_unhandled: AtomicU64,
 }
 
 /// A snapshot of the bus's counters.
@@ -232,6 +241,9 @@ pub struct BusMetrics {
     pub event_handler_failures: u64,
     /// Event handler runs that failed and were retried.
     pub event_handler_retries: u64,
+    /// Events raised that have no handler here and are not `external`:
+    /// they went nowhere (each name is also logged, once).
+    pub events_unhandled: u64,
 }
 
 impl MessageBus {
@@ -354,6 +366,7 @@ impl MessageBus {
             command_conflicts: m.command_conflicts.load(Ordering::Relaxed),
             event_handler_failures: m.event_handler_failures.load(Ordering::Relaxed),
             event_handler_retries: m.event_handler_retries.load(Ordering::Relaxed),
+            events_unhandled: m.events_unhandled.load(Ordering::Relaxed),
         }
     }
 
@@ -374,28 +387,70 @@ impl MessageBus {
         names
     }
 
-    /// The names of the messages this service consumes from a broker: the
-    /// commands it handles, and the events it handles that it does not
-    /// publish itself. An external event of this service that it also
-    /// handles is handled in-process when raised; consuming it back from the
-    /// broker would handle it twice.
+    /// The names of the messages this service consumes from a broker (see
+    /// [`topology`](crate::topology)), sorted: the external events it
+    /// handles, wherever they are declared, and the commands it
+    /// [accepts](BusBuilder::accept).
     pub fn consumed_message_names(&self) -> Vec<&'static str> {
-        let mut names: Vec<_> = self
-            .inner
-            .messages
-            .values()
-            .filter(|m| match m.kind {
+        self.inner.consumed.to_vec()
+    }
+
+    /// Whether this service consumes the message `name` from a broker.
+    pub fn consumes(&self, name: &str) -> bool {
+        self.inner.consumed.binary_search(&name).is_ok()
+    }
+
+    /// The service's topology on the external bus: its queue bound to
+    /// [`consumed_message_names`](Self::consumed_message_names), or to
+    /// `bindings` when given (an override, which the warnings compare with
+    /// what the service consumes).
+    pub fn topology(&self, bindings: Option<&[String]>) -> Topology {
+        Topology::new(self, bindings)
+    }
+
+    /// Why this service does not consume `name` (which it does not).
+    pub(crate) fn why_not_consumed(&self, name: &str) -> &'static str {
+        match self.inner.messages.get(name) {
+            None => "no message of this name is linked into this service",
+            Some(m) => match m.kind {
+                crate::message::MessageKind::Command
+                    if self.inner.commands.contains_key(&m.type_id) =>
+                {
+                    "this command is not accepted from the broker (`MessageBus::builder().accept::<…>()`)"
+                }
                 crate::message::MessageKind::Command => {
-                    self.inner.commands.contains_key(&m.type_id)
+                    "this service has no handler of this command"
                 }
-                crate::message::MessageKind::Event => {
-                    !m.external && self.inner.events.contains_key(&m.type_id)
+                crate::message::MessageKind::Event if !m.external => {
+                    "this event is not `external`: no service publishes it"
                 }
-            })
-            .map(|m| m.name)
-            .collect();
-        names.sort_unstable();
-        names
+                crate::message::MessageKind::Event => "this service has no handler of this event",
+            },
+        }
+    }
+
+    /// A message that came from the broker: whether this service takes it
+    /// (see [`topology`](crate::topology)). `Ok(false)`: an event this
+    /// service published itself, handled in-process by the instance that
+    /// committed it: acknowledge it, do not handle it again.
+    pub(crate) fn admit(
+        &self,
+        name: &str,
+        published_by: Option<&str>,
+        service: &str,
+    ) -> Result<bool, IncomingError> {
+        let Some(m) = self.inner.messages.get(name) else {
+            return Err(IncomingError::UnknownMessage {
+                name: name.to_owned(),
+            });
+        };
+        if !self.consumes(name) {
+            return Err(IncomingError::NotConsumed {
+                name: m.name,
+                why: self.why_not_consumed(name),
+            });
+        }
+        Ok(!(m.kind == crate::message::MessageKind::Event && published_by == Some(service)))
     }
 
     /// Whether events of this type have handlers in this bus.
@@ -682,6 +737,9 @@ impl MessageBus {
                 },
             };
             let Some(handlers) = self.inner.events.get(&event.__type_id()) else {
+                if !event.is_external() {
+                    self.went_nowhere(event);
+                }
                 incoming = false;
                 continue;
             };
@@ -732,6 +790,29 @@ impl MessageBus {
         }
         if !dispatched.is_empty() {
             self.mark_dispatched(&dispatched).await;
+        }
+    }
+
+    /// An event with no handler here and not `external` was raised: counted,
+    /// and logged once per name.
+    #[cold]
+    fn went_nowhere(&self, event: &dyn AnyEvent) {
+        self.inner
+            .metrics
+            .events_unhandled
+            .fetch_add(1, Ordering::Relaxed);
+        let first = self
+            .inner
+            .went_nowhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(event.name());
+        if first {
+            tracing::warn!(
+                event = event.name(),
+                id = %event.metadata().message_id,
+                "an event with no handler in this service, and not `external`, was raised: it goes nowhere (logged once per event)"
+            );
         }
     }
 
@@ -854,6 +935,7 @@ pub struct BusBuilder {
     adapter_ids: Vec<TypeId>,
     scopes: Vec<String>,
     unhandled_allowed: Vec<TypeId>,
+    accepted: Vec<(TypeId, &'static str)>,
     command_retry: Option<RetryPolicy>,
     event_retry: Option<RetryPolicy>,
 }
@@ -897,6 +979,22 @@ impl BusBuilder {
     /// another service).
     pub fn allow_unhandled<C: Command>(mut self) -> Self {
         self.unhandled_allowed.push(TypeId::of::<C>());
+        self
+    }
+
+    /// Accepts command `C` from other services over the broker: the
+    /// service queue is bound to it, and the consumer handles it. Without
+    /// this, a command is handled in-process only, and a copy that arrives
+    /// from the broker (sent to the queue by hand, say) is dead-lettered:
+    /// anyone who can publish to the exchange can send what a service
+    /// accepts, so it accepts only what it means to. `build()` checks that
+    /// the bus has `C`'s handler.
+    ///
+    /// ```ignore
+    /// MessageBus::builder().accept::<Allocate>().accept::<CreateBatch>()
+    /// ```
+    pub fn accept<C: Command>(mut self) -> Self {
+        self.accepted.push((TypeId::of::<C>(), C::NAME));
         self
     }
 
@@ -971,6 +1069,14 @@ impl BusBuilder {
         }
         .check(&mut problems);
 
+        let mut accepted = TypeIdMap::default();
+        for (command, name) in self.accepted {
+            if !registry.commands.iter().any(|c| c.command == command) {
+                problems.push(WiringProblem::AcceptedCommandWithoutHandler { command: name });
+            }
+            accepted.insert(command, ());
+        }
+
         if !problems.is_empty() {
             return Err(WiringError { problems });
         }
@@ -982,6 +1088,25 @@ impl BusBuilder {
         let mut events: TypeIdMap<Vec<&'static EventHandlerRegistration>> = TypeIdMap::default();
         for e in registry.events {
             events.entry(e.event).or_default().push(e);
+        }
+        let mut consumed: Vec<&'static str> = registry
+            .messages
+            .values()
+            .filter(|m| match m.kind {
+                crate::message::MessageKind::Command => accepted.contains_key(&m.type_id),
+                crate::message::MessageKind::Event => m.external && events.contains_key(&m.type_id),
+            })
+            .map(|m| m.name)
+            .collect();
+        consumed.sort_unstable();
+        let scopes = &self.scopes;
+        let warnings = events_going_nowhere(
+            inventory::iter::<MessageRegistration>.into_iter(),
+            |m| events.contains_key(&m.type_id),
+            |module| crate::registry::in_scope(scopes, module),
+        );
+        for warning in &warnings {
+            tracing::warn!("{warning}");
         }
         let mut repositories = TypeIdMap::default();
         let mut finders = HashMap::new();
@@ -1016,6 +1141,9 @@ impl BusBuilder {
                 }),
                 event_retry: self.event_retry.unwrap_or_default(),
                 metrics: Metrics::default(),
+                consumed: consumed.into_boxed_slice(),
+                warnings,
+                went_nowhere: std::sync::Mutex::new(HashSet::new()),
             }),
         })
     }

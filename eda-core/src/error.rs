@@ -129,6 +129,15 @@ pub enum IncomingError {
         /// The name it carried.
         name: String,
     },
+    /// A message this service does not take from a broker: a command it
+    /// does not accept, an event it has no handler of.
+    #[error("`{name}` is not consumed by this service: {why}")]
+    NotConsumed {
+        /// The message name.
+        name: &'static str,
+        /// Why.
+        why: &'static str,
+    },
     /// The body is not a valid encoding of the named message.
     #[error("malformed `{name}` message: {source}")]
     Malformed {

@@ -60,6 +60,7 @@ pub mod repository;
 pub mod retry;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "rabbitmq"))]
 pub mod testing;
+pub mod topology;
 pub mod uow;
 
 #[doc(hidden)]
@@ -82,6 +83,7 @@ pub use registry::{HandlerRef, Location, WiringError, WiringProblem};
 pub use relay::{OutboxRelay, OutboxStore, Publisher, RelayOptions};
 pub use repository::{Find, Finder, Repository, RepositoryError};
 pub use retry::RetryPolicy;
+pub use topology::{Topology, TopologyWarning};
 pub use uow::{Aggregates, IdentityMap, Transaction, UnitOfWork, UowField};
 
 #[cfg(feature = "macros")]

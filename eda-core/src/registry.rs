@@ -310,6 +310,13 @@ pub enum WiringProblem {
         /// The handlers.
         handlers: Vec<HandlerRef>,
     },
+    /// A command the bus accepts from the broker
+    /// ([`BusBuilder::accept`](crate::BusBuilder::accept)), without a
+    /// handler in the bus.
+    AcceptedCommandWithoutHandler {
+        /// The command's name.
+        command: &'static str,
+    },
     /// Two adapters of the same type, or two databases.
     DuplicateAdapter {
         /// The adapter's type, or `"database"`.
@@ -400,6 +407,10 @@ impl fmt::Display for WiringProblem {
                 }
                 Ok(())
             }
+            WiringProblem::AcceptedCommandWithoutHandler { command } => write!(
+                f,
+                "command `{command}` is accepted from the broker (`accept::<…>()`), but this bus has no handler of it"
+            ),
             WiringProblem::DuplicateAdapter { adapter } => {
                 write!(f, "two adapters of type `{adapter}` were given to the bus")
             }

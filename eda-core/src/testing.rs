@@ -164,6 +164,8 @@ pub fn amqp_url() -> String {
 pub struct TestRabbitMq {
     /// Connected, with the test's names.
     pub rabbitmq: RabbitMq,
+    /// The other services of the test, on the same exchange.
+    others: std::sync::Mutex<Vec<RabbitMqOptions>>,
 }
 
 #[cfg(feature = "rabbitmq")]
@@ -181,9 +183,29 @@ impl TestRabbitMq {
         let options =
             f(RabbitMqOptions::new(url.clone(), queue.clone())).exchange(format!("{queue}.events"));
         match RabbitMq::connect(options).await {
-            Ok(rabbitmq) => Some(TestRabbitMq { rabbitmq }),
+            Ok(rabbitmq) => Some(TestRabbitMq {
+                rabbitmq,
+                others: std::sync::Mutex::new(Vec::new()),
+            }),
             Err(e) => service_missing("RabbitMQ", &url, &e, "rabbitmq-server -detached"),
         }
+    }
+
+    /// Another service on the test's exchange: its queue is
+    /// `<the test's queue>.<name>`, removed by [`cleanup`](Self::cleanup)
+    /// too. Two services of one test talk to each other through it.
+    pub async fn service(
+        &self,
+        name: &str,
+        f: impl FnOnce(RabbitMqOptions) -> RabbitMqOptions,
+    ) -> RabbitMq {
+        let o = self.rabbitmq.options();
+        let queue = format!("{}.{name}", o.queue_name());
+        let options = f(RabbitMqOptions::new(amqp_url(), queue)).exchange(o.exchange_name());
+        self.others.lock().unwrap().push(options.clone());
+        RabbitMq::connect(options)
+            .await
+            .expect("the broker answered the test already")
     }
 
     /// The options (names, delays, …).
@@ -196,9 +218,17 @@ impl TestRabbitMq {
         let Ok(channel) = self.rabbitmq.channel().await else {
             return;
         };
+        let mut queues = Vec::new();
+        let others = std::mem::take(&mut *self.others.lock().unwrap());
+        for o in std::iter::once(self.rabbitmq.options()).chain(&others) {
+            queues.extend([
+                o.queue_name().to_owned(),
+                o.dead_letter_queue(),
+                o.bindings_queue(),
+            ]);
+            queues.extend(o.retry_delays.iter().map(|d| o.retry_queue(*d)));
+        }
         let o = self.rabbitmq.options();
-        let mut queues = vec![o.queue_name().to_owned(), o.dead_letter_queue()];
-        queues.extend(o.retry_delays.iter().map(|d| o.retry_queue(*d)));
         for queue in queues {
             let _ = channel
                 .queue_delete(queue.as_str().into(), Default::default())

@@ -73,6 +73,7 @@ async fn deposit(cmd: Deposit, uow: &mut Bank) -> Result<(), CommandError<BoxErr
 fn bus(db: &InMemoryDatabase) -> MessageBus {
     MessageBus::builder()
         .scope(module_path!())
+        .accept::<Deposit>()
         .adapter(db.clone())
         .build()
         .expect("wiring")

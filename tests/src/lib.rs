@@ -363,6 +363,7 @@ impl World {
         let mut queues: Vec<String> = [
             "",
             ".dlq",
+            ".bindings",
             ".retry.1000ms",
             ".retry.5000ms",
             ".retry.30000ms",

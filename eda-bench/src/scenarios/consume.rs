@@ -50,7 +50,7 @@ const PLACED: &str = "bench.placed";
 
 /// An event another service published; this one consumes it.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(name = "bench.placed")]
+#[event(name = "bench.placed", external)]
 pub(crate) struct Placed {
     seq: u64,
     sku: String,

@@ -6,8 +6,11 @@
 //! - one durable **topic exchange** (default `eda.events`); a message's
 //!   routing key is its name (`allocation.allocated`);
 //! - one durable **service queue** (the service's name), bound to the names
-//!   of the messages the service consumes (see
-//!   [`MessageBus::consumed_message_names`](crate::MessageBus::consumed_message_names));
+//!   of the messages the service consumes: the external events it handles
+//!   and the commands it accepts (see [`topology`](crate::topology)).
+//!   Bindings it no longer needs (a handler removed, a command no longer
+//!   accepted) are removed at start: the names it bound are kept in a
+//!   one-message queue `<queue>.bindings`;
 //! - **retry queues** `<queue>.retry.<delay>ms`, one per delay of the retry
 //!   policy: a message that failed waits there (a queue TTL) and is then
 //!   dead-lettered back to the service queue;
@@ -18,8 +21,9 @@
 //!
 //! Messages are persistent (delivery mode 2) and carry their metadata in
 //! AMQP properties: `message_id` (the event's id), `type` (its name),
-//! `content_type` `application/json`, `correlation_id`, `timestamp`, and
-//! headers `x-causation-id` and `x-eda-timestamp-ms`.
+//! `content_type` `application/json`, `correlation_id`, `timestamp`,
+//! `app_id` (the publishing service: its queue's name), and headers
+//! `x-causation-id` and `x-eda-timestamp-ms`.
 //!
 //! [`RabbitMq::publisher`] is the outbox relay's [`Publisher`] (publisher
 //! confirms, mandatory flag, pipelined); [`RabbitMq::consumer`] is the
@@ -46,8 +50,8 @@ use std::time::Duration;
 
 use lapin::Confirmation;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -62,6 +66,7 @@ use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::ExternalMessage;
 use crate::private::BoxFuture;
 use crate::relay::{Delivery, Publisher};
+use crate::topology::{Topology, TopologyWarning};
 
 /// Header: the id of the message that caused this one.
 pub const CAUSATION_HEADER: &str = "x-causation-id";
@@ -175,7 +180,10 @@ impl RabbitMqOptions {
     }
 
     /// Bind the service queue to these message names instead of those the
-    /// bus consumes.
+    /// bus consumes (see [`topology`](crate::topology)): an override, for a
+    /// queue that must be bound otherwise. What the service consumes and
+    /// these leave out, and what they bind that it does not consume, are
+    /// logged at start.
     pub fn bind(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.bindings = Some(names.into_iter().map(Into::into).collect());
         self
@@ -196,6 +204,12 @@ impl RabbitMqOptions {
     /// The exchange.
     pub fn exchange_name(&self) -> &str {
         &self.exchange
+    }
+
+    /// The queue that keeps the names the service queue was bound to:
+    /// `<queue>.bindings`.
+    pub fn bindings_queue(&self) -> String {
+        format!("{}.bindings", self.queue)
     }
 
     /// The dead-letter queue: `<queue>.dlq`.
@@ -320,12 +334,13 @@ impl RabbitMq {
             .map_err(|e| self.error(e))
     }
 
-    /// Declares the exchange, the service queue bound to `names`, its retry
-    /// queues and its dead-letter queue. Idempotent.
-    pub async fn declare_service_topology(
+    /// Declares the exchange, the service queue bound to the topology's
+    /// names (and unbound from the stale ones), its retry queues and its
+    /// dead-letter queue. Idempotent.
+    pub(crate) async fn declare_service_topology(
         &self,
         channel: &Channel,
-        names: &[String],
+        topology: &Topology,
     ) -> Result<(), Error> {
         let o = &self.inner.options;
         let durable = QueueDeclareOptions {
@@ -358,7 +373,7 @@ impl RabbitMq {
                 .await
                 .map_err(|e| self.error(e))?;
         }
-        for name in names {
+        for name in topology.bindings() {
             channel
                 .queue_bind(
                     o.queue.as_str().into(),
@@ -370,31 +385,111 @@ impl RabbitMq {
                 .await
                 .map_err(|e| self.error(e))?;
         }
+        self.remove_stale_bindings(channel, topology).await
+    }
+
+    /// Unbinds what the queue no longer needs, and records what it is bound
+    /// to now. AMQP cannot list a queue's bindings: the names bound are
+    /// kept as the one message of `<queue>.bindings` (a durable queue of
+    /// length 1), read at the next start; and every name linked into this
+    /// binary that the queue does not need is unbound too (unbinding what
+    /// is not bound does nothing), which covers a queue bound by a version
+    /// that kept no record.
+    async fn remove_stale_bindings(
+        &self,
+        channel: &Channel,
+        topology: &Topology,
+    ) -> Result<(), Error> {
+        let o = &self.inner.options;
+        let record = o.bindings_queue();
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        channel
+            .queue_declare(
+                record.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let previous = channel
+            .basic_get(record.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| self.error(e))?;
+        let before: Vec<String> = previous
+            .as_ref()
+            .and_then(|m| serde_json::from_slice(&m.delivery.data).ok())
+            .unwrap_or_default();
+        for name in topology.stale(before.iter().map(String::as_str)) {
+            channel
+                .queue_unbind(
+                    o.queue.as_str().into(),
+                    o.exchange.as_str().into(),
+                    name.as_str().into(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            if before.contains(&name) {
+                tracing::info!(
+                    queue = %o.queue,
+                    name,
+                    "removed a binding this service no longer needs"
+                );
+            }
+        }
+        let now = serde_json::to_vec(topology.bindings()).map_err(Error::database)?;
+        channel
+            .basic_publish(
+                short(""),
+                short(&record),
+                BasicPublishOptions::default(),
+                &now,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        // The queue holds one message: the new one replaces the old, which
+        // is acknowledged only now, so that a crash in between loses
+        // neither.
+        if let Some(previous) = previous {
+            previous
+                .delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| self.error(e))?;
+        }
         Ok(())
     }
 
     /// Declares the service's topology for `bus` (exchange, queue bound to
     /// the messages the bus consumes, retry and dead-letter queues) on a
-    /// channel of its own. The consumer does it too when it starts; call it
-    /// first when messages may be published before the consumer runs.
+    /// channel of its own, and logs what is probably wrong with it. The
+    /// consumer does it too when it starts; call it first when messages
+    /// may be published before the consumer runs.
     pub async fn declare_topology(&self, bus: &MessageBus) -> Result<(), Error> {
         let channel = self.channel().await?;
-        self.declare_service_topology(&channel, &self.bindings(bus))
-            .await?;
+        let topology = self.topology(bus);
+        self.declare_service_topology(&channel, &topology).await?;
         let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
 
-    /// The names the service queue binds to, for this bus.
-    pub fn bindings(&self, bus: &MessageBus) -> Vec<String> {
-        match &self.inner.options.bindings {
-            Some(names) => names.clone(),
-            None => bus
-                .consumed_message_names()
-                .into_iter()
-                .map(String::from)
-                .collect(),
+    /// The topology of `bus` on this broker: bound to what the bus
+    /// consumes, or to the names given to [`RabbitMqOptions::bind`]. Its
+    /// warnings about bindings are logged (those about the bus itself were
+    /// logged when it was built).
+    pub fn topology(&self, bus: &MessageBus) -> Topology {
+        let topology = bus.topology(self.inner.options.bindings.as_deref());
+        for warning in topology.warnings() {
+            if !matches!(warning, TopologyWarning::EventGoesNowhere { .. }) {
+                tracing::warn!(queue = %self.inner.options.queue, "{warning}");
+            }
         }
+        topology
     }
 
     /// The outbox relay's publisher: publisher confirms, mandatory flag, a
@@ -526,6 +621,9 @@ impl Publisher for RabbitMqPublisher {
                 },
             };
             let exchange = self.rabbitmq.inner.options.exchange.as_str();
+            // The publishing service: its own consumer knows its events by
+            // it (they were handled in-process).
+            let service = self.rabbitmq.inner.options.queue.as_str();
             // Pipelined: every message of the batch is sent before any
             // confirm is awaited, and the sends themselves are not awaited
             // one by one (each is a round trip through lapin's I/O loop).
@@ -541,7 +639,7 @@ impl Publisher for RabbitMqPublisher {
                         ..Default::default()
                     },
                     &message.payload,
-                    properties(message),
+                    properties(message).with_app_id(short(service)),
                 )
             });
             let mut confirms = Vec::with_capacity(messages.len());

@@ -48,6 +48,7 @@ use crate::message::MessageId;
 pub struct ConsumerMetrics {
     consuming: std::sync::atomic::AtomicBool,
     handled: AtomicU64,
+    own_events: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     reconnects: AtomicU64,
@@ -62,6 +63,13 @@ impl ConsumerMetrics {
     /// Messages handled and acknowledged.
     pub fn handled(&self) -> u64 {
         self.handled.load(Ordering::Relaxed)
+    }
+    /// Events this service published itself, that came back to its queue
+    /// (it handles them, so its queue is bound to them): acknowledged
+    /// without handling them again, since the instance that committed them
+    /// handled them in-process.
+    pub fn own_events(&self) -> u64 {
+        self.own_events.load(Ordering::Relaxed)
     }
     /// Messages that failed and were sent to a retry queue.
     pub fn retried(&self) -> u64 {
@@ -99,8 +107,16 @@ impl fmt::Debug for RabbitMqConsumer {
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Ack,
-    Retry { attempts: u32, reason: String },
-    DeadLetter { attempts: u32, reason: String },
+    /// An event of this service's own: acknowledged, not handled again.
+    Own,
+    Retry {
+        attempts: u32,
+        reason: String,
+    },
+    DeadLetter {
+        attempts: u32,
+        reason: String,
+    },
 }
 
 impl RabbitMqConsumer {
@@ -148,10 +164,11 @@ impl RabbitMqConsumer {
         let options = self.rabbitmq.options().clone();
         let channel = self.rabbitmq.channel().await?;
         let publish = self.rabbitmq.confirm_channel().await?;
-        let bindings = self.rabbitmq.bindings(&self.bus);
+        let topology = self.rabbitmq.topology(&self.bus);
         self.rabbitmq
-            .declare_service_topology(&channel, &bindings)
+            .declare_service_topology(&channel, &topology)
             .await?;
+        let bindings = topology.bindings();
         let amqp = |e: lapin::Error| Error::Broker(e.to_string().into());
         channel
             .basic_qos(options.prefetch, BasicQosOptions::default())
@@ -259,7 +276,7 @@ impl Handling {
     async fn handle(self, delivery: Delivery) {
         let verdict = self.verdict(&delivery).await;
         let settled = match &verdict {
-            Verdict::Ack => Ok(()),
+            Verdict::Ack | Verdict::Own => Ok(()),
             Verdict::Retry { attempts, reason } => {
                 let options = self.rabbitmq.options();
                 let delays = &options.retry_delays;
@@ -289,6 +306,8 @@ impl Handling {
                     tracing::warn!(error = %e, "could not acknowledge; the message will be redelivered");
                 } else if matches!(verdict, Verdict::Ack) {
                     self.metrics.handled.fetch_add(1, Ordering::Relaxed);
+                } else if matches!(verdict, Verdict::Own) {
+                    self.metrics.own_events.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(e) => {
@@ -325,6 +344,12 @@ impl Handling {
             Ok(m) => m,
             Err(reason) => return refuse(reason),
         };
+        let published_by = delivery.properties.app_id().as_ref().map(|s| s.as_str());
+        match self.bus.admit(&name, published_by, &options.queue) {
+            Ok(true) => {}
+            Ok(false) => return Verdict::Own,
+            Err(e) => return refuse(e.to_string()),
+        }
         // In a task of its own, so that a panicking handler is a failure of
         // this message, not of the consumer.
         let bus = self.bus.clone();

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::adapters::notifications::{FileNotifier, LoggingNotifier, Notifications};
 use crate::config::{BrokerConfig, Config, DatabaseConfig};
+use crate::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use crate::entrypoints::http;
 
 /// Why the service could not start (or stopped).
@@ -153,7 +154,13 @@ fn bus(db: &Db, broker: &Broker, config: &Config) -> Result<MessageBus, ServiceE
         Some(path) => Notifications::new(FileNotifier::new(path)),
         None => Notifications::new(LoggingNotifier),
     };
-    let builder = db.give_to(MessageBus::builder().scope("allocation"));
+    // Other services send these over the broker (the rest is in-process).
+    let builder = MessageBus::builder()
+        .scope("allocation")
+        .accept::<Allocate>()
+        .accept::<CreateBatch>()
+        .accept::<ChangeBatchQuantity>();
+    let builder = db.give_to(builder);
     let builder = adapter(builder, notifications);
     let builder = match broker {
         Broker::RabbitMq(rabbitmq) => adapter(builder, rabbitmq.clone()),

@@ -283,7 +283,7 @@ mod allocate {
     }
 
     #[tokio::test]
-    async fn writes_nothing_to_the_outbox_when_out_of_stock() {
+    async fn publishes_only_out_of_stock_when_out_of_stock() {
         let s = bootstrap();
         s.bus
             .handle(CreateBatch::new("b1", "FANCY-TABLE", 5, None))
@@ -295,7 +295,13 @@ mod allocate {
             .await
             .unwrap();
 
-        assert_eq!(s.outbox(), []);
+        assert_eq!(
+            s.outbox(),
+            [(
+                "allocation.out_of_stock".to_owned(),
+                serde_json::json!({"sku": "FANCY-TABLE"})
+            )]
+        );
     }
 }
 

@@ -1,5 +1,5 @@
-//! Events: what happened to a product. `Allocated` is external: it goes
-//! through the outbox to the services that ship orders.
+//! Events: what happened to a product. `Allocated` and `OutOfStock` are
+//! external: they go through the outbox to other services.
 
 use eda_core::Event;
 use serde::{Deserialize, Serialize};
@@ -35,9 +35,9 @@ pub struct Deallocated {
 }
 
 /// An order line could not be allocated: no batch of the product has enough
-/// stock.
+/// stock. Published to other services (purchasing would want to know).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
-#[event(name = "allocation.out_of_stock")]
+#[event(name = "allocation.out_of_stock", external)]
 pub struct OutOfStock {
     /// The product.
     pub sku: String,
