@@ -433,6 +433,7 @@ impl MessageBus {
     /// (see [`topology`](crate::topology)). `Ok(false)`: an event this
     /// service published itself, handled in-process by the instance that
     /// committed it: acknowledge it, do not handle it again.
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
     pub(crate) fn admit(
         &self,
         name: &str,

@@ -226,6 +226,19 @@ impl Transaction {
         }
     }
 
+    /// Raises an event of the unit of work itself (the derive's `raise`).
+    #[doc(hidden)]
+    pub fn __raise<E: crate::Event>(&mut self, event: E) -> Result<(), Error> {
+        self.check_active()?;
+        self.events.push(Box::new(crate::message::Raised {
+            // Given at commit, like every event's.
+            metadata: self.metadata,
+            event,
+            journaled: false,
+        }));
+        Ok(())
+    }
+
     #[doc(hidden)]
     pub fn __check_active(&self) -> Result<(), Error> {
         self.check_active()

@@ -177,6 +177,21 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let (transaction_fn, commit_body, rollback_body, accessors) = match transaction {
         Some(tx) => {
             let tx_name = &tx.ident;
+            let raise = quote! {
+                /// Raises an event of this unit of work itself, not of one
+                /// of its aggregates (an order line that names no known
+                /// product, say): on commit it is handled like theirs, and
+                /// written to the outbox if it is external; discarded if the
+                /// unit of work does not commit. The events raised this way
+                /// come before those of the aggregates.
+                #[allow(dead_code)]
+                pub fn raise<E: #p::EventTrait>(
+                    &mut self,
+                    event: E,
+                ) -> ::core::result::Result<(), #p::Error> {
+                    self.#tx_name.__raise(event)
+                }
+            };
             let flushes = members.iter().map(|f| {
                 let name = &f.ident;
                 let field = field(&f.ty);
@@ -227,7 +242,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                     #(#discards)*
                     self.#tx_name.__rollback().await
                 },
-                accessors.collect::<Vec<_>>(),
+                accessors.chain(std::iter::once(raise)).collect::<Vec<_>>(),
             )
         }
         None => (

@@ -1,0 +1,76 @@
+//! Events a unit of work raises itself, not through an aggregate (an order
+//! line that names no product): rules 1 and 3 of DESIGN.md hold for them as
+//! for aggregates' events.
+#![allow(missing_docs)]
+
+use eda_core::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Events a unit of work raises itself, not through one of its aggregates.
+mod raised_by_the_unit_of_work {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(UnitOfWork)]
+    pub(crate) struct Ledger {
+        tx: Transaction,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+    #[event(name = "ledger.refused", external)]
+    pub(crate) struct Refused {
+        pub(crate) reason: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+    #[event(name = "ledger.noted")]
+    pub(crate) struct Noted {}
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(name = "ledger.refuse")]
+    pub(crate) struct Refuse {
+        pub(crate) commit: bool,
+    }
+
+    #[derive(Default)]
+    pub(crate) struct Notes(AtomicUsize);
+    impl Adapter for Notes {}
+
+    #[command_handler]
+    async fn refuse(cmd: Refuse, uow: &mut Ledger) -> Result<(), CommandError<BoxError>> {
+        uow.raise(Refused {
+            reason: "unknown sku".into(),
+        })?;
+        uow.raise(Noted {})?;
+        if cmd.commit {
+            uow.commit().await?;
+        }
+        Ok(())
+    }
+
+    #[event_handler]
+    async fn note(_: &Noted, notes: &Notes) {
+        notes.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[tokio::test]
+    async fn are_published_and_handled_when_it_commits_and_discarded_when_not() {
+        let db = InMemoryDatabase::new();
+        let bus = MessageBus::builder()
+            .scope(module_path!())
+            .adapter(db.clone())
+            .adapter(Notes::default())
+            .build()
+            .unwrap();
+        bus.handle(Refuse { commit: false }).await.unwrap();
+        assert!(db.outbox().is_empty());
+        assert_eq!(bus.adapter::<Notes>().unwrap().0.load(Ordering::SeqCst), 0);
+
+        bus.handle(Refuse { commit: true }).await.unwrap();
+        let outbox = db.outbox();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].name, "ledger.refused");
+        assert_eq!(outbox[0].payload, br#"{"reason":"unknown sku"}"#);
+        assert_eq!(bus.adapter::<Notes>().unwrap().0.load(Ordering::SeqCst), 1);
+    }
+}
