@@ -11,6 +11,25 @@
 //! unsent and is published again (consumers remove the duplicates with
 //! their inbox).
 //!
+//! **Nothing is dropped on the way out** (rule 10 of DESIGN.md). An event
+//! the broker cannot route (no queue is bound to its name: its consumers
+//! are not deployed yet, or were bound by hand and lost it) is not marked
+//! sent: it stays in the outbox, is counted
+//! ([`RelayMetrics::unroutable`]) and logged once (its name and id), and
+//! is published again after a delay that doubles, from
+//! [`RelayOptions::unroutable_backoff`] up to
+//! [`RelayOptions::unroutable_max_backoff`]. The service that consumes it
+//! receives it once its queue is bound. One that no queue took within
+//! [`RelayOptions::unroutable_retry_for`] of its creation is *parked*
+//! ([`Publisher::park`]; on RabbitMQ the durable queue
+//! `<exchange>.unrouted`), logged and counted ([`RelayMetrics::parked`]):
+//! kept where an operator finds it and can move it on, without an outbox
+//! that grows forever with events nobody subscribed to. Why not an
+//! alternate exchange alone: it would keep the messages but deliver none of
+//! them to a consumer that binds later, and a dead-letter cycle back to the
+//! exchange is one RabbitMQ drops. Rows after a deferred one are published
+//! meanwhile: deferring an unroutable name does not hold up the others.
+//!
 //! ```ignore
 //! let relay = OutboxRelay::spawn(db.clone(), rabbitmq.publisher(), RelayOptions::default());
 //! // … on shutdown:
@@ -37,6 +56,9 @@ pub struct OutboxEntry {
     pub position: i64,
     /// The message.
     pub message: ExternalMessage,
+    /// How many times the broker could not route it (see
+    /// [`OutboxStore::defer`]).
+    pub attempts: u32,
 }
 
 /// The outbox of a database, as the relay reads it.
@@ -47,10 +69,16 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Gives the lease up (a clean shutdown), so that another instance takes
     /// over at once.
     fn release<'a>(&'a self, holder: &'a str) -> BoxFuture<'a, Result<(), Error>>;
-    /// Up to `limit` unsent rows, in outbox order.
+    /// Up to `limit` unsent rows, in outbox order, leaving out the
+    /// [deferred](Self::defer) ones that are not due yet.
     fn unsent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxEntry>, Error>>;
     /// Marks rows published.
     fn mark_sent<'a>(&'a self, positions: &'a [i64]) -> BoxFuture<'a, Result<(), Error>>;
+    /// Keeps rows unsent that the broker could not route, and leaves them
+    /// out of [`unsent`](Self::unsent) for the delay given with each
+    /// (position, delay); each row's [`attempts`](OutboxEntry::attempts)
+    /// goes up by one.
+    fn defer<'a>(&'a self, rows: &'a [(i64, Duration)]) -> BoxFuture<'a, Result<(), Error>>;
     /// Notified when a transaction of this process committed outbox rows, so
     /// that the relay wakes at once rather than at its next poll.
     fn committed(&self) -> Arc<Notify>;
@@ -61,8 +89,8 @@ pub trait OutboxStore: Send + Sync + 'static {
 pub enum Delivery {
     /// Stored by the broker.
     Confirmed,
-    /// Stored, but no queue was bound to its routing key: no one will
-    /// receive it. Reported (log and metric); retrying would not help.
+    /// No queue was bound to its routing key: no one received it. The relay
+    /// keeps it and publishes it again later.
     Unroutable,
 }
 
@@ -76,6 +104,22 @@ pub trait Publisher: Send + Sync + 'static {
         &'a self,
         messages: &'a [ExternalMessage],
     ) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)>;
+
+    /// Keeps messages that no queue took for
+    /// [`RelayOptions::unroutable_retry_for`] where an operator finds them
+    /// (RabbitMQ: the queue `<exchange>.unrouted`), with `reason`; `Ok` once
+    /// the broker has them all. The default cannot: the relay then goes on
+    /// publishing them at the longest delay.
+    fn park<'a>(
+        &'a self,
+        messages: &'a [ExternalMessage],
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let _ = (messages, reason);
+        Box::pin(std::future::ready(Err(Error::Broker(
+            "this broker cannot park messages".into(),
+        ))))
+    }
 }
 
 /// How the relay works.
@@ -97,11 +141,21 @@ pub struct RelayOptions {
     /// Under steady load the outbox never empties; what is left after this
     /// stays in the outbox, for the next instance (nothing is lost).
     pub flush_timeout: Duration,
+    /// The first delay before an event the broker could not route is
+    /// published again; it doubles up to `unroutable_max_backoff`.
+    pub unroutable_backoff: Duration,
+    /// The longest delay between publications of an unroutable event.
+    pub unroutable_max_backoff: Duration,
+    /// How long after its creation an event that no queue took is
+    /// published again before it is parked ([`Publisher::park`]).
+    pub unroutable_retry_for: Duration,
 }
 
 impl Default for RelayOptions {
     /// Batches of 256, polling every 200 ms, leases of 10 s, backoff 100 ms
-    /// to 5 s, up to 10 s of flushing at shutdown.
+    /// to 5 s, up to 10 s of flushing at shutdown; unroutable events
+    /// published again after 1 s, doubling to 1 min, for 15 min, then
+    /// parked.
     fn default() -> Self {
         RelayOptions {
             batch: 256,
@@ -110,6 +164,9 @@ impl Default for RelayOptions {
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             flush_timeout: Duration::from_secs(10),
+            unroutable_backoff: Duration::from_secs(1),
+            unroutable_max_backoff: Duration::from_secs(60),
+            unroutable_retry_for: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -119,17 +176,25 @@ impl Default for RelayOptions {
 pub struct RelayMetrics {
     published: AtomicU64,
     unroutable: AtomicU64,
+    parked: AtomicU64,
     failures: AtomicU64,
 }
 
 impl RelayMetrics {
-    /// Messages confirmed by the broker (including unroutable ones).
+    /// Messages the broker confirmed and routed to a queue.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
     }
-    /// Messages the broker could not route to any queue.
+    /// Publications the broker could not route to any queue (each kept in
+    /// the outbox and published again: one event can count several times).
     pub fn unroutable(&self) -> u64 {
         self.unroutable.load(Ordering::Relaxed)
+    }
+    /// Events that no queue took within
+    /// [`RelayOptions::unroutable_retry_for`], parked
+    /// ([`Publisher::park`]).
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
     }
     /// Batches that failed (the broker or the database), and were retried.
     pub fn failures(&self) -> u64 {
@@ -295,32 +360,94 @@ impl Relay {
         }
         let messages: Vec<ExternalMessage> = batch.iter().map(|e| e.message.clone()).collect();
         let (deliveries, error) = self.publisher.publish(&messages).await;
-        let sent: Vec<i64> = batch
-            .iter()
-            .zip(&deliveries)
-            .map(|(entry, delivery)| {
-                if *delivery == Delivery::Unroutable {
-                    self.metrics.unroutable.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        name = %entry.message.name,
-                        id = %entry.message.metadata.message_id,
-                        "published to no queue: no queue is bound to this message name"
-                    );
-                }
-                entry.position
-            })
-            .collect();
+        let mut sent = Vec::with_capacity(deliveries.len());
+        let mut unroutable = Vec::new();
+        for (entry, delivery) in batch.iter().zip(&deliveries) {
+            match delivery {
+                Delivery::Confirmed => sent.push(entry.position),
+                Delivery::Unroutable => unroutable.push(entry),
+            }
+        }
         if !sent.is_empty() {
             self.store.mark_sent(&sent).await?;
             self.metrics
                 .published
                 .fetch_add(sent.len() as u64, Ordering::Relaxed);
         }
+        if !unroutable.is_empty() {
+            self.keep_unroutable(&unroutable).await?;
+        }
         match error {
             Some(e) => Err(e),
             None if batch.len() == self.options.batch => Ok(Step::More),
             None => Ok(Step::Idle),
         }
+    }
+
+    /// The events the broker could not route: published again later, or
+    /// parked once they are old enough. Cold: no queue bound is a
+    /// deployment's transient state, or a mistake.
+    #[cold]
+    async fn keep_unroutable(&self, entries: &[&OutboxEntry]) -> Result<(), Error> {
+        let o = &self.options;
+        self.metrics
+            .unroutable
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let now = crate::message::Timestamp::now().as_millis();
+        let (old, young): (Vec<&OutboxEntry>, Vec<&OutboxEntry>) = entries.iter().partition(|e| {
+            Duration::from_millis(now.saturating_sub(e.message.metadata.timestamp.as_millis()))
+                >= o.unroutable_retry_for
+        });
+        let mut deferred: Vec<(i64, Duration)> = young
+            .iter()
+            .map(|e| {
+                if e.attempts == 0 {
+                    tracing::warn!(
+                        name = %e.message.name,
+                        id = %e.message.metadata.message_id,
+                        "no queue is bound to this event's name (yet): kept in the outbox, published again until one is"
+                    );
+                } else {
+                    tracing::debug!(name = %e.message.name, id = %e.message.metadata.message_id, attempts = e.attempts, "still unroutable");
+                }
+                let delay = o
+                    .unroutable_backoff
+                    .saturating_mul(1 << e.attempts.min(20))
+                    .min(o.unroutable_max_backoff);
+                (e.position, delay)
+            })
+            .collect();
+        if !old.is_empty() {
+            let messages: Vec<ExternalMessage> = old.iter().map(|e| e.message.clone()).collect();
+            let reason = format!(
+                "no queue took it within {:?} of its creation",
+                o.unroutable_retry_for
+            );
+            match self.publisher.park(&messages, &reason).await {
+                Ok(()) => {
+                    let positions: Vec<i64> = old.iter().map(|e| e.position).collect();
+                    self.store.mark_sent(&positions).await?;
+                    self.metrics
+                        .parked
+                        .fetch_add(positions.len() as u64, Ordering::Relaxed);
+                    for e in &old {
+                        tracing::error!(
+                            name = %e.message.name,
+                            id = %e.message.metadata.message_id,
+                            "{reason}: parked"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, events = old.len(), "could not park unroutable events; they stay in the outbox");
+                    deferred.extend(old.iter().map(|e| (e.position, o.unroutable_max_backoff)));
+                }
+            }
+        }
+        if !deferred.is_empty() {
+            self.store.defer(&deferred).await?;
+        }
+        Ok(())
     }
 }
 
@@ -347,10 +474,14 @@ mod tests {
                     metadata: Metadata::new(),
                     payload: b"{}".to_vec(),
                 },
+                attempts: 0,
             };
             Box::pin(std::future::ready(Ok(vec![entry; limit])))
         }
         fn mark_sent<'a>(&'a self, _: &'a [i64]) -> BoxFuture<'a, Result<(), Error>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn defer<'a>(&'a self, _: &'a [(i64, Duration)]) -> BoxFuture<'a, Result<(), Error>> {
             Box::pin(std::future::ready(Ok(())))
         }
         fn committed(&self) -> Arc<Notify> {

@@ -229,6 +229,7 @@ impl TestRabbitMq {
             queues.extend(o.retry_delays.iter().map(|d| o.retry_queue(*d)));
         }
         let o = self.rabbitmq.options();
+        queues.push(o.unrouted_queue());
         for queue in queues {
             let _ = channel
                 .queue_delete(queue.as_str().into(), Default::default())

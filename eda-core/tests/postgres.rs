@@ -622,6 +622,36 @@ async fn old_inbox_rows_can_be_pruned() {
 mod relay {
     use std::sync::Arc;
 
+    /// An event the broker could not route is kept unsent, left out of
+    /// `unsent` until due, and counts its attempts.
+    #[tokio::test]
+    async fn a_deferred_row_is_left_out_until_due_and_counts_its_attempts() {
+        let Some(s) = service().await else { return };
+        s.bus.handle(Create { id: "a".into() }).await.unwrap();
+        s.bus
+            .handle(Add {
+                id: "a".into(),
+                by: 1,
+                fail: false,
+            })
+            .await
+            .unwrap();
+        let db = &s.pg.db;
+        let rows = db.unsent(10).await.unwrap();
+        assert_eq!((rows.len(), rows[0].attempts), (1, 0));
+        let position = rows[0].position;
+        db.defer(&[(position, Duration::from_secs(3600))])
+            .await
+            .unwrap();
+        assert!(db.unsent(10).await.unwrap().is_empty(), "not due");
+        db.defer(&[(position, Duration::ZERO)]).await.unwrap();
+        let rows = db.unsent(10).await.unwrap();
+        assert_eq!((rows.len(), rows[0].attempts), (1, 2));
+        db.mark_sent(&[position]).await.unwrap();
+        assert!(db.unsent(10).await.unwrap().is_empty());
+        s.pg.drop_schema().await;
+    }
+
     use eda_core::relay::OutboxStore;
     use eda_core::{ExternalMessage, InProcessBus, OutboxRelay, RelayOptions};
     use tokio::sync::broadcast::Receiver;

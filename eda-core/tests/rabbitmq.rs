@@ -810,8 +810,11 @@ async fn the_relay_wakes_on_commit_without_waiting_for_its_poll() {
     rmq.cleanup().await;
 }
 
+/// An event no queue is bound to yet (its consumer is not deployed): it was
+/// marked sent and dropped. Now it stays in the outbox, counted, and is
+/// published again until a queue takes it.
 #[tokio::test]
-async fn an_unroutable_message_is_reported_not_silently_dropped() {
+async fn an_unroutable_event_is_kept_and_delivered_once_a_queue_is_bound() {
     let Some(rmq) = TestRabbitMq::start().await else {
         return;
     };
@@ -821,19 +824,100 @@ async fn an_unroutable_message_is_reported_not_silently_dropped() {
     let relay = OutboxRelay::spawn(
         std::sync::Arc::new(db.clone()),
         rmq.rabbitmq.publisher(),
-        fast_relay(),
+        RelayOptions {
+            unroutable_backoff: Duration::from_millis(50),
+            unroutable_max_backoff: Duration::from_millis(200),
+            ..fast_relay()
+        },
     );
-    let metrics_seen = {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if relay.metrics().unroutable() == 1 || tokio::time::Instant::now() > deadline {
-                break relay.metrics().unroutable();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    wait_until("it was found unroutable, twice", || async {
+        relay.metrics().unroutable() >= 2
+    })
+    .await;
+    assert_eq!(relay.metrics().published(), 0);
+    assert_eq!(relay.metrics().parked(), 0);
+
+    // Its consumer arrives.
+    let channel = client(&rmq).await;
+    let queue = format!("{}.late", rmq.options().queue_name());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            rmq.options().exchange_name().into(),
+            "rmq.shouted_into_the_void".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    wait_until("it is published once the queue is bound", || async {
+        relay.metrics().published() == 1
+    })
+    .await;
+    let delivered = get(&channel, &queue).await.expect("delivered");
+    assert_eq!(
+        delivered
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(db.outbox()[0].metadata.message_id.to_string())
+    );
+    relay.shutdown().await;
+    let _ = channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    rmq.cleanup().await;
+}
+
+/// One that no queue takes for as long as the relay tries is parked in
+/// `<exchange>.unrouted`, with the reason, rather than kept in the outbox
+/// forever.
+#[tokio::test]
+async fn an_event_no_queue_takes_in_time_is_parked_with_the_reason() {
+    let Some(rmq) = TestRabbitMq::start().await else {
+        return;
     };
-    assert_eq!(metrics_seen, 1);
-    assert_eq!(relay.metrics().published(), 1);
+    let db = InMemoryDatabase::new();
+    let bus = bus(&db, "one");
+    bus.handle(Shout {}).await.unwrap();
+    let relay = OutboxRelay::spawn(
+        std::sync::Arc::new(db.clone()),
+        rmq.rabbitmq.publisher(),
+        RelayOptions {
+            unroutable_backoff: Duration::from_millis(50),
+            unroutable_max_backoff: Duration::from_millis(100),
+            unroutable_retry_for: Duration::from_millis(400),
+            ..fast_relay()
+        },
+    );
+    wait_until("it is parked", || async { relay.metrics().parked() == 1 }).await;
+    let channel = client(&rmq).await;
+    let parked = get(&channel, &rmq.options().unrouted_queue())
+        .await
+        .expect("in the parking queue");
+    let properties = &parked.delivery.properties;
+    assert_eq!(
+        properties.kind().as_ref().map(|k| k.to_string()).as_deref(),
+        Some("rmq.shouted_into_the_void")
+    );
+    assert_eq!(
+        properties.message_id().as_ref().map(|id| id.to_string()),
+        Some(db.outbox()[0].metadata.message_id.to_string())
+    );
+    let reason = header_string(properties, ERROR_HEADER).unwrap();
+    assert!(reason.contains("no queue took it"), "{reason}");
+    assert!(relay.metrics().unroutable() >= 2);
+    assert_eq!(relay.metrics().published(), 0);
     relay.shutdown().await;
     rmq.cleanup().await;
 }

@@ -1405,3 +1405,31 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
     );
     again.pool().close().await;
 }
+
+/// An event the broker could not route is kept unsent, left out of
+/// `unsent` until due, and counts its attempts.
+#[tokio::test]
+async fn a_deferred_row_is_left_out_until_due_and_counts_its_attempts() {
+    let s = service().await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    s.bus
+        .handle(Add {
+            id: "a".into(),
+            by: 1,
+            fail: false,
+        })
+        .await
+        .unwrap();
+    let rows = s.db.unsent(10).await.unwrap();
+    assert_eq!((rows.len(), rows[0].attempts), (1, 0));
+    let position = rows[0].position;
+    s.db.defer(&[(position, Duration::from_secs(3600))])
+        .await
+        .unwrap();
+    assert!(s.db.unsent(10).await.unwrap().is_empty(), "not due");
+    s.db.defer(&[(position, Duration::ZERO)]).await.unwrap();
+    let rows = s.db.unsent(10).await.unwrap();
+    assert_eq!((rows.len(), rows[0].attempts), (1, 2));
+    s.db.mark_sent(&[position]).await.unwrap();
+    assert!(s.db.unsent(10).await.unwrap().is_empty());
+}

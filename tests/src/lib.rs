@@ -372,6 +372,7 @@ impl World {
         .map(|suffix| format!("{}{suffix}", self.queue))
         .collect();
         queues.extend(self.observers.lock().unwrap().iter().cloned());
+        queues.push(format!("{}.unrouted", self.exchange));
         for queue in queues {
             let _ = channel
                 .queue_delete(queue.as_str().into(), Default::default())

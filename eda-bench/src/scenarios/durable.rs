@@ -205,6 +205,10 @@ impl OutboxStore for TimedStore {
         })
     }
 
+    fn defer<'a>(&'a self, rows: &'a [(i64, Duration)]) -> BoxFuture<'a, Result<(), Error>> {
+        self.inner.defer(rows)
+    }
+
     fn committed(&self) -> Arc<tokio::sync::Notify> {
         self.inner.committed()
     }

@@ -81,6 +81,12 @@ struct Data {
     outbox: Vec<ExternalMessage>,
     /// How many outbox messages (a prefix) the relay published.
     sent: usize,
+    /// Messages past that prefix that were published (an unroutable one
+    /// before them is deferred).
+    sent_after: std::collections::BTreeSet<usize>,
+    /// Unroutable messages: not published again before the instant; how
+    /// many times they were unroutable.
+    deferred: HashMap<usize, (std::time::Instant, u32)>,
     inbox: HashSet<(MessageId, String)>,
 }
 
@@ -321,25 +327,52 @@ impl OutboxStore for InMemoryDatabase {
 
     fn unsent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxEntry>, Error>> {
         let data = self.data();
+        let now = std::time::Instant::now();
         let entries = data
             .outbox
             .iter()
             .enumerate()
             .skip(data.sent)
-            .take(limit)
-            .map(|(i, message)| OutboxEntry {
-                position: i as i64,
-                message: message.clone(),
+            .filter(|(i, _)| !data.sent_after.contains(i))
+            .filter_map(|(i, message)| {
+                let attempts = match data.deferred.get(&i) {
+                    Some((until, _)) if *until > now => return None,
+                    Some((_, attempts)) => *attempts,
+                    None => 0,
+                };
+                Some(OutboxEntry {
+                    position: i as i64,
+                    message: message.clone(),
+                    attempts,
+                })
             })
+            .take(limit)
             .collect();
         Box::pin(std::future::ready(Ok(entries)))
     }
 
     fn mark_sent<'a>(&'a self, positions: &'a [i64]) -> BoxFuture<'a, Result<(), Error>> {
-        // Positions come in order from the start of the unsent part.
         let mut data = self.data();
-        if let Some(last) = positions.iter().max() {
-            data.sent = data.sent.max(*last as usize + 1);
+        for position in positions {
+            let i = *position as usize;
+            data.deferred.remove(&i);
+            if i >= data.sent {
+                data.sent_after.insert(i);
+            }
+        }
+        while data.sent_after.first() == Some(&data.sent) {
+            data.sent_after.pop_first();
+            data.sent += 1;
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn defer<'a>(&'a self, rows: &'a [(i64, Duration)]) -> BoxFuture<'a, Result<(), Error>> {
+        let mut data = self.data();
+        let now = std::time::Instant::now();
+        for (position, delay) in rows {
+            let entry = data.deferred.entry(*position as usize).or_insert((now, 0));
+            *entry = (now + *delay, entry.1 + 1);
         }
         Box::pin(std::future::ready(Ok(())))
     }

@@ -118,6 +118,7 @@ struct Statements {
     release: String,
     unsent: String,
     mark_sent: String,
+    defer: String,
     prune_outbox: String,
 }
 
@@ -151,7 +152,7 @@ impl Statements {
             ),
             undispatched: format!(
                 "SELECT position, message_id, name, payload, correlation_id, causation_id, \
-                 (extract(epoch FROM created_at) * 1000)::int8 \
+                 (extract(epoch FROM created_at) * 1000)::int8, attempts \
                  FROM {outbox} WHERE dispatched_at IS NULL \
                  AND created_at < now() - make_interval(secs => $1) AND name = ANY($3) \
                  ORDER BY position LIMIT $2"
@@ -172,12 +173,22 @@ impl Statements {
             release: format!("DELETE FROM {lease} WHERE name = 'relay' AND holder = $1"),
             unsent: format!(
                 "SELECT position, message_id, name, payload, correlation_id, causation_id, \
-                 (extract(epoch FROM created_at) * 1000)::int8 \
-                 FROM {outbox} WHERE sent_at IS NULL ORDER BY position LIMIT $1"
+                 (extract(epoch FROM created_at) * 1000)::int8, attempts \
+                 FROM {outbox} WHERE sent_at IS NULL \
+                 AND (claimed_until IS NULL OR claimed_until <= now()) \
+                 ORDER BY position LIMIT $1"
             ),
             mark_sent: format!(
                 "WITH unsynced AS (SELECT set_config('synchronous_commit', 'off', true)) \
                  UPDATE {outbox} SET sent_at = now() FROM unsynced WHERE position = ANY($1)"
+            ),
+            // `claimed_until`: not published again before; `attempts`: how
+            // many times the broker could not route it.
+            defer: format!(
+                "UPDATE {outbox} o SET attempts = o.attempts + 1, \
+                 claimed_until = now() + make_interval(secs => d.secs) \
+                 FROM UNNEST($1::int8[], $2::float8[]) AS d(position, secs) \
+                 WHERE o.position = d.position"
             ),
             prune_outbox: format!(
                 "DELETE FROM {outbox} WHERE sent_at < now() - make_interval(secs => $1) \
@@ -491,6 +502,20 @@ impl OutboxStore for PostgresDatabase {
         })
     }
 
+    fn defer<'a>(&'a self, rows: &'a [(i64, Duration)]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let positions: Vec<i64> = rows.iter().map(|(p, _)| *p).collect();
+            let delays: Vec<f64> = rows.iter().map(|(_, d)| d.as_secs_f64()).collect();
+            sqlx::query(&self.inner.statements.defer)
+                .bind(positions)
+                .bind(delays)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
     fn committed(&self) -> Arc<Notify> {
         self.inner.committed.clone()
     }
@@ -582,6 +607,7 @@ fn outbox_entry(row: &sqlx::postgres::PgRow) -> Result<OutboxEntry, Error> {
             },
             payload: payload.into_bytes(),
         },
+        attempts: u32::try_from(row.try_get::<i32, _>(7).map_err(column)?).unwrap_or(0),
     })
 }
 

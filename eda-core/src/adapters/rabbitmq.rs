@@ -14,6 +14,9 @@
 //! - **retry queues** `<queue>.retry.<delay>ms`, one per delay of the retry
 //!   policy: a message that failed waits there (a queue TTL) and is then
 //!   dead-lettered back to the service queue;
+//! - a **parking queue** `<exchange>.unrouted`, declared when first used:
+//!   events that no queue took for as long as the relay tried (see
+//!   [`relay`](crate::relay)), with the reason in `x-eda-error`;
 //! - a **dead-letter queue** `<queue>.dlq`: messages that cannot be handled
 //!   (malformed, unknown, too large) or that failed every attempt, with the
 //!   reason and the attempt count in their headers (`x-eda-error`,
@@ -210,6 +213,13 @@ impl RabbitMqOptions {
     /// `<queue>.bindings`.
     pub fn bindings_queue(&self) -> String {
         format!("{}.bindings", self.queue)
+    }
+
+    /// Where the relay parks the events that no queue took for
+    /// [`RelayOptions::unroutable_retry_for`](crate::RelayOptions::unroutable_retry_for):
+    /// `<exchange>.unrouted`, shared by the services of the exchange.
+    pub fn unrouted_queue(&self) -> String {
+        format!("{}.unrouted", self.exchange)
     }
 
     /// The dead-letter queue: `<queue>.dlq`.
@@ -603,22 +613,30 @@ struct RabbitMqPublisher {
     channel: Mutex<Option<Channel>>,
 }
 
+impl RabbitMqPublisher {
+    /// The publishing channel (in confirm mode), opened again when it broke.
+    async fn channel(&self) -> Result<Channel, Error> {
+        let mut slot = self.channel.lock().await;
+        match slot.as_ref().filter(|c| c.status().connected()) {
+            Some(channel) => Ok(channel.clone()),
+            None => {
+                let channel = self.rabbitmq.confirm_channel().await?;
+                *slot = Some(channel.clone());
+                Ok(channel)
+            }
+        }
+    }
+}
+
 impl Publisher for RabbitMqPublisher {
     fn publish<'a>(
         &'a self,
         messages: &'a [ExternalMessage],
     ) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)> {
         Box::pin(async move {
-            let mut slot = self.channel.lock().await;
-            let channel = match slot.as_ref().filter(|c| c.status().connected()) {
-                Some(channel) => channel.clone(),
-                None => match self.rabbitmq.confirm_channel().await {
-                    Ok(channel) => {
-                        *slot = Some(channel.clone());
-                        channel
-                    }
-                    Err(e) => return (Vec::new(), Some(e)),
-                },
+            let channel = match self.channel().await {
+                Ok(channel) => channel,
+                Err(e) => return (Vec::new(), Some(e)),
             };
             let exchange = self.rabbitmq.inner.options.exchange.as_str();
             // The publishing service: its own consumer knows its events by
@@ -678,9 +696,64 @@ impl Publisher for RabbitMqPublisher {
             }
             if error.is_some() {
                 // Start from a fresh channel next time.
-                *slot = None;
+                *self.channel.lock().await = None;
             }
             (deliveries, error)
+        })
+    }
+
+    fn park<'a>(
+        &'a self,
+        messages: &'a [ExternalMessage],
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let channel = self.channel().await?;
+            let o = &self.rabbitmq.inner.options;
+            let queue = o.unrouted_queue();
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| self.rabbitmq.error(e))?;
+            let mut confirms = Vec::with_capacity(messages.len());
+            for message in messages {
+                let mut properties = properties(message).with_app_id(short(&o.queue));
+                let mut headers = properties.headers().clone().unwrap_or_default();
+                headers.insert(ERROR_HEADER.into(), long_string(reason));
+                properties = properties.with_headers(headers);
+                let confirm = channel
+                    .basic_publish(
+                        short(""),
+                        short(&queue),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &message.payload,
+                        properties,
+                    )
+                    .await
+                    .map_err(|e| self.rabbitmq.error(e))?;
+                confirms.push(confirm);
+            }
+            for confirm in confirms {
+                match confirm.await.map_err(|e| self.rabbitmq.error(e))? {
+                    Confirmation::Ack(None) => {}
+                    _ => {
+                        return Err(Error::Broker(
+                            format!("the broker did not take a message into {queue}").into(),
+                        ));
+                    }
+                }
+            }
+            Ok(())
         })
     }
 }

@@ -164,6 +164,7 @@ struct Statements {
     release: String,
     unsent: String,
     mark_sent: String,
+    defer: String,
     prune_outbox: String,
 }
 
@@ -202,7 +203,7 @@ impl Statements {
             undispatched: format!(
                 "SELECT position, message_id, name, payload, correlation_id, causation_id, \
                  CAST(strftime('%s', created_at) AS INTEGER) * 1000 \
-                 + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER) \
+                 + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER), attempts \
                  FROM {outbox} WHERE dispatched_at IS NULL \
                  AND created_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1) \
                  AND name IN (SELECT value FROM json_each(?3)) ORDER BY position LIMIT ?2"
@@ -230,13 +231,21 @@ impl Statements {
             unsent: format!(
                 "SELECT position, message_id, name, payload, correlation_id, causation_id, \
                  CAST(strftime('%s', created_at) AS INTEGER) * 1000 \
-                 + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER) \
-                 FROM {outbox} WHERE sent_at IS NULL ORDER BY position LIMIT ?1"
+                 + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER), attempts \
+                 FROM {outbox} WHERE sent_at IS NULL \
+                 AND (claimed_until IS NULL OR claimed_until <= {now}) \
+                 ORDER BY position LIMIT ?1"
             ),
             // The positions arrive as one JSON array.
             mark_sent: format!(
                 "UPDATE {outbox} SET sent_at = {now} \
                  WHERE position IN (SELECT value FROM json_each(?1))"
+            ),
+            // `claimed_until`: not published again before; `attempts`: how
+            // many times the broker could not route it.
+            defer: format!(
+                "UPDATE {outbox} SET attempts = attempts + 1, \
+                 claimed_until = strftime('{TIMESTAMP_FORMAT}', 'now', ?2) WHERE position = ?1"
             ),
             prune_outbox: format!(
                 "DELETE FROM {outbox} WHERE sent_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1) \
@@ -627,6 +636,21 @@ impl OutboxStore for SqliteDatabase {
         })
     }
 
+    fn defer<'a>(&'a self, rows: &'a [(i64, Duration)]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            // Rare (no queue bound): one statement a row.
+            for (position, delay) in rows {
+                sqlx::query(&self.inner.statements.defer)
+                    .bind(position)
+                    .bind(format!("+{:.3} seconds", delay.as_secs_f64()))
+                    .execute(&self.inner.pool)
+                    .await
+                    .map_err(adapter_error)?;
+            }
+            Ok(())
+        })
+    }
+
     fn committed(&self) -> Arc<Notify> {
         self.inner.committed.clone()
     }
@@ -655,6 +679,7 @@ fn outbox_entry(row: &SqliteRow) -> Result<OutboxEntry, Error> {
             },
             payload: payload.into_bytes(),
         },
+        attempts: u32::try_from(row.try_get::<i64, _>(7).map_err(column)?).unwrap_or(0),
     })
 }
 

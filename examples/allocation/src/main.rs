@@ -14,7 +14,7 @@ use allocation::service;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_target(false).init();
+    init_logging();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -31,6 +31,25 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stdout, at the levels `RUST_LOG` gives (`warn`,
+/// `info,eda_core=debug`; `info` when unset or unreadable). lapin's own
+/// line for a message the broker returned (unroutable) is left out: it
+/// dumps the body as bytes, and eda's relay logs the message's name and id
+/// itself, once.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|value| value.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
+        .with_target("lapin::returned_messages", LevelFilter::OFF);
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(targets)
+        .init();
 }
 
 /// Ctrl-C, or SIGTERM (what a process manager sends).
