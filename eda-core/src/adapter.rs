@@ -34,11 +34,6 @@ pub trait Adapter: Send + Sync + 'static {
     fn __as_memory_database(&self) -> Option<&InMemoryDatabase> {
         None
     }
-
-    #[doc(hidden)]
-    fn __as_in_process_bus(&self) -> Option<&crate::adapters::memory::InProcessBus> {
-        None
-    }
 }
 
 /// A database that units of work begin transactions on. The Postgres and

@@ -433,7 +433,6 @@ impl MessageBus {
     /// (see [`topology`](crate::topology)). `Ok(false)`: an event this
     /// service published itself, handled in-process by the instance that
     /// committed it: acknowledge it, do not handle it again.
-    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
     pub(crate) fn admit(
         &self,
         name: &str,
@@ -1024,7 +1023,6 @@ impl BusBuilder {
         let mut adapters: TypeIdMap<AdapterEntry> = TypeIdMap::default();
         let mut database = DatabaseRole::None;
         let mut databases = 0;
-        let mut in_process_bus = None;
         for (entry, id) in self.adapters.into_iter().zip(self.adapter_ids) {
             let adapter = entry.value.adapter();
             if let Some(memory) = adapter.__as_memory_database() {
@@ -1036,9 +1034,6 @@ impl BusBuilder {
                     adapter: entry.value.clone(),
                 };
             }
-            if let Some(bus) = adapter.__as_in_process_bus() {
-                in_process_bus = Some(bus.clone());
-            }
             if adapters.insert(id, entry.clone()).is_some() {
                 problems.push(WiringProblem::DuplicateAdapter {
                     adapter: entry.name,
@@ -1049,9 +1044,6 @@ impl BusBuilder {
             problems.push(WiringProblem::DuplicateAdapter {
                 adapter: "database",
             });
-        }
-        if let (DatabaseRole::Memory(db), Some(bus)) = (&database, in_process_bus) {
-            db.publish_to(bus);
         }
 
         let backend = match &database {

@@ -70,7 +70,7 @@ pub(crate) use __private as private;
 
 pub use __private::BoxFuture;
 pub use adapter::{Adapter, Database, DatabaseTransaction, Dependency};
-pub use adapters::memory::{InMemoryDatabase, InProcessBus};
+pub use adapters::memory::InMemoryDatabase;
 pub use aggregate::{Aggregate, Events};
 pub use bus::{BusBuilder, BusMetrics, Context, EventHandlerFailure, MessageBus, Report};
 pub use causation::Causation;
@@ -101,8 +101,8 @@ pub struct ReadmeDoctests;
 pub mod prelude {
     pub use crate::{
         Adapter, Aggregate, BoxError, Causation, Command, CommandError, DomainError, Envelope,
-        Event, Events, Finder, IdentityMap, InMemoryDatabase, InProcessBus, MessageBus, Metadata,
-        Repository, RepositoryError, Transaction, UnitOfWork,
+        Event, Events, Finder, IdentityMap, InMemoryDatabase, MessageBus, Metadata, Repository,
+        RepositoryError, Transaction, UnitOfWork,
     };
     #[cfg(feature = "macros")]
     pub use crate::{command_handler, event_handler, repository};

@@ -3,7 +3,7 @@
 //! broker confirmed it.
 //!
 //! The relay knows no database and no broker: a database adapter is an
-//! [`OutboxStore`], a broker (RabbitMQ, the in-process bus) a
+//! [`OutboxStore`], a broker (RabbitMQ, the in-process broker) a
 //! [`Publisher`]. One instance of a service publishes at a time (it holds a
 //! lease, renewed while it runs); if it dies, another takes over when the
 //! lease expires. Rows are published in the order they were written, in

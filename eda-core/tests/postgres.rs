@@ -616,7 +616,7 @@ async fn old_inbox_rows_can_be_pruned() {
     s.pg.drop_schema().await;
 }
 
-// The outbox relay on Postgres (to the in-process bus, so that only the
+// The outbox relay on Postgres (to the in-process broker, so that only the
 // database is under test here; RabbitMQ has its own tests).
 
 mod relay {
@@ -652,9 +652,9 @@ mod relay {
         s.pg.drop_schema().await;
     }
 
+    use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions};
     use eda_core::relay::OutboxStore;
-    use eda_core::{ExternalMessage, InProcessBus, OutboxRelay, RelayOptions};
-    use tokio::sync::broadcast::Receiver;
+    use eda_core::{ExternalMessage, OutboxRelay, Publisher, RelayOptions};
 
     use super::*;
 
@@ -666,15 +666,40 @@ mod relay {
         }
     }
 
-    async fn received(inbox: &mut Receiver<ExternalMessage>, n: usize) -> Vec<ExternalMessage> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            match tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await {
-                Ok(Ok(m)) => out.push(m),
-                other => panic!("after {} messages: {other:?}", out.len()),
-            }
+    /// A relay's broker: in-process, with a queue bound to every name, as
+    /// other services' would be.
+    struct Observed {
+        broker: InProcessBroker,
+        publisher: Arc<dyn Publisher>,
+    }
+
+    impl Observed {
+        fn new() -> Self {
+            let broker = InProcessBroker::new();
+            let publisher = broker.service(InProcessOptions::new("relay")).publisher();
+            broker.declare_queue("observer");
+            broker.bind("observer", "eda.events", "#").unwrap();
+            Observed { broker, publisher }
         }
-        out
+
+        fn try_recv(&self) -> Option<ExternalMessage> {
+            self.broker.take("observer").map(|m| m.message)
+        }
+
+        async fn received(&self, n: usize) -> Vec<ExternalMessage> {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let mut out = Vec::new();
+            while out.len() < n {
+                match self.try_recv() {
+                    Some(m) => out.push(m),
+                    None if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(5)).await
+                    }
+                    None => panic!("only {} messages of {n}", out.len()),
+                }
+            }
+            out
+        }
     }
 
     async fn deposit(s: &Service, n: u32) {
@@ -702,11 +727,10 @@ mod relay {
     async fn the_relay_publishes_committed_events_in_order_and_marks_them_sent() {
         let Some(s) = service().await else { return };
         s.bus.handle(Create { id: "a".into() }).await.unwrap();
-        let bus = InProcessBus::new();
-        let mut inbox = bus.subscribe();
-        let relay = OutboxRelay::spawn(Arc::new(s.pg.db.clone()), Arc::new(bus), fast());
+        let inbox = Observed::new();
+        let relay = OutboxRelay::spawn(Arc::new(s.pg.db.clone()), inbox.publisher.clone(), fast());
         deposit(&s, 30).await;
-        let messages = received(&mut inbox, 30).await;
+        let messages = inbox.received(30).await;
         let values: Vec<String> = messages
             .iter()
             .map(|m| String::from_utf8(m.payload.clone()).unwrap())
@@ -741,14 +765,17 @@ mod relay {
         )
         .await
         .unwrap();
-        let (first_bus, second_bus) = (InProcessBus::new(), InProcessBus::new());
-        let (mut first_inbox, mut second_inbox) = (first_bus.subscribe(), second_bus.subscribe());
-        let first = OutboxRelay::spawn(Arc::new(s.pg.db.clone()), Arc::new(first_bus), fast());
+        let (first_inbox, second_inbox) = (Observed::new(), Observed::new());
+        let first = OutboxRelay::spawn(
+            Arc::new(s.pg.db.clone()),
+            first_inbox.publisher.clone(),
+            fast(),
+        );
         // The first relay takes the lease before the second starts.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let second = OutboxRelay::spawn(Arc::new(other), Arc::new(second_bus), fast());
+        let second = OutboxRelay::spawn(Arc::new(other), second_inbox.publisher.clone(), fast());
         deposit(&s, 20).await;
-        received(&mut first_inbox, 20).await;
+        first_inbox.received(20).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             second.metrics().published(),
@@ -758,10 +785,10 @@ mod relay {
 
         first.shutdown().await; // releases the lease
         deposit(&s, 5).await;
-        let taken_over = received(&mut second_inbox, 5).await;
+        let taken_over = second_inbox.received(5).await;
         assert_eq!(taken_over.len(), 5);
         assert!(
-            first_inbox.try_recv().is_err(),
+            first_inbox.try_recv().is_none(),
             "the stopped relay published nothing more"
         );
         second.shutdown().await;
@@ -806,11 +833,8 @@ mod relay {
         let Some(s) = service().await else { return };
         s.bus.handle(Create { id: "a".into() }).await.unwrap();
         deposit(&s, 3).await;
-        let relay = OutboxRelay::spawn(
-            Arc::new(s.pg.db.clone()),
-            Arc::new(InProcessBus::new()),
-            fast(),
-        );
+        let relay =
+            OutboxRelay::spawn(Arc::new(s.pg.db.clone()), Observed::new().publisher, fast());
         relay.shutdown().await;
         assert_eq!(
             s.pg.db

@@ -192,7 +192,7 @@ fn seen(bus: &MessageBus) -> &Seen {
 struct Running {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), eda_core::Error>>,
-    metrics: std::sync::Arc<eda_core::entrypoints::rabbitmq::ConsumerMetrics>,
+    metrics: std::sync::Arc<eda_core::entrypoints::ConsumerMetrics>,
 }
 
 impl Running {

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions};
 use eda_core::adapters::sql::RowExt;
 use eda_core::adapters::sqlite::{SqliteDatabase, SqliteOptions, TIMESTAMP_FORMAT};
 use eda_core::prelude::*;
 use eda_core::sqlx::{self, Connection, Row, SqliteConnection};
 use eda_core::testing::TestSqlite;
 use eda_core::{
-    Database, Envelope, Error, ExternalMessage, InProcessBus, Metadata, OutboxRelay, OutboxStore,
-    RelayOptions, RetryPolicy,
+    Database, Envelope, Error, ExternalMessage, Metadata, OutboxRelay, OutboxStore, RelayOptions,
+    RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -928,7 +929,7 @@ async fn a_test_database_is_removed_afterwards() {
 }
 
 // The outbox relay on SQLite (rules 4 and 8): `SqliteDatabase` as the
-// relay's `OutboxStore`, the in-process bus as its broker.
+// relay's `OutboxStore`, the in-process broker as its broker.
 
 /// Polls every 20 ms; leases of 10 s (none expires during a test unless it
 /// says so).
@@ -940,32 +941,37 @@ fn fast_relay() -> RelayOptions {
     }
 }
 
-/// A relay from `db` to an in-process bus of its own, and what that bus
-/// receives.
-fn relay_from(
-    db: &SqliteDatabase,
-    options: RelayOptions,
-) -> (
-    OutboxRelay,
-    tokio::sync::broadcast::Receiver<ExternalMessage>,
-) {
-    let external = InProcessBus::new();
-    let received = external.subscribe();
-    let relay = OutboxRelay::spawn(Arc::new(db.clone()), Arc::new(external), options);
-    (relay, received)
+/// A relay from `db` to an in-process broker of its own, and what a queue
+/// bound to every name there receives.
+fn relay_from(db: &SqliteDatabase, options: RelayOptions) -> (OutboxRelay, Received) {
+    let broker = InProcessBroker::new();
+    let publisher = broker.service(InProcessOptions::new("relay")).publisher();
+    broker.declare_queue("observer");
+    broker.bind("observer", "eda.events", "#").unwrap();
+    let relay = OutboxRelay::spawn(Arc::new(db.clone()), publisher, options);
+    (relay, Received(broker))
+}
+
+/// The observer queue of [`relay_from`]'s broker.
+struct Received(InProcessBroker);
+
+impl Received {
+    /// The next message, if one arrived.
+    fn try_recv(&mut self) -> Result<ExternalMessage, ()> {
+        self.0.take("observer").map(|m| m.message).ok_or(())
+    }
 }
 
 /// What the receivers got, each: waits until `n` messages arrived in all
 /// (or `within` ran out), then 200 ms more (ten polls), so that a message
 /// published twice, or by a second relay, shows.
 async fn collect(
-    receivers: &mut [tokio::sync::broadcast::Receiver<ExternalMessage>],
+    receivers: &mut [Received],
     n: usize,
     within: Duration,
 ) -> Vec<Vec<ExternalMessage>> {
     let mut got = vec![Vec::new(); receivers.len()];
-    let drain = |receivers: &mut [tokio::sync::broadcast::Receiver<ExternalMessage>],
-                 got: &mut Vec<Vec<ExternalMessage>>| {
+    let drain = |receivers: &mut [Received], got: &mut Vec<Vec<ExternalMessage>>| {
         for (rx, got) in receivers.iter_mut().zip(got.iter_mut()) {
             while let Ok(m) = rx.try_recv() {
                 got.push(m);

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions, InProcessService};
 use eda_core::adapters::rabbitmq::RabbitMq;
-use eda_core::entrypoints::rabbitmq::ConsumerMetrics;
+use eda_core::entrypoints::ConsumerMetrics;
 use eda_core::prelude::*;
 use eda_core::testing::TestRabbitMq;
 use eda_core::{Error, OutboxRelay, RelayOptions};
@@ -150,9 +151,29 @@ struct Service {
     metrics: Arc<ConsumerMetrics>,
 }
 
+/// Where a test's services meet: the real RabbitMQ, or the in-process
+/// broker.
+#[derive(Clone)]
+enum Broker {
+    RabbitMq(RabbitMq),
+    InProcess(InProcessService),
+}
+
+impl From<RabbitMq> for Broker {
+    fn from(rabbitmq: RabbitMq) -> Self {
+        Broker::RabbitMq(rabbitmq)
+    }
+}
+
+impl From<InProcessService> for Broker {
+    fn from(service: InProcessService) -> Self {
+        Broker::InProcess(service)
+    }
+}
+
 impl Service {
     async fn start(
-        rabbitmq: RabbitMq,
+        broker: impl Into<Broker>,
         scope: &str,
         counts: &Arc<Counts>,
         builder: impl FnOnce(eda_core::BusBuilder) -> eda_core::BusBuilder,
@@ -166,17 +187,38 @@ impl Service {
         )
         .build()
         .expect("wiring");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let (publisher, consumer, metrics) = match broker.into() {
+            Broker::RabbitMq(rabbitmq) => {
+                let consumer = rabbitmq.consumer(bus.clone());
+                let metrics = consumer.metrics();
+                (
+                    rabbitmq.publisher(),
+                    tokio::spawn(consumer.run(stopped)),
+                    metrics,
+                )
+            }
+            Broker::InProcess(service) => {
+                let consumer = service.consumer(bus.clone());
+                let metrics = consumer.metrics();
+                (
+                    service.publisher(),
+                    tokio::spawn(consumer.run(stopped)),
+                    metrics,
+                )
+            }
+        };
         let relay = OutboxRelay::spawn(
             Arc::new(db.clone()),
-            rabbitmq.publisher(),
-            RelayOptions::default(),
+            publisher,
+            RelayOptions {
+                poll: Duration::from_millis(20),
+                ..RelayOptions::default()
+            },
         );
-        let consumer = rabbitmq.consumer(bus.clone());
-        let metrics = consumer.metrics();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let consumer = tokio::spawn(consumer.run(async {
-            let _ = stopped.await;
-        }));
         wait_until("the consumer is consuming", || metrics.consuming()).await;
         Service {
             db,
@@ -224,21 +266,28 @@ async fn an_event_of_a_shared_contract_crosses_to_the_service_that_handles_it() 
     let Some(rmq) = TestRabbitMq::start().await else {
         return;
     };
+    let shipping = rmq.service("shipping", |o| o).await;
+    let orders = rmq.service("orders", |o| o).await;
+    two_services_exchange_events(shipping, orders).await;
+    rmq.cleanup().await;
+}
+
+/// The same two services on the in-process broker, which routes as
+/// RabbitMQ does: the binding mistake fails here as it does there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_the_in_process_broker() {
+    let broker = InProcessBroker::new();
+    let shipping = broker.service(InProcessOptions::new("shipping"));
+    let orders = broker.service(InProcessOptions::new("orders"));
+    two_services_exchange_events(shipping, orders).await;
+    assert!(broker.is_empty("shipping") && broker.is_empty("orders"));
+    assert!(broker.is_empty("shipping.dlq") && broker.is_empty("orders.dlq"));
+}
+
+async fn two_services_exchange_events(shipping: impl Into<Broker>, orders: impl Into<Broker>) {
     let counts = Arc::new(Counts::default());
-    let shipping = Service::start(
-        rmq.service("shipping", |o| o).await,
-        "topology::shipping",
-        &counts,
-        |b| b,
-    )
-    .await;
-    let orders = Service::start(
-        rmq.service("orders", |o| o).await,
-        "topology::orders",
-        &counts,
-        |b| b,
-    )
-    .await;
+    let shipping = Service::start(shipping, "topology::shipping", &counts, |b| b).await;
+    let orders = Service::start(orders, "topology::orders", &counts, |b| b).await;
     for i in 0..3 {
         orders
             .bus
@@ -268,7 +317,6 @@ async fn an_event_of_a_shared_contract_crosses_to_the_service_that_handles_it() 
     assert_eq!(shipping.db.outbox().len(), 3);
     orders.stop().await;
     shipping.stop().await;
-    rmq.cleanup().await;
 }
 
 /// A plain client of the test's exchange, with publisher confirms.
@@ -560,5 +608,111 @@ mod reports {
                 command: "topology.place_order"
             }]
         );
+    }
+}
+
+/// The in-process broker's consumer gives the verdicts RabbitMQ's does
+/// (the same code), and the relay keeps what it cannot route.
+mod in_process {
+    use super::*;
+    use eda_core::adapters::in_process::InProcessMessage;
+    use eda_core::{ExternalMessage, Metadata};
+
+    fn message(name: &str, body: &[u8], to: &str) -> InProcessMessage {
+        let mut m = InProcessMessage::new(
+            ExternalMessage {
+                name: name.into(),
+                metadata: Metadata::new(),
+                payload: body.to_vec(),
+            },
+            None,
+        );
+        m.routing_key = to.into();
+        m
+    }
+
+    #[tokio::test]
+    async fn a_command_not_accepted_and_bad_input_are_dead_lettered_with_the_reason() {
+        let broker = InProcessBroker::new();
+        let counts = Arc::new(Counts::default());
+        let orders = Service::start(
+            broker.service(InProcessOptions::new("orders")),
+            "topology::orders",
+            &counts,
+            |b| b,
+        )
+        .await;
+        let body = br#"{"orderid":"o1"}"#;
+        for m in [
+            message("topology.place_order", body, "orders"),
+            message("topology.order_placed", b"{not json", "orders"),
+            message("nobody.knows_me", b"{}", "orders"),
+        ] {
+            assert!(broker.publish("", m).unwrap());
+        }
+        wait_until("all three are dead-lettered", || {
+            orders.metrics.dead_lettered() == 3
+        })
+        .await;
+        let reasons: Vec<String> = std::iter::from_fn(|| broker.take("orders.dlq"))
+            .map(|m| m.error.unwrap())
+            .collect();
+        assert_eq!(reasons.len(), 3);
+        // Handled side by side: in any order.
+        for expected in ["accept::<", "malformed", "unknown message"] {
+            assert!(
+                reasons.iter().any(|r| r.contains(expected)),
+                "{expected}: {reasons:#?}"
+            );
+        }
+        assert!(orders.db.get::<orders::Order>("o1").is_none());
+        orders.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_event_published_before_its_consumer_is_bound_arrives_once_it_is() {
+        let broker = InProcessBroker::new();
+        let counts = Arc::new(Counts::default());
+        let db = InMemoryDatabase::new();
+        let bus = MessageBus::builder()
+            .scope("topology::orders")
+            .adapter(db.clone())
+            .adapter(SharedCounts(counts.clone()))
+            .build()
+            .unwrap();
+        // Orders publishes before shipping exists.
+        let relay = OutboxRelay::spawn(
+            Arc::new(db.clone()),
+            broker.service(InProcessOptions::new("orders")).publisher(),
+            RelayOptions {
+                poll: Duration::from_millis(20),
+                unroutable_backoff: Duration::from_millis(20),
+                unroutable_max_backoff: Duration::from_millis(50),
+                ..RelayOptions::default()
+            },
+        );
+        bus.handle(orders::PlaceOrder {
+            orderid: "early".into(),
+        })
+        .await
+        .unwrap();
+        wait_until("it is found unroutable", || {
+            relay.metrics().unroutable() >= 1
+        })
+        .await;
+        let shipping = Service::start(
+            broker.service(InProcessOptions::new("shipping")),
+            "topology::shipping",
+            &counts,
+            |b| b,
+        )
+        .await;
+        wait_until("shipping handled it", || {
+            counts.shipping.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(relay.metrics().published(), 1);
+        relay.shutdown().await;
+        shipping.stop().await;
     }
 }

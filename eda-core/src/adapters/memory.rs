@@ -1,5 +1,6 @@
-//! The in-memory kit: a database and an external bus that live in the
-//! process, for unit tests and for running a service with nothing installed.
+//! The in-memory database: for unit tests and for running a service with
+//! nothing installed (the external bus in the process is
+//! [`in_process`](super::in_process)).
 //!
 //! [`InMemoryDatabase`] plays the part of "Architecture Patterns with
 //! Python"'s `FakeUnitOfWork` and `FakeRepository`, for every aggregate at
@@ -48,7 +49,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 
 use crate::adapter::Adapter;
 use crate::aggregate::Aggregate;
@@ -56,7 +57,7 @@ use crate::error::Error;
 use crate::message::MessageId;
 use crate::outbox::ExternalMessage;
 use crate::private::BoxFuture;
-use crate::relay::{Delivery, OutboxEntry, OutboxStore, Publisher};
+use crate::relay::{OutboxEntry, OutboxStore};
 use crate::repository::{Finder, RepositoryError};
 
 /// A database in memory. Clones share the same data.
@@ -72,7 +73,6 @@ struct Inner {
     outbox_committed: Arc<Notify>,
     /// Outside the lock: a commit with nothing to write takes no lock.
     commits: AtomicU64,
-    publish_to: Mutex<Option<InProcessBus>>,
 }
 
 #[derive(Default)]
@@ -165,16 +165,6 @@ impl InMemoryDatabase {
     /// How many transactions committed (APwP's `uow.committed`, as a count).
     pub fn commits(&self) -> u64 {
         self.inner.commits.load(Ordering::SeqCst)
-    }
-
-    /// Publishes every external event, once committed, on this in-process
-    /// bus. The message bus does this when it is given both adapters.
-    pub fn publish_to(&self, bus: InProcessBus) {
-        *self
-            .inner
-            .publish_to
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(bus);
     }
 
     pub(crate) fn begin(&self) -> MemoryTransaction {
@@ -272,7 +262,7 @@ impl MemoryTransaction {
             self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
             return Ok(());
         }
-        let publish = {
+        let wrote_outbox = {
             let mut data = self.db.data();
             for staged in &self.staged {
                 staged.check(&data)?;
@@ -290,25 +280,12 @@ impl MemoryTransaction {
             }
             data.inbox.extend(self.inbox);
             self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
-            data.outbox.extend(outbox.iter().cloned());
-            outbox
+            let wrote_outbox = !outbox.is_empty();
+            data.outbox.extend(outbox);
+            wrote_outbox
         };
-        if !publish.is_empty() {
+        if wrote_outbox {
             self.db.inner.outbox_committed.notify_one();
-        }
-        if !publish.is_empty() {
-            let bus = self
-                .db
-                .inner
-                .publish_to
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            if let Some(bus) = bus {
-                for message in publish {
-                    bus.publish(message);
-                }
-            }
         }
         Ok(())
     }
@@ -379,85 +356,5 @@ impl OutboxStore for InMemoryDatabase {
 
     fn committed(&self) -> Arc<Notify> {
         self.inner.outbox_committed.clone()
-    }
-}
-
-/// An external bus in the process: what other services would receive over
-/// RabbitMQ, delivered to subscribers in the same process. Clones share the
-/// same bus.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use eda_core::{ExternalMessage, InProcessBus, Metadata};
-///
-/// let bus = InProcessBus::new();
-/// let mut inbox = bus.subscribe();
-/// bus.publish(ExternalMessage { name: "a.b".into(), metadata: Metadata::new(), payload: b"{}".to_vec() });
-/// assert_eq!(inbox.recv().await.unwrap().name, "a.b");
-/// # }
-/// ```
-#[derive(Clone)]
-pub struct InProcessBus {
-    sender: broadcast::Sender<ExternalMessage>,
-}
-
-impl InProcessBus {
-    /// A bus that keeps up to 1024 messages for a slow subscriber.
-    pub fn new() -> Self {
-        Self::with_capacity(1024)
-    }
-
-    /// A bus that keeps up to `capacity` messages for a slow subscriber.
-    pub fn with_capacity(capacity: usize) -> Self {
-        InProcessBus {
-            sender: broadcast::channel(capacity.max(1)).0,
-        }
-    }
-
-    /// Receives every message published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<ExternalMessage> {
-        self.sender.subscribe()
-    }
-
-    /// Publishes a message to the current subscribers (none is fine).
-    pub fn publish(&self, message: ExternalMessage) {
-        let _ = self.sender.send(message);
-    }
-}
-
-impl Default for InProcessBus {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Debug for InProcessBus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InProcessBus")
-            .field("subscribers", &self.sender.receiver_count())
-            .finish()
-    }
-}
-
-/// The in-process bus as the relay's broker: a message is "confirmed" once
-/// it is handed to the current subscribers.
-impl Publisher for InProcessBus {
-    fn publish<'a>(
-        &'a self,
-        messages: &'a [ExternalMessage],
-    ) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)> {
-        for message in messages {
-            InProcessBus::publish(self, message.clone());
-        }
-        Box::pin(std::future::ready((
-            vec![Delivery::Confirmed; messages.len()],
-            None,
-        )))
-    }
-}
-
-impl Adapter for InProcessBus {
-    fn __as_in_process_bus(&self) -> Option<&InProcessBus> {
-        Some(self)
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+pub mod in_process;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

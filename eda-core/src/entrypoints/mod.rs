@@ -1,5 +1,217 @@
-//! Entrypoints: what feeds the bus from outside the process (a broker's
-//! consumer; HTTP lives in the application, see `examples/allocation`).
+//! Entrypoints: what feeds the bus from outside the process. The consumers
+//! of the external bus (RabbitMQ's, and the in-process broker's) share what
+//! is here: which messages the service takes ([`topology`](crate::topology)),
+//! the verdict on one delivery, and their counters. (HTTP lives in the
+//! application, see `examples/allocation`.)
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::bus::MessageBus;
+use crate::error::IncomingError;
+use crate::message::Metadata;
 
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+
+/// Counters of a consumer of the external bus.
+#[derive(Debug, Default)]
+pub struct ConsumerMetrics {
+    pub(crate) consuming: AtomicBool,
+    pub(crate) handled: AtomicU64,
+    pub(crate) own_events: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+}
+
+impl ConsumerMetrics {
+    /// Whether the consumer is consuming now: its topology is declared and
+    /// bound, and messages published from now on reach it.
+    pub fn consuming(&self) -> bool {
+        self.consuming.load(Ordering::SeqCst)
+    }
+    /// Messages handled and acknowledged.
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+    /// Events this service published itself, that came back to its queue
+    /// (it handles them, so its queue is bound to them): acknowledged
+    /// without handling them again, since the instance that committed them
+    /// handled them in-process.
+    pub fn own_events(&self) -> u64 {
+        self.own_events.load(Ordering::Relaxed)
+    }
+    /// Messages that failed and were sent to be retried.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+    /// Messages sent to the dead-letter queue.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+    /// Times the consumer reconnected after the broker or the connection
+    /// failed.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+}
+
+/// What to do with a delivery once handled.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Ack,
+    /// An event of this service's own: acknowledged, not handled again.
+    Own,
+    Retry {
+        attempts: u32,
+        reason: String,
+    },
+    DeadLetter {
+        attempts: u32,
+        reason: String,
+    },
+}
+
+/// A delivery, as a consumer read it from its broker.
+pub(crate) struct Delivery<'a> {
+    /// The message's name (its `type`).
+    pub(crate) name: &'a str,
+    /// Its metadata, or why it has none that can be used.
+    pub(crate) metadata: Result<Metadata, String>,
+    /// The service that published it, if it says.
+    pub(crate) published_by: Option<&'a str>,
+    /// The body.
+    pub(crate) payload: &'a [u8],
+    /// How many times handling it failed before.
+    pub(crate) failed_before: u32,
+}
+
+/// How a consumer treats failures.
+pub(crate) struct Policy<'a> {
+    /// The consuming service (its queue's name).
+    pub(crate) service: &'a str,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) max_attempts: u32,
+}
+
+/// The verdict on one delivery: handled (or an own event), to retry, or to
+/// dead-letter at once (too large, no usable id, a message this service
+/// does not take, unknown or malformed) or after its last attempt. A
+/// handler that panics is a failure like any other.
+pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Delivery<'_>) -> Verdict {
+    let refuse = |reason: String| Verdict::DeadLetter {
+        attempts: d.failed_before,
+        reason,
+    };
+    if d.payload.len() > policy.max_message_bytes {
+        return refuse(format!(
+            "message too large: {} bytes, the limit is {}",
+            d.payload.len(),
+            policy.max_message_bytes
+        ));
+    }
+    let metadata = match d.metadata {
+        Ok(m) => m,
+        Err(reason) => return refuse(reason),
+    };
+    match bus.admit(d.name, d.published_by, policy.service) {
+        Ok(true) => {}
+        Ok(false) => return Verdict::Own,
+        Err(e) => return refuse(e.to_string()),
+    }
+    // In a task of its own, so that a panicking handler is a failure of
+    // this message, not of the consumer.
+    let handled = tokio::spawn({
+        let bus = bus.clone();
+        let name = d.name.to_owned();
+        let payload = d.payload.to_vec();
+        async move { bus.handle_incoming(&name, metadata, &payload).await }
+    })
+    .await;
+    let reason = match handled {
+        Ok(Ok(())) => return Verdict::Ack,
+        Ok(Err(e @ (IncomingError::UnknownMessage { .. } | IncomingError::Malformed { .. }))) => {
+            return refuse(e.to_string());
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(join) if join.is_panic() => {
+            format!("handler of `{}` panicked: {}", d.name, panic_message(join))
+        }
+        Err(join) => format!("handler of `{}` was cancelled: {join}", d.name),
+    };
+    after_failure(d.failed_before, policy.max_attempts, reason)
+}
+
+/// The verdict on a message that failed again after `failed_before`
+/// failures. The count saturates: a header that claims `u32::MAX` failures
+/// (anyone can publish one) dead-letters the message, it does not overflow.
+pub(crate) fn after_failure(failed_before: u32, max_attempts: u32, reason: String) -> Verdict {
+    let attempts = failed_before.saturating_add(1);
+    if attempts >= max_attempts {
+        Verdict::DeadLetter { attempts, reason }
+    } else {
+        Verdict::Retry { attempts, reason }
+    }
+}
+
+/// The delay before attempt `attempts + 1`: the `attempts`th of `delays`,
+/// the last one repeating.
+pub(crate) fn retry_delay(delays: &[std::time::Duration], attempts: u32) -> std::time::Duration {
+    delays[(attempts as usize)
+        .saturating_sub(1)
+        .min(delays.len().saturating_sub(1))]
+}
+
+fn panic_message(join: tokio::task::JoinError) -> String {
+    let payload = join.into_panic();
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header claiming `u32::MAX` failures overflowed the count: a panic
+    /// in a debug build (the delivery left unacknowledged), a retry with
+    /// the count reset to 0 in a release build.
+    #[test]
+    fn a_huge_attempt_count_dead_letters_without_overflow() {
+        let reason = || "boom".to_owned();
+        assert_eq!(
+            after_failure(u32::MAX, 5, reason()),
+            Verdict::DeadLetter {
+                attempts: u32::MAX,
+                reason: reason()
+            }
+        );
+        assert_eq!(
+            after_failure(0, 5, reason()),
+            Verdict::Retry {
+                attempts: 1,
+                reason: reason()
+            }
+        );
+        assert_eq!(
+            after_failure(4, 5, reason()),
+            Verdict::DeadLetter {
+                attempts: 5,
+                reason: reason()
+            }
+        );
+    }
+
+    #[test]
+    fn the_last_retry_delay_repeats() {
+        use std::time::Duration;
+        let delays = [Duration::from_secs(1), Duration::from_secs(5)];
+        assert_eq!(retry_delay(&delays, 1), Duration::from_secs(1));
+        assert_eq!(retry_delay(&delays, 2), Duration::from_secs(5));
+        assert_eq!(retry_delay(&delays, 9), Duration::from_secs(5));
+    }
+}

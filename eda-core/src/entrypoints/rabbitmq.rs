@@ -22,7 +22,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use futures_core::Stream;
 use lapin::Confirmation;
@@ -40,51 +40,9 @@ use crate::adapters::rabbitmq::{
     ATTEMPTS_HEADER, ERROR_HEADER, RabbitMq, long_string, metadata, short,
 };
 use crate::bus::MessageBus;
-use crate::error::{Error, IncomingError};
+use crate::entrypoints::{self, ConsumerMetrics, Policy, Verdict, retry_delay, verdict};
+use crate::error::Error;
 use crate::message::MessageId;
-
-/// Counters of a consumer.
-#[derive(Debug, Default)]
-pub struct ConsumerMetrics {
-    consuming: std::sync::atomic::AtomicBool,
-    handled: AtomicU64,
-    own_events: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-    reconnects: AtomicU64,
-}
-
-impl ConsumerMetrics {
-    /// Whether the consumer is consuming now: its topology is declared and
-    /// bound, and messages published from now on reach it.
-    pub fn consuming(&self) -> bool {
-        self.consuming.load(Ordering::SeqCst)
-    }
-    /// Messages handled and acknowledged.
-    pub fn handled(&self) -> u64 {
-        self.handled.load(Ordering::Relaxed)
-    }
-    /// Events this service published itself, that came back to its queue
-    /// (it handles them, so its queue is bound to them): acknowledged
-    /// without handling them again, since the instance that committed them
-    /// handled them in-process.
-    pub fn own_events(&self) -> u64 {
-        self.own_events.load(Ordering::Relaxed)
-    }
-    /// Messages that failed and were sent to a retry queue.
-    pub fn retried(&self) -> u64 {
-        self.retried.load(Ordering::Relaxed)
-    }
-    /// Messages sent to the dead-letter queue.
-    pub fn dead_lettered(&self) -> u64 {
-        self.dead_lettered.load(Ordering::Relaxed)
-    }
-    /// Times the consumer reconnected after the broker or the connection
-    /// failed.
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
-    }
-}
 
 /// Consumes the service queue into the bus. Build it with
 /// [`RabbitMq::consumer`], then [`run`](Self::run) it.
@@ -101,22 +59,6 @@ impl fmt::Debug for RabbitMqConsumer {
             .field("metrics", &self.metrics)
             .finish()
     }
-}
-
-/// What to do with a delivery once handled.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    Ack,
-    /// An event of this service's own: acknowledged, not handled again.
-    Own,
-    Retry {
-        attempts: u32,
-        reason: String,
-    },
-    DeadLetter {
-        attempts: u32,
-        reason: String,
-    },
 }
 
 impl RabbitMqConsumer {
@@ -260,18 +202,6 @@ fn attempts(properties: &BasicProperties) -> u32 {
     }
 }
 
-/// The verdict on a message that failed again after `failed_before`
-/// failures. The count saturates: a header that claims `u32::MAX` failures
-/// (anyone can publish one) dead-letters the message, it does not overflow.
-fn after_failure(failed_before: u32, max_attempts: u32, reason: String) -> Verdict {
-    let attempts = failed_before.saturating_add(1);
-    if attempts >= max_attempts {
-        Verdict::DeadLetter { attempts, reason }
-    } else {
-        Verdict::Retry { attempts, reason }
-    }
-}
-
 impl Handling {
     async fn handle(self, delivery: Delivery) {
         let verdict = self.verdict(&delivery).await;
@@ -279,8 +209,7 @@ impl Handling {
             Verdict::Ack | Verdict::Own => Ok(()),
             Verdict::Retry { attempts, reason } => {
                 let options = self.rabbitmq.options();
-                let delays = &options.retry_delays;
-                let delay = delays[(*attempts as usize).saturating_sub(1).min(delays.len() - 1)];
+                let delay = retry_delay(&options.retry_delays, *attempts);
                 tracing::warn!(attempts, reason, ?delay, "message failed, retrying");
                 self.forward(&delivery, &options.retry_queue(delay), *attempts, reason)
                     .await
@@ -324,55 +253,23 @@ impl Handling {
 
     async fn verdict(&self, delivery: &Delivery) -> Verdict {
         let options = self.rabbitmq.options();
-        let failed_before = attempts(&delivery.properties);
-        let refuse = |reason: String| Verdict::DeadLetter {
-            attempts: failed_before,
-            reason,
-        };
-        if delivery.data.len() > options.max_message_bytes {
-            return refuse(format!(
-                "message too large: {} bytes, the limit is {}",
-                delivery.data.len(),
-                options.max_message_bytes
-            ));
-        }
         let name = match delivery.properties.kind() {
-            Some(kind) => kind.as_str().to_owned(),
-            None => delivery.routing_key.as_str().to_owned(),
+            Some(kind) => kind.as_str(),
+            None => delivery.routing_key.as_str(),
         };
-        let metadata = match metadata(&delivery.properties) {
-            Ok(m) => m,
-            Err(reason) => return refuse(reason),
+        let policy = Policy {
+            service: &options.queue,
+            max_message_bytes: options.max_message_bytes,
+            max_attempts: options.max_attempts,
         };
-        let published_by = delivery.properties.app_id().as_ref().map(|s| s.as_str());
-        match self.bus.admit(&name, published_by, &options.queue) {
-            Ok(true) => {}
-            Ok(false) => return Verdict::Own,
-            Err(e) => return refuse(e.to_string()),
-        }
-        // In a task of its own, so that a panicking handler is a failure of
-        // this message, not of the consumer.
-        let bus = self.bus.clone();
-        let payload = delivery.data.clone();
-        let handled = tokio::spawn({
-            let name = name.clone();
-            async move { bus.handle_incoming(&name, metadata, &payload).await }
-        })
-        .await;
-        let reason = match handled {
-            Ok(Ok(())) => return Verdict::Ack,
-            Ok(Err(
-                e @ (IncomingError::UnknownMessage { .. } | IncomingError::Malformed { .. }),
-            )) => {
-                return refuse(e.to_string());
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(join) if join.is_panic() => {
-                format!("handler of `{name}` panicked: {}", panic_message(join))
-            }
-            Err(join) => format!("handler of `{name}` was cancelled: {join}"),
+        let incoming = entrypoints::Delivery {
+            name,
+            metadata: metadata(&delivery.properties),
+            published_by: delivery.properties.app_id().as_ref().map(|s| s.as_str()),
+            payload: &delivery.data,
+            failed_before: attempts(&delivery.properties),
         };
-        after_failure(failed_before, options.max_attempts, reason)
+        verdict(&self.bus, &policy, incoming).await
     }
 
     /// Publishes a copy of the delivery to `queue` (through the default
@@ -424,17 +321,6 @@ impl Handling {
     }
 }
 
-fn panic_message(join: tokio::task::JoinError) -> String {
-    let payload = join.into_panic();
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,34 +346,5 @@ mod tests {
             u32::MAX
         );
         assert_eq!(attempts(&with_attempts(AMQPValue::Boolean(true))), 0);
-    }
-
-    /// A header claiming `u32::MAX` failures overflowed the count: a panic
-    /// in a debug build (the delivery left unacknowledged), a retry with
-    /// the count reset to 0 in a release build.
-    #[test]
-    fn a_huge_attempt_count_dead_letters_without_overflow() {
-        let reason = || "boom".to_owned();
-        assert_eq!(
-            after_failure(u32::MAX, 5, reason()),
-            Verdict::DeadLetter {
-                attempts: u32::MAX,
-                reason: reason()
-            }
-        );
-        assert_eq!(
-            after_failure(0, 5, reason()),
-            Verdict::Retry {
-                attempts: 1,
-                reason: reason()
-            }
-        );
-        assert_eq!(
-            after_failure(4, 5, reason()),
-            Verdict::DeadLetter {
-                attempts: 5,
-                reason: reason()
-            }
-        );
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Configured from the environment (see [`allocation::config`]): with
 //! nothing set it keeps its state in `allocation.db` (SQLite) in the working
-//! directory and publishes its events on the in-process bus; with
+//! directory and publishes its events on a broker in the process; with
 //! `DATABASE_URL=postgres://…` and `AMQP_URL=amqp://…` it uses Postgres and
 //! RabbitMQ, and several instances share the work. It stops gracefully on
 //! SIGTERM or Ctrl-C, with exit code 0.

@@ -1,0 +1,686 @@
+//! An external bus in the process, with RabbitMQ's routing semantics:
+//! services in one process (a test, a service run with nothing installed)
+//! talk to each other through it as they would through RabbitMQ.
+//!
+//! What it shares with RabbitMQ, so that a mistake shows here as it would
+//! there:
+//!
+//! - **topic exchanges**: a message is routed to every queue with a
+//!   binding whose pattern matches its routing key (its name): words
+//!   separated by `.`, `*` one word, `#` zero or more;
+//! - **mandatory publishing**: a message no queue takes is *unroutable*,
+//!   and the outbox relay keeps it ([`relay`](crate::relay)); a queue that
+//!   is not bound receives nothing;
+//! - **the service's topology**, declared from the bus exactly as on
+//!   RabbitMQ ([`topology`](crate::topology)): bound to the external events
+//!   it handles and the commands it accepts, stale bindings removed;
+//! - **the consumer's verdicts**, the same code as RabbitMQ's consumer:
+//!   an event the service published itself is acknowledged unhandled (it
+//!   was handled in-process), a command it does not accept and bad input
+//!   are dead-lettered at once to `<queue>.dlq`, failures are retried after
+//!   the retry delays and then dead-lettered, with the reason and attempt
+//!   count on the message.
+//!
+//! What it does not have: persistence (the process is the broker), and
+//! separate connections to break. Queues are unbounded.
+//!
+//! ```standalone_crate
+//! use std::sync::Arc;
+//! use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions};
+//! use eda_core::prelude::*;
+//! use eda_core::{OutboxRelay, RelayOptions};
+//! use serde::{Deserialize, Serialize};
+//!
+//! mod contracts {
+//!     #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, eda_core::Event)]
+//!     #[event(name = "shop.order_placed", external)]
+//!     pub struct OrderPlaced { pub orderid: String }
+//! }
+//!
+//! mod shipping {
+//!     #[eda_core::event_handler]
+//!     async fn ship(_: &super::contracts::OrderPlaced) {}
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = InProcessBroker::new();
+//! let shipping = MessageBus::builder().scope("rust_out::shipping").build()?;
+//! let endpoint = broker.service(InProcessOptions::new("shipping"));
+//! endpoint.declare_topology(&shipping);
+//! assert_eq!(broker.bindings("shipping"), [("eda.events".to_owned(), "shop.order_placed".to_owned())]);
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::bus::MessageBus;
+use crate::entrypoints::{self, ConsumerMetrics, Policy, Verdict, retry_delay, verdict};
+use crate::error::Error;
+use crate::outbox::ExternalMessage;
+use crate::private::BoxFuture;
+use crate::relay::{Delivery, Publisher};
+use crate::topology::{Topology, TopologyWarning};
+
+/// A message in the broker: what an AMQP delivery carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InProcessMessage {
+    /// Name, metadata and body.
+    pub message: ExternalMessage,
+    /// The key it was published with (its name, or a queue's on the
+    /// default exchange).
+    pub routing_key: String,
+    /// The service that published it (AMQP's `app_id`).
+    pub published_by: Option<String>,
+    /// How many times handling it failed (`x-eda-attempts`).
+    pub attempts: u32,
+    /// Why it was retried, dead-lettered or parked (`x-eda-error`).
+    pub error: Option<String>,
+}
+
+impl InProcessMessage {
+    /// A message published by `service` (or by no service), never failed.
+    pub fn new(message: ExternalMessage, published_by: Option<&str>) -> Self {
+        InProcessMessage {
+            routing_key: message.name.clone(),
+            message,
+            published_by: published_by.map(str::to_owned),
+            attempts: 0,
+            error: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<InProcessMessage>,
+    /// One permit per message made ready: competing consumers each take
+    /// one.
+    notify: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Exchange → its bindings (pattern, queue), in the order made.
+    exchanges: HashMap<String, Vec<(String, String)>>,
+    queues: HashMap<String, Queue>,
+}
+
+/// The broker. Clones share it.
+#[derive(Clone, Default)]
+pub struct InProcessBroker {
+    state: Arc<Mutex<State>>,
+}
+
+impl fmt::Debug for InProcessBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("InProcessBroker")
+            .field("exchanges", &state.exchanges.len())
+            .field("queues", &state.queues.len())
+            .finish()
+    }
+}
+
+/// Whether a topic pattern matches a routing key, as RabbitMQ's topic
+/// exchange: words separated by `.`, `*` exactly one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn matches(pattern: &[&str], key: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => key.is_empty(),
+            Some((&"#", rest)) => (0..=key.len()).any(|skip| matches(rest, &key[skip..])),
+            Some((&"*", rest)) => !key.is_empty() && matches(rest, &key[1..]),
+            Some((word, rest)) => key.first() == Some(word) && matches(rest, &key[1..]),
+        }
+    }
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let key: Vec<&str> = key.split('.').collect();
+    matches(&pattern, &key)
+}
+
+impl InProcessBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing is left half-done under the lock: a poisoned one is usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Declares a topic exchange (idempotent).
+    pub fn declare_exchange(&self, exchange: &str) {
+        self.state()
+            .exchanges
+            .entry(exchange.to_owned())
+            .or_default();
+    }
+
+    /// Declares a queue (idempotent).
+    pub fn declare_queue(&self, queue: &str) {
+        self.state().queues.entry(queue.to_owned()).or_default();
+    }
+
+    /// Binds `queue` to `exchange` for routing keys matching `pattern`
+    /// (idempotent). Both must be declared.
+    pub fn bind(&self, queue: &str, exchange: &str, pattern: &str) -> Result<(), Error> {
+        let mut state = self.state();
+        if !state.queues.contains_key(queue) {
+            return Err(not_found("queue", queue));
+        }
+        let bindings = state
+            .exchanges
+            .get_mut(exchange)
+            .ok_or_else(|| not_found("exchange", exchange))?;
+        let binding = (pattern.to_owned(), queue.to_owned());
+        if !bindings.contains(&binding) {
+            bindings.push(binding);
+        }
+        Ok(())
+    }
+
+    /// Removes a binding (one that does not exist is fine).
+    pub fn unbind(&self, queue: &str, exchange: &str, pattern: &str) {
+        if let Some(bindings) = self.state().exchanges.get_mut(exchange) {
+            bindings.retain(|(p, q)| !(p == pattern && q == queue));
+        }
+    }
+
+    /// The bindings of `queue`: (exchange, pattern), sorted.
+    pub fn bindings(&self, queue: &str) -> Vec<(String, String)> {
+        let state = self.state();
+        let mut found: Vec<(String, String)> = state
+            .exchanges
+            .iter()
+            .flat_map(|(exchange, bindings)| {
+                bindings
+                    .iter()
+                    .filter(|(_, q)| q == queue)
+                    .map(move |(p, _)| (exchange.clone(), p.clone()))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Publishes with the mandatory flag: `Ok(true)` when at least one
+    /// queue took the message, `Ok(false)` when none did (unroutable).
+    /// The exchange `""` is the default exchange, whose routing keys are
+    /// queue names.
+    pub fn publish(&self, exchange: &str, message: InProcessMessage) -> Result<bool, Error> {
+        let mut state = self.state();
+        let queues: Vec<String> = if exchange.is_empty() {
+            if state.queues.contains_key(&message.routing_key) {
+                vec![message.routing_key.clone()]
+            } else {
+                Vec::new()
+            }
+        } else {
+            let bindings = state
+                .exchanges
+                .get(exchange)
+                .ok_or_else(|| not_found("exchange", exchange))?;
+            let mut queues: Vec<String> = bindings
+                .iter()
+                .filter(|(pattern, _)| topic_matches(pattern, &message.routing_key))
+                .map(|(_, queue)| queue.clone())
+                .collect();
+            // A queue bound twice gets the message once.
+            queues.sort();
+            queues.dedup();
+            queues
+        };
+        for name in &queues {
+            if let Some(queue) = state.queues.get_mut(name) {
+                queue.ready.push_back(message.clone());
+                queue.notify.notify_one();
+            }
+        }
+        Ok(!queues.is_empty())
+    }
+
+    /// Takes the next message of `queue` (acknowledged at once).
+    pub fn take(&self, queue: &str) -> Option<InProcessMessage> {
+        self.state().queues.get_mut(queue)?.ready.pop_front()
+    }
+
+    /// How many messages wait in `queue`.
+    pub fn len(&self, queue: &str) -> usize {
+        self.state().queues.get(queue).map_or(0, |q| q.ready.len())
+    }
+
+    /// Whether `queue` is empty (or does not exist).
+    pub fn is_empty(&self, queue: &str) -> bool {
+        self.len(queue) == 0
+    }
+
+    /// A service on this broker: its publisher (for the outbox relay), its
+    /// topology and its consumer.
+    pub fn service(&self, options: InProcessOptions) -> InProcessService {
+        InProcessService {
+            broker: self.clone(),
+            options: Arc::new(options),
+        }
+    }
+
+    /// Puts a message back at the head of its queue (a delivery that was
+    /// not acknowledged).
+    fn requeue(&self, queue: &str, message: InProcessMessage) {
+        if let Some(queue) = self.state().queues.get_mut(queue) {
+            queue.ready.push_front(message);
+            queue.notify.notify_one();
+        }
+    }
+
+    fn notify(&self, queue: &str) -> Option<Arc<Notify>> {
+        self.state().queues.get(queue).map(|q| q.notify.clone())
+    }
+}
+
+fn not_found(what: &str, name: &str) -> Error {
+    Error::Broker(format!("no {what} named `{name}` is declared").into())
+}
+
+/// How a service uses the in-process broker: its queue, the exchange, and
+/// its consumer's policy (the same as RabbitMQ's consumer's).
+#[derive(Clone, Debug)]
+pub struct InProcessOptions {
+    queue: String,
+    exchange: String,
+    retry_delays: Vec<Duration>,
+    max_attempts: u32,
+    max_message_bytes: usize,
+    concurrency: usize,
+    bindings: Option<Vec<String>>,
+    shutdown_grace: Duration,
+}
+
+impl InProcessOptions {
+    /// The service whose queue is `queue`. Defaults as RabbitMQ's: exchange
+    /// `eda.events`, retries after 1 s, 5 s and 30 s, 5 attempts, messages
+    /// up to 1 MiB, 8 handled at once, 10 s for in-flight messages at
+    /// shutdown.
+    pub fn new(queue: impl Into<String>) -> Self {
+        InProcessOptions {
+            queue: queue.into(),
+            exchange: "eda.events".into(),
+            retry_delays: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+            max_attempts: 5,
+            max_message_bytes: 1 << 20,
+            concurrency: 8,
+            bindings: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// The topic exchange.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// The delays before attempts 2, 3, …; the last one repeats.
+    pub fn retry_delays(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        let delays: Vec<_> = delays.into_iter().collect();
+        if !delays.is_empty() {
+            self.retry_delays = delays;
+        }
+        self
+    }
+
+    /// After this many failed attempts, a message is dead-lettered.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// How many messages are handled at once.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Bind the service queue to these names instead of those the bus
+    /// consumes (as `RabbitMqOptions::bind`).
+    pub fn bind(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.bindings = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The service queue.
+    pub fn queue_name(&self) -> &str {
+        &self.queue
+    }
+
+    /// The exchange.
+    pub fn exchange_name(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The dead-letter queue: `<queue>.dlq`.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    /// Where unroutable events are parked: `<exchange>.unrouted`.
+    pub fn unrouted_queue(&self) -> String {
+        format!("{}.unrouted", self.exchange)
+    }
+}
+
+/// A service on the in-process broker. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct InProcessService {
+    broker: InProcessBroker,
+    options: Arc<InProcessOptions>,
+}
+
+impl InProcessService {
+    /// The options.
+    pub fn options(&self) -> &InProcessOptions {
+        &self.options
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &InProcessBroker {
+        &self.broker
+    }
+
+    /// The topology of `bus` here, its warnings about bindings logged (as
+    /// on RabbitMQ).
+    pub fn topology(&self, bus: &MessageBus) -> Topology {
+        let topology = bus.topology(self.options.bindings.as_deref());
+        for warning in topology.warnings() {
+            if !matches!(warning, TopologyWarning::EventGoesNowhere { .. }) {
+                tracing::warn!(queue = %self.options.queue, "{warning}");
+            }
+        }
+        topology
+    }
+
+    /// Declares the exchange, the service queue bound to what `bus`
+    /// consumes (and unbound from what it no longer does), and the
+    /// dead-letter queue.
+    pub fn declare_topology(&self, bus: &MessageBus) {
+        let o = &self.options;
+        let topology = self.topology(bus);
+        let broker = &self.broker;
+        broker.declare_exchange(&o.exchange);
+        broker.declare_queue(&o.queue);
+        broker.declare_queue(&o.dead_letter_queue());
+        for name in topology.bindings() {
+            broker
+                .bind(&o.queue, &o.exchange, name)
+                .expect("declared just above");
+        }
+        let bound: Vec<String> = broker
+            .bindings(&o.queue)
+            .into_iter()
+            .filter(|(exchange, _)| *exchange == o.exchange)
+            .map(|(_, pattern)| pattern)
+            .collect();
+        for name in topology.stale(bound.iter().map(String::as_str)) {
+            if bound.contains(&name) {
+                broker.unbind(&o.queue, &o.exchange, &name);
+                tracing::info!(queue = %o.queue, name, "removed a binding this service no longer needs");
+            }
+        }
+    }
+
+    /// The outbox relay's publisher: mandatory publishing to the exchange,
+    /// as this service.
+    pub fn publisher(&self) -> Arc<dyn Publisher> {
+        self.broker.declare_exchange(&self.options.exchange);
+        Arc::new(self.clone())
+    }
+
+    /// The consumer entrypoint of `bus` on the service queue.
+    pub fn consumer(&self, bus: MessageBus) -> InProcessConsumer {
+        InProcessConsumer {
+            service: self.clone(),
+            bus,
+            metrics: Arc::new(ConsumerMetrics::default()),
+        }
+    }
+}
+
+impl Publisher for InProcessService {
+    fn publish<'a>(
+        &'a self,
+        messages: &'a [ExternalMessage],
+    ) -> BoxFuture<'a, (Vec<Delivery>, Option<Error>)> {
+        let mut deliveries = Vec::with_capacity(messages.len());
+        let mut error = None;
+        for message in messages {
+            let message = InProcessMessage::new(message.clone(), Some(&self.options.queue));
+            match self.broker.publish(&self.options.exchange, message) {
+                Ok(true) => deliveries.push(Delivery::Confirmed),
+                Ok(false) => deliveries.push(Delivery::Unroutable),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        Box::pin(std::future::ready((deliveries, error)))
+    }
+
+    fn park<'a>(
+        &'a self,
+        messages: &'a [ExternalMessage],
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let queue = self.options.unrouted_queue();
+        self.broker.declare_queue(&queue);
+        for message in messages {
+            let mut parked = InProcessMessage::new(message.clone(), Some(&self.options.queue));
+            parked.routing_key = queue.clone();
+            parked.error = Some(reason.to_owned());
+            let _ = self.broker.publish("", parked);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Consumes the service queue into the bus. Build it with
+/// [`InProcessService::consumer`], then [`run`](Self::run) it.
+pub struct InProcessConsumer {
+    service: InProcessService,
+    bus: MessageBus,
+    metrics: Arc<ConsumerMetrics>,
+}
+
+impl fmt::Debug for InProcessConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessConsumer")
+            .field("queue", &self.service.options.queue)
+            .field("metrics", &self.metrics)
+            .finish()
+    }
+}
+
+impl InProcessConsumer {
+    /// The consumer's counters (shared: read them while it runs).
+    pub fn metrics(&self) -> Arc<ConsumerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Declares the topology and consumes until `shutdown` resolves; then
+    /// lets in-flight messages finish (up to the grace period) and returns
+    /// the others to the queue.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let mut shutdown = pin!(shutdown);
+        let o = self.service.options.clone();
+        let broker = self.service.broker.clone();
+        self.service.declare_topology(&self.bus);
+        let notify = broker
+            .notify(&o.queue)
+            .expect("the queue was declared just above");
+        tracing::info!(queue = %o.queue, "consuming (in-process)");
+        self.metrics.consuming.store(true, Ordering::SeqCst);
+
+        let permits = Arc::new(Semaphore::new(o.concurrency));
+        let in_flight: Arc<Mutex<HashMap<u64, InProcessMessage>>> = Arc::default();
+        let next_tag = AtomicU64::new(0);
+        let mut tasks = JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.as_mut() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+            };
+            let message = loop {
+                let notified = notify.notified();
+                if let Some(message) = broker.take(&o.queue) {
+                    break Some(message);
+                }
+                tokio::select! {
+                    _ = shutdown.as_mut() => break None,
+                    _ = notified => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+            };
+            let Some(message) = message else { break };
+            let tag = next_tag.fetch_add(1, Ordering::Relaxed);
+            in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(tag, message.clone());
+            let handling = Handling {
+                bus: self.bus.clone(),
+                broker: broker.clone(),
+                options: o.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let in_flight = in_flight.clone();
+            tasks.spawn(async move {
+                handling.handle(message).await;
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&tag);
+                drop(permit);
+            });
+        }
+        self.metrics.consuming.store(false, Ordering::SeqCst);
+        let drained = tokio::time::timeout(o.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("in-flight messages did not finish in time; they return to the queue");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        let unfinished: Vec<InProcessMessage> = in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, m)| m)
+            .collect();
+        for message in unfinished {
+            broker.requeue(&o.queue, message);
+        }
+        Ok(())
+    }
+}
+
+/// What handling one delivery needs.
+struct Handling {
+    bus: MessageBus,
+    broker: InProcessBroker,
+    options: Arc<InProcessOptions>,
+    metrics: Arc<ConsumerMetrics>,
+}
+
+impl Handling {
+    async fn handle(self, message: InProcessMessage) {
+        let o = &self.options;
+        let policy = Policy {
+            service: &o.queue,
+            max_message_bytes: o.max_message_bytes,
+            max_attempts: o.max_attempts,
+        };
+        let delivery = entrypoints::Delivery {
+            name: &message.message.name,
+            metadata: Ok(message.message.metadata),
+            published_by: message.published_by.as_deref(),
+            payload: &message.message.payload,
+            failed_before: message.attempts,
+        };
+        match verdict(&self.bus, &policy, delivery).await {
+            Verdict::Ack => {
+                self.metrics.handled.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Own => {
+                self.metrics.own_events.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Retry { attempts, reason } => {
+                let delay = retry_delay(&o.retry_delays, attempts);
+                tracing::warn!(attempts, reason, ?delay, "message failed, retrying");
+                self.metrics.retried.fetch_add(1, Ordering::Relaxed);
+                // The broker's retry queue: back to the service queue after
+                // the delay, whatever the consumer does meanwhile.
+                let (broker, queue) = (self.broker.clone(), o.queue.clone());
+                let retried = InProcessMessage {
+                    routing_key: queue.clone(),
+                    attempts,
+                    error: Some(reason),
+                    ..message
+                };
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = broker.publish("", retried);
+                });
+            }
+            Verdict::DeadLetter { attempts, reason } => {
+                tracing::error!(attempts, reason, "message dead-lettered");
+                self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                let dead = InProcessMessage {
+                    routing_key: o.dead_letter_queue(),
+                    attempts,
+                    error: Some(reason),
+                    ..message
+                };
+                let _ = self.broker.publish("", dead);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_matches;
+
+    #[test]
+    fn topics_match_as_on_rabbitmq() {
+        assert!(topic_matches("orders.order_placed", "orders.order_placed"));
+        assert!(!topic_matches(
+            "orders.order_placed",
+            "orders.order_cancelled"
+        ));
+        assert!(topic_matches("orders.*", "orders.order_placed"));
+        assert!(!topic_matches("orders.*", "orders.a.b"));
+        assert!(!topic_matches("*", "orders.a"));
+        assert!(topic_matches("#", "orders.a.b"));
+        assert!(topic_matches("#", ""));
+        assert!(topic_matches("orders.#", "orders"));
+        assert!(topic_matches("orders.#.placed", "orders.x.y.placed"));
+        assert!(topic_matches("orders.#.placed", "orders.placed"));
+        assert!(!topic_matches("orders.#.placed", "orders.x.cancelled"));
+        assert!(topic_matches("*.*.placed", "a.b.placed"));
+    }
+}
