@@ -24,25 +24,35 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// The `allocation` binary, built by `cargo test --workspace` (or built
-/// here when a single test binary runs).
-pub fn binary() -> PathBuf {
+/// The binary of an example service (`allocation`, `orders`), built by
+/// `cargo test --workspace` (or built here when a single test binary runs).
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/e2e-… → target/<profile>/allocation
+    // target/<profile>/deps/e2e-… → target/<profile>/<name>
     let dir = exe
         .parent()
         .and_then(|d| d.parent())
         .expect("target/<profile>");
-    let path = dir.join(format!("allocation{}", std::env::consts::EXE_SUFFIX));
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "allocation"])
+            .args(["build", "-p", name])
             .status()
             .expect("cargo");
-        assert!(status.success(), "cargo build -p allocation");
+        assert!(status.success(), "cargo build -p {name}");
     }
     path
+}
+
+/// Where a second service of a [`World`] keeps its state: a schema and a
+/// queue of its own, on the world's exchange.
+#[derive(Clone, Debug)]
+pub struct Neighbour {
+    /// Its Postgres schema.
+    pub schema: String,
+    /// Its queue (and the prefix of its retry and dead-letter queues).
+    pub queue: String,
 }
 
 /// Waits until `check` holds, failing the test with `what` after `within`.
@@ -73,6 +83,7 @@ pub struct World {
     pub queue: String,
     broker: tokio::sync::Mutex<Option<(Connection, Channel)>>,
     observers: Mutex<Vec<String>>,
+    neighbours: Mutex<Vec<Neighbour>>,
 }
 
 impl World {
@@ -104,7 +115,20 @@ impl World {
             queue: name,
             broker: tokio::sync::Mutex::new(Some(broker)),
             observers: Mutex::new(Vec::new()),
+            neighbours: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A second service in this world (`orders` beside `allocation`): on
+    /// the same exchange, with a schema and a queue of its own, removed by
+    /// [`cleanup`](Self::cleanup).
+    pub fn neighbour(&self, service: &str) -> Neighbour {
+        let neighbour = Neighbour {
+            schema: format!("{}_{service}", self.schema),
+            queue: format!("{}.{service}", self.queue),
+        };
+        self.neighbours.lock().unwrap().push(neighbour.clone());
+        neighbour
     }
 
     /// A schema-qualified name of one of the service's tables.
@@ -351,26 +375,30 @@ impl World {
         }
     }
 
-    /// Drops the schema and the broker objects of the test.
+    /// Drops the schemas and the broker objects of the test.
     pub async fn cleanup(self) {
-        let _ = sqlx::query(&format!(
-            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-            self.schema
-        ))
-        .execute(&self.pool)
-        .await;
+        let neighbours = std::mem::take(&mut *self.neighbours.lock().unwrap());
+        let services = std::iter::once((self.schema.clone(), self.queue.clone()))
+            .chain(neighbours.into_iter().map(|n| (n.schema, n.queue)));
+        let mut queues: Vec<String> = Vec::new();
+        for (schema, queue) in services {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&self.pool)
+                .await;
+            queues.extend(
+                [
+                    "",
+                    ".dlq",
+                    ".bindings",
+                    ".retry.1000ms",
+                    ".retry.5000ms",
+                    ".retry.30000ms",
+                ]
+                .iter()
+                .map(|suffix| format!("{queue}{suffix}")),
+            );
+        }
         let channel = self.channel().await;
-        let mut queues: Vec<String> = [
-            "",
-            ".dlq",
-            ".bindings",
-            ".retry.1000ms",
-            ".retry.5000ms",
-            ".retry.30000ms",
-        ]
-        .iter()
-        .map(|suffix| format!("{}{suffix}", self.queue))
-        .collect();
         queues.extend(self.observers.lock().unwrap().iter().cloned());
         queues.push(format!("{}.unrouted", self.exchange));
         for queue in queues {
@@ -441,13 +469,37 @@ impl Service {
 
     /// Starts the service with more environment variables.
     pub async fn start_with(world: &World, env: &[(&str, &str)]) -> Service {
-        let mut command = Command::new(binary());
+        let names = Neighbour {
+            schema: world.schema.clone(),
+            queue: world.queue.clone(),
+        };
+        Self::launch("allocation", world, &names, env).await
+    }
+
+    /// Starts the example service `binary` (`orders`) as the world's
+    /// neighbour `names`, with more environment variables.
+    pub async fn start_neighbour(
+        binary_name: &str,
+        world: &World,
+        names: &Neighbour,
+        env: &[(&str, &str)],
+    ) -> Service {
+        Self::launch(binary_name, world, names, env).await
+    }
+
+    async fn launch(
+        binary_name: &str,
+        world: &World,
+        names: &Neighbour,
+        env: &[(&str, &str)],
+    ) -> Service {
+        let mut command = Command::new(binary(binary_name));
         command
             .env("DATABASE_URL", postgres_url())
-            .env("DATABASE_SCHEMA", &world.schema)
+            .env("DATABASE_SCHEMA", &names.schema)
             .env("AMQP_URL", amqp_url())
             .env("EDA_EXCHANGE", &world.exchange)
-            .env("EDA_QUEUE", &world.queue)
+            .env("EDA_QUEUE", &names.queue)
             .env("PORT", "0")
             .env(
                 "RUST_LOG",
@@ -457,7 +509,9 @@ impl Service {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        let mut child = command.spawn().expect("the allocation binary starts");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("the {binary_name} binary starts: {e}"));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
         let base = loop {
