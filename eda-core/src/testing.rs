@@ -10,6 +10,12 @@
 //! - [`TestSqlite`] (feature `sqlite`): a database file of its own, in a
 //!   fresh temporary directory that is removed afterwards. Nothing to start,
 //!   nothing skipped.
+//! - [`TestRabbitMq`] (feature `rabbitmq`): an exchange and queues of its
+//!   own on the test RabbitMQ, and [`TestRabbitMq::service`] for the other
+//!   services of a test on the same exchange.
+//! - For services that talk to each other without a broker installed:
+//!   [`InProcessBroker`](crate::adapters::in_process::InProcessBroker),
+//!   which routes as RabbitMQ does.
 //!
 //! ```no_run
 //! # async fn t() {

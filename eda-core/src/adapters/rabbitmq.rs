@@ -32,6 +32,12 @@
 //! confirms, mandatory flag, pipelined); [`RabbitMq::consumer`] is the
 //! consumer entrypoint.
 //!
+//! An event the broker returns as unroutable is logged by the relay, once,
+//! with its name and id. lapin also logs every returned message, at WARN
+//! under the target `lapin::returned_messages`, with its body as bytes:
+//! turn that target off in your subscriber's filter (the examples do, see
+//! `examples/allocation/src/main.rs`).
+//!
 //! ```no_run
 //! # async fn run(bus: eda_core::MessageBus, db: eda_core::adapters::postgres::PostgresDatabase) -> Result<(), eda_core::Error> {
 //! use std::sync::Arc;
