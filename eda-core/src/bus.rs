@@ -229,6 +229,7 @@ struct Metrics {
     event_handler_failures: AtomicU64,
     event_handler_retries: AtomicU64,
     events_unhandled: AtomicU64,
+    uncommitted: AtomicU64,
 }
 
 /// A snapshot of the bus's counters.
@@ -244,6 +245,10 @@ pub struct BusMetrics {
     /// Events raised that have no handler here and are not `external`:
     /// they went nowhere (each name is also logged, once).
     pub events_unhandled: u64,
+    /// Handlers that succeeded without committing a unit of work that held
+    /// changes (aggregates lent mutably, events raised): the changes were
+    /// rolled back. Each is also logged.
+    pub uncommitted: u64,
 }
 
 impl MessageBus {
@@ -367,6 +372,7 @@ impl MessageBus {
             event_handler_failures: m.event_handler_failures.load(Ordering::Relaxed),
             event_handler_retries: m.event_handler_retries.load(Ordering::Relaxed),
             events_unhandled: m.events_unhandled.load(Ordering::Relaxed),
+            uncommitted: m.uncommitted.load(Ordering::Relaxed),
         }
     }
 
@@ -791,6 +797,22 @@ impl MessageBus {
         if !dispatched.is_empty() {
             self.mark_dispatched(&dispatched).await;
         }
+    }
+
+    /// A handler returned success without committing its unit of work,
+    /// which held changes: they are rolled back. Counted and logged.
+    #[cold]
+    pub(crate) fn uncommitted(&self, handler: &str, aggregates: usize, events: usize) {
+        self.inner
+            .metrics
+            .uncommitted
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            handler,
+            aggregates,
+            events,
+            "a handler succeeded without committing its unit of work: what it changed is rolled back (call `uow.commit().await`, or `uow.rollback().await` to mean it)"
+        );
     }
 
     /// An event with no handler here and not `external` was raised: counted,

@@ -107,7 +107,11 @@ pub fn finish_command_uow<U: UnitOfWork>(
     failed: bool,
     uow: &mut U,
     events: &mut EventQueue,
+    ctx: &Context<'_>,
 ) -> CallOutcome {
+    if !failed {
+        check_committed(uow, ctx);
+    }
     let conflicted = match uow.__transaction() {
         Some(tx) => {
             enqueue(events, tx.take_committed_events());
@@ -119,6 +123,18 @@ pub fn finish_command_uow<U: UnitOfWork>(
         CallOutcome::Conflict
     } else {
         CallOutcome::Done
+    }
+}
+
+/// A handler that succeeded without committing a unit of work that holds
+/// changes lost them (rule 10 of DESIGN.md: not silently).
+fn check_committed<U: UnitOfWork>(uow: &mut U, ctx: &Context<'_>) {
+    let changes = uow.__changes();
+    if let Some(tx) = uow.__transaction()
+        && tx.is_active()
+        && (changes > 0 || tx.raised() > 0)
+    {
+        ctx.bus.uncommitted(ctx.handler, changes, tx.raised());
     }
 }
 
@@ -138,7 +154,11 @@ pub fn finish_event_uow<U: UnitOfWork>(
     error: Option<String>,
     uow: &mut U,
     events: &mut EventQueue,
+    ctx: &Context<'_>,
 ) -> EventOutcome {
+    if error.is_none() {
+        check_committed(uow, ctx);
+    }
     let committed = match uow.__transaction() {
         Some(tx) => {
             let committed = tx.is_committed();

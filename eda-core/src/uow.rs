@@ -57,6 +57,12 @@ pub trait UnitOfWork: Sized + Send + 'static {
     fn __require(requirements: &mut Requirements);
     #[doc(hidden)]
     fn __transaction(&mut self) -> Option<&mut Transaction>;
+    /// How many aggregates it lent mutably (or added): what a commit would
+    /// save.
+    #[doc(hidden)]
+    fn __changes(&self) -> usize {
+        0
+    }
 
     /// Saves every aggregate loaded or added (checking versions), writes the
     /// outbox, commits, and hands the events raised to the bus.
@@ -97,6 +103,11 @@ pub trait UowField: Sized + Send {
     ) -> impl Future<Output = Result<(), Error>> + Send + 'a;
     #[doc(hidden)]
     fn __discard(&mut self);
+    /// How many aggregates it lent mutably (or added).
+    #[doc(hidden)]
+    fn __changes(&self) -> usize {
+        0
+    }
 }
 
 #[diagnostic::do_not_recommend]
@@ -204,6 +215,15 @@ impl Transaction {
     /// Whether the last commit failed on a version conflict.
     pub fn conflicted(&self) -> bool {
         self.conflict
+    }
+
+    /// Events raised with `raise`, waiting for the commit.
+    pub(crate) fn raised(&self) -> usize {
+        if self.state == State::Active {
+            self.events.len()
+        } else {
+            0
+        }
     }
 
     /// The metadata of the message being handled (the cause of the events
@@ -551,6 +571,10 @@ impl<A: Aggregate> UowField for IdentityMap<A> {
 
     fn __discard(&mut self) {
         self.tracked.clear();
+    }
+
+    fn __changes(&self) -> usize {
+        self.tracked.iter().filter(|t| t.dirty).count()
     }
 }
 

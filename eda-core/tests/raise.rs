@@ -1,6 +1,7 @@
 //! Events a unit of work raises itself, not through an aggregate (an order
 //! line that names no product): rules 1 and 3 of DESIGN.md hold for them as
-//! for aggregates' events.
+//! for aggregates' events. And rule 10: forgetting to commit a unit of work
+//! that holds changes is not silent.
 #![allow(missing_docs)]
 
 use eda_core::prelude::*;
@@ -14,6 +15,35 @@ mod raised_by_the_unit_of_work {
     #[derive(UnitOfWork)]
     pub(crate) struct Ledger {
         tx: Transaction,
+        entries: IdentityMap<Entry>,
+    }
+
+    #[derive(Debug, Clone, Aggregate)]
+    pub(crate) struct Entry {
+        #[aggregate(id)]
+        pub(crate) id: String,
+        pub(crate) version: u64,
+        pub(crate) events: Events,
+    }
+
+    /// Adds an entry, then forgets to commit (or rolls back, meaning it).
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(name = "ledger.forget")]
+    pub(crate) struct Forget {
+        pub(crate) roll_back: bool,
+    }
+
+    #[command_handler]
+    async fn forget(cmd: Forget, uow: &mut Ledger) -> Result<(), CommandError<BoxError>> {
+        uow.entries().add(Entry {
+            id: "e1".into(),
+            version: 0,
+            events: Events::new(),
+        })?;
+        if cmd.roll_back {
+            uow.rollback().await?;
+        }
+        Ok(())
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize, Event)]
@@ -65,6 +95,7 @@ mod raised_by_the_unit_of_work {
         bus.handle(Refuse { commit: false }).await.unwrap();
         assert!(db.outbox().is_empty());
         assert_eq!(bus.adapter::<Notes>().unwrap().0.load(Ordering::SeqCst), 0);
+        assert_eq!(bus.metrics().uncommitted, 1, "not silent");
 
         bus.handle(Refuse { commit: true }).await.unwrap();
         let outbox = db.outbox();
@@ -72,5 +103,22 @@ mod raised_by_the_unit_of_work {
         assert_eq!(outbox[0].name, "ledger.refused");
         assert_eq!(outbox[0].payload, br#"{"reason":"unknown sku"}"#);
         assert_eq!(bus.adapter::<Notes>().unwrap().0.load(Ordering::SeqCst), 1);
+        assert_eq!(bus.metrics().uncommitted, 1);
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_forgets_to_commit_its_changes_is_reported() {
+        let db = InMemoryDatabase::new();
+        let bus = MessageBus::builder()
+            .scope(module_path!())
+            .adapter(db.clone())
+            .adapter(Notes::default())
+            .build()
+            .unwrap();
+        bus.handle(Forget { roll_back: true }).await.unwrap();
+        assert_eq!(bus.metrics().uncommitted, 0, "rolled back on purpose");
+        bus.handle(Forget { roll_back: false }).await.unwrap();
+        assert_eq!(bus.metrics().uncommitted, 1);
+        assert!(db.get::<Entry>("e1").is_none(), "rolled back");
     }
 }

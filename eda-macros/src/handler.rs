@@ -446,7 +446,7 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
             };
             let finish = match &uow_var {
                 Some((uow, uow_span)) => respan(
-                    quote!(#p::finish_command_uow(__failed, &mut #uow, __events)),
+                    quote!(#p::finish_command_uow(__failed, &mut #uow, __events, &__ctx)),
                     *uow_span,
                 ),
                 None => quote! {{ let _ = __events; #p::finish_command(__failed) }},
@@ -472,7 +472,7 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
             };
             let finish = match &uow_var {
                 Some((uow, uow_span)) => respan(
-                    quote!(#p::finish_event_uow(__error, &mut #uow, __events)),
+                    quote!(#p::finish_event_uow(__error, &mut #uow, __events, &__ctx)),
                     *uow_span,
                 ),
                 None => quote! {{ let _ = __events; #p::finish_event(__error) }},

@@ -147,6 +147,14 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     });
 
     let require_tx = transaction.map(|_| quote!(requirements.database(#ident_str);));
+    let changes: Vec<_> = members
+        .iter()
+        .map(|f| {
+            let name = &f.ident;
+            let field = field(&f.ty);
+            quote!(#field::__changes(&self.#name))
+        })
+        .collect();
     let require_members = members.iter().map(|f| {
         let ty = &f.ty;
         let field = field(ty);
@@ -276,6 +284,10 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             fn __require(requirements: &mut #p::Requirements) {
                 #require_tx
                 #(#require_members)*
+            }
+
+            fn __changes(&self) -> usize {
+                0 #(+ #changes)*
             }
 
             #transaction_fn
