@@ -651,6 +651,14 @@ mod orders {
     }
 
     #[test]
+    fn the_queue_takes_the_orders_events() {
+        let consumed = bootstrap().bus.consumed_message_names();
+        for name in ["orders.order_placed", "orders.order_cancelled"] {
+            assert!(consumed.contains(&name), "{name} missing from {consumed:?}");
+        }
+    }
+
+    #[test]
     fn names_are_stable() {
         use allocation::domain::commands::{AllocateOrder, DeallocateOrder};
         use eda_core::Message;
