@@ -7,13 +7,19 @@
 //! | `PORT` | the HTTP port | `8080` |
 //! | `EDA_EXCHANGE` | RabbitMQ's topic exchange | `eda.events` |
 //! | `EDA_QUEUE` | the service queue (its dead-letter queue is `<queue>.dlq`) | `allocation` |
-//! | `DATABASE_SCHEMA` | the Postgres schema of the service's tables (created if needed) | the connection's default |
+//! | `DATABASE_SCHEMA` | the Postgres schema of the service's tables and of eda's outbox and inbox (created if needed) | `allocation`, the service's name |
 //! | `NOTIFICATIONS_FILE` | out-of-stock notifications are appended there | unset: written to the log |
 //! | `EDA_RETRY_DELAYS_MS` | delays before the retries of a failed RabbitMQ message, comma-separated milliseconds | `1000,5000,30000` |
 //! | `EDA_MAX_ATTEMPTS` | attempts at a RabbitMQ message before it is dead-lettered | `5` |
 //! | `EDA_MAX_MESSAGE_BYTES` | larger RabbitMQ messages are dead-lettered unread | `1048576` (1 MiB) |
 //!
 //! Printed (`Display`) and debugged (`Debug`) with passwords hidden.
+//!
+//! On Postgres the service works in a schema of its own even when
+//! `DATABASE_SCHEMA` is not set: two services on one database (allocation
+//! and orders) must never share eda's tables, or one would publish the
+//! other's outbox and skip messages the other's inbox recorded. SQLite has
+//! no schemas: each service has its own file.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -56,7 +62,7 @@ pub struct Config {
     pub exchange: String,
     /// The service queue.
     pub queue: String,
-    /// The Postgres schema, if not the connection's default.
+    /// The Postgres schema (`None` on SQLite).
     pub schema: Option<String>,
     /// Where notifications are appended, if not to the log.
     pub notifications_file: Option<PathBuf>,
@@ -125,13 +131,19 @@ impl Config {
                 problem: format!("expected a port number, got {port:?}"),
             })?,
         };
+        let schema = match database {
+            DatabaseConfig::Postgres(_) => {
+                Some(var("DATABASE_SCHEMA").unwrap_or_else(|| SERVICE.into()))
+            }
+            DatabaseConfig::Sqlite(_) => None,
+        };
         Ok(Config {
             database,
             broker,
             port,
             exchange: var("EDA_EXCHANGE").unwrap_or_else(|| "eda.events".into()),
             queue: var("EDA_QUEUE").unwrap_or_else(|| SERVICE.into()),
-            schema: var("DATABASE_SCHEMA"),
+            schema,
             notifications_file: var("NOTIFICATIONS_FILE").map(PathBuf::from),
             consumer: ConsumerConfig {
                 retry_delays: var("EDA_RETRY_DELAYS_MS")
@@ -187,9 +199,12 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.database {
-            DatabaseConfig::Postgres(url) => {
-                writeln!(f, "database: Postgres at {}", redact_url(url))?
-            }
+            DatabaseConfig::Postgres(url) => writeln!(
+                f,
+                "database: Postgres at {}, schema {}",
+                redact_url(url),
+                self.schema.as_deref().unwrap_or("(the connection's)")
+            )?,
             DatabaseConfig::Sqlite(url) => writeln!(f, "database: SQLite at {}", redact_url(url))?,
         }
         match &self.broker {
@@ -323,6 +338,19 @@ mod tests {
             BrokerConfig::RabbitMq("amqp://guest:guest@mq:5672/%2f".into())
         );
         assert_eq!((c.port, c.exchange.as_str()), (9000, "shop.events"));
+    }
+
+    #[test]
+    fn on_postgres_the_schema_defaults_to_the_service_name() {
+        let postgres = ("DATABASE_URL", "postgres://postgres@db/shop");
+        let c = config(&[postgres]).unwrap();
+        assert_eq!(c.schema.as_deref(), Some("allocation"));
+        assert!(c.to_string().contains("schema allocation"), "{c}");
+        let c = config(&[postgres, ("DATABASE_SCHEMA", "stock")]).unwrap();
+        assert_eq!(c.schema.as_deref(), Some("stock"));
+        // SQLite has no schemas: the variable is not used.
+        let c = config(&[("DATABASE_SCHEMA", "stock")]).unwrap();
+        assert_eq!(c.schema, None);
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! - [`domain`]: the model (order lines, batches, the `Product` aggregate)
 //!   and the messages (commands and events). It knows eda only through the
 //!   message and aggregate traits and derives.
-//! - [`service_layer`]: the unit of work, the handlers and their error.
+//! - [`service_layer`]: the unit of work, the handlers and their error. Besides
+//!   its own commands, the service allocates the orders the orders service
+//!   places (`contracts::OrderPlaced`), answering `contracts::Allocated` or
+//!   `contracts::AllocationFailed` per line, and releases the stock of the
+//!   orders it cancels (`contracts::OrderCancelled`).
 //! - [`views`]: the read model (which batch each line of an order went
 //!   to), kept by event handlers.
 //! - [`adapters`]: what the handlers talk to outside the domain:

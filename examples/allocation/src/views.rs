@@ -26,7 +26,7 @@ use eda_core::{
     Aggregate, Error, Events, IdentityMap, MessageBus, Transaction, UnitOfWork, event_handler,
 };
 
-use crate::domain::events::{Allocated, Deallocated};
+use crate::domain::events::{Allocated, Deallocated, Released};
 
 /// One line of an order, as the view shows it: APwP's
 /// `{"sku": …, "batchref": …}`.
@@ -140,8 +140,24 @@ async fn remove_allocation_from_read_model(
     event: &Deallocated,
     uow: &mut ViewsUow,
 ) -> Result<(), Error> {
-    if let Some(view) = uow.orders().get(&event.orderid).await? {
-        view.remove(&Allocation::new(event.sku.clone(), event.batchref.clone()));
+    remove(uow, &event.orderid, &event.sku, &event.batchref).await
+}
+
+/// Removes the released allocation (its order was cancelled) from the
+/// order's view.
+#[event_handler]
+async fn remove_released_from_read_model(
+    event: &Released,
+    uow: &mut ViewsUow,
+) -> Result<(), Error> {
+    remove(uow, &event.orderid, &event.sku, &event.batchref).await
+}
+
+/// Removes one allocation from an order's view; an order without a view
+/// changes nothing.
+async fn remove(uow: &mut ViewsUow, orderid: &str, sku: &str, batchref: &str) -> Result<(), Error> {
+    if let Some(view) = uow.orders().get(&orderid.to_owned()).await? {
+        view.remove(&Allocation::new(sku, batchref));
         uow.commit().await?;
     }
     Ok(())

@@ -7,8 +7,10 @@ use allocation::domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch};
 use allocation::domain::errors::AllocationError;
 use allocation::domain::model::Product;
 use allocation::service_layer::STOCK_ADDRESS;
+use allocation::views::{self, Allocation};
 use chrono::NaiveDate;
-use eda_core::{CommandError, Envelope, InMemoryDatabase, MessageBus};
+use contracts::{OrderCancelled, OrderLine, OrderPlaced};
+use eda_core::{CommandError, Envelope, InMemoryDatabase, MessageBus, Metadata};
 use serde_json::json;
 
 /// A bus on the in-memory kit, and what the tests look at.
@@ -56,6 +58,32 @@ impl Service {
                 (m.name, body)
             })
             .collect()
+    }
+}
+
+impl Service {
+    async fn add_batch(&self, reference: &str, sku: &str, qty: u32) {
+        self.bus
+            .handle(CreateBatch::new(reference, sku, qty, None))
+            .await
+            .unwrap();
+    }
+
+    /// Handles an event of the orders service, as if it came from outside,
+    /// and checks that its handlers succeeded.
+    async fn receive<E: eda_core::Event>(&self, event: E) {
+        let report = self.bus.publish(Envelope::new(event)).await;
+        assert!(report.is_ok(), "{:?}", report.failures);
+    }
+}
+
+fn placed(orderid: &str, lines: &[(&str, u32)]) -> OrderPlaced {
+    OrderPlaced {
+        orderid: orderid.into(),
+        lines: lines
+            .iter()
+            .map(|(sku, qty)| OrderLine::new(*sku, *qty))
+            .collect(),
     }
 }
 
@@ -463,5 +491,178 @@ mod messages {
             ChangeBatchQuantity::NAME,
             "allocation.change_batch_quantity"
         );
+    }
+}
+
+/// The orders service's events: allocate a placed order, release a
+/// cancelled one.
+mod orders {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_placed_order_in_stock_is_allocated_line_by_line() {
+        let s = bootstrap();
+        s.add_batch("b1", "LAMP", 10).await;
+        s.add_batch("b2", "CHAIR", 10).await;
+
+        s.receive(placed("o1", &[("LAMP", 2), ("CHAIR", 3)])).await;
+
+        assert_eq!(
+            s.outbox(),
+            [
+                (
+                    "allocation.allocated".to_owned(),
+                    json!({"orderid": "o1", "sku": "LAMP", "qty": 2, "batchref": "b1"})
+                ),
+                (
+                    "allocation.allocated".to_owned(),
+                    json!({"orderid": "o1", "sku": "CHAIR", "qty": 3, "batchref": "b2"})
+                ),
+            ]
+        );
+        assert_eq!(
+            (s.available("LAMP", "b1"), s.available("CHAIR", "b2")),
+            (8, 7)
+        );
+        assert_eq!(
+            views::allocations("o1", &s.bus).await.unwrap(),
+            [
+                Allocation::new("CHAIR", "b2"),
+                Allocation::new("LAMP", "b1")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn lines_that_cannot_be_allocated_fail_with_their_reason() {
+        let s = bootstrap();
+        s.add_batch("b1", "LAMP", 10).await;
+        s.add_batch("b2", "CHAIR", 1).await;
+
+        s.receive(placed("o1", &[("LAMP", 2), ("CHAIR", 3), ("NOPE", 1)]))
+            .await;
+
+        // The unit of work's own events come before the products'.
+        assert_eq!(
+            s.outbox(),
+            [
+                (
+                    "allocation.allocation_failed".to_owned(),
+                    json!({"orderid": "o1", "sku": "CHAIR", "qty": 3, "reason": "out_of_stock"})
+                ),
+                (
+                    "allocation.allocation_failed".to_owned(),
+                    json!({"orderid": "o1", "sku": "NOPE", "qty": 1, "reason": "unknown_sku"})
+                ),
+                (
+                    "allocation.allocated".to_owned(),
+                    json!({"orderid": "o1", "sku": "LAMP", "qty": 2, "batchref": "b1"})
+                ),
+                (
+                    "allocation.out_of_stock".to_owned(),
+                    json!({"sku": "CHAIR"})
+                ),
+            ]
+        );
+        assert_eq!(s.available("CHAIR", "b2"), 1);
+        assert_eq!(
+            s.notifier.sent_to(STOCK_ADDRESS),
+            ["Out of stock for CHAIR"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_order_is_allocated_once() {
+        let s = bootstrap();
+        s.add_batch("b1", "LAMP", 10).await;
+        let metadata = Metadata::new();
+        let body = br#"{"orderid": "o1", "lines": [{"sku": "LAMP", "qty": 2}]}"#;
+
+        for _ in 0..2 {
+            s.bus
+                .handle_incoming("orders.order_placed", metadata, body)
+                .await
+                .unwrap();
+        }
+
+        assert_eq!(s.available("LAMP", "b1"), 8);
+        assert_eq!(s.outbox().len(), 1, "one Allocated");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_order_releases_its_allocations_and_only_them() {
+        let s = bootstrap();
+        s.add_batch("b1", "LAMP", 10).await;
+        s.add_batch("b2", "CHAIR", 10).await;
+        s.receive(placed("o1", &[("LAMP", 2), ("CHAIR", 3)])).await;
+        s.receive(placed("o2", &[("LAMP", 4)])).await;
+        let outbox = s.outbox().len();
+        let commits = s.db.commits();
+
+        s.receive(OrderCancelled {
+            orderid: "o1".into(),
+            reason: "out of stock: SOFA".into(),
+            lines: vec![
+                OrderLine::new("LAMP", 2),
+                OrderLine::new("CHAIR", 3),
+                OrderLine::new("SOFA", 1),
+            ],
+        })
+        .await;
+
+        assert_eq!(
+            (s.available("LAMP", "b1"), s.available("CHAIR", "b2")),
+            (6, 10)
+        );
+        let lamp = s.product("LAMP");
+        let orders: Vec<_> = lamp.batches[0]
+            .allocations()
+            .iter()
+            .map(|l| l.orderid.as_str())
+            .collect();
+        assert_eq!(orders, ["o2"]);
+        assert_eq!(s.outbox().len(), outbox, "releasing publishes nothing");
+        assert_eq!(views::allocations("o1", &s.bus).await.unwrap(), []);
+        assert_eq!(
+            views::allocations("o2", &s.bus).await.unwrap(),
+            [Allocation::new("LAMP", "b1")]
+        );
+        // The release (both products in one unit of work), then the read
+        // model's two removals.
+        assert_eq!(s.db.commits(), commits + 3);
+    }
+
+    #[tokio::test]
+    async fn a_product_holding_nothing_of_a_cancelled_order_is_not_written() {
+        let s = bootstrap();
+        s.add_batch("b1", "LAMP", 10).await;
+        s.receive(placed("o2", &[("LAMP", 4)])).await;
+        let version = s.product("LAMP").version_number;
+
+        s.receive(OrderCancelled {
+            orderid: "o1".into(),
+            reason: "unknown sku: NOPE".into(),
+            lines: vec![OrderLine::new("LAMP", 2), OrderLine::new("NOPE", 1)],
+        })
+        .await;
+
+        assert_eq!(s.available("LAMP", "b1"), 6);
+        assert_eq!(s.product("LAMP").version_number, version, "not written");
+    }
+
+    #[test]
+    fn the_queue_takes_the_orders_events() {
+        let consumed = bootstrap().bus.consumed_message_names();
+        for name in ["orders.order_placed", "orders.order_cancelled"] {
+            assert!(consumed.contains(&name), "{name} missing from {consumed:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_stable() {
+        use allocation::domain::commands::{AllocateOrder, DeallocateOrder};
+        use eda_core::Message;
+        assert_eq!(AllocateOrder::NAME, "allocation.allocate_order");
+        assert_eq!(DeallocateOrder::NAME, "allocation.deallocate_order");
     }
 }

@@ -23,11 +23,12 @@ use allocation::service_layer::STOCK_ADDRESS;
 use allocation::service_layer::unit_of_work::{AllocationUow, ByBatchref};
 use allocation::views::{self, Allocation};
 use chrono::NaiveDate;
+use contracts::{OrderCancelled, OrderPlaced};
 use eda_core::sqlx::{self, Row};
 use eda_core::testing::{TestPostgres, TestSqlite};
 use eda_core::{
-    Adapter, CommandError, Database, Error, ExternalMessage, InMemoryDatabase, Message, MessageBus,
-    Metadata, OutboxWrite, RepositoryError, RetryPolicy,
+    Adapter, CommandError, Database, Envelope, Error, ExternalMessage, InMemoryDatabase, Message,
+    MessageBus, Metadata, OutboxWrite, RepositoryError, RetryPolicy,
 };
 use serde_json::json;
 
@@ -358,6 +359,7 @@ on_every_backend!(
     rolls_back_on_error,
     views_list_the_allocations_of_an_order,
     views_follow_a_deallocation,
+    a_cancelled_order_is_released_from_the_tables_and_the_view,
     the_outbox_row_exists_if_and_only_if_the_transaction_committed,
     a_redelivered_message_is_handled_once,
     concurrent_updates_to_a_product_are_detected,
@@ -546,6 +548,54 @@ async fn views_follow_a_deallocation(s: &Service) {
     assert_eq!(
         s.stock("sku1").await,
         [("b1".to_owned(), 10, 0), ("b2".to_owned(), 50, 40)]
+    );
+}
+
+/// An order placed then cancelled in the orders service: its lines leave
+/// the tables (the first of a batch's lines, so the others move up), the
+/// other order's stay, and the view follows.
+async fn a_cancelled_order_is_released_from_the_tables_and_the_view(s: &Service) {
+    let bus = &s.bus;
+    bus.handle(CreateBatch::new("b1", "LAMP", 10, None))
+        .await
+        .unwrap();
+    bus.handle(CreateBatch::new("b2", "CHAIR", 10, None))
+        .await
+        .unwrap();
+    let lines = vec![
+        contracts::OrderLine::new("LAMP", 2),
+        contracts::OrderLine::new("CHAIR", 3),
+    ];
+    for orderid in ["o1", "o2"] {
+        let placed = OrderPlaced {
+            orderid: orderid.into(),
+            lines: lines.clone(),
+        };
+        assert!(bus.publish(Envelope::new(placed)).await.is_ok());
+    }
+    assert_eq!(s.stock("LAMP").await, [("b1".to_owned(), 10, 4)]);
+
+    let cancelled = OrderCancelled {
+        orderid: "o1".into(),
+        reason: "out of stock: SOFA".into(),
+        lines,
+    };
+    assert!(bus.publish(Envelope::new(cancelled)).await.is_ok());
+
+    assert_eq!(s.stock("LAMP").await, [("b1".to_owned(), 10, 2)]);
+    assert_eq!(s.stock("CHAIR").await, [("b2".to_owned(), 10, 3)]);
+    assert_eq!(
+        s.allocated_batchrefs("o1", "LAMP").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(s.allocated_batchrefs("o2", "LAMP").await, ["b1"]);
+    assert_eq!(views::allocations("o1", bus).await.unwrap(), []);
+    assert_eq!(
+        views::allocations("o2", bus).await.unwrap(),
+        [
+            Allocation::new("CHAIR", "b2"),
+            Allocation::new("LAMP", "b1")
+        ]
     );
 }
 

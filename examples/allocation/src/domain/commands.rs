@@ -86,3 +86,30 @@ impl ChangeBatchQuantity {
         }
     }
 }
+
+/// Allocates every line of an order placed in the orders service, in one
+/// unit of work. Sent by the handler of `contracts::OrderPlaced`; handled
+/// in-process only. A line that cannot be allocated is not an error: it
+/// raises `contracts::AllocationFailed` (with the reason), which tells the
+/// orders service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(name = "allocation.allocate_order", output = (), error = AllocationError)]
+pub struct AllocateOrder {
+    /// The order.
+    pub orderid: String,
+    /// Its lines.
+    pub lines: Vec<contracts::OrderLine>,
+}
+
+/// Releases every allocation of a cancelled order from the batches of
+/// these products (the stock comes back). Sent by the handler of
+/// `contracts::OrderCancelled`; handled in-process only. Products that are
+/// unknown, or hold nothing of the order, are left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(name = "allocation.deallocate_order", output = (), error = AllocationError)]
+pub struct DeallocateOrder {
+    /// The order.
+    pub orderid: String,
+    /// The products its lines were of.
+    pub skus: Vec<String>,
+}

@@ -1,22 +1,16 @@
 //! Events: what happened to a product. `Allocated` and `OutOfStock` are
 //! external: they go through the outbox to other services.
+//!
+//! `Allocated` is part of the contract with the orders service, so it is
+//! defined in the `contracts` crate; it is re-exported here, where the
+//! product raises it. (`contracts::AllocationFailed`, the other message
+//! allocation publishes to orders, is raised by the handlers: see
+//! `service_layer`.)
 
 use eda_core::Event;
 use serde::{Deserialize, Serialize};
 
-/// An order line was allocated to a batch. Published to other services.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
-#[event(name = "allocation.allocated", external)]
-pub struct Allocated {
-    /// The order the line belongs to.
-    pub orderid: String,
-    /// The product.
-    pub sku: String,
-    /// How many units.
-    pub qty: u32,
-    /// The batch it was allocated to.
-    pub batchref: String,
-}
+pub use contracts::Allocated;
 
 /// An order line lost its allocation (its batch shrank); it must be
 /// allocated again.
@@ -41,4 +35,20 @@ pub struct Deallocated {
 pub struct OutOfStock {
     /// The product.
     pub sku: String,
+}
+
+/// An order line's allocation was removed because its order was cancelled:
+/// the stock is back in the batch. Unlike [`Deallocated`], the line is not
+/// allocated again; only the read model listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "allocation.released")]
+pub struct Released {
+    /// The cancelled order.
+    pub orderid: String,
+    /// The product.
+    pub sku: String,
+    /// How many units came back.
+    pub qty: u32,
+    /// The batch they came back to.
+    pub batchref: String,
 }

@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use chrono::NaiveDate;
 use eda_core::{Aggregate, Events};
 
-use crate::domain::events::{Allocated, Deallocated, OutOfStock};
+use crate::domain::events::{Allocated, Deallocated, OutOfStock, Released};
 
 /// A line of a customer's order: a quantity of one product. A value object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -130,6 +130,21 @@ impl Batch {
     pub fn deallocate_one(&mut self) -> Option<OrderLine> {
         self.allocations.pop()
     }
+
+    /// Whether a line of this order is allocated here.
+    pub fn holds_order(&self, orderid: &str) -> bool {
+        self.allocations.iter().any(|l| l.orderid == orderid)
+    }
+
+    /// Removes every allocation of this order and returns them, oldest
+    /// first; the other lines keep their order.
+    pub fn deallocate_order(&mut self, orderid: &str) -> Vec<OrderLine> {
+        let (released, kept) = std::mem::take(&mut self.allocations)
+            .into_iter()
+            .partition(|l| l.orderid == orderid);
+        self.allocations = kept;
+        released
+    }
 }
 
 impl PartialEq for Batch {
@@ -205,6 +220,34 @@ impl Product {
         let batchref = allocated.batchref.clone();
         self.events.raise(allocated);
         Some(batchref)
+    }
+
+    /// Whether any of its batches holds a line of this order.
+    pub fn holds_order(&self, orderid: &str) -> bool {
+        self.batches.iter().any(|b| b.holds_order(orderid))
+    }
+
+    /// Removes every allocation of a cancelled order from the batches (the
+    /// stock comes back), raising [`Released`] for each line; the version
+    /// goes up when something was removed. Not [`Deallocated`]: the lines
+    /// are not to be allocated again. Returns how many lines were released.
+    pub fn deallocate_order(&mut self, orderid: &str) -> usize {
+        let mut released = 0;
+        for batch in &mut self.batches {
+            for line in batch.deallocate_order(orderid) {
+                self.events.raise(Released {
+                    orderid: line.orderid,
+                    sku: line.sku,
+                    qty: line.qty,
+                    batchref: batch.reference.clone(),
+                });
+                released += 1;
+            }
+        }
+        if released > 0 {
+            self.version_number += 1;
+        }
+        released
     }
 
     /// Sets the purchased quantity of a batch, then deallocates its most
@@ -334,6 +377,22 @@ mod tests {
             batch.allocate(OrderLine::new("o2", "RUG", 7));
             assert_eq!(batch.deallocate_one(), Some(OrderLine::new("o2", "RUG", 7)));
             assert_eq!(batch.available_quantity(), 15);
+        }
+
+        #[test]
+        fn deallocate_order_removes_that_orders_lines_only() {
+            let mut batch = Batch::new("b1", "RUG", 20, None);
+            batch.allocate(OrderLine::new("o1", "RUG", 5));
+            batch.allocate(OrderLine::new("o2", "RUG", 7));
+            assert!(batch.holds_order("o1"));
+            assert_eq!(
+                batch.deallocate_order("o1"),
+                [OrderLine::new("o1", "RUG", 5)]
+            );
+            assert!(!batch.holds_order("o1"));
+            assert_eq!(batch.allocations(), [OrderLine::new("o2", "RUG", 7)]);
+            assert_eq!(batch.available_quantity(), 13);
+            assert_eq!(batch.deallocate_order("o1"), []);
         }
 
         #[test]
@@ -495,6 +554,77 @@ mod tests {
             p.change_batch_quantity("b1", 20).unwrap();
             assert_eq!(batch(&p, "b1").available_quantity(), 0);
             assert!(p.events.is_empty());
+        }
+
+        /// o1 has lines in two batches (the first could not take all of
+        /// it), o2 one line in the first batch.
+        fn product_with_two_orders() -> Product {
+            let mut p = product(
+                "RUG",
+                vec![
+                    Batch::new("warehouse", "RUG", 10, None),
+                    Batch::new("shipment", "RUG", 50, Some(today())),
+                ],
+            );
+            p.allocate(OrderLine::new("o1", "RUG", 6));
+            p.allocate(OrderLine::new("o2", "RUG", 3));
+            p.allocate(OrderLine::new("o1", "RUG", 20));
+            p.events.clear();
+            p.version_number = 7;
+            p
+        }
+
+        #[test]
+        fn deallocate_order_releases_every_line_of_the_order() {
+            let mut p = product_with_two_orders();
+            assert!(p.holds_order("o1"));
+
+            assert_eq!(p.deallocate_order("o1"), 2);
+
+            assert!(!p.holds_order("o1"));
+            assert_eq!(batch(&p, "warehouse").available_quantity(), 7);
+            assert_eq!(batch(&p, "shipment").available_quantity(), 50);
+            let released: Vec<_> = p.events.of::<Released>().cloned().collect();
+            assert_eq!(
+                released,
+                [
+                    Released {
+                        orderid: "o1".into(),
+                        sku: "RUG".into(),
+                        qty: 6,
+                        batchref: "warehouse".into(),
+                    },
+                    Released {
+                        orderid: "o1".into(),
+                        sku: "RUG".into(),
+                        qty: 20,
+                        batchref: "shipment".into(),
+                    },
+                ]
+            );
+            assert_eq!(p.events.len(), 2, "no Deallocated: nothing is reallocated");
+            assert_eq!(p.version_number, 8);
+        }
+
+        #[test]
+        fn deallocate_order_leaves_the_other_orders_alone() {
+            let mut p = product_with_two_orders();
+            p.deallocate_order("o1");
+            assert!(p.holds_order("o2"));
+            assert_eq!(
+                batch(&p, "warehouse").allocations(),
+                [OrderLine::new("o2", "RUG", 3)]
+            );
+        }
+
+        #[test]
+        fn deallocate_order_of_an_order_it_does_not_hold_changes_nothing() {
+            let mut p = product_with_two_orders();
+            assert_eq!(p.deallocate_order("o3"), 0);
+            assert!(p.events.is_empty());
+            assert_eq!(p.version_number, 7);
+            assert_eq!(batch(&p, "warehouse").available_quantity(), 1);
+            assert_eq!(batch(&p, "shipment").available_quantity(), 30);
         }
 
         #[test]

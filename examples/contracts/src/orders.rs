@@ -1,0 +1,53 @@
+//! What the orders service tells the others: an order was placed, an order
+//! was cancelled.
+
+use eda_core::Event;
+use serde::{Deserialize, Serialize};
+
+/// A line of an order as the services exchange it: a quantity of one
+/// product (the order it belongs to is the message's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OrderLine {
+    /// The product.
+    pub sku: String,
+    /// How many units.
+    pub qty: u32,
+}
+
+impl OrderLine {
+    /// A line of `qty` units of `sku`.
+    pub fn new(sku: impl Into<String>, qty: u32) -> Self {
+        OrderLine {
+            sku: sku.into(),
+            qty,
+        }
+    }
+}
+
+/// A customer placed an order. Published by orders when it accepts the
+/// order (pending); allocation consumes it and allocates every line,
+/// answering [`Allocated`](crate::Allocated) or
+/// [`AllocationFailed`](crate::AllocationFailed) per line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "orders.order_placed", external)]
+pub struct OrderPlaced {
+    /// The order.
+    pub orderid: String,
+    /// Its lines, one per product.
+    pub lines: Vec<OrderLine>,
+}
+
+/// An order was cancelled (a line could not be allocated). Published by
+/// orders, once per order; allocation consumes it and releases whatever it
+/// had allocated to the order. It carries the lines so that allocation
+/// knows which products to look at without keeping orders of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "orders.order_cancelled", external)]
+pub struct OrderCancelled {
+    /// The order.
+    pub orderid: String,
+    /// Why, for people (e.g. `out of stock: LAMP`).
+    pub reason: String,
+    /// Its lines, as placed.
+    pub lines: Vec<OrderLine>,
+}

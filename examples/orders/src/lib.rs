@@ -1,0 +1,57 @@
+//! The orders service, on eda: the second service of the example pair. It
+//! places orders and follows their allocation, talking to the allocation
+//! service only through the broker, with the messages of the `contracts`
+//! crate:
+//!
+//! 1. `POST /orders` places an order (pending), which raises
+//!    `contracts::OrderPlaced`, published through the outbox.
+//! 2. Allocation allocates each line and answers `contracts::Allocated`
+//!    or `contracts::AllocationFailed`.
+//! 3. Once every line is allocated the order is confirmed; at the first
+//!    failure it is cancelled, which raises `contracts::OrderCancelled`, and
+//!    allocation releases the lines it had allocated.
+//!
+//! The modules:
+//!
+//! - [`domain`]: the `Order` aggregate, the `PlaceOrder` command and its
+//!   error. It knows eda only through the message and aggregate traits and
+//!   derives.
+//! - [`service_layer`]: the unit of work and the handlers.
+//! - [`views`]: reading an order for the HTTP API.
+//! - [`adapters`]: the Postgres and SQLite table and repository.
+//! - [`entrypoints`]: HTTP; [`config`] and [`service`] turn the
+//!   environment into a running service.
+//!
+//! ```
+//! use contracts::{Allocated, OrderLine};
+//! use eda_core::{Envelope, InMemoryDatabase, MessageBus};
+//! use orders::domain::commands::PlaceOrder;
+//! use orders::domain::model::Status;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = InMemoryDatabase::new();
+//! let bus = MessageBus::builder().adapter(db.clone()).scope("orders").build()?;
+//! bus.handle(PlaceOrder::new("o1", vec![OrderLine::new("LAMP", 2)])).await?;
+//! assert_eq!(db.outbox()[0].name, "orders.order_placed");
+//!
+//! // What allocation answers, through the broker:
+//! let allocated = Allocated {
+//!     orderid: "o1".into(),
+//!     sku: "LAMP".into(),
+//!     qty: 2,
+//!     batchref: "b1".into(),
+//! };
+//! bus.publish(Envelope::new(allocated)).await;
+//! let order = orders::views::order("o1", &bus).await?.expect("placed");
+//! assert_eq!(order.status(), Status::Confirmed);
+//! # Ok(()) }
+//! ```
+
+pub mod adapters;
+pub mod config;
+pub mod domain;
+pub mod entrypoints;
+pub mod service;
+pub mod service_layer;
+pub mod views;
