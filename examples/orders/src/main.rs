@@ -2,7 +2,7 @@
 //!
 //! Configured from the environment (see [`orders::config`]): with nothing
 //! set it keeps its state in `orders.db` (SQLite) in the working directory
-//! and publishes its events on the in-process bus (where no allocation
+//! and publishes its events on a broker in the process (where no allocation
 //! service hears them: orders stay pending); with
 //! `DATABASE_URL=postgres://…` and `AMQP_URL=amqp://…` it uses Postgres and
 //! RabbitMQ, and several instances share the work. It stops gracefully on
@@ -15,7 +15,7 @@ use orders::service;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_target(false).init();
+    init_logging();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -32,6 +32,25 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stdout, at the levels `RUST_LOG` gives (`warn`,
+/// `info,eda_core=debug`; `info` when unset or unreadable). lapin's own
+/// line for a message the broker returned (unroutable) is left out: it
+/// dumps the body as bytes, and eda's relay logs the message's name and id
+/// itself, once.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|value| value.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
+        .with_target("lapin::returned_messages", LevelFilter::OFF);
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(targets)
+        .init();
 }
 
 /// Ctrl-C, or SIGTERM (what a process manager sends).

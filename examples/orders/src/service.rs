@@ -11,12 +11,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions, InProcessService};
 use eda_core::adapters::postgres::{PostgresDatabase, PostgresOptions};
 use eda_core::adapters::rabbitmq::{RabbitMq, RabbitMqOptions};
 use eda_core::adapters::sqlite::SqliteDatabase;
-use eda_core::{
-    Adapter, InProcessBus, MessageBus, OutboxRelay, OutboxStore, Publisher, RelayOptions,
-};
+use eda_core::{Adapter, MessageBus, OutboxRelay, OutboxStore, Publisher, RelayOptions};
 use tokio::sync::watch;
 
 use crate::config::{BrokerConfig, Config, DatabaseConfig};
@@ -105,7 +104,9 @@ impl Db {
 /// The external bus, whichever it is.
 enum Broker {
     RabbitMq(RabbitMq),
-    InProcess(InProcessBus),
+    /// A broker in the process: nothing crosses to another process, but
+    /// the service's topology and consumer work as on RabbitMQ.
+    InProcess(InProcessService),
 }
 
 impl Broker {
@@ -130,14 +131,16 @@ impl Broker {
                         .map_err(ServiceError::Broker)?,
                 ))
             }
-            BrokerConfig::InProcess => Ok(Broker::InProcess(InProcessBus::new())),
+            BrokerConfig::InProcess => Ok(Broker::InProcess(InProcessBroker::new().service(
+                InProcessOptions::new(config.queue.clone()).exchange(config.exchange.clone()),
+            ))),
         }
     }
 
     fn publisher(&self) -> Arc<dyn Publisher> {
         match self {
             Broker::RabbitMq(rabbitmq) => rabbitmq.publisher(),
-            Broker::InProcess(bus) => Arc::new(bus.clone()),
+            Broker::InProcess(service) => service.publisher(),
         }
     }
 }
@@ -154,7 +157,7 @@ fn bus(db: &Db, broker: &Broker) -> Result<MessageBus, ServiceError> {
     let builder = db.give_to(builder);
     let builder = match broker {
         Broker::RabbitMq(rabbitmq) => adapter(builder, rabbitmq.clone()),
-        Broker::InProcess(bus) => adapter(builder, bus.clone()),
+        Broker::InProcess(_) => builder,
     };
     Ok(builder.build()?)
 }
@@ -191,9 +194,13 @@ pub async fn run(
                 .await
                 .map_err(ServiceError::Broker)?;
             let consumer = rabbitmq.consumer(bus.clone());
-            Some(tokio::spawn(consumer.run(signal(stopping.clone()))))
+            tokio::spawn(consumer.run(signal(stopping.clone())))
         }
-        Broker::InProcess(_) => None,
+        Broker::InProcess(service) => {
+            service.declare_topology(&bus);
+            let consumer = service.consumer(bus.clone());
+            tokio::spawn(consumer.run(signal(stopping.clone())))
+        }
     };
 
     // Events whose process died between their commit and the end of their
@@ -220,10 +227,7 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop.send(true);
     let served = server.await;
-    let consumed = match consumer {
-        Some(task) => task.await.map(|r| r.map_err(ServiceError::Consumer)),
-        None => Ok(Ok(())),
-    };
+    let consumed = consumer.await.map(|r| r.map_err(ServiceError::Consumer));
     relay.shutdown().await;
     let _ = recovery.await;
     tracing::info!("stopped");
