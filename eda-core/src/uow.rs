@@ -556,7 +556,21 @@ impl<A: Aggregate> UowField for IdentityMap<A> {
     }
 
     async fn __flush<'a>(&'a mut self, tx: &'a mut Transaction) -> Result<(), Error> {
-        for tracked in self.tracked.iter_mut().filter(|t| t.dirty) {
+        // Saved in the order of their ids, whatever the order they were
+        // loaded in: two units of work that change the same aggregates then
+        // take their rows' locks in the same order, and never deadlock (on
+        // Postgres a deadlock is found only after `deadlock_timeout`, 1 s
+        // by default, and both are retried). The `Debug` form of the id is a
+        // total order every process agrees on, and asks nothing more of the
+        // id type.
+        let mut dirty: Vec<usize> = (0..self.tracked.len())
+            .filter(|i| self.tracked[*i].dirty)
+            .collect();
+        if dirty.len() > 1 {
+            dirty.sort_by_cached_key(|i| format!("{:?}", self.tracked[*i].aggregate.id()));
+        }
+        for i in dirty {
+            let tracked = &mut self.tracked[i];
             let aggregate = &mut tracked.aggregate;
             if let Some(loaded) = tracked.loaded {
                 let version = aggregate.version().max(loaded + 1);
@@ -564,7 +578,10 @@ impl<A: Aggregate> UowField for IdentityMap<A> {
             }
             tx.save(aggregate, tracked.loaded).await?;
             tracked.loaded = Some(aggregate.version());
-            tx.collect_events(aggregate);
+        }
+        // Their events in the order the aggregates were loaded or added.
+        for tracked in self.tracked.iter_mut().filter(|t| t.dirty) {
+            tx.collect_events(&mut tracked.aggregate);
         }
         Ok(())
     }

@@ -4,6 +4,8 @@
 //! commands ([`HttpLoad`]) and the check that nothing was lost or doubled
 //! ([`World::check_books`]).
 
+pub mod pair;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -24,23 +26,31 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// The binary of an example service (`allocation`, `orders`), built by
-/// `cargo test --workspace` (or built here when a single test binary runs).
+/// The binary of an example service (`allocation`, `orders`), as of the
+/// sources: built once per test process (`cargo test --workspace` built
+/// it already, and this is a no-op; `cargo test -p eda-tests` alone does
+/// not build the examples' binaries, and would run stale ones).
 pub fn binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let exe = std::env::current_exe().expect("the test's own path");
     // target/<profile>/deps/e2e-… → target/<profile>/<name>
     let dir = exe
         .parent()
         .and_then(|d| d.parent())
         .expect("target/<profile>");
+    let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
+    let mut built = BUILT.lock().unwrap();
+    if !built.contains(name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", name])
-            .status()
-            .expect("cargo");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--quiet", "-p", name, "--bin", name]);
+        if profile == "release" {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo");
         assert!(status.success(), "cargo build -p {name}");
+        built.insert(name.to_owned());
     }
     path
 }
@@ -524,8 +534,17 @@ impl Service {
                 break address.replace("0.0.0.0", "127.0.0.1");
             }
         };
-        // Keep reading stdout so the process never blocks on it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep reading stdout so the process never blocks on it; with
+        // `EDA_TEST_LOGS` set, pass it on (prefixed with the binary's name).
+        let echo = std::env::var_os("EDA_TEST_LOGS").is_some();
+        let prefix = binary_name.to_owned();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("[{prefix}] {line}");
+                }
+            }
+        });
         Service {
             child,
             base,

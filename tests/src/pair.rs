@@ -1,0 +1,318 @@
+//! The example pair, `orders` and `allocation`, as the unit of proof: a plan
+//! of stock and orders, what the two services hold once they settled (a
+//! [`Snapshot`], read from Postgres and the broker, or from memory), and
+//! the books that must balance.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+/// Stock and orders: a few products with scarce stock, many orders of
+/// one to three lines, some naming a product nobody stocks.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// (sku, units purchased, in one batch named after the sku).
+    pub stock: Vec<(String, u32)>,
+    /// (orderid, lines (sku, qty)).
+    pub orders: Vec<(String, Vec<(String, u32)>)>,
+}
+
+impl Plan {
+    /// `orders` orders over `skus` products of `units` each, drawn from
+    /// `seed` (the same plan every run); about one order in twenty has a
+    /// line of an unknown product.
+    pub fn new(prefix: &str, skus: usize, units: u32, orders: usize, seed: u64) -> Plan {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let stock: Vec<(String, u32)> = (0..skus)
+            .map(|i| (format!("{prefix}-sku{i}"), units))
+            .collect();
+        let orders = (0..orders)
+            .map(|i| {
+                let mut skus: Vec<String> = stock.iter().map(|(s, _)| s.clone()).collect();
+                rng.shuffle(&mut skus);
+                let mut lines: Vec<(String, u32)> = skus
+                    .into_iter()
+                    .take(rng.usize(1..=3))
+                    .map(|sku| (sku, rng.u32(1..=3)))
+                    .collect();
+                if rng.usize(0..20) == 0 {
+                    lines.push((format!("{prefix}-unknown"), 1));
+                }
+                (format!("{prefix}-o{i}"), lines)
+            })
+            .collect();
+        Plan { stock, orders }
+    }
+
+    /// The body of `POST /orders` for order `i`.
+    pub fn body(&self, i: usize) -> serde_json::Value {
+        let (orderid, lines) = &self.orders[i];
+        json!({
+            "orderid": orderid,
+            "lines": lines.iter().map(|(sku, qty)| json!({"sku": sku, "qty": qty})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The batch reference of a product's stock.
+    pub fn batchref(sku: &str) -> String {
+        format!("{sku}-batch")
+    }
+}
+
+/// An order as the orders service holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderState {
+    /// `pending`, `confirmed` or `cancelled`.
+    pub status: String,
+    /// Why it was cancelled.
+    pub reason: Option<String>,
+    /// (sku, qty, batchref).
+    pub lines: Vec<(String, u32, Option<String>)>,
+}
+
+/// What the two services hold, and what the events observed on the broker
+/// say.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Orders, by id.
+    pub orders: BTreeMap<String, OrderState>,
+    /// Allocation's allocations: (orderid, sku, qty, batchref).
+    pub allocations: Vec<(String, String, u32, String)>,
+    /// Allocation's batches: reference → units purchased.
+    pub purchased: BTreeMap<String, u32>,
+    /// `orders.order_cancelled` received, by order: their message ids.
+    pub cancelled_events: BTreeMap<String, BTreeSet<String>>,
+    /// `allocation.allocated` received, by (order, sku): their message ids.
+    pub allocated_events: BTreeMap<(String, String), BTreeSet<String>>,
+    /// Publications received (duplicates included).
+    pub deliveries: usize,
+    /// Outbox rows not yet published, both services.
+    pub unsent: i64,
+}
+
+impl Snapshot {
+    /// Whether the pair has settled: every acknowledged order is known,
+    /// none is pending, each cancelled one's event arrived, the outboxes
+    /// are empty.
+    pub fn settled(&self, acknowledged: &BTreeSet<String>) -> bool {
+        acknowledged.iter().all(|o| self.orders.contains_key(o))
+            && self.orders.values().all(|o| o.status != "pending")
+            && self
+                .orders
+                .iter()
+                .filter(|(_, o)| o.status == "cancelled")
+                .all(|(id, _)| self.cancelled_events.contains_key(id))
+            && self.unsent == 0
+    }
+
+    /// Records an observed event (`orders.order_cancelled` or
+    /// `allocation.allocated`) with its message id.
+    pub fn observe(&mut self, name: &str, message_id: String, body: &serde_json::Value) {
+        self.deliveries += 1;
+        let orderid = body["orderid"].as_str().unwrap_or_default().to_owned();
+        match name {
+            "orders.order_cancelled" => {
+                self.cancelled_events
+                    .entry(orderid)
+                    .or_default()
+                    .insert(message_id);
+            }
+            "allocation.allocated" => {
+                let sku = body["sku"].as_str().unwrap_or_default().to_owned();
+                self.allocated_events
+                    .entry((orderid, sku))
+                    .or_default()
+                    .insert(message_id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the books counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PairBooks {
+    /// Orders placed (answered or not).
+    pub attempted: usize,
+    /// Orders that got a 201 (or whose command returned `Ok`).
+    pub acknowledged: usize,
+    /// Orders the orders service holds.
+    pub orders: usize,
+    /// Of those, confirmed.
+    pub confirmed: usize,
+    /// Of those, cancelled.
+    pub cancelled: usize,
+    /// Cancelled for a product nobody stocks.
+    pub unknown_sku: usize,
+    /// Units allocated to confirmed orders.
+    pub units_confirmed: u64,
+    /// Units purchased.
+    pub units_purchased: u64,
+    /// Events received more than once (same message id): removed by the
+    /// consumers' inboxes.
+    pub duplicates: usize,
+}
+
+/// Asserts the books of the pair, given the plan, the orders attempted and
+/// acknowledged, and the settled snapshot:
+///
+/// - every acknowledged order is held, and nothing but attempted orders;
+/// - every order ended confirmed or cancelled, a cancelled one with a
+///   reason, and its `orders.order_cancelled` published exactly once after
+///   dedupe (a confirmed one never);
+/// - a confirmed order has every line allocated, and allocation holds
+///   exactly the lines of confirmed orders, each once: the allocations of
+///   cancelled orders were released;
+/// - stock is never oversold, and what is left of each product is what was
+///   purchased less the confirmed orders' quantities;
+/// - each line allocated has exactly one `allocation.allocated` after
+///   dedupe.
+pub fn check_pair_books(
+    plan: &Plan,
+    attempted: &BTreeSet<String>,
+    acknowledged: &BTreeSet<String>,
+    s: &Snapshot,
+) -> PairBooks {
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|o| !s.orders.contains_key(*o))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but not held: {lost:?}");
+    let strangers: Vec<&String> = s
+        .orders
+        .keys()
+        .filter(|o| !attempted.contains(*o))
+        .collect();
+    assert!(strangers.is_empty(), "held but never placed: {strangers:?}");
+    let planned: BTreeMap<&str, &Vec<(String, u32)>> = plan
+        .orders
+        .iter()
+        .map(|(id, lines)| (id.as_str(), lines))
+        .collect();
+
+    let mut books = PairBooks {
+        attempted: attempted.len(),
+        acknowledged: acknowledged.len(),
+        orders: s.orders.len(),
+        ..PairBooks::default()
+    };
+    let mut expected_allocations: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for (id, order) in &s.orders {
+        let lines: Vec<(String, u32)> = order
+            .lines
+            .iter()
+            .map(|(sku, qty, _)| (sku.clone(), *qty))
+            .collect();
+        assert_eq!(&lines, planned[id.as_str()], "order {id} holds its lines");
+        let cancellations = s.cancelled_events.get(id).map_or(0, BTreeSet::len);
+        match order.status.as_str() {
+            "confirmed" => {
+                books.confirmed += 1;
+                assert!(
+                    order.lines.iter().all(|(_, _, b)| b.is_some()),
+                    "confirmed order {id} has every line allocated: {order:?}"
+                );
+                assert_eq!(cancellations, 0, "confirmed order {id} was cancelled");
+                for (sku, qty, _) in &order.lines {
+                    expected_allocations.insert((id.clone(), sku.clone()), *qty);
+                    books.units_confirmed += u64::from(*qty);
+                }
+            }
+            "cancelled" => {
+                books.cancelled += 1;
+                let reason = order.reason.as_deref().unwrap_or_default();
+                assert!(
+                    reason.starts_with("out of stock") || reason.starts_with("unknown sku"),
+                    "order {id} cancelled for {reason:?}"
+                );
+                if reason.starts_with("unknown sku") {
+                    books.unknown_sku += 1;
+                }
+                assert_eq!(
+                    cancellations, 1,
+                    "order {id}: one orders.order_cancelled after dedupe"
+                );
+            }
+            other => panic!("order {id} ended {other}"),
+        }
+    }
+    let ghosts: Vec<&String> = s
+        .cancelled_events
+        .keys()
+        .filter(|o| s.orders.get(*o).is_none_or(|o| o.status != "cancelled"))
+        .collect();
+    assert!(
+        ghosts.is_empty(),
+        "cancellations of orders not cancelled: {ghosts:?}"
+    );
+
+    // Allocation holds exactly the lines of confirmed orders, each once.
+    let mut held: BTreeMap<(String, String), u32> = BTreeMap::new();
+    let mut per_batch: BTreeMap<&str, u64> = BTreeMap::new();
+    for (orderid, sku, qty, batchref) in &s.allocations {
+        let before = held.insert((orderid.clone(), sku.clone()), *qty);
+        assert!(before.is_none(), "{orderid}/{sku} allocated twice");
+        *per_batch.entry(batchref.as_str()).or_default() += u64::from(*qty);
+    }
+    let released_late: Vec<_> = held
+        .keys()
+        .filter(|k| !expected_allocations.contains_key(*k))
+        .collect();
+    assert!(
+        released_late.is_empty(),
+        "allocated, but the order is not confirmed (not released): {released_late:?}"
+    );
+    assert_eq!(
+        held, expected_allocations,
+        "allocation holds the confirmed lines"
+    );
+    for (batchref, allocated) in &per_batch {
+        let purchased = s.purchased.get(*batchref).copied().unwrap_or(0);
+        assert!(
+            *allocated <= u64::from(purchased),
+            "{batchref} oversold: {allocated} of {purchased}"
+        );
+    }
+    for (sku, units) in &plan.stock {
+        let batchref = Plan::batchref(sku);
+        let confirmed: u64 = expected_allocations
+            .iter()
+            .filter(|((_, s), _)| s == sku)
+            .map(|(_, q)| u64::from(*q))
+            .sum();
+        assert_eq!(
+            u64::from(*units) - per_batch.get(batchref.as_str()).copied().unwrap_or(0),
+            u64::from(*units) - confirmed,
+            "what is left of {sku}"
+        );
+        books.units_purchased += u64::from(*units);
+    }
+
+    // One allocation.allocated per line ever allocated, after dedupe.
+    let twice: Vec<_> = s
+        .allocated_events
+        .iter()
+        .filter(|(_, ids)| ids.len() != 1)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "lines allocated more than once: {twice:?}"
+    );
+    for key in expected_allocations.keys() {
+        assert!(
+            s.allocated_events.contains_key(key),
+            "no allocation.allocated for {key:?}"
+        );
+    }
+    let distinct = s
+        .cancelled_events
+        .values()
+        .map(BTreeSet::len)
+        .sum::<usize>()
+        + s.allocated_events
+            .values()
+            .map(BTreeSet::len)
+            .sum::<usize>();
+    books.duplicates = s.deliveries - distinct;
+    books
+}

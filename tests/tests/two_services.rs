@@ -1,0 +1,593 @@
+//! Two services, the unit of proof (issue 12): `orders` places orders and
+//! `allocation` allocates them, over the broker only, sharing the messages
+//! of `contracts`. Many orders from concurrent clients over a few products
+//! with scarce stock, then the books (`eda_tests::pair`): every order ends
+//! confirmed or cancelled exactly once, stock is never oversold, every
+//! cancelled order's stock comes back, each event counts once after dedupe.
+//!
+//! - on the real RabbitMQ and Postgres, both binaries as processes;
+//! - the same with a SIGKILL of each service in turn, mid-stream;
+//! - both buses in this process on the in-process broker (fast).
+#![allow(missing_docs)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use allocation::adapters::notifications::{FakeNotifier, Notifications};
+use allocation::domain::commands::CreateBatch;
+use allocation::domain::model::Product;
+use contracts::OrderLine;
+use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions};
+use eda_core::sqlx;
+use eda_core::testing::unique_name;
+use eda_core::{InMemoryDatabase, MessageBus, OutboxRelay, RelayOptions};
+use eda_tests::pair::{OrderState, PairBooks, Plan, Snapshot, check_pair_books};
+use eda_tests::{Neighbour, Service, World};
+use orders::domain::commands::PlaceOrder;
+use orders::domain::model::Order;
+use serde_json::{Value, json};
+use tokio::sync::RwLock;
+
+/// How many orders a run places: `EDA_FAULT_SCALE` times 240.
+fn orders_per_run() -> usize {
+    240 * std::env::var("EDA_FAULT_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+fn figures(scenario: &str, books: &PairBooks, took: Duration) {
+    println!(
+        "FIGURES {}",
+        json!({
+            "scenario": scenario,
+            "attempted": books.attempted,
+            "acknowledged": books.acknowledged,
+            "orders": books.orders,
+            "confirmed": books.confirmed,
+            "cancelled": books.cancelled,
+            "cancelled_unknown_sku": books.unknown_sku,
+            "units_confirmed": books.units_confirmed,
+            "units_purchased": books.units_purchased,
+            "duplicate_deliveries": books.duplicates,
+            "seconds": took.as_secs_f64(),
+        })
+    );
+}
+
+// --- Both services in this process, on the in-process broker -----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pair_settles_every_order_on_the_in_process_broker() {
+    let started = Instant::now();
+    let plan = Plan::new(&unique_name("mem"), 5, 30, orders_per_run(), 7);
+    let broker = InProcessBroker::new();
+    let fast = |queue: &str| {
+        InProcessOptions::new(queue)
+            .retry_delays([Duration::from_millis(20), Duration::from_millis(50)])
+    };
+    let relay_options = || RelayOptions {
+        poll: Duration::from_millis(10),
+        unroutable_backoff: Duration::from_millis(20),
+        unroutable_max_backoff: Duration::from_millis(100),
+        ..RelayOptions::default()
+    };
+    // Observers, as a third service would be.
+    for (queue, name) in [
+        ("observer.cancelled", "orders.order_cancelled"),
+        ("observer.allocated", "allocation.allocated"),
+    ] {
+        broker.declare_exchange("eda.events");
+        broker.declare_queue(queue);
+        broker.bind(queue, "eda.events", name).unwrap();
+    }
+
+    let allocation_db = InMemoryDatabase::new();
+    let allocation_bus = MessageBus::builder()
+        .scope("allocation")
+        .adapter(allocation_db.clone())
+        .adapter(Notifications::new(FakeNotifier::new()))
+        .build()
+        .unwrap();
+    let orders_db = InMemoryDatabase::new();
+    let orders_bus = MessageBus::builder()
+        .scope("orders")
+        .adapter(orders_db.clone())
+        .build()
+        .unwrap();
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let mut consumers = Vec::new();
+    let mut relays = Vec::new();
+    for (queue, db, bus) in [
+        ("allocation", &allocation_db, &allocation_bus),
+        ("orders", &orders_db, &orders_bus),
+    ] {
+        let service = broker.service(fast(queue));
+        service.declare_topology(bus);
+        consumers.push(tokio::spawn(service.consumer(bus.clone()).run(signal())));
+        relays.push(OutboxRelay::spawn(
+            Arc::new(db.clone()),
+            service.publisher(),
+            relay_options(),
+        ));
+    }
+
+    for (sku, units) in &plan.stock {
+        allocation_bus
+            .handle(CreateBatch::new(Plan::batchref(sku), sku, *units, None))
+            .await
+            .unwrap();
+    }
+    // Eight clients place the orders.
+    let next = Arc::new(AtomicUsize::new(0));
+    let plan = Arc::new(plan);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (plan, next, bus) = (plan.clone(), next.clone(), orders_bus.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = BTreeSet::new();
+                while let Some((orderid, lines)) =
+                    plan.orders.get(next.fetch_add(1, Ordering::Relaxed))
+                {
+                    let lines = lines.iter().map(|(s, q)| OrderLine::new(s, *q)).collect();
+                    bus.handle(PlaceOrder::new(orderid, lines)).await.unwrap();
+                    acknowledged.insert(orderid.clone());
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut acknowledged = BTreeSet::new();
+    for client in clients {
+        acknowledged.extend(client.await.unwrap());
+    }
+    let attempted: BTreeSet<String> = plan.orders.iter().map(|(o, _)| o.clone()).collect();
+
+    let mut snapshot = Snapshot::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        observe_in_process(&broker, &mut snapshot);
+        read_memory(&orders_db, &allocation_db, &mut snapshot);
+        if snapshot.settled(&acknowledged) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled in 60 s: {:?}",
+            pending(&snapshot)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    observe_in_process(&broker, &mut snapshot);
+    let books = check_pair_books(&plan, &attempted, &acknowledged, &snapshot);
+    assert!(books.confirmed > 0 && books.cancelled > 0, "{books:?}");
+    figures("in-process", &books, started.elapsed());
+
+    let _ = stop.send(true);
+    for consumer in consumers {
+        consumer.await.unwrap().unwrap();
+    }
+    for relay in relays {
+        relay.shutdown().await;
+    }
+    for queue in ["allocation.dlq", "orders.dlq", "eda.events.unrouted"] {
+        assert!(
+            broker.is_empty(queue),
+            "{queue} holds {}",
+            broker.len(queue)
+        );
+    }
+}
+
+fn pending(s: &Snapshot) -> Vec<&String> {
+    s.orders
+        .iter()
+        .filter(|(_, o)| o.status == "pending")
+        .map(|(id, _)| id)
+        .take(5)
+        .collect()
+}
+
+fn observe_in_process(broker: &InProcessBroker, snapshot: &mut Snapshot) {
+    for queue in ["observer.cancelled", "observer.allocated"] {
+        while let Some(m) = broker.take(queue) {
+            let body: Value = serde_json::from_slice(&m.message.payload).unwrap();
+            snapshot.observe(
+                &m.message.name,
+                m.message.metadata.message_id.to_string(),
+                &body,
+            );
+        }
+    }
+}
+
+fn read_memory(orders: &InMemoryDatabase, allocation: &InMemoryDatabase, s: &mut Snapshot) {
+    s.orders = orders
+        .all::<Order>()
+        .into_iter()
+        .map(|o| {
+            let state = OrderState {
+                status: o.status().as_str().to_owned(),
+                reason: o.reason().map(str::to_owned),
+                lines: o
+                    .lines()
+                    .iter()
+                    .map(|l| (l.sku.clone(), l.qty, l.batchref.clone()))
+                    .collect(),
+            };
+            (o.orderid, state)
+        })
+        .collect();
+    s.allocations.clear();
+    s.purchased.clear();
+    for product in allocation.all::<Product>() {
+        for batch in &product.batches {
+            s.purchased
+                .insert(batch.reference.clone(), batch.purchased_quantity());
+            for line in batch.allocations() {
+                s.allocations.push((
+                    line.orderid.clone(),
+                    line.sku.clone(),
+                    line.qty,
+                    batch.reference.clone(),
+                ));
+            }
+        }
+    }
+    s.unsent = 0;
+}
+
+// --- Both binaries as processes, on RabbitMQ and Postgres --------------
+
+/// One broker fault at a time: the fault suite's broker faults run in
+/// another test binary; these only kill their own processes.
+static PAIRS: RwLock<()> = RwLock::const_new(());
+
+/// The pair started on a world: allocation as the world's service, orders
+/// as its neighbour.
+struct Pair {
+    world: World,
+    orders_names: Neighbour,
+    /// `None` while it is down.
+    allocation: Option<Service>,
+    orders: Option<Service>,
+    observers: [String; 2],
+}
+
+impl Pair {
+    async fn start() -> Option<Pair> {
+        let world = World::new().await?;
+        let orders_names = world.neighbour("orders");
+        // Allocation first: its queue is bound to orders' events before
+        // any is published (were it not, the relay would keep them).
+        let allocation = Service::start(&world).await;
+        let orders = Service::start_neighbour("orders", &world, &orders_names, &[]).await;
+        let observers = [
+            world.observe("orders.order_cancelled").await,
+            world.observe("allocation.allocated").await,
+        ];
+        Some(Pair {
+            world,
+            orders_names,
+            allocation: Some(allocation),
+            orders: Some(orders),
+            observers,
+        })
+    }
+
+    fn allocation(&self) -> &Service {
+        self.allocation.as_ref().expect("allocation runs")
+    }
+
+    fn orders(&self) -> &Service {
+        self.orders.as_ref().expect("orders runs")
+    }
+
+    async fn restart_allocation(&mut self) {
+        self.allocation = Some(Service::start(&self.world).await);
+    }
+
+    async fn restart_orders(&mut self) {
+        self.orders =
+            Some(Service::start_neighbour("orders", &self.world, &self.orders_names, &[]).await);
+    }
+
+    /// Reads both services' tables and drains the observers into `s`.
+    async fn read(&self, s: &mut Snapshot) {
+        for queue in &self.observers {
+            for m in self.world.drain(queue).await {
+                let body: Value = serde_json::from_slice(&m.data).unwrap();
+                let name = m.properties.kind().as_ref().unwrap().to_string();
+                let id = m.properties.message_id().as_ref().unwrap().to_string();
+                s.observe(&name, id, &body);
+            }
+        }
+        let pool = &self.world.pool;
+        let orders_table = format!("\"{}\".orders", self.orders_names.schema);
+        let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(&format!(
+            "SELECT orderid, status, reason, lines FROM {orders_table}"
+        ))
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        s.orders = rows
+            .into_iter()
+            .map(|(orderid, status, reason, lines)| {
+                let lines: Vec<Value> = serde_json::from_str(&lines).unwrap();
+                let lines = lines
+                    .iter()
+                    .map(|l| {
+                        (
+                            l["sku"].as_str().unwrap().to_owned(),
+                            l["qty"].as_u64().unwrap() as u32,
+                            l["batchref"].as_str().map(str::to_owned),
+                        )
+                    })
+                    .collect();
+                (
+                    orderid,
+                    OrderState {
+                        status,
+                        reason,
+                        lines,
+                    },
+                )
+            })
+            .collect();
+        s.allocations = sqlx::query_as::<_, (String, String, i64, String)>(&format!(
+            "SELECT orderid, sku, qty, batchref FROM {}",
+            self.world.table("allocations")
+        ))
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(o, s, q, b)| (o, s, q as u32, b))
+        .collect();
+        s.purchased = sqlx::query_as::<_, (String, i64)>(&format!(
+            "SELECT reference, purchased_quantity FROM {}",
+            self.world.table("batches")
+        ))
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(b, q)| (b, q as u32))
+        .collect();
+        let mut unsent = 0;
+        for schema in [&self.world.schema, &self.orders_names.schema] {
+            unsent += sqlx::query_scalar::<_, i64>(&format!(
+                "SELECT count(*) FROM \"{schema}\".eda_outbox WHERE sent_at IS NULL"
+            ))
+            .fetch_one(pool)
+            .await
+            .unwrap_or(-1);
+        }
+        s.unsent = unsent;
+    }
+
+    /// Waits (up to `within`) until the pair settled, then for late
+    /// duplicates, and checks the books.
+    async fn books(
+        &self,
+        plan: &Plan,
+        attempted: &BTreeSet<String>,
+        acknowledged: &BTreeSet<String>,
+        within: Duration,
+    ) -> PairBooks {
+        let mut snapshot = Snapshot::default();
+        let deadline = Instant::now() + within;
+        loop {
+            self.read(&mut snapshot).await;
+            if snapshot.settled(acknowledged) {
+                break;
+            }
+            eprintln!(
+                "TIMING pending {} unsent {}",
+                snapshot
+                    .orders
+                    .values()
+                    .filter(|o| o.status == "pending")
+                    .count(),
+                snapshot.unsent
+            );
+            assert!(
+                Instant::now() < deadline,
+                "not settled within {within:?}: pending {:?}, unsent {}",
+                pending(&snapshot),
+                snapshot.unsent
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.read(&mut snapshot).await;
+        check_pair_books(plan, attempted, acknowledged, &snapshot)
+    }
+
+    async fn stop(self) {
+        for service in [self.orders, self.allocation].into_iter().flatten() {
+            assert_eq!(service.terminate().await, 0);
+        }
+        self.world.cleanup().await;
+    }
+}
+
+/// `POST /orders` of every order of the plan, from `workers` clients at
+/// once, to whichever address `target` holds (a restarted orders service
+/// listens elsewhere). An order without an answer is not sent again: it
+/// may have been placed.
+struct OrderLoad {
+    target: Arc<std::sync::RwLock<String>>,
+    sent: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+struct Placed {
+    attempted: BTreeSet<String>,
+    acknowledged: BTreeSet<String>,
+}
+
+impl OrderLoad {
+    fn new(base: &str) -> Self {
+        OrderLoad {
+            target: Arc::new(std::sync::RwLock::new(base.to_owned())),
+            sent: Arc::default(),
+        }
+    }
+
+    fn target(&self, base: &str) {
+        *self.target.write().unwrap() = base.to_owned();
+    }
+
+    async fn when_sent(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.sent.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "the load stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn run(&self, plan: Arc<Plan>, workers: usize) -> tokio::task::JoinHandle<Placed> {
+        let next = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let (plan, next) = (plan.clone(), next.clone());
+                let (target, sent) = (self.target.clone(), self.sent.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .unwrap();
+                    let mut placed = Placed::default();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= plan.orders.len() {
+                            break placed;
+                        }
+                        let orderid = plan.orders[i].0.clone();
+                        let base = target.read().unwrap().clone();
+                        placed.attempted.insert(orderid.clone());
+                        let answer = http
+                            .post(format!("{base}/orders"))
+                            .json(&plan.body(i))
+                            .send()
+                            .await;
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match answer {
+                            Ok(r) if r.status().as_u16() == 201 => {
+                                placed.acknowledged.insert(orderid);
+                            }
+                            Ok(r) => panic!("POST /orders {orderid}: {}", r.status()),
+                            // The service is down: do not burn the orders
+                            // faster than it comes back.
+                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut all = Placed::default();
+            for task in tasks {
+                let placed = task.await.unwrap();
+                all.attempted.extend(placed.attempted);
+                all.acknowledged.extend(placed.acknowledged);
+            }
+            all
+        })
+    }
+}
+
+async fn stock(pair: &Pair, plan: &Plan) {
+    for (sku, units) in &plan.stock {
+        pair.allocation()
+            .add_batch(&Plan::batchref(sku), sku, *units, None)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pair_settles_every_order_over_rabbitmq() {
+    let _shared = PAIRS.read().await;
+    let started = Instant::now();
+    let Some(pair) = Pair::start().await else {
+        return;
+    };
+    let plan = Arc::new(Plan::new(&unique_name("pair"), 5, 30, orders_per_run(), 11));
+    stock(&pair, &plan).await;
+    let placed = OrderLoad::new(&pair.orders().base)
+        .run(plan.clone(), 8)
+        .await
+        .unwrap();
+    assert_eq!(
+        placed.acknowledged, placed.attempted,
+        "every order answered 201"
+    );
+    // A placed order is readable at once, pending or settled.
+    let (status, body) = pair
+        .orders()
+        .get(&format!("/orders/{}", plan.orders[0].0))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let books = pair
+        .books(
+            &plan,
+            &placed.attempted,
+            &placed.acknowledged,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(books.confirmed > 0 && books.cancelled > 0, "{books:?}");
+    figures("rabbitmq", &books, started.elapsed());
+    pair.stop().await;
+}
+
+/// A SIGKILL of allocation a third into the stream (it restarts), then of
+/// orders two thirds in (it restarts, the clients follow it): nothing
+/// acknowledged is lost, nothing is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pair_settles_every_order_when_each_service_is_killed_in_turn() {
+    let _exclusive = PAIRS.write().await;
+    let started = Instant::now();
+    let Some(mut pair) = Pair::start().await else {
+        return;
+    };
+    let plan = Arc::new(Plan::new(&unique_name("kill"), 5, 30, orders_per_run(), 13));
+    stock(&pair, &plan).await;
+    let load = OrderLoad::new(&pair.orders().base);
+    let stream = load.run(plan.clone(), 8);
+    let n = plan.orders.len();
+
+    load.when_sent(n / 3).await;
+    pair.allocation.take().unwrap().kill().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pair.restart_allocation().await;
+
+    load.when_sent(2 * n / 3).await;
+    pair.orders.take().unwrap().kill().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pair.restart_orders().await;
+    load.target(&pair.orders().base);
+
+    let placed = stream.await.unwrap();
+    let books = pair
+        .books(
+            &plan,
+            &placed.attempted,
+            &placed.acknowledged,
+            Duration::from_secs(120),
+        )
+        .await;
+    figures("sigkill each in turn", &books, started.elapsed());
+    pair.stop().await;
+}
