@@ -392,15 +392,6 @@ impl Pair {
             if snapshot.settled(acknowledged) {
                 break;
             }
-            eprintln!(
-                "TIMING pending {} unsent {}",
-                snapshot
-                    .orders
-                    .values()
-                    .filter(|o| o.status == "pending")
-                    .count(),
-                snapshot.unsent
-            );
             assert!(
                 Instant::now() < deadline,
                 "not settled within {within:?}: pending {:?}, unsent {}",
