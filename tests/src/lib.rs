@@ -633,10 +633,10 @@ impl Outcome {
     }
 }
 
-/// `POST /allocate` of one unit for each order, from `workers` clients at
-/// once, to whichever address [`target`](Self::target) holds (a restarted
-/// service listens elsewhere). An order is sent once: a request without an
-/// answer is not repeated, since it may have been allocated.
+/// A stream of `POST`s, one per order, from `workers` clients at once, to
+/// whichever address [`target`](Self::target) holds (a restarted service
+/// listens elsewhere). An order is sent once: a request without an answer
+/// is not repeated, since it may have been taken.
 pub struct HttpLoad {
     target: Arc<RwLock<String>>,
     sent: Arc<AtomicUsize>,
@@ -661,19 +661,38 @@ impl HttpLoad {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// Sends `orders` (order id, sku) and returns what happened, in a task
-    /// of its own.
+    /// `POST /allocate` of one unit for each of `orders` (order id, sku),
+    /// in a task of its own; what happened.
     pub fn run(
         &self,
         orders: Vec<(String, String)>,
         workers: usize,
     ) -> tokio::task::JoinHandle<Outcome> {
-        let orders = Arc::new(orders);
+        let requests = orders
+            .into_iter()
+            .map(|(orderid, sku)| {
+                let body = json!({"orderid": orderid, "sku": sku, "qty": 1});
+                (orderid, body)
+            })
+            .collect();
+        self.post("/allocate", requests, workers)
+    }
+
+    /// `POST <path>` of each (order id, body), in a task of its own; what
+    /// happened (a `201` acknowledges the order).
+    pub fn post(
+        &self,
+        path: &str,
+        requests: Vec<(String, Value)>,
+        workers: usize,
+    ) -> tokio::task::JoinHandle<Outcome> {
+        let requests = Arc::new(requests);
         let next = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..workers)
             .map(|_| {
-                let (orders, next) = (orders.clone(), next.clone());
+                let (requests, next) = (requests.clone(), next.clone());
                 let (target, sent) = (self.target.clone(), self.sent.clone());
+                let path = path.to_owned();
                 tokio::spawn(async move {
                     let http = reqwest::Client::builder()
                         .timeout(Duration::from_secs(30))
@@ -682,17 +701,12 @@ impl HttpLoad {
                     let mut outcome = Outcome::default();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((orderid, sku)) = orders.get(i) else {
+                        let Some((orderid, body)) = requests.get(i) else {
                             break outcome;
                         };
                         let base = target.read().unwrap().clone();
-                        let body = json!({"orderid": orderid, "sku": sku, "qty": 1});
                         outcome.attempted.insert(orderid.clone());
-                        let answer = http
-                            .post(format!("{base}/allocate"))
-                            .json(&body)
-                            .send()
-                            .await;
+                        let answer = http.post(format!("{base}{path}")).json(body).send().await;
                         sent.fetch_add(1, Ordering::Relaxed);
                         match answer {
                             Ok(r) if r.status().as_u16() == 201 => {
@@ -719,6 +733,19 @@ impl HttpLoad {
             }
             all
         })
+    }
+
+    /// Waits until `n` requests have been sent.
+    pub async fn when_sent(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.sent() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the load stalled at {}",
+                self.sent()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -44,13 +44,18 @@ impl Plan {
         Plan { stock, orders }
     }
 
-    /// The body of `POST /orders` for order `i`.
-    pub fn body(&self, i: usize) -> serde_json::Value {
-        let (orderid, lines) = &self.orders[i];
-        json!({
-            "orderid": orderid,
-            "lines": lines.iter().map(|(sku, qty)| json!({"sku": sku, "qty": qty})).collect::<Vec<_>>(),
-        })
+    /// The `POST /orders` of each order: (orderid, body).
+    pub fn requests(&self) -> Vec<(String, serde_json::Value)> {
+        self.orders
+            .iter()
+            .map(|(orderid, lines)| {
+                let lines: Vec<_> = lines
+                    .iter()
+                    .map(|(sku, qty)| json!({"sku": sku, "qty": qty}))
+                    .collect();
+                (orderid.clone(), json!({"orderid": orderid, "lines": lines}))
+            })
+            .collect()
     }
 
     /// The batch reference of a product's stock.

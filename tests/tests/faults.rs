@@ -98,19 +98,6 @@ async fn check_books(world: &World, observer: &str, outcome: &Outcome) -> eda_te
     books
 }
 
-/// Waits until `load` has sent `n` requests.
-async fn when_sent(load: &HttpLoad, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while load.sent() < n {
-        assert!(
-            Instant::now() < deadline,
-            "the load stalled at {}",
-            load.sent()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// A stream of commands (`POST /allocate` from 8 clients, and
 /// `allocation.allocate` waiting on RabbitMQ), `fault` in its middle (given
 /// the service, it returns the one running afterwards and what it did, or
@@ -156,7 +143,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart() {
     mid_stream("sigkill", false, async |world, load, service| {
-        when_sent(load, 1000 * scale()).await;
+        load.when_sent(1000 * scale()).await;
         service.kill().await;
         let killed_at = load.sent();
         let service = Service::start(world).await;
@@ -172,7 +159,7 @@ async fn sigkill_mid_stream_then_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restarted_mid_stream() {
     mid_stream("rabbitmq_restart", true, async |_, load, service| {
-        when_sent(load, 700 * scale()).await;
+        load.when_sent(700 * scale()).await;
         if !rabbitmqctl(&["stop_app"]) {
             return None;
         }
@@ -189,7 +176,7 @@ async fn rabbitmq_connections_closed_mid_stream() {
         "rabbitmq_close_connections",
         true,
         async |_, load, service| {
-            when_sent(load, 700 * scale()).await;
+            load.when_sent(700 * scale()).await;
             for _ in 0..3 {
                 if !rabbitmqctl(&["close_all_connections", "fault suite"]) {
                     return None;
@@ -208,7 +195,7 @@ async fn postgres_connections_terminated_mid_stream() {
     mid_stream("postgres_terminate", false, async |world, load, service| {
         let mut terminated = 0i64;
         for at in [500, 1000, 1500] {
-            when_sent(load, at * scale()).await;
+            load.when_sent(at * scale()).await;
             // Every connection of this service (its application_name is its
             // queue's name), in the middle of whatever it was doing.
             terminated += sqlx::query_scalar::<_, i64>(

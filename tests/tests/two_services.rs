@@ -24,7 +24,7 @@ use eda_core::sqlx;
 use eda_core::testing::unique_name;
 use eda_core::{InMemoryDatabase, MessageBus, OutboxRelay, RelayOptions};
 use eda_tests::pair::{OrderState, PairBooks, Plan, Snapshot, check_pair_books};
-use eda_tests::{Neighbour, Service, World};
+use eda_tests::{HttpLoad, Neighbour, Service, World};
 use orders::domain::commands::PlaceOrder;
 use orders::domain::model::Order;
 use serde_json::{Value, json};
@@ -413,92 +413,6 @@ impl Pair {
     }
 }
 
-/// `POST /orders` of every order of the plan, from `workers` clients at
-/// once, to whichever address `target` holds (a restarted orders service
-/// listens elsewhere). An order without an answer is not sent again: it
-/// may have been placed.
-struct OrderLoad {
-    target: Arc<std::sync::RwLock<String>>,
-    sent: Arc<AtomicUsize>,
-}
-
-#[derive(Default)]
-struct Placed {
-    attempted: BTreeSet<String>,
-    acknowledged: BTreeSet<String>,
-}
-
-impl OrderLoad {
-    fn new(base: &str) -> Self {
-        OrderLoad {
-            target: Arc::new(std::sync::RwLock::new(base.to_owned())),
-            sent: Arc::default(),
-        }
-    }
-
-    fn target(&self, base: &str) {
-        *self.target.write().unwrap() = base.to_owned();
-    }
-
-    async fn when_sent(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.sent.load(Ordering::Relaxed) < n {
-            assert!(Instant::now() < deadline, "the load stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn run(&self, plan: Arc<Plan>, workers: usize) -> tokio::task::JoinHandle<Placed> {
-        let next = Arc::new(AtomicUsize::new(0));
-        let tasks: Vec<_> = (0..workers)
-            .map(|_| {
-                let (plan, next) = (plan.clone(), next.clone());
-                let (target, sent) = (self.target.clone(), self.sent.clone());
-                tokio::spawn(async move {
-                    let http = reqwest::Client::builder()
-                        .timeout(Duration::from_secs(30))
-                        .build()
-                        .unwrap();
-                    let mut placed = Placed::default();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= plan.orders.len() {
-                            break placed;
-                        }
-                        let orderid = plan.orders[i].0.clone();
-                        let base = target.read().unwrap().clone();
-                        placed.attempted.insert(orderid.clone());
-                        let answer = http
-                            .post(format!("{base}/orders"))
-                            .json(&plan.body(i))
-                            .send()
-                            .await;
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        match answer {
-                            Ok(r) if r.status().as_u16() == 201 => {
-                                placed.acknowledged.insert(orderid);
-                            }
-                            Ok(r) => panic!("POST /orders {orderid}: {}", r.status()),
-                            // The service is down: do not burn the orders
-                            // faster than it comes back.
-                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                        }
-                    }
-                })
-            })
-            .collect();
-        tokio::spawn(async move {
-            let mut all = Placed::default();
-            for task in tasks {
-                let placed = task.await.unwrap();
-                all.attempted.extend(placed.attempted);
-                all.acknowledged.extend(placed.acknowledged);
-            }
-            all
-        })
-    }
-}
-
 async fn stock(pair: &Pair, plan: &Plan) {
     for (sku, units) in &plan.stock {
         pair.allocation()
@@ -514,10 +428,10 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
     let Some(pair) = Pair::start().await else {
         return;
     };
-    let plan = Arc::new(Plan::new(&unique_name("pair"), 5, 30, orders_per_run(), 11));
+    let plan = Plan::new(&unique_name("pair"), 5, 30, orders_per_run(), 11);
     stock(&pair, &plan).await;
-    let placed = OrderLoad::new(&pair.orders().base)
-        .run(plan.clone(), 8)
+    let placed = HttpLoad::new(&pair.orders().base)
+        .post("/orders", plan.requests(), 8)
         .await
         .unwrap();
     assert_eq!(
@@ -553,10 +467,10 @@ async fn the_pair_settles_every_order_when_each_service_is_killed_in_turn() {
     let Some(mut pair) = Pair::start().await else {
         return;
     };
-    let plan = Arc::new(Plan::new(&unique_name("kill"), 5, 30, orders_per_run(), 13));
+    let plan = Plan::new(&unique_name("kill"), 5, 30, orders_per_run(), 13);
     stock(&pair, &plan).await;
-    let load = OrderLoad::new(&pair.orders().base);
-    let stream = load.run(plan.clone(), 8);
+    let load = HttpLoad::new(&pair.orders().base);
+    let stream = load.post("/orders", plan.requests(), 8);
     let n = plan.orders.len();
 
     load.when_sent(n / 3).await;
