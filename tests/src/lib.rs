@@ -640,6 +640,7 @@ impl Outcome {
 pub struct HttpLoad {
     target: Arc<RwLock<String>>,
     sent: Arc<AtomicUsize>,
+    pause: Duration,
 }
 
 impl HttpLoad {
@@ -648,7 +649,15 @@ impl HttpLoad {
         HttpLoad {
             target: Arc::new(RwLock::new(base.to_owned())),
             sent: Arc::new(AtomicUsize::new(0)),
+            pause: Duration::ZERO,
         }
+    }
+
+    /// Each client waits `pause` after each request: a stream long enough
+    /// for a fault to land in its middle.
+    pub fn pause(mut self, pause: Duration) -> Self {
+        self.pause = pause;
+        self
     }
 
     /// Sends the next requests to `base`.
@@ -693,6 +702,7 @@ impl HttpLoad {
                 let (requests, next) = (requests.clone(), next.clone());
                 let (target, sent) = (self.target.clone(), self.sent.clone());
                 let path = path.to_owned();
+                let pause = self.pause;
                 tokio::spawn(async move {
                     let http = reqwest::Client::builder()
                         .timeout(Duration::from_secs(30))
@@ -708,6 +718,9 @@ impl HttpLoad {
                         outcome.attempted.insert(orderid.clone());
                         let answer = http.post(format!("{base}{path}")).json(body).send().await;
                         sent.fetch_add(1, Ordering::Relaxed);
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
                         match answer {
                             Ok(r) if r.status().as_u16() == 201 => {
                                 outcome.acknowledged.insert(orderid.clone());

@@ -38,13 +38,14 @@ fn orders_per_run() -> usize {
         .unwrap_or(1)
 }
 
-fn figures(scenario: &str, books: &PairBooks, took: Duration) {
+fn figures(scenario: &str, books: &PairBooks, no_answer: usize, took: Duration) {
     println!(
         "FIGURES {}",
         json!({
             "scenario": scenario,
             "attempted": books.attempted,
             "acknowledged": books.acknowledged,
+            "no_answer": no_answer,
             "orders": books.orders,
             "confirmed": books.confirmed,
             "cancelled": books.cancelled,
@@ -171,7 +172,7 @@ async fn the_pair_settles_every_order_on_the_in_process_broker() {
     observe_in_process(&broker, &mut snapshot);
     let books = check_pair_books(&plan, &attempted, &acknowledged, &snapshot);
     assert!(books.confirmed > 0 && books.cancelled > 0, "{books:?}");
-    figures("in-process", &books, started.elapsed());
+    figures("in-process", &books, 0, started.elapsed());
 
     let _ = stop.send(true);
     for consumer in consumers {
@@ -453,7 +454,7 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
         )
         .await;
     assert!(books.confirmed > 0 && books.cancelled > 0, "{books:?}");
-    figures("rabbitmq", &books, started.elapsed());
+    figures("rabbitmq", &books, 0, started.elapsed());
     pair.stop().await;
 }
 
@@ -467,24 +468,32 @@ async fn the_pair_settles_every_order_when_each_service_is_killed_in_turn() {
     let Some(mut pair) = Pair::start().await else {
         return;
     };
-    let plan = Plan::new(&unique_name("kill"), 5, 30, orders_per_run(), 13);
+    let plan = Plan::new(&unique_name("kill"), 10, 60, 2 * orders_per_run(), 13);
     stock(&pair, &plan).await;
-    let load = HttpLoad::new(&pair.orders().base);
-    let stream = load.post("/orders", plan.requests(), 8);
+    // About 100 orders a second: the stream lasts long enough for both
+    // kills and restarts to land in it.
+    let load = HttpLoad::new(&pair.orders().base).pause(Duration::from_millis(40));
+    let stream = load.post("/orders", plan.requests(), 4);
     let n = plan.orders.len();
 
-    load.when_sent(n / 3).await;
+    load.when_sent(n / 4).await;
     pair.allocation.take().unwrap().kill().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     pair.restart_allocation().await;
 
-    load.when_sent(2 * n / 3).await;
+    load.when_sent(n / 2).await;
     pair.orders.take().unwrap().kill().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     pair.restart_orders().await;
     load.target(&pair.orders().base);
+    assert!(load.sent() < n, "the stream was still running");
 
     let placed = stream.await.unwrap();
+    assert!(
+        placed.failed.get(&0).copied().unwrap_or(0) > 0,
+        "orders was killed under load: some requests got no answer ({:?})",
+        placed.failed
+    );
     let books = pair
         .books(
             &plan,
@@ -493,6 +502,7 @@ async fn the_pair_settles_every_order_when_each_service_is_killed_in_turn() {
             Duration::from_secs(120),
         )
         .await;
-    figures("sigkill each in turn", &books, started.elapsed());
+    let no_answer = placed.failed.get(&0).copied().unwrap_or(0);
+    figures("sigkill each in turn", &books, no_answer, started.elapsed());
     pair.stop().await;
 }
