@@ -97,8 +97,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Whether the pair has settled: every acknowledged order is known,
-    /// none is pending, each cancelled one's event arrived, the outboxes
-    /// are empty.
+    /// none is pending, each cancelled one's event arrived and allocation
+    /// released its stock, the outboxes are empty.
     pub fn settled(&self, acknowledged: &BTreeSet<String>) -> bool {
         acknowledged.iter().all(|o| self.orders.contains_key(o))
             && self.orders.values().all(|o| o.status != "pending")
@@ -107,7 +107,33 @@ impl Snapshot {
                 .iter()
                 .filter(|(_, o)| o.status == "cancelled")
                 .all(|(id, _)| self.cancelled_events.contains_key(id))
+            && self.unreleased().is_empty()
             && self.unsent == 0
+    }
+
+    /// Allocations of orders that are not confirmed (yet, or any more): a
+    /// cancelled order's until allocation released them.
+    pub fn unreleased(&self) -> Vec<&(String, String, u32, String)> {
+        self.allocations
+            .iter()
+            .filter(|(o, ..)| self.orders.get(o).is_none_or(|o| o.status != "confirmed"))
+            .collect()
+    }
+
+    /// What is not settled yet, for a timeout's message.
+    pub fn unsettled(&self) -> String {
+        let pending: Vec<&String> = self
+            .orders
+            .iter()
+            .filter(|(_, o)| o.status == "pending")
+            .map(|(id, _)| id)
+            .take(5)
+            .collect();
+        let unreleased: Vec<_> = self.unreleased().into_iter().take(5).collect();
+        format!(
+            "pending orders {pending:?}, unreleased allocations {unreleased:?}, unsent outbox rows {}",
+            self.unsent
+        )
     }
 
     /// Records an observed event (`orders.order_cancelled` or

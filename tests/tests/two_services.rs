@@ -22,7 +22,7 @@ use contracts::OrderLine;
 use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions};
 use eda_core::sqlx;
 use eda_core::testing::unique_name;
-use eda_core::{InMemoryDatabase, MessageBus, OutboxRelay, RelayOptions};
+use eda_core::{InMemoryDatabase, MessageBus, OutboxRelay, OutboxStore, RelayOptions};
 use eda_tests::pair::{OrderState, PairBooks, Plan, Snapshot, check_pair_books};
 use eda_tests::{HttpLoad, Neighbour, Service, World};
 use orders::domain::commands::PlaceOrder;
@@ -157,19 +157,27 @@ async fn the_pair_settles_every_order_on_the_in_process_broker() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         observe_in_process(&broker, &mut snapshot);
-        read_memory(&orders_db, &allocation_db, &mut snapshot);
+        read_memory(&orders_db, &allocation_db, &mut snapshot).await;
         if snapshot.settled(&acknowledged) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "not settled in 60 s: {:?}",
-            pending(&snapshot)
+            "not settled in 60 s: {}",
+            snapshot.unsettled()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Late duplicates, and anything that moves after settling.
     tokio::time::sleep(Duration::from_millis(200)).await;
     observe_in_process(&broker, &mut snapshot);
+    read_memory(&orders_db, &allocation_db, &mut snapshot).await;
+    for queue in ["allocation.dlq", "orders.dlq"] {
+        let dead: Vec<_> = std::iter::from_fn(|| broker.take(queue))
+            .map(|m| (m.message.name, m.error))
+            .collect();
+        assert!(dead.is_empty(), "dead-lettered in {queue}: {dead:#?}");
+    }
     let books = check_pair_books(&plan, &attempted, &acknowledged, &snapshot);
     assert!(books.confirmed > 0 && books.cancelled > 0, "{books:?}");
     figures("in-process", &books, 0, started.elapsed());
@@ -190,15 +198,6 @@ async fn the_pair_settles_every_order_on_the_in_process_broker() {
     }
 }
 
-fn pending(s: &Snapshot) -> Vec<&String> {
-    s.orders
-        .iter()
-        .filter(|(_, o)| o.status == "pending")
-        .map(|(id, _)| id)
-        .take(5)
-        .collect()
-}
-
 fn observe_in_process(broker: &InProcessBroker, snapshot: &mut Snapshot) {
     for queue in ["observer.cancelled", "observer.allocated"] {
         while let Some(m) = broker.take(queue) {
@@ -212,7 +211,7 @@ fn observe_in_process(broker: &InProcessBroker, snapshot: &mut Snapshot) {
     }
 }
 
-fn read_memory(orders: &InMemoryDatabase, allocation: &InMemoryDatabase, s: &mut Snapshot) {
+async fn read_memory(orders: &InMemoryDatabase, allocation: &InMemoryDatabase, s: &mut Snapshot) {
     s.orders = orders
         .all::<Order>()
         .into_iter()
@@ -246,6 +245,9 @@ fn read_memory(orders: &InMemoryDatabase, allocation: &InMemoryDatabase, s: &mut
         }
     }
     s.unsent = 0;
+    for db in [orders, allocation] {
+        s.unsent += db.unsent(usize::MAX).await.unwrap().len() as i64;
+    }
 }
 
 // --- Both binaries as processes, on RabbitMQ and Postgres --------------
@@ -395,9 +397,8 @@ impl Pair {
             }
             assert!(
                 Instant::now() < deadline,
-                "not settled within {within:?}: pending {:?}, unsent {}",
-                pending(&snapshot),
-                snapshot.unsent
+                "not settled within {within:?}: {}",
+                snapshot.unsettled()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
