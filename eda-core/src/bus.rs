@@ -1026,7 +1026,7 @@ impl BusBuilder {
     /// message from a broker, a failure the consumer retries after its
     /// (much longer) retry delays: under contention on a few hot
     /// aggregates, 5 attempts up to 200 ms sent one order in six of the
-    /// two-service test there, and it took 35 s instead of 8 to settle.
+    /// two-service test there, and it took 35 s instead of 3.4 to settle.
     pub fn command_retry(mut self, policy: RetryPolicy) -> Self {
         self.command_retry = Some(policy);
         self

@@ -19,6 +19,13 @@
 //! Events that are not `external` never travel between services: they are
 //! not bound.
 //!
+//! A limit of recognising a service's own events by the name it publishes
+//! under: during a rolling deploy in which only the new version handles an
+//! event the old one raises, the new instances take the old ones' copies for
+//! their own and do not handle them. Deploy a new handler of a service's own
+//! event before the code that relies on it, or give the new version another
+//! queue.
+//!
 //! ```standalone_crate
 //! use eda_core::prelude::*;
 //! use serde::{Deserialize, Serialize};
