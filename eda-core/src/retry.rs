@@ -69,7 +69,17 @@ impl RetryPolicy {
         let exp = self
             .multiplier
             .powi(attempt.saturating_sub(1).min(64) as i32);
-        let base = self.initial.mul_f64(exp).min(self.max);
+        // In seconds, capped before it becomes a `Duration`:
+        // `Duration::mul_f64` panics when the product overflows (a
+        // multiplier of 10 by the 24th attempt, an infinite one at once).
+        let secs = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
+        let base = if self.initial.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::try_from_secs_f64(secs)
+                .unwrap_or(self.max)
+                .min(self.max)
+        };
         if self.jitter {
             // Full jitter in [base/2, base]: never zero, never in lockstep.
             base / 2 + base.mul_f64(fastrand::f64() / 2.0)
@@ -109,6 +119,27 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    /// `Duration::mul_f64` before the cap panicked: a multiplier of 10 on
+    /// the 24th attempt, an infinite one on the 2nd.
+    #[test]
+    fn large_multipliers_and_attempts_stay_at_the_maximum() {
+        for multiplier in [10.0, 1e300, f64::INFINITY, f64::NAN] {
+            let p = RetryPolicy::new(u32::MAX)
+                .backoff(Duration::from_millis(10), Duration::from_secs(2))
+                .multiplier(multiplier)
+                .jitter(false);
+            for attempt in [2, 24, 64, 65, u32::MAX] {
+                let d = p.delay(attempt);
+                assert!(d <= Duration::from_secs(2), "{multiplier} {attempt}: {d:?}");
+            }
+            assert_eq!(p.delay(1), Duration::from_millis(10));
+        }
+        let none = RetryPolicy::new(3)
+            .backoff(Duration::ZERO, Duration::ZERO)
+            .multiplier(f64::INFINITY);
+        assert_eq!(none.delay(5), Duration::ZERO);
     }
 
     #[test]
