@@ -716,3 +716,74 @@ mod in_process {
         shipping.stop().await;
     }
 }
+
+/// Rule 8: a shutdown that outlives its grace returns the in-flight
+/// messages to the queue, and their handlers stop with the consumer.
+mod shutdown {
+    use super::*;
+    use eda_core::adapters::in_process::InProcessMessage;
+    use eda_core::{ExternalMessage, Metadata};
+
+    pub(crate) mod slow {
+        use super::super::*;
+
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, eda_core::Event)]
+        #[event(name = "topology.slow.tick", external)]
+        pub(crate) struct Tick {}
+
+        #[derive(Default)]
+        pub(crate) struct Slow {
+            pub(crate) started: AtomicUsize,
+            pub(crate) finished: AtomicUsize,
+        }
+        impl Adapter for Slow {}
+
+        #[event_handler]
+        async fn take_your_time(_: &Tick, slow: &Slow) {
+            slow.started.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            slow.finished.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handler_does_not_outlive_its_consumer() {
+        let broker = InProcessBroker::new();
+        let bus = MessageBus::builder()
+            .scope("topology::shutdown::slow")
+            .adapter(slow::Slow::default())
+            .build()
+            .unwrap();
+        let service =
+            broker.service(InProcessOptions::new("slow").shutdown_grace(Duration::from_millis(50)));
+        let consumer = service.consumer(bus.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(consumer.run(async {
+            let _ = stopped.await;
+        }));
+        let tick = InProcessMessage::new(
+            ExternalMessage {
+                name: "topology.slow.tick".into(),
+                metadata: Metadata::new(),
+                payload: b"{}".to_vec(),
+            },
+            None,
+        );
+        let slow = bus.adapter::<slow::Slow>().unwrap();
+        wait_until("the queue is bound", || !broker.bindings("slow").is_empty()).await;
+        assert!(broker.publish("eda.events", tick).unwrap());
+        wait_until("the handler started", || {
+            slow.started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+        assert_eq!(broker.len("slow"), 1, "returned to the queue");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(
+            slow.finished.load(Ordering::SeqCst),
+            0,
+            "the handler stopped with the consumer"
+        );
+    }
+}

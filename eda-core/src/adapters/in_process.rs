@@ -360,6 +360,13 @@ impl InProcessOptions {
         self
     }
 
+    /// How long a shutdown waits for in-flight messages before returning
+    /// them to the queue.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// The service queue.
     pub fn queue_name(&self) -> &str {
         &self.queue

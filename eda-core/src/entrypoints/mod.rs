@@ -120,13 +120,15 @@ pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Delivery<'
         Err(e) => return refuse(e.to_string()),
     }
     // In a task of its own, so that a panicking handler is a failure of
-    // this message, not of the consumer.
-    let handled = tokio::spawn({
+    // this message, not of the consumer; aborted with the caller (a
+    // consumer's shutdown that outlived its grace), so that no handler
+    // outlives the consumer.
+    let handled = AbortOnDrop(tokio::spawn({
         let bus = bus.clone();
         let name = d.name.to_owned();
         let payload = d.payload.to_vec();
         async move { bus.handle_incoming(&name, metadata, &payload).await }
-    })
+    }))
     .await;
     let reason = match handled {
         Ok(Ok(())) => return Verdict::Ack,
@@ -140,6 +142,25 @@ pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Delivery<'
         Err(join) => format!("handler of `{}` was cancelled: {join}", d.name),
     };
     after_failure(d.failed_before, policy.max_attempts, reason)
+}
+
+/// A task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
 }
 
 /// The verdict on a message that failed again after `failed_before`
