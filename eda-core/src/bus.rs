@@ -919,6 +919,12 @@ pub(crate) async fn dispatch_command<C: Command>(
             error: e.to_string(),
             conflict: false,
         }),
+        // A version conflict that outlived the command's retries.
+        Err(CommandError::Bus(e)) if e.is_conflict() => Err(IncomingError::Handler {
+            name: C::NAME,
+            error: e.to_string(),
+            conflict: true,
+        }),
         Err(CommandError::Bus(e)) => Err(IncomingError::Framework {
             name: C::NAME,
             source: Box::new(e),

@@ -96,8 +96,9 @@ pub async fn record_inbox(tx: Option<&mut Transaction>, ctx: &Context<'_>) -> Re
     Ok(true)
 }
 
-/// After a command handler without a unit of work returned.
-pub fn finish_command(_failed: bool) -> CallOutcome {
+/// After a command handler without a unit of work returned: its result
+/// is in the output slot, whatever it is.
+pub fn finish_command() -> CallOutcome {
     CallOutcome::Done
 }
 

@@ -537,6 +537,34 @@ async fn adding_an_existing_aggregate_conflicts() {
     );
 }
 
+/// From a broker, a conflict that outlived the retries says so (the
+/// consumer retries it like any failure): `conflict` was always `false`.
+#[tokio::test]
+async fn an_incoming_command_that_conflicts_says_so() {
+    let s = service_with(RetryPolicy::never());
+    let body = format!(r#"{{"id":"{}","tag":"{}"}}"#, id("a"), id("t"));
+    s.bus
+        .handle_incoming("test.create", Metadata::new(), body.as_bytes())
+        .await
+        .unwrap();
+    let err = s
+        .bus
+        .handle_incoming("test.create", Metadata::new(), body.as_bytes())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            eda_core::IncomingError::Handler {
+                name: "test.create",
+                conflict: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrent_update_is_detected_and_the_command_retried() {
     let s = service();

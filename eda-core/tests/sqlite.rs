@@ -466,8 +466,8 @@ async fn outbox_rows_keep_the_events_order_and_metadata() {
         assert_eq!(row.get::<Option<String>, _>("claimed_until"), None);
         assert_eq!(row.get::<i64, _>("attempts"), 0);
     }
-    ids.dedup();
-    assert_eq!(ids.len(), 3);
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 3, "three ids, all different: {ids:?}");
     // created_at is the events' time, in the framework's format.
     let recent: bool = sqlx::query_scalar(&format!(
         "SELECT min(created_at) > strftime('{TIMESTAMP_FORMAT}', 'now', '-1 minute') \

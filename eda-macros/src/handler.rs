@@ -449,7 +449,7 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
                     quote!(#p::finish_command_uow(__failed, &mut #uow, __events, &__ctx)),
                     *uow_span,
                 ),
-                None => quote! {{ let _ = __events; #p::finish_command(__failed) }},
+                None => quote! {{ let _ = (__events, __failed); #p::finish_command() }},
             };
             (
                 quote_spanned!(msg_span=> let (__ctx, __message, __out, __events) = __call.into_parts::<#msg_ty>();),
