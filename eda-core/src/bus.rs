@@ -82,7 +82,7 @@ pub(crate) struct BusInner {
     /// (see [`crate::topology`]), sorted.
     consumed: Box<[&'static str]>,
     /// What `build` found probably wrong.
-    pub(crate) warnings: Vec<TopologyWarning>,
+    warnings: Vec<TopologyWarning>,
     /// The events without handlers that were raised, logged once each.
     went_nowhere: std::sync::Mutex<HashSet<&'static str>>,
 }
@@ -411,7 +411,12 @@ impl MessageBus {
     /// `bindings` when given (an override, which the warnings compare with
     /// what the service consumes).
     pub fn topology(&self, bindings: Option<&[String]>) -> Topology {
-        Topology::new(self, bindings)
+        Topology::new(
+            self.consumed_message_names(),
+            self.inner.warnings.clone(),
+            bindings,
+            |name| self.why_not_consumed(name),
+        )
     }
 
     /// Why this service does not consume `name` (which it does not).

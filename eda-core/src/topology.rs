@@ -53,7 +53,6 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::bus::MessageBus;
 use crate::message::MessageKind;
 use crate::registry::{Location, MessageRegistration};
 
@@ -118,7 +117,8 @@ impl fmt::Display for TopologyWarning {
 }
 
 /// A service's topology on the external bus: the names its queue is bound
-/// to, and the warnings about them. [`MessageBus::topology`] builds it; the
+/// to, and the warnings about them.
+/// [`MessageBus::topology`](crate::MessageBus::topology) builds it; the
 /// consumers declare it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Topology {
@@ -128,9 +128,15 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub(crate) fn new(bus: &MessageBus, bindings: Option<&[String]>) -> Self {
-        let consumed = bus.consumed_message_names();
-        let mut warnings = bus.inner.warnings.clone();
+    /// The topology of a service that consumes `consumed`, its queue bound
+    /// to them or to `bindings` when given; `warnings`: what the bus found
+    /// already; `why_not_consumed` says why a name is not consumed.
+    pub(crate) fn new(
+        consumed: Vec<&'static str>,
+        mut warnings: Vec<TopologyWarning>,
+        bindings: Option<&[String]>,
+        why_not_consumed: impl Fn(&str) -> &'static str,
+    ) -> Self {
         let bindings: Vec<String> = match bindings {
             None => consumed.iter().map(|n| (*n).to_owned()).collect(),
             Some(given) => {
@@ -143,7 +149,7 @@ impl Topology {
                     if !consumed.contains(&name.as_str()) {
                         warnings.push(TopologyWarning::BoundButNotConsumed {
                             name: name.clone(),
-                            why: bus.why_not_consumed(name),
+                            why: why_not_consumed(name),
                         });
                     }
                 }
