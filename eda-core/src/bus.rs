@@ -376,8 +376,9 @@ impl MessageBus {
         }
     }
 
-    /// The names of the messages this bus can decode, with whether each has
-    /// a handler in this bus: what a consumer binds its queue to.
+    /// The names of the messages that have a handler in this bus, sorted:
+    /// what it handles, from a broker or in-process. (What its queue is
+    /// bound to is [`consumed_message_names`](Self::consumed_message_names).)
     pub fn handled_message_names(&self) -> Vec<&'static str> {
         let mut names: Vec<_> = self
             .inner

@@ -130,12 +130,14 @@ pub fn finish_command_uow<U: UnitOfWork>(
 /// A handler that succeeded without committing a unit of work that holds
 /// changes lost them (rule 10 of DESIGN.md: not silently).
 fn check_committed<U: UnitOfWork>(uow: &mut U, ctx: &Context<'_>) {
+    // Most handlers committed: that is all this asks of them.
+    let raised = match uow.__transaction() {
+        Some(tx) if tx.is_active() => tx.raised(),
+        _ => return,
+    };
     let changes = uow.__changes();
-    if let Some(tx) = uow.__transaction()
-        && tx.is_active()
-        && (changes > 0 || tx.raised() > 0)
-    {
-        ctx.bus.uncommitted(ctx.handler, changes, tx.raised());
+    if changes > 0 || raised > 0 {
+        ctx.bus.uncommitted(ctx.handler, changes, raised);
     }
 }
 

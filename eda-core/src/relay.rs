@@ -48,6 +48,7 @@ use crate::error::Error;
 use crate::message::MessageId;
 use crate::outbox::ExternalMessage;
 use crate::private::BoxFuture;
+use crate::retry::RetryPolicy;
 
 /// An outbox row waiting to be published.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -398,6 +399,10 @@ impl Relay {
             Duration::from_millis(now.saturating_sub(e.message.metadata.timestamp.as_millis()))
                 >= o.unroutable_retry_for
         });
+        // Doubling from the first delay to the longest: the bus's backoff.
+        let backoff = RetryPolicy::new(u32::MAX)
+            .backoff(o.unroutable_backoff, o.unroutable_max_backoff)
+            .jitter(false);
         let mut deferred: Vec<(i64, Duration)> = young
             .iter()
             .map(|e| {
@@ -410,11 +415,7 @@ impl Relay {
                 } else {
                     tracing::debug!(name = %e.message.name, id = %e.message.metadata.message_id, attempts = e.attempts, "still unroutable");
                 }
-                let delay = o
-                    .unroutable_backoff
-                    .saturating_mul(1 << e.attempts.min(20))
-                    .min(o.unroutable_max_backoff);
-                (e.position, delay)
+                (e.position, backoff.delay(e.attempts.saturating_add(1)))
             })
             .collect();
         if !old.is_empty() {

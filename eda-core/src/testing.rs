@@ -206,8 +206,9 @@ impl TestRabbitMq {
         f: impl FnOnce(RabbitMqOptions) -> RabbitMqOptions,
     ) -> RabbitMq {
         let o = self.rabbitmq.options();
-        let queue = format!("{}.{name}", o.queue_name());
-        let options = f(RabbitMqOptions::new(amqp_url(), queue)).exchange(o.exchange_name());
+        let queue = format!("{}.{name}", o.consumer().queue_name());
+        let options =
+            f(RabbitMqOptions::new(amqp_url(), queue)).exchange(o.consumer().exchange_name());
         self.others.lock().unwrap().push(options.clone());
         RabbitMq::connect(options)
             .await
@@ -227,14 +228,15 @@ impl TestRabbitMq {
         let mut queues = Vec::new();
         let others = std::mem::take(&mut *self.others.lock().unwrap());
         for o in std::iter::once(self.rabbitmq.options()).chain(&others) {
+            let c = o.consumer();
             queues.extend([
-                o.queue_name().to_owned(),
-                o.dead_letter_queue(),
-                o.bindings_queue(),
+                c.queue_name().to_owned(),
+                c.dead_letter_queue(),
+                c.bindings_queue(),
             ]);
-            queues.extend(o.retry_delays.iter().map(|d| o.retry_queue(*d)));
+            queues.extend(o.retry_queues());
         }
-        let o = self.rabbitmq.options();
+        let o = self.rabbitmq.options().consumer();
         queues.push(o.unrouted_queue());
         for queue in queues {
             let _ = channel

@@ -183,6 +183,21 @@ impl Topology {
         &self.warnings
     }
 
+    /// Logs the warnings about the bindings of `queue` (those about the
+    /// bus itself were logged when it was built), the first time `logged`
+    /// is found unset: a service declares its topology at start and again
+    /// at each reconnection, and says so once.
+    pub(crate) fn log_once(&self, queue: &str, logged: &std::sync::atomic::AtomicBool) {
+        if logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        for warning in &self.warnings {
+            if !matches!(warning, TopologyWarning::EventGoesNowhere { .. }) {
+                tracing::warn!(queue, "{warning}");
+            }
+        }
+    }
+
     /// The bindings to remove from the queue: those it had before
     /// (`bound_before`, as recorded when they were made) and the names of
     /// every message linked into this binary, less the ones it needs now.

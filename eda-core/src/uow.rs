@@ -562,22 +562,19 @@ impl<A: Aggregate> UowField for IdentityMap<A> {
         // Postgres a deadlock is found only after `deadlock_timeout`, 1 s
         // by default, and both are retried). The `Debug` form of the id is a
         // total order every process agrees on, and asks nothing more of the
-        // id type.
-        let mut dirty: Vec<usize> = (0..self.tracked.len())
-            .filter(|i| self.tracked[*i].dirty)
-            .collect();
-        if dirty.len() > 1 {
-            dirty.sort_by_cached_key(|i| format!("{:?}", self.tracked[*i].aggregate.id()));
-        }
-        for i in dirty {
-            let tracked = &mut self.tracked[i];
-            let aggregate = &mut tracked.aggregate;
-            if let Some(loaded) = tracked.loaded {
-                let version = aggregate.version().max(loaded + 1);
-                aggregate.set_version(version);
+        // id type. Most units of work change one aggregate: no order to
+        // find, nothing allocated.
+        let dirty = self.tracked.iter().filter(|t| t.dirty).count();
+        if dirty > 1 {
+            let mut order: Vec<usize> = (0..self.tracked.len())
+                .filter(|i| self.tracked[*i].dirty)
+                .collect();
+            order.sort_by_cached_key(|i| format!("{:?}", self.tracked[*i].aggregate.id()));
+            for i in order {
+                save(&mut self.tracked[i], tx).await?;
             }
-            tx.save(aggregate, tracked.loaded).await?;
-            tracked.loaded = Some(aggregate.version());
+        } else if let Some(tracked) = self.tracked.iter_mut().find(|t| t.dirty) {
+            save(tracked, tx).await?;
         }
         // Their events in the order the aggregates were loaded or added.
         for tracked in self.tracked.iter_mut().filter(|t| t.dirty) {
@@ -593,6 +590,18 @@ impl<A: Aggregate> UowField for IdentityMap<A> {
     fn __changes(&self) -> usize {
         self.tracked.iter().filter(|t| t.dirty).count()
     }
+}
+
+/// Saves one tracked aggregate (its version raised past the one loaded).
+async fn save<A: Aggregate>(tracked: &mut Tracked<A>, tx: &mut Transaction) -> Result<(), Error> {
+    let aggregate = &mut tracked.aggregate;
+    if let Some(loaded) = tracked.loaded {
+        let version = aggregate.version().max(loaded + 1);
+        aggregate.set_version(version);
+    }
+    tx.save(aggregate, tracked.loaded).await?;
+    tracked.loaded = Some(aggregate.version());
+    Ok(())
 }
 
 /// The aggregates of one type in a unit of work, as handlers use them:

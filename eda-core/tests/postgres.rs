@@ -652,7 +652,8 @@ mod relay {
         s.pg.drop_schema().await;
     }
 
-    use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions};
+    use eda_core::adapters::in_process::InProcessBroker;
+    use eda_core::entrypoints::ConsumerOptions;
     use eda_core::relay::OutboxStore;
     use eda_core::{ExternalMessage, OutboxRelay, Publisher, RelayOptions};
 
@@ -676,7 +677,7 @@ mod relay {
     impl Observed {
         fn new() -> Self {
             let broker = InProcessBroker::new();
-            let publisher = broker.service(InProcessOptions::new("relay")).publisher();
+            let publisher = broker.service(ConsumerOptions::new("relay")).publisher();
             broker.declare_queue("observer");
             broker.bind("observer", "eda.events", "#").unwrap();
             Observed { broker, publisher }

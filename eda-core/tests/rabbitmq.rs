@@ -254,7 +254,7 @@ async fn publish_raw(
 ) {
     channel
         .basic_publish(
-            rmq.options().exchange_name().into(),
+            rmq.options().consumer().exchange_name().into(),
             name.into(),
             BasicPublishOptions::default(),
             body,
@@ -328,7 +328,7 @@ async fn a_message_is_consumed_handled_and_acknowledged() {
     .await;
     running.stop().await;
     assert_eq!(
-        queue_len(&channel, rmq.options().queue_name()).await,
+        queue_len(&channel, rmq.options().consumer().queue_name()).await,
         0,
         "nothing left unacknowledged"
     );
@@ -386,7 +386,7 @@ async fn a_failing_handler_is_retried_then_dead_lettered_with_the_reason() {
         props("rmq.always_fail"),
     )
     .await;
-    let dlq = rmq.options().dead_letter_queue();
+    let dlq = rmq.options().consumer().dead_letter_queue();
     wait_until("the message is dead-lettered", || async {
         queue_len(&channel, &dlq).await == 1
     })
@@ -436,7 +436,7 @@ async fn a_handler_that_recovers_is_not_dead_lettered() {
     assert_eq!(seen(&bus).runs("k"), 3);
     assert_eq!(running.metrics.retried(), 2);
     assert_eq!(
-        queue_len(&channel, &rmq.options().dead_letter_queue()).await,
+        queue_len(&channel, &rmq.options().consumer().dead_letter_queue()).await,
         0
     );
     running.stop().await;
@@ -454,7 +454,7 @@ async fn bad_input_is_dead_lettered_at_once_and_the_next_good_message_is_handled
     let channel = client(&rmq).await;
     // The queue binds the names the bus consumes; these go straight to it
     // (through the default exchange), as a misbehaving producer could.
-    let queue = rmq.options().queue_name().to_owned();
+    let queue = rmq.options().consumer().queue_name().to_owned();
     let poison: Vec<(&str, Vec<u8>, BasicProperties)> = vec![
         (
             "malformed JSON",
@@ -504,7 +504,7 @@ async fn bad_input_is_dead_lettered_at_once_and_the_next_good_message_is_handled
         balance(&db, "a") == 7
     })
     .await;
-    let dlq = rmq.options().dead_letter_queue();
+    let dlq = rmq.options().consumer().dead_letter_queue();
     wait_until("all the poison is dead-lettered", || async {
         queue_len(&channel, &dlq).await == 5
     })
@@ -549,7 +549,7 @@ async fn a_handler_panic_is_a_failure_and_the_consumer_carries_on() {
     let running = consume(&rmq, &bus).await;
     let channel = client(&rmq).await;
     publish_raw(&channel, &rmq, "rmq.explode", b"{}", props("rmq.explode")).await;
-    let dlq = rmq.options().dead_letter_queue();
+    let dlq = rmq.options().consumer().dead_letter_queue();
     wait_until("the panicking message is dead-lettered", || async {
         queue_len(&channel, &dlq).await == 1
     })
@@ -626,7 +626,7 @@ async fn shutdown_lets_in_flight_messages_finish_and_returns_the_rest() {
         "the message in flight finished"
     );
     assert_eq!(
-        queue_len(&channel, rmq.options().queue_name()).await,
+        queue_len(&channel, rmq.options().consumer().queue_name()).await,
         2,
         "the others went back to the queue"
     );
@@ -634,7 +634,7 @@ async fn shutdown_lets_in_flight_messages_finish_and_returns_the_rest() {
 }
 
 async fn bound_test_queue(rmq: &TestRabbitMq, channel: &Channel, names: &[&str]) -> String {
-    let queue = format!("{}.observer", rmq.options().queue_name());
+    let queue = format!("{}.observer", rmq.options().consumer().queue_name());
     channel
         .queue_declare(
             queue.as_str().into(),
@@ -647,7 +647,7 @@ async fn bound_test_queue(rmq: &TestRabbitMq, channel: &Channel, names: &[&str])
         channel
             .queue_bind(
                 queue.as_str().into(),
-                rmq.options().exchange_name().into(),
+                rmq.options().consumer().exchange_name().into(),
                 (*name).into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -810,6 +810,25 @@ async fn the_relay_wakes_on_commit_without_waiting_for_its_poll() {
     rmq.cleanup().await;
 }
 
+/// A service that commits one event nobody is bound to, and its relay with
+/// `options` (unroutable events published again 50 ms after the first try).
+async fn shouting_into_the_void(
+    rmq: &TestRabbitMq,
+    options: RelayOptions,
+) -> (InMemoryDatabase, OutboxRelay) {
+    let db = InMemoryDatabase::new();
+    bus(&db, "one").handle(Shout {}).await.unwrap();
+    let relay = OutboxRelay::spawn(
+        std::sync::Arc::new(db.clone()),
+        rmq.rabbitmq.publisher(),
+        RelayOptions {
+            unroutable_backoff: Duration::from_millis(50),
+            ..options
+        },
+    );
+    (db, relay)
+}
+
 /// An event no queue is bound to yet (its consumer is not deployed): it was
 /// marked sent and dropped. Now it stays in the outbox, counted, and is
 /// published again until a queue takes it.
@@ -818,18 +837,14 @@ async fn an_unroutable_event_is_kept_and_delivered_once_a_queue_is_bound() {
     let Some(rmq) = TestRabbitMq::start().await else {
         return;
     };
-    let db = InMemoryDatabase::new();
-    let bus = bus(&db, "one");
-    bus.handle(Shout {}).await.unwrap();
-    let relay = OutboxRelay::spawn(
-        std::sync::Arc::new(db.clone()),
-        rmq.rabbitmq.publisher(),
+    let (db, relay) = shouting_into_the_void(
+        &rmq,
         RelayOptions {
-            unroutable_backoff: Duration::from_millis(50),
             unroutable_max_backoff: Duration::from_millis(200),
             ..fast_relay()
         },
-    );
+    )
+    .await;
     wait_until("it was found unroutable, twice", || async {
         relay.metrics().unroutable() >= 2
     })
@@ -839,7 +854,7 @@ async fn an_unroutable_event_is_kept_and_delivered_once_a_queue_is_bound() {
 
     // Its consumer arrives.
     let channel = client(&rmq).await;
-    let queue = format!("{}.late", rmq.options().queue_name());
+    let queue = format!("{}.late", rmq.options().consumer().queue_name());
     channel
         .queue_declare(
             queue.as_str().into(),
@@ -851,7 +866,7 @@ async fn an_unroutable_event_is_kept_and_delivered_once_a_queue_is_bound() {
     channel
         .queue_bind(
             queue.as_str().into(),
-            rmq.options().exchange_name().into(),
+            rmq.options().consumer().exchange_name().into(),
             "rmq.shouted_into_the_void".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -887,22 +902,18 @@ async fn an_event_no_queue_takes_in_time_is_parked_with_the_reason() {
     let Some(rmq) = TestRabbitMq::start().await else {
         return;
     };
-    let db = InMemoryDatabase::new();
-    let bus = bus(&db, "one");
-    bus.handle(Shout {}).await.unwrap();
-    let relay = OutboxRelay::spawn(
-        std::sync::Arc::new(db.clone()),
-        rmq.rabbitmq.publisher(),
+    let (db, relay) = shouting_into_the_void(
+        &rmq,
         RelayOptions {
-            unroutable_backoff: Duration::from_millis(50),
             unroutable_max_backoff: Duration::from_millis(100),
             unroutable_retry_for: Duration::from_millis(400),
             ..fast_relay()
         },
-    );
+    )
+    .await;
     wait_until("it is parked", || async { relay.metrics().parked() == 1 }).await;
     let channel = client(&rmq).await;
-    let parked = get(&channel, &rmq.options().unrouted_queue())
+    let parked = get(&channel, &rmq.options().consumer().unrouted_queue())
         .await
         .expect("in the parking queue");
     let properties = &parked.delivery.properties;

@@ -185,7 +185,7 @@ async fn the_consumer_survives_its_connection_closed_by_force_and_loses_nothing(
             .with_type("faults.deposit".into());
         client
             .basic_publish(
-                rmq.options().exchange_name().into(),
+                rmq.options().consumer().exchange_name().into(),
                 "faults.deposit".into(),
                 BasicPublishOptions::default(),
                 &body,
@@ -214,7 +214,7 @@ async fn the_consumer_survives_its_connection_closed_by_force_and_loses_nothing(
         sum().await >= 100
     })
     .await;
-    let closed = close_connections_named(rmq.options().queue_name());
+    let closed = close_connections_named(rmq.options().consumer().queue_name());
     assert!(closed >= 1, "the service's connection was found and closed");
     wait_until("the whole stream is handled", || async {
         sum().await == total
@@ -229,7 +229,7 @@ async fn the_consumer_survives_its_connection_closed_by_force_and_loses_nothing(
     task.await.unwrap().unwrap();
     let queue = client
         .queue_declare(
-            rmq.options().queue_name().into(),
+            rmq.options().consumer().queue_name().into(),
             QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -252,7 +252,7 @@ async fn the_relay_survives_its_connection_closed_by_force_and_loses_nothing() {
     let bus = bus(&db);
     let total = 3000;
     let client = other_client().await;
-    let observer = format!("{}.observer", rmq.options().queue_name());
+    let observer = format!("{}.observer", rmq.options().consumer().queue_name());
     client
         .queue_declare(
             observer.as_str().into(),
@@ -264,7 +264,7 @@ async fn the_relay_survives_its_connection_closed_by_force_and_loses_nothing() {
     client
         .queue_bind(
             observer.as_str().into(),
-            rmq.options().exchange_name().into(),
+            rmq.options().consumer().exchange_name().into(),
             "faults.deposited".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -300,7 +300,7 @@ async fn the_relay_survives_its_connection_closed_by_force_and_loses_nothing() {
         relay.metrics().published() >= 500
     })
     .await;
-    let closed = close_connections_named(rmq.options().queue_name());
+    let closed = close_connections_named(rmq.options().consumer().queue_name());
     assert!(closed >= 1, "the relay's connection was found and closed");
     let committed_at_fault = db.outbox().len();
     producer.await.unwrap();

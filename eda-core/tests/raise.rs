@@ -83,8 +83,22 @@ mod raised_by_the_unit_of_work {
         notes.0.fetch_add(1, Ordering::SeqCst);
     }
 
-    #[tokio::test]
-    async fn are_published_and_handled_when_it_commits_and_discarded_when_not() {
+    /// Its handler adds an entry, and forgets to commit.
+    #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+    #[event(name = "ledger.reminded")]
+    pub(crate) struct Reminded {}
+
+    #[event_handler]
+    async fn remember(_: &Reminded, uow: &mut Ledger) -> Result<(), eda_core::Error> {
+        uow.entries().add(Entry {
+            id: "e2".into(),
+            version: 0,
+            events: Events::new(),
+        })?;
+        Ok(())
+    }
+
+    fn ledger() -> (InMemoryDatabase, MessageBus) {
         let db = InMemoryDatabase::new();
         let bus = MessageBus::builder()
             .scope(module_path!())
@@ -92,6 +106,12 @@ mod raised_by_the_unit_of_work {
             .adapter(Notes::default())
             .build()
             .unwrap();
+        (db, bus)
+    }
+
+    #[tokio::test]
+    async fn are_published_and_handled_when_it_commits_and_discarded_when_not() {
+        let (db, bus) = ledger();
         bus.handle(Refuse { commit: false }).await.unwrap();
         assert!(db.outbox().is_empty());
         assert_eq!(bus.adapter::<Notes>().unwrap().0.load(Ordering::SeqCst), 0);
@@ -108,17 +128,15 @@ mod raised_by_the_unit_of_work {
 
     #[tokio::test]
     async fn a_handler_that_forgets_to_commit_its_changes_is_reported() {
-        let db = InMemoryDatabase::new();
-        let bus = MessageBus::builder()
-            .scope(module_path!())
-            .adapter(db.clone())
-            .adapter(Notes::default())
-            .build()
-            .unwrap();
+        let (db, bus) = ledger();
         bus.handle(Forget { roll_back: true }).await.unwrap();
         assert_eq!(bus.metrics().uncommitted, 0, "rolled back on purpose");
         bus.handle(Forget { roll_back: false }).await.unwrap();
         assert_eq!(bus.metrics().uncommitted, 1);
         assert!(db.get::<Entry>("e1").is_none(), "rolled back");
+        // An event handler too.
+        bus.publish(eda_core::Envelope::new(Reminded {})).await;
+        assert_eq!(bus.metrics().uncommitted, 2);
+        assert!(db.get::<Entry>("e2").is_none(), "rolled back");
     }
 }

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions, InProcessService};
+use eda_core::adapters::in_process::{InProcessBroker, InProcessService};
 use eda_core::adapters::rabbitmq::RabbitMq;
 use eda_core::entrypoints::ConsumerMetrics;
+use eda_core::entrypoints::ConsumerOptions;
 use eda_core::prelude::*;
 use eda_core::testing::TestRabbitMq;
 use eda_core::{Error, OutboxRelay, RelayOptions};
@@ -277,8 +278,8 @@ async fn an_event_of_a_shared_contract_crosses_to_the_service_that_handles_it() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_on_the_in_process_broker() {
     let broker = InProcessBroker::new();
-    let shipping = broker.service(InProcessOptions::new("shipping"));
-    let orders = broker.service(InProcessOptions::new("orders"));
+    let shipping = broker.service(ConsumerOptions::new("shipping"));
+    let orders = broker.service(ConsumerOptions::new("orders"));
     two_services_exchange_events(shipping, orders).await;
     assert!(broker.is_empty("shipping") && broker.is_empty("orders"));
     assert!(broker.is_empty("shipping.dlq") && broker.is_empty("orders.dlq"));
@@ -377,8 +378,8 @@ async fn commands_come_from_the_broker_only_when_accepted() {
     };
     let counts = Arc::new(Counts::default());
     let rabbitmq = rmq.service("orders", |o| o.max_attempts(1)).await;
-    let queue = rabbitmq.options().queue_name().to_owned();
-    let exchange = rabbitmq.options().exchange_name().to_owned();
+    let queue = rabbitmq.options().consumer().queue_name().to_owned();
+    let exchange = rabbitmq.options().consumer().exchange_name().to_owned();
     let channel = client(&rmq).await;
     let body = br#"{"orderid":"sent-over-the-broker"}"#;
 
@@ -389,7 +390,7 @@ async fn commands_come_from_the_broker_only_when_accepted() {
     );
     // Straight to the queue, as a misbehaving producer could.
     assert!(routed_to(&channel, "", &queue, "topology.place_order", body).await);
-    let dlq = rabbitmq.options().dead_letter_queue();
+    let dlq = rabbitmq.options().consumer().dead_letter_queue();
     wait_until("it is dead-lettered", || {
         orders.metrics.dead_lettered() == 1
     })
@@ -449,7 +450,7 @@ async fn bindings_no_handler_needs_are_removed_at_start() {
         return;
     };
     let counts = Arc::new(Counts::default());
-    let exchange = rmq.options().exchange_name().to_owned();
+    let exchange = rmq.options().consumer().exchange_name().to_owned();
     let channel = client(&rmq).await;
     let old = rmq
         .service("shipping", |o| {
@@ -636,7 +637,7 @@ mod in_process {
         let broker = InProcessBroker::new();
         let counts = Arc::new(Counts::default());
         let orders = Service::start(
-            broker.service(InProcessOptions::new("orders")),
+            broker.service(ConsumerOptions::new("orders")),
             "topology::orders",
             &counts,
             |b| b,
@@ -683,7 +684,7 @@ mod in_process {
         // Orders publishes before shipping exists.
         let relay = OutboxRelay::spawn(
             Arc::new(db.clone()),
-            broker.service(InProcessOptions::new("orders")).publisher(),
+            broker.service(ConsumerOptions::new("orders")).publisher(),
             RelayOptions {
                 poll: Duration::from_millis(20),
                 unroutable_backoff: Duration::from_millis(20),
@@ -701,7 +702,7 @@ mod in_process {
         })
         .await;
         let shipping = Service::start(
-            broker.service(InProcessOptions::new("shipping")),
+            broker.service(ConsumerOptions::new("shipping")),
             "topology::shipping",
             &counts,
             |b| b,
@@ -755,7 +756,7 @@ mod shutdown {
             .build()
             .unwrap();
         let service =
-            broker.service(InProcessOptions::new("slow").shutdown_grace(Duration::from_millis(50)));
+            broker.service(ConsumerOptions::new("slow").shutdown_grace(Duration::from_millis(50)));
         let consumer = service.consumer(bus.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let running = tokio::spawn(consumer.run(async {

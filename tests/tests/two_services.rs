@@ -19,7 +19,8 @@ use allocation::adapters::notifications::{FakeNotifier, Notifications};
 use allocation::domain::commands::CreateBatch;
 use allocation::domain::model::Product;
 use contracts::OrderLine;
-use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions};
+use eda_core::adapters::in_process::InProcessBroker;
+use eda_core::entrypoints::ConsumerOptions;
 use eda_core::sqlx;
 use eda_core::testing::unique_name;
 use eda_core::{InMemoryDatabase, MessageBus, OutboxRelay, OutboxStore, RelayOptions};
@@ -66,7 +67,7 @@ async fn the_pair_settles_every_order_on_the_in_process_broker() {
     let plan = Plan::new(&unique_name("mem"), 5, 30, orders_per_run(), 7);
     let broker = InProcessBroker::new();
     let fast = |queue: &str| {
-        InProcessOptions::new(queue)
+        ConsumerOptions::new(queue)
             .retry_delays([Duration::from_millis(20), Duration::from_millis(50)])
     };
     let relay_options = || RelayOptions {

@@ -258,7 +258,7 @@ impl Bench {
     async fn eda(&mut self, label: &str, n: u64) -> Result<(f64, Usage), String> {
         let first = self.next_seq;
         self.next_seq += n;
-        let queue = self.rmq.options().queue_name().to_owned();
+        let queue = self.rmq.options().consumer().queue_name().to_owned();
         fill(&self.admin, &queue, first, n).await?;
         let inbox_before: i64 = sqlx::query_scalar("SELECT count(*) FROM eda_inbox")
             .fetch_one(&self.pool)
@@ -307,7 +307,11 @@ impl Bench {
             .await
             .map_err(err)?;
         let left = queue_len(&self.admin, &queue).await?;
-        let dead = queue_len(&self.admin, &self.rmq.options().dead_letter_queue()).await?;
+        let dead = queue_len(
+            &self.admin,
+            &self.rmq.options().consumer().dead_letter_queue(),
+        )
+        .await?;
         if rows != n || (inbox - inbox_before) as u64 != n || left != 0 || dead != 0 {
             return Err(format!(
                 "{label}: {rows} rows and {} inbox rows for {n} messages; {left} left in the \
@@ -423,7 +427,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(err)?;
-    let baseline_queue = format!("{}.baseline", rmq.options().queue_name());
+    let baseline_queue = format!("{}.baseline", rmq.options().consumer().queue_name());
     admin
         .queue_declare(
             baseline_queue.as_str().into(),

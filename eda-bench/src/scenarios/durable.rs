@@ -571,8 +571,8 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         .build()
         .map_err(err)?;
 
-    let exchange = rmq.options().exchange_name().to_owned();
-    let observer = format!("{}.observer", rmq.options().queue_name());
+    let exchange = rmq.options().consumer().exchange_name().to_owned();
+    let observer = format!("{}.observer", rmq.options().consumer().queue_name());
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .map_err(err)?;

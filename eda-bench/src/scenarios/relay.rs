@@ -108,7 +108,7 @@ impl Bench {
 
     /// Publishes the same messages by hand, with confirms.
     async fn baseline(&self, messages: &[ExternalMessage]) -> Result<f64, String> {
-        let exchange = self.rmq.options().exchange_name();
+        let exchange = self.rmq.options().consumer().exchange_name();
         let start = Instant::now();
         for window in messages.chunks(WINDOW) {
             let mut confirms = Vec::with_capacity(window.len());
@@ -157,7 +157,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(err)?;
-    let observer = format!("{}.observer", rmq.options().queue_name());
+    let observer = format!("{}.observer", rmq.options().consumer().queue_name());
     channel
         .queue_declare(
             observer.as_str().into(),
@@ -172,7 +172,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     channel
         .queue_bind(
             observer.as_str().into(),
-            rmq.options().exchange_name().into(),
+            rmq.options().consumer().exchange_name().into(),
             NAME.into(),
             QueueBindOptions::default(),
             FieldTable::default(),

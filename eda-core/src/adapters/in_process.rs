@@ -26,7 +26,8 @@
 //!
 //! ```standalone_crate
 //! use std::sync::Arc;
-//! use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions};
+//! use eda_core::adapters::in_process::InProcessBroker;
+//! use eda_core::entrypoints::ConsumerOptions;
 //! use eda_core::prelude::*;
 //! use eda_core::{OutboxRelay, RelayOptions};
 //! use serde::{Deserialize, Serialize};
@@ -45,7 +46,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let broker = InProcessBroker::new();
 //! let shipping = MessageBus::builder().scope("rust_out::shipping").build()?;
-//! let endpoint = broker.service(InProcessOptions::new("shipping"));
+//! let endpoint = broker.service(ConsumerOptions::new("shipping"));
 //! endpoint.declare_topology(&shipping);
 //! assert_eq!(broker.bindings("shipping"), [("eda.events".to_owned(), "shop.order_placed".to_owned())]);
 //! # Ok(()) }
@@ -57,18 +58,17 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::bus::MessageBus;
-use crate::entrypoints::{self, ConsumerMetrics, Policy, Verdict, retry_delay, verdict};
+use crate::entrypoints::{self, ConsumerMetrics, ConsumerOptions, Verdict, retry_delay, verdict};
 use crate::error::Error;
 use crate::outbox::ExternalMessage;
 use crate::private::BoxFuture;
 use crate::relay::{Delivery, Publisher};
-use crate::topology::{Topology, TopologyWarning};
+use crate::topology::Topology;
 
 /// A message in the broker: what an AMQP delivery carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,13 +239,21 @@ impl InProcessBroker {
             queues.dedup();
             queues
         };
-        for name in &queues {
-            if let Some(queue) = state.queues.get_mut(name) {
-                queue.ready.push_back(message.clone());
+        let routed = !queues.is_empty();
+        // A copy for each queue but the last, which takes the message.
+        let mut message = Some(message);
+        for (i, name) in queues.iter().enumerate() {
+            let copy = if i + 1 == queues.len() {
+                message.take()
+            } else {
+                message.clone()
+            };
+            if let (Some(queue), Some(copy)) = (state.queues.get_mut(name), copy) {
+                queue.ready.push_back(copy);
                 queue.notify.notify_one();
             }
         }
-        Ok(!queues.is_empty())
+        Ok(routed)
     }
 
     /// Takes the next message of `queue` (acknowledged at once).
@@ -265,10 +273,11 @@ impl InProcessBroker {
 
     /// A service on this broker: its publisher (for the outbox relay), its
     /// topology and its consumer.
-    pub fn service(&self, options: InProcessOptions) -> InProcessService {
+    pub fn service(&self, options: ConsumerOptions) -> InProcessService {
         InProcessService {
             broker: self.clone(),
             options: Arc::new(options),
+            warned: Arc::default(),
         }
     }
 
@@ -290,114 +299,18 @@ fn not_found(what: &str, name: &str) -> Error {
     Error::Broker(format!("no {what} named `{name}` is declared").into())
 }
 
-/// How a service uses the in-process broker: its queue, the exchange, and
-/// its consumer's policy (the same as RabbitMQ's consumer's).
-#[derive(Clone, Debug)]
-pub struct InProcessOptions {
-    queue: String,
-    exchange: String,
-    retry_delays: Vec<Duration>,
-    max_attempts: u32,
-    max_message_bytes: usize,
-    concurrency: usize,
-    bindings: Option<Vec<String>>,
-    shutdown_grace: Duration,
-}
-
-impl InProcessOptions {
-    /// The service whose queue is `queue`. Defaults as RabbitMQ's: exchange
-    /// `eda.events`, retries after 1 s, 5 s and 30 s, 5 attempts, messages
-    /// up to 1 MiB, 8 handled at once, 10 s for in-flight messages at
-    /// shutdown.
-    pub fn new(queue: impl Into<String>) -> Self {
-        InProcessOptions {
-            queue: queue.into(),
-            exchange: "eda.events".into(),
-            retry_delays: vec![
-                Duration::from_secs(1),
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-            ],
-            max_attempts: 5,
-            max_message_bytes: 1 << 20,
-            concurrency: 8,
-            bindings: None,
-            shutdown_grace: Duration::from_secs(10),
-        }
-    }
-
-    /// The topic exchange.
-    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
-        self.exchange = exchange.into();
-        self
-    }
-
-    /// The delays before attempts 2, 3, …; the last one repeats.
-    pub fn retry_delays(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
-        let delays: Vec<_> = delays.into_iter().collect();
-        if !delays.is_empty() {
-            self.retry_delays = delays;
-        }
-        self
-    }
-
-    /// After this many failed attempts, a message is dead-lettered.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
-        self
-    }
-
-    /// How many messages are handled at once.
-    pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency.max(1);
-        self
-    }
-
-    /// Bind the service queue to these names instead of those the bus
-    /// consumes (as `RabbitMqOptions::bind`).
-    pub fn bind(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.bindings = Some(names.into_iter().map(Into::into).collect());
-        self
-    }
-
-    /// How long a shutdown waits for in-flight messages before returning
-    /// them to the queue.
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
-        self
-    }
-
-    /// The service queue.
-    pub fn queue_name(&self) -> &str {
-        &self.queue
-    }
-
-    /// The exchange.
-    pub fn exchange_name(&self) -> &str {
-        &self.exchange
-    }
-
-    /// The dead-letter queue: `<queue>.dlq`.
-    pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dlq", self.queue)
-    }
-
-    /// Where unroutable events are parked: `<exchange>.unrouted`.
-    pub fn unrouted_queue(&self) -> String {
-        format!("{}.unrouted", self.exchange)
-    }
-}
-
 /// A service on the in-process broker. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct InProcessService {
     broker: InProcessBroker,
-    options: Arc<InProcessOptions>,
+    options: Arc<ConsumerOptions>,
+    /// The topology's warnings were logged.
+    warned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl InProcessService {
     /// The options.
-    pub fn options(&self) -> &InProcessOptions {
+    pub fn options(&self) -> &ConsumerOptions {
         &self.options
     }
 
@@ -406,16 +319,10 @@ impl InProcessService {
         &self.broker
     }
 
-    /// The topology of `bus` here, its warnings about bindings logged (as
-    /// on RabbitMQ).
+    /// The topology of `bus` here (as on RabbitMQ). Declaring it logs its
+    /// warnings, once.
     pub fn topology(&self, bus: &MessageBus) -> Topology {
-        let topology = bus.topology(self.options.bindings.as_deref());
-        for warning in topology.warnings() {
-            if !matches!(warning, TopologyWarning::EventGoesNowhere { .. }) {
-                tracing::warn!(queue = %self.options.queue, "{warning}");
-            }
-        }
-        topology
+        self.options.topology(bus)
     }
 
     /// Declares the exchange, the service queue bound to what `bus`
@@ -424,6 +331,7 @@ impl InProcessService {
     pub fn declare_topology(&self, bus: &MessageBus) {
         let o = &self.options;
         let topology = self.topology(bus);
+        topology.log_once(&o.queue, &self.warned);
         let broker = &self.broker;
         broker.declare_exchange(&o.exchange);
         broker.declare_queue(&o.queue);
@@ -540,7 +448,9 @@ impl InProcessConsumer {
         self.metrics.consuming.store(true, Ordering::SeqCst);
 
         let permits = Arc::new(Semaphore::new(o.concurrency));
-        let in_flight: Arc<Mutex<HashMap<u64, InProcessMessage>>> = Arc::default();
+        // What is being handled, to return to the queue if the shutdown
+        // aborts it (shared with the handling task, not copied).
+        let in_flight: Arc<Mutex<HashMap<u64, Arc<InProcessMessage>>>> = Arc::default();
         let next_tag = AtomicU64::new(0);
         let mut tasks = JoinSet::new();
         loop {
@@ -561,6 +471,7 @@ impl InProcessConsumer {
                 }
             };
             let Some(message) = message else { break };
+            let message = Arc::new(message);
             let tag = next_tag.fetch_add(1, Ordering::Relaxed);
             in_flight
                 .lock()
@@ -596,7 +507,7 @@ impl InProcessConsumer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
-            .map(|(_, m)| m)
+            .map(|(_, m)| Arc::unwrap_or_clone(m))
             .collect();
         for message in unfinished {
             broker.requeue(&o.queue, message);
@@ -609,19 +520,15 @@ impl InProcessConsumer {
 struct Handling {
     bus: MessageBus,
     broker: InProcessBroker,
-    options: Arc<InProcessOptions>,
+    options: Arc<ConsumerOptions>,
     metrics: Arc<ConsumerMetrics>,
 }
 
 impl Handling {
-    async fn handle(self, message: InProcessMessage) {
+    async fn handle(self, message: Arc<InProcessMessage>) {
         let o = &self.options;
-        let policy = Policy {
-            service: &o.queue,
-            max_message_bytes: o.max_message_bytes,
-            max_attempts: o.max_attempts,
-        };
-        let delivery = entrypoints::Delivery {
+        let policy = o.policy();
+        let delivery = entrypoints::Received {
             name: &message.message.name,
             metadata: Ok(message.message.metadata),
             published_by: message.published_by.as_deref(),
@@ -646,7 +553,7 @@ impl Handling {
                     routing_key: queue.clone(),
                     attempts,
                     error: Some(reason),
-                    ..message
+                    ..Arc::unwrap_or_clone(message)
                 };
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
@@ -660,7 +567,7 @@ impl Handling {
                     routing_key: o.dead_letter_queue(),
                     attempts,
                     error: Some(reason),
-                    ..message
+                    ..Arc::unwrap_or_clone(message)
                 };
                 let _ = self.broker.publish("", dead);
             }

@@ -69,13 +69,14 @@ use tokio::sync::Mutex;
 use super::{RedactedUrl, redact_url};
 use crate::adapter::Adapter;
 use crate::bus::MessageBus;
+use crate::entrypoints::ConsumerOptions;
 use crate::entrypoints::rabbitmq::RabbitMqConsumer;
 use crate::error::Error;
 use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::ExternalMessage;
 use crate::private::BoxFuture;
 use crate::relay::{Delivery, Publisher};
-use crate::topology::{Topology, TopologyWarning};
+use crate::topology::Topology;
 
 /// Header: the id of the message that caused this one.
 pub const CAUSATION_HEADER: &str = "x-causation-id";
@@ -87,66 +88,58 @@ pub const ATTEMPTS_HEADER: &str = "x-eda-attempts";
 /// Header: why the message was dead-lettered (or retried).
 pub const ERROR_HEADER: &str = "x-eda-error";
 
-/// Where the broker is and how the service uses it.
+/// Where the broker is and how the service uses it: the connection's
+/// settings, and the [`ConsumerOptions`] every broker shares.
 #[derive(Clone)]
 pub struct RabbitMqOptions {
     url: RedactedUrl,
-    pub(crate) exchange: String,
-    pub(crate) queue: String,
+    pub(crate) consumer: ConsumerOptions,
     pub(crate) prefetch: u16,
-    pub(crate) concurrency: usize,
-    pub(crate) retry_delays: Vec<Duration>,
-    pub(crate) max_attempts: u32,
-    pub(crate) max_message_bytes: usize,
     pub(crate) reconnect: (Duration, Duration),
-    pub(crate) bindings: Option<Vec<String>>,
-    pub(crate) shutdown_grace: Duration,
 }
 
 impl fmt::Debug for RabbitMqOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitMqOptions")
             .field("url", &self.url)
-            .field("exchange", &self.exchange)
-            .field("queue", &self.queue)
+            .field("consumer", &self.consumer)
             .field("prefetch", &self.prefetch)
-            .field("concurrency", &self.concurrency)
-            .field("retry_delays", &self.retry_delays)
-            .field("max_attempts", &self.max_attempts)
-            .field("max_message_bytes", &self.max_message_bytes)
+            .field("reconnect", &self.reconnect)
             .finish()
     }
 }
 
 impl RabbitMqOptions {
     /// The broker at `url`, for the service whose queue is `queue`. Defaults:
-    /// exchange `eda.events`, prefetch 32, 8 handlers at once, retries after
-    /// 1 s, 5 s and 30 s, 5 attempts, messages up to 1 MiB, reconnection
-    /// after 100 ms to 5 s, 10 s for in-flight messages at shutdown.
+    /// those of [`ConsumerOptions::new`], prefetch 32, reconnection after
+    /// 100 ms to 5 s.
     pub fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
         RabbitMqOptions {
             url: RedactedUrl(url.into()),
-            exchange: "eda.events".into(),
-            queue: queue.into(),
+            consumer: ConsumerOptions::new(queue),
             prefetch: 32,
-            concurrency: 8,
-            retry_delays: vec![
-                Duration::from_secs(1),
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-            ],
-            max_attempts: 5,
-            max_message_bytes: 1 << 20,
             reconnect: (Duration::from_millis(100), Duration::from_secs(5)),
-            bindings: None,
-            shutdown_grace: Duration::from_secs(10),
         }
     }
 
-    /// The topic exchange.
-    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
-        self.exchange = exchange.into();
+    /// The broker at `url`, for the service these [`ConsumerOptions`]
+    /// describe (the same options serve the in-process broker), with the
+    /// connection's defaults.
+    pub fn from_consumer(url: impl Into<String>, consumer: ConsumerOptions) -> Self {
+        RabbitMqOptions {
+            consumer,
+            ..RabbitMqOptions::new(url, "")
+        }
+    }
+
+    fn consumer_with(mut self, f: impl FnOnce(ConsumerOptions) -> ConsumerOptions) -> Self {
+        self.consumer = f(self.consumer);
         self
+    }
+
+    /// The topic exchange ([`ConsumerOptions::exchange`]).
+    pub fn exchange(self, exchange: impl Into<String>) -> Self {
+        self.consumer_with(|c| c.exchange(exchange))
     }
 
     /// How many unacknowledged deliveries the broker sends at once.
@@ -155,31 +148,28 @@ impl RabbitMqOptions {
         self
     }
 
-    /// How many messages are handled at once.
-    pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency.max(1);
-        self
+    /// How many messages are handled at once
+    /// ([`ConsumerOptions::concurrency`]).
+    pub fn concurrency(self, concurrency: usize) -> Self {
+        self.consumer_with(|c| c.concurrency(concurrency))
     }
 
-    /// The delays before attempts 2, 3, …; the last one repeats.
-    pub fn retry_delays(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
-        let delays: Vec<_> = delays.into_iter().collect();
-        if !delays.is_empty() {
-            self.retry_delays = delays;
-        }
-        self
+    /// The delays before attempts 2, 3, …; the last one repeats
+    /// ([`ConsumerOptions::retry_delays`]). Each has its retry queue.
+    pub fn retry_delays(self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        self.consumer_with(|c| c.retry_delays(delays))
     }
 
-    /// After this many failed attempts, a message is dead-lettered.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
-        self
+    /// After this many failed attempts, a message is dead-lettered
+    /// ([`ConsumerOptions::max_attempts`]).
+    pub fn max_attempts(self, attempts: u32) -> Self {
+        self.consumer_with(|c| c.max_attempts(attempts))
     }
 
-    /// Larger messages are dead-lettered at once, unread.
-    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
-        self.max_message_bytes = bytes;
-        self
+    /// Larger messages are dead-lettered at once, unread
+    /// ([`ConsumerOptions::max_message_bytes`]).
+    pub fn max_message_bytes(self, bytes: usize) -> Self {
+        self.consumer_with(|c| c.max_message_bytes(bytes))
     }
 
     /// The first and the longest delay between reconnection attempts.
@@ -189,53 +179,34 @@ impl RabbitMqOptions {
     }
 
     /// Bind the service queue to these message names instead of those the
-    /// bus consumes (see [`topology`](crate::topology)): an override, for a
-    /// queue that must be bound otherwise. What the service consumes and
-    /// these leave out, and what they bind that it does not consume, are
-    /// logged at start.
-    pub fn bind(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.bindings = Some(names.into_iter().map(Into::into).collect());
-        self
+    /// bus consumes ([`ConsumerOptions::bind`]).
+    pub fn bind(self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.consumer_with(|c| c.bind(names))
     }
 
     /// How long a shutdown waits for in-flight messages before returning
-    /// them to the broker.
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
-        self
+    /// them to the broker ([`ConsumerOptions::shutdown_grace`]).
+    pub fn shutdown_grace(self, grace: Duration) -> Self {
+        self.consumer_with(|c| c.shutdown_grace(grace))
     }
 
-    /// The service queue.
-    pub fn queue_name(&self) -> &str {
-        &self.queue
-    }
-
-    /// The exchange.
-    pub fn exchange_name(&self) -> &str {
-        &self.exchange
-    }
-
-    /// The queue that keeps the names the service queue was bound to:
-    /// `<queue>.bindings`.
-    pub fn bindings_queue(&self) -> String {
-        format!("{}.bindings", self.queue)
-    }
-
-    /// Where the relay parks the events that no queue took for
-    /// [`RelayOptions::unroutable_retry_for`](crate::RelayOptions::unroutable_retry_for):
-    /// `<exchange>.unrouted`, shared by the services of the exchange.
-    pub fn unrouted_queue(&self) -> String {
-        format!("{}.unrouted", self.exchange)
-    }
-
-    /// The dead-letter queue: `<queue>.dlq`.
-    pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dlq", self.queue)
+    /// What every broker shares: the queue's names, the consumer's policy.
+    pub fn consumer(&self) -> &ConsumerOptions {
+        &self.consumer
     }
 
     /// The retry queue of a delay: `<queue>.retry.<ms>ms`.
     pub fn retry_queue(&self, delay: Duration) -> String {
-        format!("{}.retry.{}ms", self.queue, delay.as_millis())
+        format!("{}.retry.{}ms", self.consumer.queue, delay.as_millis())
+    }
+
+    /// The retry queues, one per delay.
+    pub fn retry_queues(&self) -> Vec<String> {
+        self.consumer
+            .retry_delays
+            .iter()
+            .map(|d| self.retry_queue(*d))
+            .collect()
     }
 
     /// The URL, password hidden.
@@ -254,6 +225,8 @@ pub struct RabbitMq {
 struct Shared {
     options: RabbitMqOptions,
     connection: Mutex<Option<Arc<Connection>>>,
+    /// The topology's warnings were logged.
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for RabbitMq {
@@ -278,6 +251,7 @@ impl RabbitMq {
             inner: Arc::new(Shared {
                 options,
                 connection: Mutex::new(None),
+                warned: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let channel = rabbitmq.channel().await.map_err(|e| Error::Connect {
@@ -313,7 +287,7 @@ impl RabbitMq {
         // Named after the service queue: visible as such in the broker's
         // tools (and closable alone, as the fault tests do).
         let properties = ConnectionProperties::default()
-            .with_connection_name(self.inner.options.queue.as_str().into());
+            .with_connection_name(self.inner.options.consumer.queue.as_str().into());
         let connection = Connection::connect(&self.inner.options.url.0, properties)
             .await
             .map_err(|e| self.error(e))?;
@@ -338,7 +312,7 @@ impl RabbitMq {
     async fn declare_exchange(&self, channel: &Channel) -> Result<(), Error> {
         channel
             .exchange_declare(
-                self.inner.options.exchange.as_str().into(),
+                self.inner.options.consumer.exchange.as_str().into(),
                 ExchangeKind::Topic,
                 ExchangeDeclareOptions {
                     durable: true,
@@ -358,7 +332,9 @@ impl RabbitMq {
         channel: &Channel,
         topology: &Topology,
     ) -> Result<(), Error> {
-        let o = &self.inner.options;
+        let options = &self.inner.options;
+        let o = &options.consumer;
+        topology.log_once(&o.queue, &self.inner.warned);
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -385,7 +361,7 @@ impl RabbitMq {
                 AMQPValue::LongString(o.queue.as_str().into()),
             );
             channel
-                .queue_declare(o.retry_queue(*delay).as_str().into(), durable, args)
+                .queue_declare(options.retry_queue(*delay).as_str().into(), durable, args)
                 .await
                 .map_err(|e| self.error(e))?;
         }
@@ -416,7 +392,7 @@ impl RabbitMq {
         channel: &Channel,
         topology: &Topology,
     ) -> Result<(), Error> {
-        let o = &self.inner.options;
+        let o = &self.inner.options.consumer;
         let record = o.bindings_queue();
         let mut args = FieldTable::default();
         args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
@@ -495,17 +471,10 @@ impl RabbitMq {
     }
 
     /// The topology of `bus` on this broker: bound to what the bus
-    /// consumes, or to the names given to [`RabbitMqOptions::bind`]. Its
-    /// warnings about bindings are logged (those about the bus itself were
-    /// logged when it was built).
+    /// consumes, or to the names given to [`RabbitMqOptions::bind`].
+    /// Declaring it logs its warnings, once.
     pub fn topology(&self, bus: &MessageBus) -> Topology {
-        let topology = bus.topology(self.inner.options.bindings.as_deref());
-        for warning in topology.warnings() {
-            if !matches!(warning, TopologyWarning::EventGoesNowhere { .. }) {
-                tracing::warn!(queue = %self.inner.options.queue, "{warning}");
-            }
-        }
-        topology
+        self.inner.options.consumer.topology(bus)
     }
 
     /// The outbox relay's publisher: publisher confirms, mandatory flag, a
@@ -644,10 +613,10 @@ impl Publisher for RabbitMqPublisher {
                 Ok(channel) => channel,
                 Err(e) => return (Vec::new(), Some(e)),
             };
-            let exchange = self.rabbitmq.inner.options.exchange.as_str();
+            let exchange = self.rabbitmq.inner.options.consumer.exchange.as_str();
             // The publishing service: its own consumer knows its events by
             // it (they were handled in-process).
-            let service = self.rabbitmq.inner.options.queue.as_str();
+            let service = self.rabbitmq.inner.options.consumer.queue.as_str();
             // Pipelined: every message of the batch is sent before any
             // confirm is awaited, and the sends themselves are not awaited
             // one by one (each is a round trip through lapin's I/O loop).
@@ -715,7 +684,7 @@ impl Publisher for RabbitMqPublisher {
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let channel = self.channel().await?;
-            let o = &self.rabbitmq.inner.options;
+            let o = &self.rabbitmq.inner.options.consumer;
             let queue = o.unrouted_queue();
             channel
                 .queue_declare(

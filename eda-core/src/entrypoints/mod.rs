@@ -5,6 +5,7 @@
 //! application, see `examples/allocation`.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::bus::MessageBus;
 use crate::error::IncomingError;
@@ -12,6 +13,147 @@ use crate::message::Metadata;
 
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+
+/// How a service uses its broker, whichever it is (RabbitMQ's options hold
+/// one; the in-process broker takes one): its queue, the exchange, and its
+/// consumer's policy.
+///
+/// ```
+/// use std::time::Duration;
+/// use eda_core::entrypoints::ConsumerOptions;
+///
+/// let options = ConsumerOptions::new("orders")
+///     .retry_delays([Duration::from_millis(200), Duration::from_secs(2)])
+///     .max_attempts(3);
+/// assert_eq!(options.dead_letter_queue(), "orders.dlq");
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConsumerOptions {
+    pub(crate) queue: String,
+    pub(crate) exchange: String,
+    pub(crate) concurrency: usize,
+    pub(crate) retry_delays: Vec<Duration>,
+    pub(crate) max_attempts: u32,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) bindings: Option<Vec<String>>,
+    pub(crate) shutdown_grace: Duration,
+}
+
+impl ConsumerOptions {
+    /// The service whose queue is `queue` (its name on the broker, and in
+    /// the `app_id` of what it publishes). Defaults: exchange `eda.events`,
+    /// 8 handlers at once, retries after 1 s, 5 s and 30 s, 5 attempts,
+    /// messages up to 1 MiB, 10 s for in-flight messages at shutdown.
+    pub fn new(queue: impl Into<String>) -> Self {
+        ConsumerOptions {
+            queue: queue.into(),
+            exchange: "eda.events".into(),
+            concurrency: 8,
+            retry_delays: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+            max_attempts: 5,
+            max_message_bytes: 1 << 20,
+            bindings: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// The topic exchange.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// How many messages are handled at once.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// The delays before attempts 2, 3, …; the last one repeats.
+    pub fn retry_delays(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        let delays: Vec<_> = delays.into_iter().collect();
+        if !delays.is_empty() {
+            self.retry_delays = delays;
+        }
+        self
+    }
+
+    /// After this many failed attempts, a message is dead-lettered.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Larger messages are dead-lettered at once, unread.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Bind the service queue to these message names instead of those the
+    /// bus consumes (see [`topology`](crate::topology)): an override, for a
+    /// queue that must be bound otherwise. What the service consumes and
+    /// these leave out, and what they bind that it does not consume, are
+    /// logged at start.
+    pub fn bind(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.bindings = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How long a shutdown waits for in-flight messages before returning
+    /// them to the broker.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The service queue.
+    pub fn queue_name(&self) -> &str {
+        &self.queue
+    }
+
+    /// The exchange.
+    pub fn exchange_name(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The dead-letter queue: `<queue>.dlq`.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    /// The queue that keeps the names the service queue was bound to:
+    /// `<queue>.bindings` (RabbitMQ, which cannot list them).
+    pub fn bindings_queue(&self) -> String {
+        format!("{}.bindings", self.queue)
+    }
+
+    /// Where the relay parks the events that no queue took for
+    /// [`RelayOptions::unroutable_retry_for`](crate::RelayOptions::unroutable_retry_for):
+    /// `<exchange>.unrouted`, shared by the services of the exchange.
+    pub fn unrouted_queue(&self) -> String {
+        format!("{}.unrouted", self.exchange)
+    }
+
+    /// The consumer's policy.
+    pub(crate) fn policy(&self) -> Policy<'_> {
+        Policy {
+            service: &self.queue,
+            max_message_bytes: self.max_message_bytes,
+            max_attempts: self.max_attempts,
+        }
+    }
+
+    /// The topology of `bus` for this queue: bound to what the bus consumes,
+    /// or to the names given to [`bind`](Self::bind).
+    pub(crate) fn topology(&self, bus: &MessageBus) -> crate::topology::Topology {
+        bus.topology(self.bindings.as_deref())
+    }
+}
 
 /// Counters of a consumer of the external bus.
 #[derive(Debug, Default)]
@@ -73,7 +215,7 @@ pub(crate) enum Verdict {
 }
 
 /// A delivery, as a consumer read it from its broker.
-pub(crate) struct Delivery<'a> {
+pub(crate) struct Received<'a> {
     /// The message's name (its `type`).
     pub(crate) name: &'a str,
     /// Its metadata, or why it has none that can be used.
@@ -98,7 +240,7 @@ pub(crate) struct Policy<'a> {
 /// dead-letter at once (too large, no usable id, a message this service
 /// does not take, unknown or malformed) or after its last attempt. A
 /// handler that panics is a failure like any other.
-pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Delivery<'_>) -> Verdict {
+pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Received<'_>) -> Verdict {
     let refuse = |reason: String| Verdict::DeadLetter {
         attempts: d.failed_before,
         reason,

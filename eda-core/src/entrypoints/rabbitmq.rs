@@ -40,7 +40,7 @@ use crate::adapters::rabbitmq::{
     ATTEMPTS_HEADER, ERROR_HEADER, RabbitMq, long_string, metadata, short,
 };
 use crate::bus::MessageBus;
-use crate::entrypoints::{self, ConsumerMetrics, Policy, Verdict, retry_delay, verdict};
+use crate::entrypoints::{self, ConsumerMetrics, Verdict, retry_delay, verdict};
 use crate::error::Error;
 use crate::message::MessageId;
 
@@ -116,20 +116,20 @@ impl RabbitMqConsumer {
             .basic_qos(options.prefetch, BasicQosOptions::default())
             .await
             .map_err(amqp)?;
-        let tag = format!("{}-{}", options.queue, MessageId::new());
+        let tag = format!("{}-{}", options.consumer.queue, MessageId::new());
         let mut consumer = channel
             .basic_consume(
-                short(&options.queue),
+                short(&options.consumer.queue),
                 short(&tag),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .map_err(amqp)?;
-        tracing::info!(queue = %options.queue, bindings = ?bindings, "consuming");
+        tracing::info!(queue = %options.consumer.queue, bindings = ?bindings, "consuming");
         self.metrics.consuming.store(true, Ordering::SeqCst);
 
-        let permits = Arc::new(Semaphore::new(options.concurrency));
+        let permits = Arc::new(Semaphore::new(options.consumer.concurrency));
         let mut in_flight = JoinSet::new();
         let outcome = loop {
             tokio::select! {
@@ -165,7 +165,7 @@ impl RabbitMqConsumer {
         let _ = channel
             .basic_cancel(short(&tag), BasicCancelOptions::default())
             .await;
-        let drained = tokio::time::timeout(options.shutdown_grace, async {
+        let drained = tokio::time::timeout(options.consumer.shutdown_grace, async {
             while in_flight.join_next().await.is_some() {}
         })
         .await;
@@ -209,7 +209,7 @@ impl Handling {
             Verdict::Ack | Verdict::Own => Ok(()),
             Verdict::Retry { attempts, reason } => {
                 let options = self.rabbitmq.options();
-                let delay = retry_delay(&options.retry_delays, *attempts);
+                let delay = retry_delay(&options.consumer.retry_delays, *attempts);
                 tracing::warn!(attempts, reason, ?delay, "message failed, retrying");
                 self.forward(&delivery, &options.retry_queue(delay), *attempts, reason)
                     .await
@@ -219,7 +219,7 @@ impl Handling {
             }
             Verdict::DeadLetter { attempts, reason } => {
                 tracing::error!(attempts, reason, "message dead-lettered");
-                let queue = self.rabbitmq.options().dead_letter_queue();
+                let queue = self.rabbitmq.options().consumer().dead_letter_queue();
                 self.forward(&delivery, &queue, *attempts, reason)
                     .await
                     .map(|()| {
@@ -257,12 +257,8 @@ impl Handling {
             Some(kind) => kind.as_str(),
             None => delivery.routing_key.as_str(),
         };
-        let policy = Policy {
-            service: &options.queue,
-            max_message_bytes: options.max_message_bytes,
-            max_attempts: options.max_attempts,
-        };
-        let incoming = entrypoints::Delivery {
+        let policy = options.consumer.policy();
+        let incoming = entrypoints::Received {
             name,
             metadata: metadata(&delivery.properties),
             published_by: delivery.properties.app_id().as_ref().map(|s| s.as_str()),

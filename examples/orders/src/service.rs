@@ -11,10 +11,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use eda_core::adapters::in_process::{InProcessBroker, InProcessOptions, InProcessService};
+use eda_core::adapters::in_process::{InProcessBroker, InProcessService};
 use eda_core::adapters::postgres::{PostgresDatabase, PostgresOptions};
 use eda_core::adapters::rabbitmq::{RabbitMq, RabbitMqOptions};
 use eda_core::adapters::sqlite::SqliteDatabase;
+use eda_core::entrypoints::ConsumerOptions;
 use eda_core::{Adapter, MessageBus, OutboxRelay, OutboxStore, Publisher, RelayOptions};
 use tokio::sync::watch;
 
@@ -112,28 +113,17 @@ enum Broker {
 impl Broker {
     async fn connect(config: &Config) -> Result<Self, ServiceError> {
         match &config.broker {
-            BrokerConfig::RabbitMq(url) => {
-                let mut options = RabbitMqOptions::new(url.clone(), config.queue.clone())
-                    .exchange(config.exchange.clone());
-                let tuning = &config.consumer;
-                if let Some(delays) = &tuning.retry_delays {
-                    options = options.retry_delays(delays.iter().copied());
-                }
-                if let Some(attempts) = tuning.max_attempts {
-                    options = options.max_attempts(attempts);
-                }
-                if let Some(bytes) = tuning.max_message_bytes {
-                    options = options.max_message_bytes(bytes);
-                }
-                Ok(Broker::RabbitMq(
-                    RabbitMq::connect(options)
-                        .await
-                        .map_err(ServiceError::Broker)?,
+            BrokerConfig::RabbitMq(url) => Ok(Broker::RabbitMq(
+                RabbitMq::connect(RabbitMqOptions::from_consumer(
+                    url,
+                    consumer_options(config),
                 ))
-            }
-            BrokerConfig::InProcess => Ok(Broker::InProcess(InProcessBroker::new().service(
-                InProcessOptions::new(config.queue.clone()).exchange(config.exchange.clone()),
-            ))),
+                .await
+                .map_err(ServiceError::Broker)?,
+            )),
+            BrokerConfig::InProcess => Ok(Broker::InProcess(
+                InProcessBroker::new().service(consumer_options(config)),
+            )),
         }
     }
 
@@ -143,6 +133,22 @@ impl Broker {
             Broker::InProcess(service) => service.publisher(),
         }
     }
+}
+
+/// The service's queue and its consumer's settings, on either broker.
+fn consumer_options(config: &Config) -> ConsumerOptions {
+    let mut options = ConsumerOptions::new(config.queue.clone()).exchange(config.exchange.clone());
+    let tuning = &config.consumer;
+    if let Some(delays) = &tuning.retry_delays {
+        options = options.retry_delays(delays.iter().copied());
+    }
+    if let Some(attempts) = tuning.max_attempts {
+        options = options.max_attempts(attempts);
+    }
+    if let Some(bytes) = tuning.max_message_bytes {
+        options = options.max_message_bytes(bytes);
+    }
+    options
 }
 
 fn adapter<A: Adapter>(builder: eda_core::BusBuilder, adapter: A) -> eda_core::BusBuilder {
