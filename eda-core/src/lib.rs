@@ -52,6 +52,8 @@ pub mod bus;
 pub mod causation;
 pub mod entrypoints;
 pub mod error;
+#[cfg(feature = "host")]
+pub mod host;
 pub mod message;
 pub mod outbox;
 pub mod registry;

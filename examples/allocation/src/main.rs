@@ -11,10 +11,11 @@ use std::process::ExitCode;
 
 use allocation::config::Config;
 use allocation::service;
+use eda_core::host;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging();
+    host::init_logging();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -24,58 +25,11 @@ async fn main() -> ExitCode {
     };
     println!("allocation service\n{config}");
     let ready = |address| println!("listening on http://{address}");
-    match service::run(config, shutdown_signal(), ready).await {
+    match service::run(config, host::shutdown_signal(), ready).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("allocation: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Logs to stdout, at the levels `RUST_LOG` gives (`warn`,
-/// `info,eda_core=debug`; `info` when unset or unreadable). lapin's own
-/// line for a message the broker returned (unroutable) is left out: it
-/// dumps the body as bytes, and eda's relay logs the message's name and id
-/// itself, once.
-fn init_logging() {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::prelude::*;
-    let targets = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|value| value.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
-        .with_target("lapin::returned_messages", LevelFilter::OFF);
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_target(false))
-        .with(targets)
-        .init();
-}
-
-/// Ctrl-C, or SIGTERM (what a process manager sends).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
     }
 }

@@ -1,0 +1,757 @@
+//! The service host (feature `host`): what every eda service does to start
+//! and stop, once, from its configuration. It connects the database
+//! (SQLite by default, Postgres by URL) and creates the service's tables,
+//! connects RabbitMQ when `AMQP_URL` is set (a broker in the process
+//! otherwise), builds the bus, declares the service's topology, runs the
+//! outbox relay, the consumer and the dispatch journal's recovery, serves
+//! the service's HTTP router, and on a shutdown signal stops taking work,
+//! lets what is in flight finish, flushes the outbox, and returns.
+//!
+//! ```no_run
+//! use eda_core::host::{Host, HostConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = HostConfig::from_env("shop", 8080)?;
+//! Host::new(config)
+//!     .bus(|bus| bus.scope("shop"))
+//!     .router(|_bus| axum::Router::new())
+//!     .run(eda_core::host::shutdown_signal(), |address| println!("listening on http://{address}"))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The environment it reads ([`HostConfig::from_env`]):
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `DATABASE_URL` | `postgres://…` or `sqlite:…` | `sqlite://<service>.db` (a file in the working directory) |
+//! | `AMQP_URL` | `amqp://…`: RabbitMQ | unset: a broker in the process |
+//! | `PORT` | the HTTP port | the service's |
+//! | `EDA_EXCHANGE` | the topic exchange | `eda.events` |
+//! | `EDA_QUEUE` | the service queue (its dead-letter queue is `<queue>.dlq`) | the service's name |
+//! | `DATABASE_SCHEMA` | the Postgres schema of the service's tables and of eda's outbox and inbox (created if needed) | the service's name: two services on one database never share eda's tables |
+//! | `EDA_RETRY_DELAYS_MS` | delays before the retries of a failed message, comma-separated milliseconds | `1000,5000,30000` |
+//! | `EDA_MAX_ATTEMPTS` | attempts at a message before it is dead-lettered | `5` |
+//! | `EDA_MAX_MESSAGE_BYTES` | larger messages are dead-lettered unread | `1048576` (1 MiB) |
+//!
+//! Printed (`Display`) and debugged (`Debug`) with passwords hidden.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{PgPool, SqlitePool};
+use tokio::sync::watch;
+
+use crate::adapters::in_process::{InProcessBroker, InProcessService};
+use crate::adapters::postgres::{PostgresDatabase, PostgresOptions};
+use crate::adapters::rabbitmq::{RabbitMq, RabbitMqOptions};
+use crate::adapters::redact_url;
+use crate::adapters::sqlite::SqliteDatabase;
+use crate::bus::{BusBuilder, MessageBus};
+use crate::entrypoints::ConsumerOptions;
+use crate::error::Error;
+use crate::private::BoxFuture;
+use crate::relay::{OutboxRelay, OutboxStore, Publisher, RelayOptions};
+
+/// Where the state is kept.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseConfig {
+    /// Postgres at this URL.
+    Postgres(String),
+    /// SQLite at this URL (a file).
+    Sqlite(String),
+}
+
+/// Where external events go, and messages from other services come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BrokerConfig {
+    /// RabbitMQ at this URL.
+    RabbitMq(String),
+    /// No broker: a broker in the process (nothing crosses to another
+    /// process).
+    InProcess,
+}
+
+/// The consumer's settings an operator may change; `None` keeps the
+/// framework's default (see [`ConsumerOptions::new`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Delays before the retries of a failed message.
+    pub retry_delays: Option<Vec<Duration>>,
+    /// Attempts before a failing message is dead-lettered.
+    pub max_attempts: Option<u32>,
+    /// The largest message read; larger ones are dead-lettered.
+    pub max_message_bytes: Option<usize>,
+}
+
+/// A service's configuration, as the host reads it from the environment.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostConfig {
+    /// The database.
+    pub database: DatabaseConfig,
+    /// The external bus.
+    pub broker: BrokerConfig,
+    /// The HTTP port.
+    pub port: u16,
+    /// The exchange.
+    pub exchange: String,
+    /// The service queue.
+    pub queue: String,
+    /// The Postgres schema (`None` on SQLite).
+    pub schema: Option<String>,
+    /// How the consumer treats failures and large messages.
+    pub consumer: ConsumerConfig,
+}
+
+/// A variable with a value the service cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    variable: &'static str,
+    problem: String,
+}
+
+impl HostConfig {
+    /// The configuration of the service `service` (its name: the default
+    /// queue, schema and SQLite file), listening on `port` unless `PORT`
+    /// says otherwise, from the process's environment.
+    pub fn from_env(service: &str, port: u16) -> Result<Self, ConfigError> {
+        Self::from_lookup(service, port, |name| {
+            std::env::var(name).ok().filter(|v| !v.is_empty())
+        })
+    }
+
+    /// The same, from any lookup of variables (tests use a map).
+    pub fn from_lookup(
+        service: &str,
+        port: u16,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let database = match var("DATABASE_URL") {
+            None => DatabaseConfig::Sqlite(format!("sqlite://{service}.db")),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                DatabaseConfig::Postgres(url)
+            }
+            Some(url) if url.starts_with("sqlite:") => DatabaseConfig::Sqlite(url),
+            Some(url) => {
+                return Err(ConfigError {
+                    variable: "DATABASE_URL",
+                    problem: format!(
+                        "expected postgres://… or sqlite:…, got {}",
+                        redact_url(&url)
+                    ),
+                });
+            }
+        };
+        let broker = match var("AMQP_URL") {
+            None => BrokerConfig::InProcess,
+            Some(url) if url.starts_with("amqp://") => BrokerConfig::RabbitMq(url),
+            Some(url) => {
+                return Err(ConfigError {
+                    variable: "AMQP_URL",
+                    problem: format!("expected amqp://…, got {}", redact_url(&url)),
+                });
+            }
+        };
+        let port = match var("PORT") {
+            None => port,
+            Some(port) => port.parse().map_err(|_| ConfigError {
+                variable: "PORT",
+                problem: format!("expected a port number, got {port:?}"),
+            })?,
+        };
+        let schema = match database {
+            DatabaseConfig::Postgres(_) => {
+                Some(var("DATABASE_SCHEMA").unwrap_or_else(|| service.into()))
+            }
+            DatabaseConfig::Sqlite(_) => None,
+        };
+        Ok(HostConfig {
+            database,
+            broker,
+            port,
+            exchange: var("EDA_EXCHANGE").unwrap_or_else(|| "eda.events".into()),
+            queue: var("EDA_QUEUE").unwrap_or_else(|| service.into()),
+            schema,
+            consumer: ConsumerConfig {
+                retry_delays: var("EDA_RETRY_DELAYS_MS")
+                    .map(|v| parse_delays(&v))
+                    .transpose()?,
+                max_attempts: positive(&var, "EDA_MAX_ATTEMPTS")?,
+                max_message_bytes: positive(&var, "EDA_MAX_MESSAGE_BYTES")?,
+            },
+        })
+    }
+
+    /// The service's queue and its consumer's settings, on either broker.
+    pub fn consumer_options(&self) -> ConsumerOptions {
+        let mut options = ConsumerOptions::new(self.queue.clone()).exchange(self.exchange.clone());
+        let tuning = &self.consumer;
+        if let Some(delays) = &tuning.retry_delays {
+            options = options.retry_delays(delays.iter().copied());
+        }
+        if let Some(attempts) = tuning.max_attempts {
+            options = options.max_attempts(attempts);
+        }
+        if let Some(bytes) = tuning.max_message_bytes {
+            options = options.max_message_bytes(bytes);
+        }
+        options
+    }
+}
+
+/// `1000,5000,30000` → 1 s, 5 s, 30 s.
+fn parse_delays(value: &str) -> Result<Vec<Duration>, ConfigError> {
+    value
+        .split(',')
+        .map(|ms| {
+            ms.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| ConfigError {
+                    variable: "EDA_RETRY_DELAYS_MS",
+                    problem: format!(
+                        "expected positive milliseconds separated by commas, got {value:?}"
+                    ),
+                })
+        })
+        .collect()
+}
+
+/// A variable holding a number above zero, if set.
+fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    var: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    var(variable)
+        .map(|value| {
+            value
+                .trim()
+                .parse::<T>()
+                .ok()
+                .filter(|n| *n > T::default())
+                .ok_or_else(|| ConfigError {
+                    variable,
+                    problem: format!("expected a number above zero, got {value:?}"),
+                })
+        })
+        .transpose()
+}
+
+impl fmt::Display for HostConfig {
+    /// Two lines: the database, the broker (no trailing newline).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.database {
+            DatabaseConfig::Postgres(url) => writeln!(
+                f,
+                "database: Postgres at {}, schema {}",
+                redact_url(url),
+                self.schema.as_deref().unwrap_or("(the connection's)")
+            )?,
+            DatabaseConfig::Sqlite(url) => writeln!(f, "database: SQLite at {}", redact_url(url))?,
+        }
+        match &self.broker {
+            BrokerConfig::RabbitMq(url) => write!(
+                f,
+                "broker: RabbitMQ at {}, exchange {}, queue {}",
+                redact_url(url),
+                self.exchange,
+                self.queue
+            ),
+            BrokerConfig::InProcess => write!(f, "broker: in-process (AMQP_URL is not set)"),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseConfig::Postgres(url) => {
+                f.debug_tuple("Postgres").field(&redact_url(url)).finish()
+            }
+            DatabaseConfig::Sqlite(url) => f.debug_tuple("Sqlite").field(&redact_url(url)).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerConfig::RabbitMq(url) => {
+                f.debug_tuple("RabbitMq").field(&redact_url(url)).finish()
+            }
+            BrokerConfig::InProcess => f.write_str("InProcess"),
+        }
+    }
+}
+
+impl fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("database", &self.database)
+            .field("broker", &self.broker)
+            .field("port", &self.port)
+            .field("exchange", &self.exchange)
+            .field("queue", &self.queue)
+            .field("schema", &self.schema)
+            .field("consumer", &self.consumer)
+            .finish()
+    }
+}
+
+/// Why the service could not start (or stopped).
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The database could not be reached or set up.
+    #[error("database: {0}")]
+    Database(#[source] Error),
+    /// The service's own tables could not be created.
+    #[error("database schema: {0}")]
+    Schema(#[source] sqlx::Error),
+    /// The broker could not be reached.
+    #[error("broker: {0}")]
+    Broker(#[source] Error),
+    /// The wiring of the handlers is wrong.
+    #[error(transparent)]
+    Wiring(#[from] crate::WiringError),
+    /// The HTTP port could not be opened, or the server failed.
+    #[error("http on port {port}: {source}")]
+    Http {
+        /// The port.
+        port: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The consumer failed for good.
+    #[error("consumer: {0}")]
+    Consumer(#[source] Error),
+}
+
+type Migration<P> =
+    Box<dyn FnOnce(P) -> BoxFuture<'static, Result<(), sqlx::Error>> + Send + 'static>;
+
+/// A service, ready to run: its configuration, its tables, its bus and its
+/// HTTP routes.
+pub struct Host {
+    config: HostConfig,
+    postgres_tables: Option<Migration<PgPool>>,
+    sqlite_tables: Option<Migration<SqlitePool>>,
+    bus: Box<dyn FnOnce(BusBuilder) -> BusBuilder + Send>,
+    router: Box<dyn FnOnce(MessageBus) -> axum::Router + Send>,
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Host")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often the host looks for events that were committed but never
+/// dispatched, and how old they must be (well above the time handling
+/// takes, so as not to race a live instance's own dispatch).
+const RECOVERY_EVERY: Duration = Duration::from_secs(5);
+const RECOVERY_AFTER: Duration = Duration::from_secs(10);
+
+/// The database, whichever it is.
+enum Db {
+    Postgres(PostgresDatabase),
+    Sqlite(SqliteDatabase),
+}
+
+/// The external bus, whichever it is.
+enum Broker {
+    RabbitMq(RabbitMq),
+    InProcess(InProcessService),
+}
+
+impl Host {
+    /// A service with this configuration, no tables of its own, every
+    /// handler linked into the binary, and no HTTP route.
+    pub fn new(config: HostConfig) -> Self {
+        Host {
+            config,
+            postgres_tables: None,
+            sqlite_tables: None,
+            bus: Box::new(|builder| builder),
+            router: Box::new(|_| axum::Router::new()),
+        }
+    }
+
+    /// Creates the service's tables on Postgres, after eda's (in the
+    /// service's schema: the pool's connections have it as `search_path`).
+    pub fn postgres_tables<F, Fut>(mut self, migrate: F) -> Self
+    where
+        F: FnOnce(PgPool) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+    {
+        self.postgres_tables = Some(Box::new(move |pool| Box::pin(migrate(pool))));
+        self
+    }
+
+    /// Creates the service's tables on SQLite, after eda's.
+    pub fn sqlite_tables<F, Fut>(mut self, migrate: F) -> Self
+    where
+        F: FnOnce(SqlitePool) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+    {
+        self.sqlite_tables = Some(Box::new(move |pool| Box::pin(migrate(pool))));
+        self
+    }
+
+    /// What the bus needs beyond the database the host gives it: its scope,
+    /// the commands it accepts from the broker, its other adapters.
+    pub fn bus(mut self, build: impl FnOnce(BusBuilder) -> BusBuilder + Send + 'static) -> Self {
+        self.bus = Box::new(build);
+        self
+    }
+
+    /// The service's HTTP routes, on its bus.
+    pub fn router(
+        mut self,
+        router: impl FnOnce(MessageBus) -> axum::Router + Send + 'static,
+    ) -> Self {
+        self.router = Box::new(router);
+        self
+    }
+
+    /// Runs the service until `shutdown` resolves, then stops gracefully:
+    /// HTTP stops accepting connections and finishes the requests in
+    /// flight; the consumer stops consuming, lets in-flight messages finish
+    /// and returns the rest to the broker; the relay publishes what is left
+    /// in the outbox. `ready` is told the address HTTP listens on, once
+    /// everything runs.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+        ready: impl FnOnce(SocketAddr),
+    ) -> Result<(), HostError> {
+        let Host {
+            config,
+            postgres_tables,
+            sqlite_tables,
+            bus: build_bus,
+            router,
+        } = self;
+        let config = &config;
+        let db = connect_database(config, postgres_tables, sqlite_tables).await?;
+        let broker = match &config.broker {
+            BrokerConfig::RabbitMq(url) => Broker::RabbitMq(
+                RabbitMq::connect(RabbitMqOptions::from_consumer(
+                    url,
+                    config.consumer_options(),
+                ))
+                .await
+                .map_err(HostError::Broker)?,
+            ),
+            BrokerConfig::InProcess => {
+                Broker::InProcess(InProcessBroker::new().service(config.consumer_options()))
+            }
+        };
+        let builder = match &db {
+            Db::Postgres(db) => MessageBus::builder().adapter(db.clone()),
+            Db::Sqlite(db) => MessageBus::builder().adapter(db.clone()),
+        };
+        let bus = build_bus(builder).build()?;
+
+        let (store, publisher): (Arc<dyn OutboxStore>, Arc<dyn Publisher>) = (
+            match &db {
+                Db::Postgres(db) => Arc::new(db.clone()),
+                Db::Sqlite(db) => Arc::new(db.clone()),
+            },
+            match &broker {
+                Broker::RabbitMq(rabbitmq) => rabbitmq.publisher(),
+                Broker::InProcess(service) => service.publisher(),
+            },
+        );
+        let relay = OutboxRelay::spawn(store, publisher, RelayOptions::default());
+        let (stop, stopping) = watch::channel(false);
+        let signal = |mut stopping: watch::Receiver<bool>| async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+
+        // Bound before HTTP takes work: what is published from now on
+        // reaches the service queue.
+        let consumer = match &broker {
+            Broker::RabbitMq(rabbitmq) => {
+                rabbitmq
+                    .declare_topology(&bus)
+                    .await
+                    .map_err(HostError::Broker)?;
+                tokio::spawn(rabbitmq.consumer(bus.clone()).run(signal(stopping.clone())))
+            }
+            Broker::InProcess(service) => {
+                service.declare_topology(&bus);
+                tokio::spawn(service.consumer(bus.clone()).run(signal(stopping.clone())))
+            }
+        };
+
+        // Events whose process died between their commit and the end of
+        // their handlers here are handled again.
+        let recovery =
+            tokio::spawn(bus.recovery(RECOVERY_EVERY, RECOVERY_AFTER, signal(stopping.clone())));
+
+        let port = config.port;
+        let http = |source| HostError::Http { port, source };
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(http)?;
+        let address = listener.local_addr().map_err(http)?;
+        let server = tokio::spawn(
+            axum::serve(listener, router(bus.clone()))
+                .with_graceful_shutdown(signal(stopping.clone()))
+                .into_future(),
+        );
+        tracing::info!(%address, "listening on http://{address}");
+        ready(address);
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+        let served = server.await;
+        let consumed = consumer.await;
+        relay.shutdown().await;
+        let _ = recovery.await;
+        tracing::info!("stopped");
+        match served {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => return Err(http(source)),
+            Err(join) => return Err(http(std::io::Error::other(join))),
+        }
+        match consumed {
+            Ok(result) => result.map_err(HostError::Consumer),
+            Err(join) => Err(HostError::Consumer(Error::Broker(join.into()))),
+        }
+    }
+}
+
+/// Connects the database and creates eda's tables, then the service's.
+async fn connect_database(
+    config: &HostConfig,
+    postgres_tables: Option<Migration<PgPool>>,
+    sqlite_tables: Option<Migration<SqlitePool>>,
+) -> Result<Db, HostError> {
+    match &config.database {
+        DatabaseConfig::Postgres(url) => {
+            // The service's connections show under its queue's name in
+            // `pg_stat_activity`.
+            let mut options = PostgresOptions::default().application_name(config.queue.clone());
+            if let Some(schema) = &config.schema {
+                options = options.schema(schema.clone());
+            }
+            let db = PostgresDatabase::connect_with(url, options)
+                .await
+                .map_err(HostError::Database)?;
+            if let Some(migrate) = postgres_tables {
+                migrate(db.pool().clone())
+                    .await
+                    .map_err(HostError::Schema)?;
+            }
+            Ok(Db::Postgres(db))
+        }
+        DatabaseConfig::Sqlite(url) => {
+            let db = SqliteDatabase::connect(url)
+                .await
+                .map_err(HostError::Database)?;
+            if let Some(migrate) = sqlite_tables {
+                migrate(db.pool().clone())
+                    .await
+                    .map_err(HostError::Schema)?;
+            }
+            Ok(Db::Sqlite(db))
+        }
+    }
+}
+
+/// Logs to stdout, at the levels `RUST_LOG` gives (`warn`,
+/// `info,eda_core=debug`; `info` when unset or unreadable). lapin's own line
+/// for a message the broker returned (unroutable) is left out: it dumps the
+/// body as bytes, and eda's relay logs the message's name and id itself,
+/// once.
+pub fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|value| value.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
+        .with_target("lapin::returned_messages", LevelFilter::OFF);
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(targets)
+        .init();
+}
+
+/// Ctrl-C, or SIGTERM (what a process manager sends).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<HostConfig, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        HostConfig::from_lookup("shop", 8080, |name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn nothing_set_means_sqlite_and_a_broker_in_the_process() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.database,
+            DatabaseConfig::Sqlite("sqlite://shop.db".into())
+        );
+        assert_eq!(c.broker, BrokerConfig::InProcess);
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.exchange, "eda.events");
+        assert_eq!(c.queue, "shop");
+        assert_eq!(c.schema, None);
+        assert_eq!(c.consumer, ConsumerConfig::default());
+    }
+
+    #[test]
+    fn the_consumer_can_be_tuned() {
+        let c = config(&[
+            ("EDA_RETRY_DELAYS_MS", "200, 500"),
+            ("EDA_MAX_ATTEMPTS", "3"),
+            ("EDA_MAX_MESSAGE_BYTES", "65536"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.consumer,
+            ConsumerConfig {
+                retry_delays: Some(vec![Duration::from_millis(200), Duration::from_millis(500)]),
+                max_attempts: Some(3),
+                max_message_bytes: Some(65536),
+            }
+        );
+        let options = c.consumer_options();
+        assert_eq!(
+            options.retry_delays,
+            [Duration::from_millis(200), Duration::from_millis(500)]
+        );
+        assert_eq!(
+            (options.max_attempts, options.max_message_bytes),
+            (3, 65536)
+        );
+        for (variable, value) in [
+            ("EDA_RETRY_DELAYS_MS", "200,,500"),
+            ("EDA_RETRY_DELAYS_MS", "0"),
+            ("EDA_MAX_ATTEMPTS", "0"),
+            ("EDA_MAX_ATTEMPTS", "-1"),
+            ("EDA_MAX_MESSAGE_BYTES", "1MB"),
+        ] {
+            let err = config(&[(variable, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{variable}: expected")), "{err}");
+            assert!(err.contains(value), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_real_services_are_chosen_by_url() {
+        let c = config(&[
+            ("DATABASE_URL", "postgres://app:secret@db/shop"),
+            ("AMQP_URL", "amqp://guest:guest@mq:5672/%2f"),
+            ("PORT", "9000"),
+            ("EDA_EXCHANGE", "shop.events"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.database,
+            DatabaseConfig::Postgres("postgres://app:secret@db/shop".into())
+        );
+        assert_eq!(
+            c.broker,
+            BrokerConfig::RabbitMq("amqp://guest:guest@mq:5672/%2f".into())
+        );
+        assert_eq!((c.port, c.exchange.as_str()), (9000, "shop.events"));
+    }
+
+    #[test]
+    fn on_postgres_the_schema_defaults_to_the_service_name() {
+        let postgres = ("DATABASE_URL", "postgres://postgres@db/shop");
+        let c = config(&[postgres]).unwrap();
+        assert_eq!(c.schema.as_deref(), Some("shop"));
+        assert!(c.to_string().contains("schema shop"), "{c}");
+        let c = config(&[postgres, ("DATABASE_SCHEMA", "stock")]).unwrap();
+        assert_eq!(c.schema.as_deref(), Some("stock"));
+        // SQLite has no schemas: the variable is not used.
+        let c = config(&[("DATABASE_SCHEMA", "stock")]).unwrap();
+        assert_eq!(c.schema, None);
+    }
+
+    #[test]
+    fn passwords_are_never_printed() {
+        let c = config(&[
+            ("DATABASE_URL", "postgres://app:s3cr3t@db/shop"),
+            ("AMQP_URL", "amqp://guest:hunter2@mq/%2f"),
+        ])
+        .unwrap();
+        for text in [c.to_string(), format!("{c:?}")] {
+            assert!(
+                !text.contains("s3cr3t") && !text.contains("hunter2"),
+                "{text}"
+            );
+            assert!(text.contains("postgres://app:***@db/shop"), "{text}");
+        }
+        let err = config(&[("DATABASE_URL", "mysql://root:s3cr3t@db")]).unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        assert_eq!(
+            config(&[("PORT", "http")]).unwrap_err().to_string(),
+            "PORT: expected a port number, got \"http\""
+        );
+        assert!(
+            config(&[("DATABASE_URL", "mysql://db")])
+                .unwrap_err()
+                .to_string()
+                .starts_with("DATABASE_URL: expected postgres")
+        );
+        assert!(
+            config(&[("AMQP_URL", "http://mq")])
+                .unwrap_err()
+                .to_string()
+                .starts_with("AMQP_URL: expected amqp")
+        );
+    }
+}
