@@ -102,7 +102,13 @@ pub struct AddToEach {
 #[command_handler]
 async fn add_to_each(cmd: AddToEach, uow: &mut CounterUow) -> Result<(), CommandError<BoxError>> {
     for id in &cmd.ids {
-        uow.counters().get(id).await?.ok_or("no counter")?.value += 1;
+        let counter = uow.counters().get(id).await?.ok_or("no counter")?;
+        counter.value += 1;
+        let value = counter.value;
+        counter.events.raise(Added {
+            id: id.clone(),
+            value,
+        });
     }
     Ok(uow.commit().await?)
 }
@@ -136,6 +142,19 @@ async fn a_unit_of_work_saves_its_aggregates_in_the_order_of_their_ids() {
     for id in &ids {
         assert_eq!(s.counter(id).await, Some((1, 1)));
     }
+    // Their events keep the order the handler worked in (rule 3).
+    let raised: Vec<String> = s
+        .outbox()
+        .await
+        .into_iter()
+        .map(|(_, payload)| {
+            serde_json::from_str::<serde_json::Value>(&payload).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(raised, ids);
 }
 
 #[derive(UnitOfWork)]
