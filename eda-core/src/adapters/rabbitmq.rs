@@ -70,7 +70,6 @@ use super::{RedactedUrl, redact_url};
 use crate::adapter::Adapter;
 use crate::bus::MessageBus;
 use crate::entrypoints::ConsumerOptions;
-use crate::entrypoints::rabbitmq::RabbitMqConsumer;
 use crate::error::Error;
 use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::ExternalMessage;
@@ -484,11 +483,6 @@ impl RabbitMq {
             rabbitmq: self.clone(),
             channel: Mutex::new(None),
         })
-    }
-
-    /// The consumer entrypoint of `bus` on the service queue.
-    pub fn consumer(&self, bus: MessageBus) -> RabbitMqConsumer {
-        RabbitMqConsumer::new(self.clone(), bus)
     }
 }
 

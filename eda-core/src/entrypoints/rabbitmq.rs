@@ -61,6 +61,15 @@ impl fmt::Debug for RabbitMqConsumer {
     }
 }
 
+// Here, not beside the adapter: the entrypoint depends on the adapter,
+// never the reverse.
+impl RabbitMq {
+    /// The consumer entrypoint of `bus` on the service queue.
+    pub fn consumer(&self, bus: MessageBus) -> RabbitMqConsumer {
+        RabbitMqConsumer::new(self.clone(), bus)
+    }
+}
+
 impl RabbitMqConsumer {
     pub(crate) fn new(rabbitmq: RabbitMq, bus: MessageBus) -> Self {
         RabbitMqConsumer {
