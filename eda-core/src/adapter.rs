@@ -4,13 +4,13 @@
 use std::any::{Any, TypeId};
 use std::fmt;
 
-use crate::adapters::memory::InMemoryDatabase;
 use crate::bus::{Context, MessageBus};
 use crate::error::Error;
 use crate::message::{MessageId, Metadata};
 use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::private::BoxFuture;
 use crate::registry::Requirements;
+use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 
 /// Something an entrypoint gives the bus with
 /// [`BusBuilder::adapter`](crate::BusBuilder::adapter), that handlers then
@@ -29,11 +29,6 @@ pub trait Adapter: Send + Sync + 'static {
     fn as_database(&self) -> Option<&dyn Database> {
         None
     }
-
-    #[doc(hidden)]
-    fn __as_memory_database(&self) -> Option<&InMemoryDatabase> {
-        None
-    }
 }
 
 /// A database that units of work begin transactions on. The Postgres and
@@ -45,6 +40,13 @@ pub trait Database: Send + Sync + 'static {
     fn connection_type(&self) -> (TypeId, &'static str);
     /// Begins a transaction.
     fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>>;
+    /// Which aggregates it keeps without a repository, through
+    /// [`DatabaseTransaction::load_aggregate`] and
+    /// [`save_aggregate`](DatabaseTransaction::save_aggregate) (see
+    /// [`store`](crate::store)). The default: none.
+    fn aggregate_storage(&self) -> AggregateStorage {
+        AggregateStorage::Repositories
+    }
     /// Marks events of the dispatch journal dispatched: their handlers in
     /// this process have run. The default (no journal) does nothing.
     fn mark_dispatched<'a>(&'a self, ids: &'a [MessageId]) -> BoxFuture<'a, Result<(), Error>> {
@@ -108,10 +110,42 @@ pub trait DatabaseTransaction: Send {
         id: MessageId,
         handler: &'a str,
     ) -> BoxFuture<'a, Result<bool, Error>>;
+    /// The aggregate of this type stored under `key`, or `None` (for a
+    /// database whose [`aggregate_storage`](Database::aggregate_storage) is
+    /// not [`Repositories`](AggregateStorage::Repositories)).
+    fn load_aggregate<'a>(
+        &'a mut self,
+        aggregate_type: AggregateType,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, Error>> {
+        let _ = key;
+        Box::pin(async move { Err(no_store(aggregate_type)) })
+    }
+    /// Every stored aggregate of this type (a [`Finder`](crate::Finder) of
+    /// an aggregate without a repository looks through them).
+    fn aggregates<'a>(
+        &'a mut self,
+        aggregate_type: AggregateType,
+    ) -> BoxFuture<'a, Result<Vec<Stored>, Error>> {
+        Box::pin(async move { Err(no_store(aggregate_type)) })
+    }
+    /// Inserts or updates an aggregate, checking its version (see
+    /// [`Save`]): at once, or when the transaction commits.
+    fn save_aggregate<'a>(&'a mut self, save: Save<'a>) -> BoxFuture<'a, Result<(), Error>> {
+        let aggregate_type = save.aggregate_type();
+        Box::pin(async move { Err(no_store(aggregate_type)) })
+    }
     /// Commits.
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
     /// Rolls back.
     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+}
+
+fn no_store(aggregate_type: AggregateType) -> Error {
+    Error::MissingRepository {
+        aggregate: aggregate_type.name(),
+        backend: "a database that stores no aggregate without a repository",
+    }
 }
 
 /// A handler parameter the bus can provide: `&T` for any [`Adapter`] `T`

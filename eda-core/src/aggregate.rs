@@ -50,6 +50,12 @@ pub trait Aggregate: Clone + Send + Sync + 'static {
     fn events(&self) -> &Events;
     /// The same, mutably.
     fn events_mut(&mut self) -> &mut Events;
+    /// How it is written as a document, if it serializes (the derive
+    /// finds out).
+    #[doc(hidden)]
+    fn __codec() -> Option<crate::store::Codec<Self>> {
+        None
+    }
 }
 
 /// The events an aggregate raised since it was loaded, in order. The unit of
@@ -150,3 +156,19 @@ impl PartialEq for Events {
 }
 
 impl Eq for Events {}
+
+/// Pending events are not state: an aggregate that derives `Serialize`
+/// writes its `events` field as `null`, and reads it back empty, so that it
+/// can be stored as a document without `#[serde(skip)]`.
+impl serde::Serialize for Events {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_unit()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Events {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer)?;
+        Ok(Events::new())
+    }
+}

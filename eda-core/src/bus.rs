@@ -12,7 +12,6 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::adapter::{Adapter, AdapterEntry, AnyAdapter};
-use crate::adapters::memory::InMemoryDatabase;
 use crate::aggregate::Aggregate;
 use crate::error::{CommandError, Error, IncomingError};
 use crate::message::{AnyEvent, Command, Envelope, Event, MessageId, Metadata, Raised};
@@ -63,7 +62,6 @@ pub(crate) fn enqueue(queue: &mut EventQueue, events: Vec<Box<dyn AnyEvent>>) {
 
 pub(crate) enum DatabaseRole {
     None,
-    Memory(InMemoryDatabase),
     Other { adapter: Arc<dyn AnyAdapter> },
 }
 
@@ -475,7 +473,7 @@ impl MessageBus {
     fn database(&self) -> Option<&dyn crate::adapter::Database> {
         match &self.inner.database {
             DatabaseRole::Other { adapter } => adapter.adapter().as_database(),
-            DatabaseRole::None | DatabaseRole::Memory(_) => None,
+            DatabaseRole::None => None,
         }
     }
 
@@ -595,15 +593,13 @@ impl MessageBus {
         }
     }
 
-    pub(crate) fn repository<A: Aggregate>(&self) -> Result<&'static RepositoryVTable<A>, Error> {
+    /// The repository of `A` on the bus's database; `None`: the
+    /// database's own store keeps it.
+    pub(crate) fn repository<A: Aggregate>(&self) -> Option<&'static RepositoryVTable<A>> {
         self.inner
             .repositories
             .get(&TypeId::of::<A>())
             .and_then(|v| v.downcast_ref::<RepositoryVTable<A>>())
-            .ok_or(Error::MissingRepository {
-                aggregate: A::NAME,
-                backend: self.backend_name(),
-            })
     }
 
     pub(crate) fn finder<A: Aggregate, F: Finder<A>>(
@@ -623,7 +619,6 @@ impl MessageBus {
     fn backend_name(&self) -> &'static str {
         match &self.inner.database {
             DatabaseRole::None => "no database",
-            DatabaseRole::Memory(_) => "the in-memory database",
             DatabaseRole::Other { adapter } => adapter
                 .adapter()
                 .as_database()
@@ -1064,10 +1059,7 @@ impl BusBuilder {
         let mut databases = 0;
         for (entry, id) in self.adapters.into_iter().zip(self.adapter_ids) {
             let adapter = entry.value.adapter();
-            if let Some(memory) = adapter.__as_memory_database() {
-                databases += 1;
-                database = DatabaseRole::Memory(memory.clone());
-            } else if adapter.as_database().is_some() {
+            if adapter.as_database().is_some() {
                 databases += 1;
                 database = DatabaseRole::Other {
                     adapter: entry.value.clone(),
@@ -1086,10 +1078,11 @@ impl BusBuilder {
         }
 
         let backend = match &database {
-            DatabaseRole::Other { adapter } => {
-                adapter.adapter().as_database().map(|d| d.connection_type())
-            }
-            DatabaseRole::None | DatabaseRole::Memory(_) => None,
+            DatabaseRole::Other { adapter } => adapter
+                .adapter()
+                .as_database()
+                .map(|d| (d.connection_type(), d.aggregate_storage())),
+            DatabaseRole::None => None,
         };
         let has_adapter = |id: TypeId| adapters.contains_key(&id);
         let registry = Wiring {

@@ -60,6 +60,7 @@ pub mod registry;
 pub mod relay;
 pub mod repository;
 pub mod retry;
+pub mod store;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "rabbitmq"))]
 pub mod testing;
 pub mod topology;

@@ -322,5 +322,6 @@ pub use crate::aggregate::{Aggregate, Events};
 pub use crate::error::Error;
 pub use crate::message::{Message, MessageKind};
 pub use crate::repository::{Find, FinderVTable, Repository, RepositoryVTable};
+pub use crate::store::{Codec, Probe, ViaSerde, WithoutSerde};
 pub use crate::uow::{Transaction, UowField};
 pub use crate::{Command as CommandTrait, Event as EventTrait, UnitOfWork as UnitOfWorkTrait};

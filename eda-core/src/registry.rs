@@ -13,6 +13,7 @@ use crate::error::IncomingError;
 use crate::message::{Command, Event, Message, MessageKind, Metadata};
 use crate::private::{BoxFuture, CallOutcome, EventOutcome};
 use crate::repository::RepositoryRegistration;
+use crate::store::AggregateStorage;
 
 /// Where something was declared in the user's code.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -187,6 +188,8 @@ pub(crate) enum Requirement {
     Repository {
         aggregate: TypeId,
         name: &'static str,
+        /// It serializes: a document store can keep it.
+        document: bool,
     },
 }
 
@@ -209,6 +212,7 @@ impl Requirements {
         self.items.push(Requirement::Repository {
             aggregate: TypeId::of::<A>(),
             name: A::NAME,
+            document: A::__codec().is_some(),
         });
     }
 
@@ -277,6 +281,9 @@ pub enum WiringProblem {
         aggregate: &'static str,
         /// The database's connection type.
         backend: &'static str,
+        /// The database stores aggregates that serialize without a
+        /// repository, and this one does not.
+        documents: bool,
     },
     /// Two message types with one name.
     DuplicateMessageName {
@@ -361,6 +368,16 @@ impl fmt::Display for WiringProblem {
                 handler,
                 aggregate,
                 backend,
+                documents: true,
+            } => write!(
+                f,
+                "handler {handler} works on {aggregate}, which has no repository for {backend} and does not serialize: derive `serde::Serialize` and `serde::Deserialize` for it (and its id) to store it as a document, or add `#[repository] impl Repository for …` with `type Connection = {backend}` (and link its crate)"
+            ),
+            WiringProblem::MissingRepository {
+                handler,
+                aggregate,
+                backend,
+                documents: false,
             } => write!(
                 f,
                 "handler {handler} works on {aggregate}, which has no repository for {backend}: add `#[repository] impl Repository for …` with `type Connection = {backend}` (and link its crate)"
@@ -470,8 +487,9 @@ pub(crate) struct Wiring<'a> {
     pub(crate) unhandled_allowed: &'a [TypeId],
     pub(crate) adapters: &'a dyn Fn(TypeId) -> bool,
     pub(crate) has_database: bool,
-    /// `None`: the in-memory database, which stores any aggregate.
-    pub(crate) backend: Option<(TypeId, &'static str)>,
+    /// The database's connection type, and the aggregates it keeps
+    /// without a repository.
+    pub(crate) backend: Option<((TypeId, &'static str), AggregateStorage)>,
 }
 
 impl Wiring<'_> {
@@ -581,7 +599,7 @@ impl Wiring<'_> {
         // Repositories of the bus's database, one per aggregate (and finder).
         let repositories: Vec<_> = match self.backend {
             None => Vec::new(),
-            Some((backend, _)) => inventory::iter::<RepositoryRegistration>
+            Some(((backend, _), _)) => inventory::iter::<RepositoryRegistration>
                 .into_iter()
                 .filter(|r| r.connection == backend)
                 .collect(),
@@ -643,14 +661,24 @@ impl Wiring<'_> {
                             });
                         }
                     }
-                    Requirement::Repository { aggregate, name } => {
-                        if let Some((_, backend)) = self.backend
+                    Requirement::Repository {
+                        aggregate,
+                        name,
+                        document,
+                    } => {
+                        if let Some(((_, backend), storage)) = self.backend
                             && !per_key.contains_key(&(aggregate, None))
+                            && !match storage {
+                                AggregateStorage::Values => true,
+                                AggregateStorage::Documents => document,
+                                _ => false,
+                            }
                         {
                             problems.push(WiringProblem::MissingRepository {
                                 handler,
                                 aggregate: name,
                                 backend,
+                                documents: storage == AggregateStorage::Documents,
                             });
                         }
                     }

@@ -32,14 +32,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::adapter::{Adapter, DatabaseTransaction};
-use crate::adapters::memory::MemoryTransaction;
 use crate::aggregate::Aggregate;
 use crate::bus::{Context, DatabaseRole, MessageBus};
 use crate::error::Error;
 use crate::message::{AnyEvent, Metadata};
 use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::registry::Requirements;
-use crate::repository::{Finder, FinderVTable, RepositoryError, RepositoryVTable};
+use crate::repository::{Finder, FinderVTable, RepositoryError};
+use crate::store::{self, AggregateType, Stored};
 
 /// A unit of work: derive it with [`#[derive(UnitOfWork)]`](macro@crate::UnitOfWork).
 ///
@@ -132,7 +132,6 @@ impl<T: Adapter> UowField for Arc<T> {
 }
 
 enum Backend {
-    Memory(MemoryTransaction),
     Database(Box<dyn DatabaseTransaction>),
     Ended,
 }
@@ -174,7 +173,6 @@ impl Transaction {
     #[doc(hidden)]
     pub async fn __begin(ctx: &Context<'_>) -> Result<Self, Error> {
         let backend = match &ctx.bus.inner.database {
-            DatabaseRole::Memory(db) => Backend::Memory(db.begin()),
             DatabaseRole::Other { adapter } => {
                 let db = adapter.adapter().as_database().ok_or(Error::NoDatabase)?;
                 Backend::Database(db.begin().await?)
@@ -198,7 +196,7 @@ impl Transaction {
     pub fn connection<C: Any>(&mut self) -> Option<&mut C> {
         match &mut self.backend {
             Backend::Database(tx) => tx.connection().downcast_mut::<C>(),
-            Backend::Memory(_) | Backend::Ended => None,
+            Backend::Ended => None,
         }
     }
 
@@ -240,7 +238,6 @@ impl Transaction {
         self.check_active()?;
         let id = self.metadata.message_id;
         match &mut self.backend {
-            Backend::Memory(tx) => Ok(tx.record_inbox(id, handler)),
             Backend::Database(tx) => tx.record_inbox(id, handler).await,
             Backend::Ended => Err(Error::TransactionFinished("ended")),
         }
@@ -335,7 +332,6 @@ impl Transaction {
         }
         let backend = std::mem::replace(&mut self.backend, Backend::Ended);
         let result = match backend {
-            Backend::Memory(tx) => tx.commit(outbox),
             Backend::Database(mut tx) => {
                 let journal = self.dispatches
                     && tx.keeps_journal()
@@ -390,7 +386,7 @@ impl Transaction {
         self.state = State::RolledBack;
         match std::mem::replace(&mut self.backend, Backend::Ended) {
             Backend::Database(tx) => tx.rollback().await,
-            Backend::Memory(_) | Backend::Ended => Ok(()),
+            Backend::Ended => Ok(()),
         }
     }
 
@@ -407,32 +403,80 @@ impl Transaction {
         aggregate.events_mut().drain_into(&mut self.events);
     }
 
-    async fn load<A: Aggregate>(&mut self, id: &A::Id) -> Result<Option<A>, Error> {
+    /// The open transaction, or the error of a finished one.
+    fn open(&mut self) -> Result<&mut Box<dyn DatabaseTransaction>, Error> {
         match &mut self.backend {
-            Backend::Memory(tx) => Ok(tx.get::<A>(id)),
-            Backend::Database(tx) => {
-                let vtable = self.bus.repository::<A>()?;
-                Ok((vtable.get)(tx.connection(), id).await?)
-            }
-            Backend::Ended => Err(self
-                .check_active()
-                .err()
-                .unwrap_or(Error::TransactionFinished("ended"))),
+            Backend::Database(tx) => Ok(tx),
+            Backend::Ended => Err(match self.state {
+                State::Committed => Error::TransactionFinished("committed"),
+                State::RolledBack => Error::TransactionFinished("rolled back"),
+                State::Active => Error::TransactionFinished("ended"),
+            }),
         }
     }
 
-    async fn find<A: Aggregate, F: Finder<A>>(&mut self, finder: &F) -> Result<Option<A>, Error> {
-        match &mut self.backend {
-            Backend::Memory(tx) => Ok(tx.find::<A, F>(finder)),
-            Backend::Database(tx) => {
-                let vtable: &FinderVTable<A, F> = self.bus.finder::<A, F>()?;
-                Ok((vtable.find)(tx.connection(), finder).await?)
+    /// Loads an aggregate through its repository, or the database's store.
+    /// With the store, also its document as stored: what it is compared
+    /// with to tell whether it changed.
+    async fn load<A: Aggregate>(&mut self, id: &A::Id) -> Result<Option<Loaded<A>>, Error> {
+        let repository = self.bus.repository::<A>();
+        let tx = self.open()?;
+        match repository {
+            Some(vtable) => Ok((vtable.get)(tx.connection(), id)
+                .await?
+                .map(|aggregate| Loaded {
+                    aggregate,
+                    document: None,
+                })),
+            None => {
+                let key = store::key::<A>(id);
+                match tx.load_aggregate(AggregateType::of::<A>(), &key).await? {
+                    None => Ok(None),
+                    Some(stored) => {
+                        let document = match &stored {
+                            Stored::Document { body, .. } => Some(body.clone()),
+                            Stored::Value(_) => None,
+                        };
+                        Ok(Some(Loaded {
+                            aggregate: store::restore(stored, &key)?,
+                            document,
+                        }))
+                    }
+                }
             }
-            Backend::Ended => Err(self
-                .check_active()
-                .err()
-                .unwrap_or(Error::TransactionFinished("ended"))),
         }
+    }
+
+    async fn find<A: Aggregate, F: Finder<A>>(
+        &mut self,
+        finder: &F,
+    ) -> Result<Option<Loaded<A>>, Error> {
+        if self.bus.repository::<A>().is_some() {
+            let vtable: &FinderVTable<A, F> = self.bus.finder::<A, F>()?;
+            let tx = self.open()?;
+            return Ok((vtable.find)(tx.connection(), finder)
+                .await?
+                .map(|aggregate| Loaded {
+                    aggregate,
+                    document: None,
+                }));
+        }
+        // No repository: the finder looks through the stored ones.
+        let tx = self.open()?;
+        for stored in tx.aggregates(AggregateType::of::<A>()).await? {
+            let document = match &stored {
+                Stored::Document { body, .. } => Some(body.clone()),
+                Stored::Value(_) => None,
+            };
+            let aggregate: A = store::restore(stored, "*")?;
+            if finder.matches(&aggregate) {
+                return Ok(Some(Loaded {
+                    aggregate,
+                    document,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     async fn save<A: Aggregate>(
@@ -440,34 +484,36 @@ impl Transaction {
         aggregate: &A,
         loaded: Option<u64>,
     ) -> Result<(), Error> {
-        match &mut self.backend {
-            Backend::Memory(tx) => {
-                tx.stage(aggregate.clone(), loaded);
-                Ok(())
-            }
-            Backend::Database(tx) => {
-                let vtable: &RepositoryVTable<A> = self.bus.repository::<A>()?;
-                match loaded {
-                    None => (vtable.add)(tx.connection(), aggregate).await?,
-                    Some(expected) => {
-                        if !(vtable.update)(tx.connection(), aggregate, expected).await? {
-                            return Err(RepositoryError::Conflict {
-                                aggregate: A::NAME,
-                                id: format!("{:?}", aggregate.id()),
-                                expected,
-                            }
-                            .into());
+        let repository = self.bus.repository::<A>();
+        let tx = self.open()?;
+        match repository {
+            Some(vtable) => match loaded {
+                None => (vtable.add)(tx.connection(), aggregate).await?,
+                Some(expected) => {
+                    if !(vtable.update)(tx.connection(), aggregate, expected).await? {
+                        return Err(RepositoryError::Conflict {
+                            aggregate: A::NAME,
+                            id: format!("{:?}", aggregate.id()),
+                            expected,
                         }
+                        .into());
                     }
                 }
-                Ok(())
+            },
+            None => {
+                let key = store::key::<A>(aggregate.id());
+                tx.save_aggregate(store::save(aggregate, &key, loaded))
+                    .await?;
             }
-            Backend::Ended => Err(self
-                .check_active()
-                .err()
-                .unwrap_or(Error::TransactionFinished("ended"))),
         }
+        Ok(())
     }
+}
+
+/// An aggregate as loaded, with its stored document when it has one.
+struct Loaded<A> {
+    aggregate: A,
+    document: Option<String>,
 }
 
 /// The aggregates of one type that a unit of work loaded or added: a field
@@ -484,9 +530,13 @@ struct Tracked<A> {
     aggregate: A,
     /// The version it had when loaded; `None` when it was added.
     loaded: Option<u64>,
-    /// Lent mutably (`get`, `find`, `add`): saved on commit. An aggregate only
-    /// `read` is not saved, so reading does not conflict with writers.
+    /// Lent mutably (`get`, `find`, `add`): saved on commit if it changed.
+    /// An aggregate only `read` is not saved, so reading does not conflict
+    /// with writers.
     dirty: bool,
+    /// Its document as loaded, for an aggregate that serializes: one that
+    /// is the same at commit is not written.
+    snapshot: Option<String>,
 }
 
 impl<A: Aggregate> IdentityMap<A> {
@@ -502,19 +552,29 @@ impl<A: Aggregate> IdentityMap<A> {
     }
 
     /// Starts tracking a loaded aggregate (not yet lent mutably).
-    fn track(&mut self, aggregate: A) -> usize {
-        let loaded = Some(aggregate.version());
+    fn track(&mut self, loaded: Loaded<A>) -> usize {
         self.tracked.push(Tracked {
-            aggregate,
-            loaded,
+            loaded: Some(loaded.aggregate.version()),
+            aggregate: loaded.aggregate,
             dirty: false,
+            snapshot: loaded.document,
         });
         self.tracked.len() - 1
     }
 
     fn lend_mut(&mut self, i: usize) -> &mut A {
         let tracked = &mut self.tracked[i];
-        tracked.dirty = true;
+        if !tracked.dirty {
+            tracked.dirty = true;
+            // What it was before the handler could change it (a document
+            // store handed it over already).
+            if tracked.snapshot.is_none()
+                && tracked.loaded.is_some()
+                && let Some(codec) = A::__codec()
+            {
+                tracked.snapshot = (codec.encode)(&tracked.aggregate).ok();
+            }
+        }
         &mut tracked.aggregate
     }
 
@@ -592,8 +652,15 @@ impl<A: Aggregate> UowField for IdentityMap<A> {
     }
 }
 
-/// Saves one tracked aggregate (its version raised past the one loaded).
+/// Saves one tracked aggregate (its version raised past the one loaded),
+/// unless it serializes to what it was when loaded: an unchanged aggregate
+/// is not written, so it conflicts with nobody.
 async fn save<A: Aggregate>(tracked: &mut Tracked<A>, tx: &mut Transaction) -> Result<(), Error> {
+    if let (Some(snapshot), Some(codec)) = (&tracked.snapshot, A::__codec())
+        && (codec.encode)(&tracked.aggregate).is_ok_and(|now| now == *snapshot)
+    {
+        return Ok(());
+    }
     let aggregate = &mut tracked.aggregate;
     if let Some(loaded) = tracked.loaded {
         let version = aggregate.version().max(loaded + 1);
@@ -656,7 +723,7 @@ impl<'a, A: Aggregate> Aggregates<'a, A> {
             None => match self.tx.find::<A, F>(finder).await? {
                 None => return Ok(None),
                 // Already tracked under another description: keep one copy.
-                Some(found) => match self.map.position(found.id()) {
+                Some(found) => match self.map.position(found.aggregate.id()) {
                     Some(i) => i,
                     None => self.map.track(found),
                 },
@@ -679,6 +746,7 @@ impl<'a, A: Aggregate> Aggregates<'a, A> {
             aggregate,
             loaded: None,
             dirty: true,
+            snapshot: None,
         });
         let i = self.map.tracked.len() - 1;
         Ok(&mut self.map.tracked[i].aggregate)

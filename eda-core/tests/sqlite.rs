@@ -731,7 +731,7 @@ async fn start_at_once(url: &str, n: usize) {
         .fetch_one(db.pool())
         .await
         .unwrap();
-    assert_eq!(versions, 3, "{url}");
+    assert_eq!(versions, 4, "{url}");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(db.pool())
         .await
@@ -859,6 +859,7 @@ async fn the_table_prefix_names_the_framework_tables() {
     assert_eq!(
         tables,
         vec![
+            "shop_aggregates",
             "shop_inbox",
             "shop_migrations",
             "shop_outbox",
@@ -1435,6 +1436,7 @@ async fn a_database_of_the_first_migration_gets_the_lease_table() {
         "DROP TABLE eda_relay_lease",
         "DROP INDEX eda_outbox_undispatched",
         "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
+        "DROP TABLE eda_aggregates",
         "DELETE FROM eda_migrations WHERE version >= 2",
     ] {
         sqlx::query(sql).execute(file.pool()).await.unwrap();
@@ -1445,7 +1447,7 @@ async fn a_database_of_the_first_migration_gets_the_lease_table() {
             .fetch_all(again.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     assert!(again.lease("x", Duration::from_secs(1)).await.unwrap());
     again.pool().close().await;
 }
@@ -1456,7 +1458,9 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
     for sql in [
         "DROP INDEX eda_outbox_undispatched",
         "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
-        "DELETE FROM eda_migrations WHERE version = 3",
+        // Before the aggregate store (4) as well.
+        "DROP TABLE eda_aggregates",
+        "DELETE FROM eda_migrations WHERE version >= 3",
         // A row written before the journal existed.
         "INSERT INTO eda_outbox (message_id, name, payload, correlation_id, created_at) \
          VALUES ('0190b0a4-0000-7000-8000-000000000001', 'old', '{}', \
@@ -1470,7 +1474,7 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
             .fetch_all(again.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     assert!(
         again
             .undispatched(&["old"], Duration::ZERO, 10)

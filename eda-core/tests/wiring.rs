@@ -540,7 +540,7 @@ fn an_aggregate_without_a_repository_for_the_database_is_rejected() {
         .build()
         .unwrap_err();
     assert!(
-        matches!(&err.problems[..], [WiringProblem::MissingRepository { handler, aggregate: "Gadget", backend: "FakeConnection" }] if handler.name == "see"),
+        matches!(&err.problems[..], [WiringProblem::MissingRepository { handler, aggregate: "Gadget", backend: "FakeConnection", .. }] if handler.name == "see"),
         "{err}"
     );
 }

@@ -152,6 +152,11 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             fn events_mut(&mut self) -> &mut #events_ty {
                 &mut self.#events_ident
             }
+            fn __codec() -> ::core::option::Option<#p::Codec<Self>> {
+                #[allow(unused_imports)]
+                use #p::{ViaSerde as _, WithoutSerde as _};
+                (&#p::Probe::<Self>::new()).__codec()
+            }
         }
     })
 }

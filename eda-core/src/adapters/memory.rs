@@ -51,14 +51,15 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::adapter::Adapter;
+use crate::adapter::{Adapter, Database, DatabaseTransaction};
 use crate::aggregate::Aggregate;
 use crate::error::Error;
 use crate::message::MessageId;
 use crate::outbox::ExternalMessage;
 use crate::private::BoxFuture;
 use crate::relay::{OutboxEntry, OutboxStore};
-use crate::repository::{Finder, RepositoryError};
+use crate::repository::RepositoryError;
+use crate::store::{self, AggregateStorage, AggregateType, Save, Stored};
 
 /// A database in memory. Clones share the same data.
 #[derive(Clone, Default)]
@@ -75,9 +76,16 @@ struct Inner {
     commits: AtomicU64,
 }
 
+/// One stored aggregate: its version and the value.
+struct Row {
+    version: u64,
+    value: Arc<dyn Any + Send + Sync>,
+}
+
 #[derive(Default)]
 struct Data {
-    tables: HashMap<TypeId, Box<dyn Any + Send>>,
+    /// The aggregates of each type, by [`store::key`].
+    tables: HashMap<TypeId, HashMap<String, Row>>,
     outbox: Vec<ExternalMessage>,
     /// How many outbox messages (a prefix) the relay published.
     sent: usize,
@@ -88,24 +96,6 @@ struct Data {
     /// many times they were unroutable.
     deferred: HashMap<usize, (std::time::Instant, u32)>,
     inbox: HashSet<(MessageId, String)>,
-}
-
-type Table<A> = HashMap<<A as Aggregate>::Id, A>;
-
-impl Data {
-    fn table<A: Aggregate>(&self) -> Option<&Table<A>> {
-        self.tables
-            .get(&TypeId::of::<A>())
-            .and_then(|t| t.downcast_ref::<Table<A>>())
-    }
-
-    fn table_mut<A: Aggregate>(&mut self) -> &mut Table<A> {
-        self.tables
-            .entry(TypeId::of::<A>())
-            .or_insert_with(|| Box::new(Table::<A>::new()))
-            .downcast_mut::<Table<A>>()
-            .expect("tables are keyed by their aggregate's type id")
-    }
 }
 
 impl fmt::Debug for InMemoryDatabase {
@@ -134,26 +124,42 @@ impl InMemoryDatabase {
     /// Stores an aggregate as committed state, outside any unit of work
     /// (to set up a test).
     pub fn insert<A: Aggregate>(&self, aggregate: A) {
-        let mut data = self.data();
-        data.table_mut::<A>()
-            .insert(aggregate.id().clone(), aggregate);
+        let key = store::key::<A>(aggregate.id());
+        let row = Row {
+            version: aggregate.version(),
+            value: Arc::new(aggregate),
+        };
+        self.data()
+            .tables
+            .entry(TypeId::of::<A>())
+            .or_default()
+            .insert(key, row);
     }
 
     /// The committed state of an aggregate: `db.get::<Product>("LAMP")`.
     pub fn get<A: Aggregate>(&self, id: impl Into<A::Id>) -> Option<A> {
-        self.committed::<A>(&id.into())
-    }
-
-    fn committed<A: Aggregate>(&self, id: &A::Id) -> Option<A> {
-        self.data().table::<A>().and_then(|t| t.get(id)).cloned()
+        let key = store::key::<A>(&id.into());
+        self.data()
+            .tables
+            .get(&TypeId::of::<A>())
+            .and_then(|t| t.get(&key))
+            .and_then(|row| row.value.downcast_ref::<A>())
+            .cloned()
     }
 
     /// Every committed aggregate of a type, in no particular order (so a
-    /// [`Finder`] that matches several finds any one of them).
+    /// [`Finder`](crate::Finder) that matches several finds any one of
+    /// them).
     pub fn all<A: Aggregate>(&self) -> Vec<A> {
         self.data()
-            .table::<A>()
-            .map(|t| t.values().cloned().collect())
+            .tables
+            .get(&TypeId::of::<A>())
+            .map(|t| {
+                t.values()
+                    .filter_map(|row| row.value.downcast_ref::<A>())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -166,99 +172,88 @@ impl InMemoryDatabase {
     pub fn commits(&self) -> u64 {
         self.inner.commits.load(Ordering::SeqCst)
     }
-
-    pub(crate) fn begin(&self) -> MemoryTransaction {
-        MemoryTransaction {
-            db: self.clone(),
-            staged: Vec::new(),
-            inbox: Vec::new(),
-        }
-    }
 }
 
 impl Adapter for InMemoryDatabase {
-    fn __as_memory_database(&self) -> Option<&InMemoryDatabase> {
+    fn as_database(&self) -> Option<&dyn Database> {
         Some(self)
+    }
+}
+
+/// What an in-memory transaction lends as its connection: nothing a
+/// repository could use (the database stores every aggregate itself).
+struct NoConnection;
+
+impl Database for InMemoryDatabase {
+    fn describe(&self) -> String {
+        "in memory".to_owned()
+    }
+
+    fn connection_type(&self) -> (TypeId, &'static str) {
+        (TypeId::of::<NoConnection>(), "the in-memory database")
+    }
+
+    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
+        let tx: Box<dyn DatabaseTransaction> = Box::new(MemoryTransaction {
+            db: self.clone(),
+            connection: NoConnection,
+            staged: Vec::new(),
+            inbox: Vec::new(),
+            outbox: Vec::new(),
+        });
+        Box::pin(std::future::ready(Ok(tx)))
+    }
+
+    fn aggregate_storage(&self) -> AggregateStorage {
+        AggregateStorage::Values
     }
 }
 
 /// A transaction on an [`InMemoryDatabase`]: reads see committed state,
 /// writes are staged and applied at once on commit, after every version check
 /// passed.
-pub(crate) struct MemoryTransaction {
+struct MemoryTransaction {
     db: InMemoryDatabase,
-    staged: Vec<Box<dyn Staged>>,
+    connection: NoConnection,
+    staged: Vec<Staged>,
     inbox: Vec<(MessageId, String)>,
+    outbox: Vec<ExternalMessage>,
 }
 
-trait Staged: Send {
-    fn check(&self, data: &Data) -> Result<(), RepositoryError>;
-    fn apply(self: Box<Self>, data: &mut Data);
-}
-
-struct Save<A: Aggregate> {
-    aggregate: A,
+/// An aggregate to save at commit.
+struct Staged {
+    type_id: TypeId,
+    name: &'static str,
+    key: String,
     expected: Option<u64>,
+    row: Row,
 }
 
-impl<A: Aggregate> Staged for Save<A> {
+impl Staged {
     fn check(&self, data: &Data) -> Result<(), RepositoryError> {
-        let id = self.aggregate.id();
-        let current = data.table::<A>().and_then(|t| t.get(id));
+        let current = data
+            .tables
+            .get(&self.type_id)
+            .and_then(|t| t.get(&self.key));
         match (self.expected, current) {
             (None, None) => Ok(()),
             (None, Some(_)) => Err(RepositoryError::AlreadyExists {
-                aggregate: A::NAME,
-                id: format!("{id:?}"),
+                aggregate: self.name,
+                id: self.key.clone(),
             }),
-            (Some(expected), Some(current)) if current.version() == expected => Ok(()),
+            (Some(expected), Some(current)) if current.version == expected => Ok(()),
             (Some(expected), _) => Err(RepositoryError::Conflict {
-                aggregate: A::NAME,
-                id: format!("{id:?}"),
+                aggregate: self.name,
+                id: self.key.clone(),
                 expected,
             }),
         }
     }
-
-    fn apply(self: Box<Self>, data: &mut Data) {
-        let mut aggregate = self.aggregate;
-        aggregate.events_mut().clear();
-        data.table_mut::<A>()
-            .insert(aggregate.id().clone(), aggregate);
-    }
 }
 
 impl MemoryTransaction {
-    pub(crate) fn get<A: Aggregate>(&self, id: &A::Id) -> Option<A> {
-        self.db.committed::<A>(id)
-    }
-
-    pub(crate) fn find<A: Aggregate, F: Finder<A>>(&self, finder: &F) -> Option<A> {
-        let data = self.db.data();
-        data.table::<A>()?
-            .values()
-            .find(|a| finder.matches(a))
-            .cloned()
-    }
-
-    pub(crate) fn stage<A: Aggregate>(&mut self, aggregate: A, expected: Option<u64>) {
-        self.staged.push(Box::new(Save {
-            aggregate,
-            expected,
-        }));
-    }
-
-    pub(crate) fn record_inbox(&mut self, id: MessageId, handler: &str) -> bool {
-        let key = (id, handler.to_owned());
-        if self.inbox.contains(&key) || self.db.data().inbox.contains(&key) {
-            return false;
-        }
-        self.inbox.push(key);
-        true
-    }
-
-    pub(crate) fn commit(self, outbox: Vec<ExternalMessage>) -> Result<(), Error> {
-        if self.staged.is_empty() && self.inbox.is_empty() && outbox.is_empty() {
+    fn commit_now(self) -> Result<(), Error> {
+        if self.staged.is_empty() && self.inbox.is_empty() && self.outbox.is_empty() {
             self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
             return Ok(());
         }
@@ -276,18 +271,104 @@ impl MemoryTransaction {
                 .into());
             }
             for staged in self.staged {
-                staged.apply(&mut data);
+                data.tables
+                    .entry(staged.type_id)
+                    .or_default()
+                    .insert(staged.key, staged.row);
             }
             data.inbox.extend(self.inbox);
             self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
-            let wrote_outbox = !outbox.is_empty();
-            data.outbox.extend(outbox);
+            let wrote_outbox = !self.outbox.is_empty();
+            data.outbox.extend(self.outbox);
             wrote_outbox
         };
         if wrote_outbox {
             self.db.inner.outbox_committed.notify_one();
         }
         Ok(())
+    }
+}
+
+impl DatabaseTransaction for MemoryTransaction {
+    fn connection(&mut self) -> &mut (dyn Any + Send) {
+        &mut self.connection
+    }
+
+    fn write_outbox<'a>(
+        &'a mut self,
+        messages: &'a [ExternalMessage],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.outbox.extend_from_slice(messages);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn record_inbox<'a>(
+        &'a mut self,
+        id: MessageId,
+        handler: &'a str,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        let key = (id, handler.to_owned());
+        let new = !(self.inbox.contains(&key) || self.db.data().inbox.contains(&key));
+        if new {
+            self.inbox.push(key);
+        }
+        Box::pin(std::future::ready(Ok(new)))
+    }
+
+    fn load_aggregate<'a>(
+        &'a mut self,
+        aggregate_type: AggregateType,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, Error>> {
+        let stored = self
+            .db
+            .data()
+            .tables
+            .get(&aggregate_type.type_id())
+            .and_then(|t| t.get(key))
+            .map(|row| Stored::Value(row.value.clone()));
+        Box::pin(std::future::ready(Ok(stored)))
+    }
+
+    fn aggregates<'a>(
+        &'a mut self,
+        aggregate_type: AggregateType,
+    ) -> BoxFuture<'a, Result<Vec<Stored>, Error>> {
+        let all = self
+            .db
+            .data()
+            .tables
+            .get(&aggregate_type.type_id())
+            .map(|t| {
+                t.values()
+                    .map(|row| Stored::Value(row.value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Box::pin(std::future::ready(Ok(all)))
+    }
+
+    fn save_aggregate<'a>(&'a mut self, save: Save<'a>) -> BoxFuture<'a, Result<(), Error>> {
+        let aggregate_type = save.aggregate_type();
+        self.staged.push(Staged {
+            type_id: aggregate_type.type_id(),
+            name: aggregate_type.name(),
+            key: save.key().to_owned(),
+            expected: save.expected(),
+            row: Row {
+                version: save.version(),
+                value: save.value(),
+            },
+        });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(std::future::ready(self.commit_now()))
+    }
+
+    fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

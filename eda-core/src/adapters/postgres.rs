@@ -43,6 +43,7 @@ use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::private::BoxFuture;
 use crate::relay::{OutboxEntry, OutboxStore};
+use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 
 /// How to connect and where to keep the framework's tables.
 #[derive(Clone, Debug)]
@@ -120,6 +121,11 @@ struct Statements {
     mark_sent: String,
     defer: String,
     prune_outbox: String,
+    /// The aggregate store (aggregates without a repository, as documents).
+    load_aggregate: String,
+    aggregates: String,
+    insert_aggregate: String,
+    update_aggregate: String,
 }
 
 impl Statements {
@@ -127,7 +133,27 @@ impl Statements {
         let outbox = tables.name("outbox");
         let inbox = tables.name("inbox");
         let lease = tables.name("relay_lease");
+        let aggregates = tables.name("aggregates");
         Statements {
+            load_aggregate: format!(
+                "SELECT version, body FROM {aggregates} WHERE aggregate = $1 AND id = $2"
+            ),
+            aggregates: format!(
+                "SELECT version, body FROM {aggregates} WHERE aggregate = $1 ORDER BY id"
+            ),
+            // A conflict on the key inserts nothing (after waiting for a
+            // concurrent insert of the same key): the caller says
+            // `AlreadyExists`.
+            insert_aggregate: format!(
+                "INSERT INTO {aggregates} (aggregate, id, version, body) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING"
+            ),
+            // Under READ COMMITTED a row updated concurrently is checked
+            // again after the other commits: its version no longer matches.
+            update_aggregate: format!(
+                "UPDATE {aggregates} SET version = $3, body = $4 \
+                 WHERE aggregate = $1 AND id = $2 AND version = $5"
+            ),
             write_outbox_one: format!(
                 "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at) \
                  VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000))"
@@ -209,6 +235,7 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
     let handled = quote_ident(&format!("{prefix}inbox_handled_at"));
     let undispatched = quote_ident(&format!("{prefix}outbox_undispatched"));
     let lease = tables.name("relay_lease");
+    let aggregates = tables.name("aggregates");
     vec![
         vec![
             format!(
@@ -257,6 +284,19 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
                 "CREATE INDEX IF NOT EXISTS {undispatched} ON {outbox} (position) WHERE dispatched_at IS NULL"
             ),
         ],
+        // 4: the aggregate store: aggregates without a repository, as
+        // their JSON (text, kept as written: a unit of work compares it;
+        // `jsonb` would reorder it) and their version, keyed by the
+        // aggregate's name and id.
+        vec![format!(
+            "CREATE TABLE IF NOT EXISTS {aggregates} (
+            aggregate TEXT NOT NULL,
+            id TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (aggregate, id)
+        )"
+        )],
     ]
 }
 
@@ -620,6 +660,10 @@ impl Database for PostgresDatabase {
         (TypeId::of::<PgConnection>(), "sqlx::PgConnection")
     }
 
+    fn aggregate_storage(&self) -> AggregateStorage {
+        AggregateStorage::Documents
+    }
+
     fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
         Box::pin(async move {
             // Pooled connections that died while idle (the server restarted,
@@ -690,6 +734,15 @@ fn is_dead_connection(e: &sqlx::Error) -> bool {
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
         _ => false,
     }
+}
+
+/// A row of the aggregate store.
+fn stored(row: &sqlx::postgres::PgRow) -> Result<Stored, Error> {
+    let version: i64 = row.try_get(0).map_err(adapter_error)?;
+    Ok(Stored::Document {
+        version: u64::try_from(version).map_err(Error::database)?,
+        body: row.try_get(1).map_err(adapter_error)?,
+    })
 }
 
 struct PgTransaction {
@@ -765,6 +818,67 @@ impl DatabaseTransaction for PgTransaction {
                 .await
                 .map_err(adapter_error)?;
             Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn load_aggregate<'a>(
+        &'a mut self,
+        aggregate_type: AggregateType,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, Error>> {
+        Box::pin(async move {
+            let row = sqlx::query(&self.db.statements.load_aggregate)
+                .bind(aggregate_type.name())
+                .bind(key)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            row.as_ref().map(stored).transpose()
+        })
+    }
+
+    fn aggregates<'a>(
+        &'a mut self,
+        aggregate_type: AggregateType,
+    ) -> BoxFuture<'a, Result<Vec<Stored>, Error>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&self.db.statements.aggregates)
+                .bind(aggregate_type.name())
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            rows.iter().map(stored).collect()
+        })
+    }
+
+    fn save_aggregate<'a>(&'a mut self, save: Save<'a>) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let body = save.document()?;
+            let version = i64::try_from(save.version()).map_err(Error::database)?;
+            let done = match save.expected() {
+                None => sqlx::query(&self.db.statements.insert_aggregate)
+                    .bind(save.aggregate_type().name())
+                    .bind(save.key())
+                    .bind(version)
+                    .bind(body)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(adapter_error)?,
+                Some(expected) => sqlx::query(&self.db.statements.update_aggregate)
+                    .bind(save.aggregate_type().name())
+                    .bind(save.key())
+                    .bind(version)
+                    .bind(body)
+                    .bind(i64::try_from(expected).map_err(Error::database)?)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(adapter_error)?,
+            };
+            match (done.rows_affected(), save.expected()) {
+                (1, _) => Ok(()),
+                (_, None) => Err(save.already_exists()),
+                (_, Some(_)) => Err(save.conflict()),
+            }
         })
     }
 

@@ -93,6 +93,7 @@ use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::private::BoxFuture;
 use crate::relay::{OutboxEntry, OutboxStore};
+use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 
 /// The `strftime` format of the framework's timestamps (`created_at`,
 /// `handled_at`, ...): UTC with milliseconds, e.g.
@@ -166,6 +167,11 @@ struct Statements {
     mark_sent: String,
     defer: String,
     prune_outbox: String,
+    /// The aggregate store (aggregates without a repository, as documents).
+    load_aggregate: String,
+    aggregates: String,
+    insert_aggregate: String,
+    update_aggregate: String,
 }
 
 impl Statements {
@@ -173,8 +179,23 @@ impl Statements {
         let outbox = tables.name("outbox");
         let inbox = tables.name("inbox");
         let lease = tables.name("relay_lease");
+        let aggregates = tables.name("aggregates");
         let now = format!("strftime('{TIMESTAMP_FORMAT}', 'now')");
         Statements {
+            load_aggregate: format!(
+                "SELECT version, body FROM {aggregates} WHERE aggregate = ?1 AND id = ?2"
+            ),
+            aggregates: format!(
+                "SELECT version, body FROM {aggregates} WHERE aggregate = ?1 ORDER BY id"
+            ),
+            // A conflict on the key inserts nothing: the caller says
+            // `AlreadyExists`.
+            insert_aggregate: format!(
+                "INSERT INTO {aggregates} (aggregate, id, version, body) VALUES (?1, ?2, ?3, ?4)                  ON CONFLICT DO NOTHING"
+            ),
+            update_aggregate: format!(
+                "UPDATE {aggregates} SET version = ?3, body = ?4                  WHERE aggregate = ?1 AND id = ?2 AND version = ?5"
+            ),
             // One statement for any number of messages: they arrive as one
             // JSON array, in order.
             write_outbox: format!(
@@ -306,6 +327,7 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
     let outbox = tables.name("outbox");
     let inbox = tables.name("inbox");
     let lease = tables.name("relay_lease");
+    let aggregates = tables.name("aggregates");
     let (unsent, outbox_table) = index_on(tables, "outbox_unsent", "outbox");
     let (handled, inbox_table) = index_on(tables, "inbox_handled_at", "inbox");
     let (undispatched, _) = index_on(tables, "outbox_undispatched", "outbox");
@@ -361,6 +383,18 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
                 "CREATE INDEX IF NOT EXISTS {undispatched} ON {outbox_table} (position) WHERE dispatched_at IS NULL"
             ),
         ],
+        // 4: the aggregate store: aggregates without a repository, as
+        // their JSON (kept as written: a unit of work compares it) and their
+        // version, keyed by the aggregate's name and id.
+        vec![format!(
+            "CREATE TABLE IF NOT EXISTS {aggregates} (
+                aggregate TEXT NOT NULL,
+                id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                body TEXT NOT NULL,
+                PRIMARY KEY (aggregate, id)
+            )"
+        )],
     ]
 }
 
@@ -727,6 +761,10 @@ impl Database for SqliteDatabase {
         (TypeId::of::<SqliteConnection>(), "sqlx::SqliteConnection")
     }
 
+    fn aggregate_storage(&self) -> AggregateStorage {
+        AggregateStorage::Documents
+    }
+
     fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
         Box::pin(async move {
             // The write lock now, not at the first write: a transaction that
@@ -778,6 +816,15 @@ impl Database for SqliteDatabase {
                 .collect()
         })
     }
+}
+
+/// A row of the aggregate store.
+fn stored(row: &sqlx::sqlite::SqliteRow) -> Result<Stored, Error> {
+    let version: i64 = row.try_get(0).map_err(adapter_error)?;
+    Ok(Stored::Document {
+        version: u64::try_from(version).map_err(Error::database)?,
+        body: row.try_get(1).map_err(adapter_error)?,
+    })
 }
 
 struct SqliteTransaction {
@@ -852,6 +899,67 @@ impl DatabaseTransaction for SqliteTransaction {
                 .await
                 .map_err(adapter_error)?;
             Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn load_aggregate<'a>(
+        &'a mut self,
+        aggregate_type: AggregateType,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, Error>> {
+        Box::pin(async move {
+            let row = sqlx::query(&self.db.statements.load_aggregate)
+                .bind(aggregate_type.name())
+                .bind(key)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            row.as_ref().map(stored).transpose()
+        })
+    }
+
+    fn aggregates<'a>(
+        &'a mut self,
+        aggregate_type: AggregateType,
+    ) -> BoxFuture<'a, Result<Vec<Stored>, Error>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&self.db.statements.aggregates)
+                .bind(aggregate_type.name())
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            rows.iter().map(stored).collect()
+        })
+    }
+
+    fn save_aggregate<'a>(&'a mut self, save: Save<'a>) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let body = save.document()?;
+            let version = i64::try_from(save.version()).map_err(Error::database)?;
+            let done = match save.expected() {
+                None => sqlx::query(&self.db.statements.insert_aggregate)
+                    .bind(save.aggregate_type().name())
+                    .bind(save.key())
+                    .bind(version)
+                    .bind(body)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(adapter_error)?,
+                Some(expected) => sqlx::query(&self.db.statements.update_aggregate)
+                    .bind(save.aggregate_type().name())
+                    .bind(save.key())
+                    .bind(version)
+                    .bind(body)
+                    .bind(i64::try_from(expected).map_err(Error::database)?)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(adapter_error)?,
+            };
+            match (done.rows_affected(), save.expected()) {
+                (1, _) => Ok(()),
+                (_, None) => Err(save.already_exists()),
+                (_, Some(_)) => Err(save.conflict()),
+            }
         })
     }
 
