@@ -317,17 +317,21 @@ impl Pair {
             }
         }
         let pool = &self.world.pool;
-        let orders_table = format!("\"{}\".orders", self.orders_names.schema);
-        let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(&format!(
-            "SELECT orderid, status, reason, lines FROM {orders_table}"
+        // Orders are documents in eda's aggregate store: no table of their own.
+        let orders_table = format!("\"{}\".eda_aggregates", self.orders_names.schema);
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT id, body FROM {orders_table} WHERE aggregate = 'Order'"
         ))
         .fetch_all(pool)
         .await
-        .unwrap_or_default();
+        .unwrap();
         s.orders = rows
             .into_iter()
-            .map(|(orderid, status, reason, lines)| {
-                let lines: Vec<Value> = serde_json::from_str(&lines).unwrap();
+            .map(|(orderid, body)| {
+                let order: Value = serde_json::from_str(&body).unwrap();
+                let status = order["status"].as_str().unwrap().to_owned();
+                let reason = order["reason"].as_str().map(str::to_owned);
+                let lines = order["lines"].as_array().unwrap();
                 let lines = lines
                     .iter()
                     .map(|l| {

@@ -18,7 +18,10 @@
 //!   derives.
 //! - [`service_layer`]: the unit of work and the handlers.
 //! - [`views`]: reading an order for the HTTP API.
-//! - [`adapters`]: the Postgres and SQLite table and repository.
+//!
+//! There is no repository and no table: an `Order` serializes, and eda
+//! stores it as a document on Postgres and SQLite (and as a value in
+//! memory).
 //! - [`entrypoints`]: HTTP; [`config`] and [`service`] turn the
 //!   environment into a running service.
 //!
@@ -48,7 +51,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod adapters;
 pub mod config;
 pub mod domain;
 pub mod entrypoints;

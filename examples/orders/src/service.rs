@@ -1,4 +1,4 @@
-//! The service: orders' tables, bus and routes, run by eda's host (see
+//! The service: orders' bus and routes, run by eda's host (see
 //! [`eda_core::host`]), which connects the database and the broker, runs
 //! the relay, the consumer and the recovery, serves HTTP, and stops
 //! gracefully.
@@ -14,15 +14,14 @@ use crate::entrypoints::http;
 /// `ready` is told the address HTTP listens on, once everything runs.
 ///
 /// Its bus accepts no command from the broker (orders are placed over
-/// HTTP); its queue is bound to the events of allocation it handles.
+/// HTTP); its queue is bound to the events of allocation it handles. It
+/// has no tables of its own: orders are kept in eda's aggregate store.
 pub async fn run(
     config: HostConfig,
     shutdown: impl Future<Output = ()> + Send,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), HostError> {
     Host::new(config)
-        .postgres_tables(|pool| async move { crate::adapters::postgres::migrate(&pool).await })
-        .sqlite_tables(|pool| async move { crate::adapters::sqlite::migrate(&pool).await })
         .bus(|builder| builder.scope("orders"))
         .router(http::router)
         .run(shutdown, ready)

@@ -1,7 +1,8 @@
 //! The orders service on each SQL database it runs on, the same scenarios
 //! on each (a test per scenario and database: `round_trip::postgres`,
-//! `round_trip::sqlite`): the repository's round trip and version check,
-//! and the handlers with the outbox and the inbox on a real database.
+//! `round_trip::sqlite`): an order stored as a document by eda (no
+//! repository), its round trip and version check, and the handlers with
+//! the outbox and the inbox on a real database.
 //!
 //! Postgres is the one at 127.0.0.1:5432 or `DATABASE_URL`, a fresh schema
 //! per test; its tests are skipped when it is unreachable, and fail under
@@ -11,16 +12,15 @@
 use contracts::{Allocated, AllocationFailed, FailureReason, OrderLine};
 use eda_core::sqlx;
 use eda_core::testing::{TestPostgres, TestSqlite};
-use eda_core::{CommandError, Envelope, Event, MessageBus, Metadata, Repository};
-use orders::adapters::postgres::{self, PgOrderRepository};
-use orders::adapters::sqlite::{self, SqliteOrderRepository};
+use eda_core::{CommandError, Envelope, Event, MessageBus, Metadata};
 use orders::domain::commands::PlaceOrder;
 use orders::domain::errors::OrderError;
 use orders::domain::model::{Line, Order, Status};
 use orders::service_layer::unit_of_work::OrdersUow;
 use orders::views;
 
-/// A SQL database with the service's tables, and a bus on it.
+/// A SQL database with eda's tables (the service has none of its own), and
+/// a bus on it.
 enum Store {
     Postgres(TestPostgres),
     Sqlite(TestSqlite),
@@ -29,20 +29,11 @@ enum Store {
 impl Store {
     /// `None`: Postgres is not reachable and the test is skipped.
     async fn postgres() -> Option<Store> {
-        let pg = TestPostgres::start().await?;
-        // Twice: it is idempotent.
-        for _ in 0..2 {
-            postgres::migrate(pg.pool()).await.expect("the tables");
-        }
-        Some(Store::Postgres(pg))
+        Some(Store::Postgres(TestPostgres::start().await?))
     }
 
     async fn sqlite() -> Store {
-        let file = TestSqlite::start().await;
-        for _ in 0..2 {
-            sqlite::migrate(file.pool()).await.expect("the tables");
-        }
-        Store::Sqlite(file)
+        Store::Sqlite(TestSqlite::start().await)
     }
 
     fn bus(&self) -> MessageBus {
@@ -71,6 +62,28 @@ impl Store {
         .unwrap();
     }
 
+    /// The stored version and JSON of an order.
+    async fn document(&self, orderid: &str) -> (u64, String) {
+        const DOCUMENT: &str =
+            "SELECT version, body FROM eda_aggregates WHERE aggregate = 'Order' AND id = ";
+        let (version, body): (i64, String) = match self {
+            Store::Postgres(pg) => {
+                sqlx::query_as(&format!("{DOCUMENT}$1"))
+                    .bind(orderid)
+                    .fetch_one(pg.pool())
+                    .await
+            }
+            Store::Sqlite(file) => {
+                sqlx::query_as(&format!("{DOCUMENT}?1"))
+                    .bind(orderid)
+                    .fetch_one(file.pool())
+                    .await
+            }
+        }
+        .unwrap();
+        (version as u64, body)
+    }
+
     /// The names of the committed outbox rows to publish, in order (no
     /// relay runs here: they are unsent).
     async fn published(&self) -> Vec<String> {
@@ -78,22 +91,6 @@ impl Store {
         match self {
             Store::Postgres(pg) => sqlx::query_scalar(OUTBOX).fetch_all(pg.pool()).await,
             Store::Sqlite(file) => sqlx::query_scalar(OUTBOX).fetch_all(file.pool()).await,
-        }
-        .unwrap()
-    }
-
-    /// Saves `order` through the repository directly, as if it had been
-    /// loaded at `expected`: whether it was saved.
-    async fn update(&self, order: &Order, expected: u64) -> bool {
-        match self {
-            Store::Postgres(pg) => {
-                let mut conn = pg.pool().acquire().await.unwrap();
-                PgOrderRepository::update(&mut conn, order, expected).await
-            }
-            Store::Sqlite(file) => {
-                let mut conn = file.pool().acquire().await.unwrap();
-                SqliteOrderRepository::update(&mut conn, order, expected).await
-            }
         }
         .unwrap()
     }
@@ -126,11 +123,11 @@ macro_rules! on_sql_backends {
 
 on_sql_backends!(
     round_trip,
-    a_stale_version_is_refused,
+    stored_as_a_document,
     two_orders_placed_at_once_with_one_id,
     an_order_is_confirmed_or_cancelled_through_the_bus,
     a_redelivered_event_is_handled_once,
-    a_row_that_cannot_be_decoded_is_an_error_naming_its_column,
+    a_document_that_cannot_be_decoded_is_an_error_naming_its_field,
 );
 
 /// What an order holds, all of it (`Order` has no `==`: its events are not
@@ -192,23 +189,69 @@ async fn round_trip(s: &Store) {
     );
 }
 
-/// The repository saves an order only at the version it was loaded at.
-async fn a_stale_version_is_refused(s: &Store) {
+/// What eda stores for an order: its JSON, at the version its unit of
+/// work raised; an order that did not change is not written again.
+async fn stored_as_a_document(s: &Store) {
     let bus = s.bus();
     bus.handle(PlaceOrder::new("o1", vec![OrderLine::new("LAMP", 2)]))
         .await
         .unwrap();
-    let mut order = committed(&bus, "o1").await;
-    order.record_allocation("LAMP", "b1");
-    order.version = 1;
+    let (version, body) = s.document("o1").await;
+    assert_eq!(version, 0);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["status"], "pending");
+    assert_eq!(json["lines"][0]["sku"], "LAMP");
 
-    assert!(!s.update(&order, 7).await, "stored at 0, not 7");
-    assert_eq!(committed(&bus, "o1").await.status(), Status::Pending);
+    // Allocation answers twice for the line: the second changes nothing.
+    let allocated = Allocated {
+        orderid: "o1".into(),
+        sku: "LAMP".into(),
+        qty: 2,
+        batchref: "b1".into(),
+    };
+    receive(&bus, allocated.clone()).await;
+    assert_eq!(s.document("o1").await.0, 1);
+    receive(&bus, allocated).await;
+    assert_eq!(s.document("o1").await.0, 1, "unchanged, not written");
+    assert_eq!(committed(&bus, "o1").await.status(), Status::Confirmed);
+}
 
-    assert!(s.update(&order, 0).await);
+/// Two units of work that change one order at once: the second to save it
+/// conflicts (its command would run again). Postgres only: on SQLite a
+/// unit of work takes the write lock when it begins, so two never hold an
+/// order at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_change_is_a_conflict_on_postgres() {
+    let Some(s) = Store::postgres().await else {
+        return;
+    };
+    let bus = s.bus();
+    bus.handle(PlaceOrder::new("o1", vec![OrderLine::new("LAMP", 2)]))
+        .await
+        .unwrap();
+    let mut first = bus.begin::<OrdersUow>().await.unwrap();
+    let mut second = bus.begin::<OrdersUow>().await.unwrap();
+    let id = "o1".to_owned();
+    first
+        .orders()
+        .get(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .record_allocation("LAMP", "b1");
+    second
+        .orders()
+        .get(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .record_failure("LAMP", FailureReason::OutOfStock);
+    first.commit().await.unwrap();
+    let err = second.commit().await.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
     let saved = committed(&bus, "o1").await;
     assert_eq!((saved.status(), saved.version), (Status::Confirmed, 1));
-    assert!(!s.update(&order, 0).await, "now at 1");
+    s.stop().await;
 }
 
 /// Two orders placed at once with one id: the second insert fails on the
@@ -302,13 +345,13 @@ async fn a_redelivered_event_is_handled_once(s: &Store) {
     assert_eq!((order.status(), order.version), (Status::Confirmed, 1));
 }
 
-/// A row the model cannot hold is an error that says where it is, not a
-/// panic or a default.
-async fn a_row_that_cannot_be_decoded_is_an_error_naming_its_column(s: &Store) {
+/// A stored order the model cannot hold is an error that says which and
+/// where, not a panic or a default.
+async fn a_document_that_cannot_be_decoded_is_an_error_naming_its_field(s: &Store) {
     let bus = s.bus();
     s.execute(
-        "INSERT INTO orders (orderid, status, reason, lines, version) \
-         VALUES ('bad-lines', 'pending', NULL, 'not json', 0)",
+        "INSERT INTO eda_aggregates (aggregate, id, version, body) VALUES ('Order', 'bad-lines', 0, \
+         '{\"orderid\": \"bad-lines\", \"status\": \"pending\", \"reason\": null, \"lines\": \"not json\", \"version\": 0, \"events\": null}')",
     )
     .await;
     let error = views::order("bad-lines", &bus)
@@ -316,7 +359,7 @@ async fn a_row_that_cannot_be_decoded_is_an_error_naming_its_column(s: &Store) {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("orders") && error.contains("lines"),
+        error.contains("Order bad-lines") && error.contains("lines: invalid type"),
         "{error}"
     );
 }

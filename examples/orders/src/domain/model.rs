@@ -16,6 +16,7 @@ use std::str::FromStr;
 
 use contracts::{FailureReason, OrderCancelled, OrderLine, OrderPlaced};
 use eda_core::{Aggregate, Events};
+use serde::{Deserialize, Serialize};
 
 use crate::domain::errors::OrderError;
 
@@ -23,7 +24,8 @@ use crate::domain::errors::OrderError;
 pub const MAX_LINES: usize = 100;
 
 /// Where an order stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Placed; allocation has not answered for every line yet.
     Pending,
@@ -34,8 +36,8 @@ pub enum Status {
 }
 
 impl Status {
-    /// `pending`, `confirmed` or `cancelled`: how the API and the tables
-    /// spell it.
+    /// `pending`, `confirmed` or `cancelled`: how the API and the stored
+    /// order spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
@@ -71,7 +73,7 @@ impl FromStr for Status {
 
 /// A line of an order: a quantity of one product, and the batch that
 /// allocation put it in, once it has.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     /// The product.
     pub sku: String,
@@ -97,7 +99,12 @@ impl Line {
 /// Its status, reason and lines change only through the methods, which
 /// follow the life cycle above; the unit of work raises the version on
 /// every save.
-#[derive(Debug, Clone, Aggregate)]
+///
+/// It has no repository: it serializes, so eda stores it as a document
+/// (its JSON and version, in eda's `eda_aggregates` table) on Postgres and
+/// SQLite, with the same version check. Allocation's `Product` shows the
+/// other way, a repository over tables of its own.
+#[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
 pub struct Order {
     /// The order's id, chosen by the client.
     #[aggregate(id)]
@@ -149,8 +156,8 @@ impl Order {
         Ok(order)
     }
 
-    /// An order as it was saved: for repositories, which rebuild what the
-    /// methods built. It trusts its input.
+    /// An order in the state given: what `place` starts from, and what a
+    /// test compares with. It trusts its input.
     pub fn restore(
         orderid: impl Into<String>,
         status: Status,
