@@ -40,6 +40,12 @@ pub trait Database: Send + Sync + 'static {
     fn connection_type(&self) -> (TypeId, &'static str);
     /// Begins a transaction.
     fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>>;
+    /// Begins a transaction without waiting, if this database can (one in
+    /// memory): a unit of work then awaits no future. The default: `None`,
+    /// and [`begin`](Self::begin) is awaited.
+    fn begin_now(&self) -> Option<Result<Box<dyn DatabaseTransaction>, Error>> {
+        None
+    }
     /// Which aggregates it keeps without a repository, through
     /// [`DatabaseTransaction::load_aggregate`] and
     /// [`save_aggregate`](DatabaseTransaction::save_aggregate) (see

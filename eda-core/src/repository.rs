@@ -1,10 +1,14 @@
 //! Repositories: the queries that load and save one aggregate type on one
 //! database, and finders (lookups other than by id).
 //!
-//! A repository is written once per database and marked `#[repository]`; the
-//! unit of work picks the one for the database the bus was built with, so the
-//! same handlers run on Postgres, on SQLite and on the in-memory database of
-//! unit tests. The in-memory database needs no repository at all.
+//! Most aggregates need none: one that derives serde's `Serialize` and
+//! `Deserialize` is stored by the database itself, as a document (see
+//! [`store`](crate::store)), and the in-memory database keeps any aggregate.
+//! A repository is for an aggregate that needs tables of its own: it is
+//! written once per database and marked `#[repository]`; the unit of work
+//! picks the one for the database the bus was built with (and the store for
+//! an aggregate without one), so the same handlers run on Postgres, on
+//! SQLite and on the in-memory database of unit tests.
 
 use std::any::{Any, TypeId};
 use std::fmt;

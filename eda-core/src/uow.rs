@@ -175,7 +175,10 @@ impl Transaction {
         let backend = match &ctx.bus.inner.database {
             DatabaseRole::Other { adapter } => {
                 let db = adapter.adapter().as_database().ok_or(Error::NoDatabase)?;
-                Backend::Database(db.begin().await?)
+                Backend::Database(match db.begin_now() {
+                    Some(begun) => begun?,
+                    None => db.begin().await?,
+                })
             }
             DatabaseRole::None => return Err(Error::NoDatabase),
         };

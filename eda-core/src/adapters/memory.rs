@@ -174,6 +174,18 @@ impl InMemoryDatabase {
     }
 }
 
+impl InMemoryDatabase {
+    fn begin_transaction(&self) -> Box<dyn DatabaseTransaction> {
+        Box::new(MemoryTransaction {
+            db: self.clone(),
+            connection: NoConnection,
+            staged: Vec::new(),
+            inbox: Vec::new(),
+            outbox: Vec::new(),
+        })
+    }
+}
+
 impl Adapter for InMemoryDatabase {
     fn as_database(&self) -> Option<&dyn Database> {
         Some(self)
@@ -194,14 +206,11 @@ impl Database for InMemoryDatabase {
     }
 
     fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
-        let tx: Box<dyn DatabaseTransaction> = Box::new(MemoryTransaction {
-            db: self.clone(),
-            connection: NoConnection,
-            staged: Vec::new(),
-            inbox: Vec::new(),
-            outbox: Vec::new(),
-        });
-        Box::pin(std::future::ready(Ok(tx)))
+        Box::pin(std::future::ready(Ok(self.begin_transaction())))
+    }
+
+    fn begin_now(&self) -> Option<Result<Box<dyn DatabaseTransaction>, Error>> {
+        Some(Ok(self.begin_transaction()))
     }
 
     fn aggregate_storage(&self) -> AggregateStorage {
@@ -364,11 +373,29 @@ impl DatabaseTransaction for MemoryTransaction {
     }
 
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin(std::future::ready(self.commit_now()))
+        match self.commit_now() {
+            Ok(()) => Box::pin(Done),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 
     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(Done)
+    }
+}
+
+/// A transaction's end that has happened: a future of no size, so that
+/// boxing it allocates nothing (every in-memory commit returns one).
+struct Done;
+
+impl std::future::Future for Done {
+    type Output = Result<(), Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
