@@ -49,7 +49,7 @@ pub trait Database: Send + Sync + 'static {
     /// Which aggregates it keeps without a repository, through
     /// [`DatabaseTransaction::load_aggregate`] and
     /// [`save_aggregate`](DatabaseTransaction::save_aggregate) (see
-    /// [`store`](crate::store)). The default: none.
+    /// [`backend`](crate::backend)). The default: none.
     fn aggregate_storage(&self) -> AggregateStorage {
         AggregateStorage::Repositories
     }

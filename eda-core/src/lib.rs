@@ -45,45 +45,47 @@
 //! See the README for the architecture, and `examples/allocation` for a
 //! whole service.
 
-pub mod adapter;
+mod adapter;
 pub mod adapters;
-pub mod aggregate;
-pub mod bus;
-pub mod causation;
+mod aggregate;
+mod bus;
+mod causation;
 pub mod entrypoints;
-pub mod error;
+mod error;
 #[cfg(feature = "host")]
 pub mod host;
-pub mod message;
-pub mod outbox;
-pub mod registry;
-pub mod relay;
-pub mod repository;
-pub mod retry;
-pub mod store;
+mod message;
+mod outbox;
+mod registry;
+mod relay;
+mod repository;
+mod retry;
+mod store;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "rabbitmq"))]
 pub mod testing;
-pub mod topology;
-pub mod uow;
+mod topology;
+mod uow;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 pub(crate) use __private as private;
 
-pub use __private::BoxFuture;
-pub use adapter::{Adapter, Database, DatabaseTransaction, Dependency};
+// The user's API: each item at one path, here (and the most used again in
+// the prelude). What adapter authors implement is in `backend`; what the
+// macros' generated code names is in `__private`.
+pub use adapter::{Adapter, Dependency};
 pub use adapters::memory::InMemoryDatabase;
 pub use aggregate::{Aggregate, Events};
-pub use bus::{BusBuilder, BusMetrics, Context, EventHandlerFailure, MessageBus, Report};
+pub use bus::{BusBuilder, BusMetrics, EventHandlerFailure, MessageBus, Report};
 pub use causation::Causation;
 pub use error::{BoxError, CommandError, DomainError, Error, IncomingError};
 pub use message::{
     AnyEvent, Command, Envelope, Event, Message, MessageId, MessageKind, Metadata, Timestamp,
 };
-pub use outbox::{ExternalMessage, OutboxWrite};
+pub use outbox::ExternalMessage;
 pub use registry::{HandlerRef, Location, WiringError, WiringProblem};
-pub use relay::{OutboxRelay, OutboxStore, Publisher, RelayOptions};
+pub use relay::{OutboxRelay, RelayMetrics, RelayOptions};
 pub use repository::{Find, Finder, Repository, RepositoryError};
 pub use retry::RetryPolicy;
 pub use topology::{Topology, TopologyWarning};
@@ -93,6 +95,38 @@ pub use uow::{Aggregates, IdentityMap, Transaction, UnitOfWork, UowField};
 pub use eda_macros::{
     Aggregate, Command, Event, UnitOfWork, command_handler, event_handler, repository,
 };
+
+pub mod backend {
+    //! For authors of adapters: what a database or a broker implements so that
+    //! the bus, its units of work and the outbox relay can use it. The
+    //! built-in ones (in [`adapters`](crate::adapters)) implement the same traits; a database
+    //! written outside eda gets everything they get.
+    //!
+    //! - A database: [`Database`] and its [`DatabaseTransaction`] (the
+    //!   outbox and inbox rows of a commit, the dispatch journal, and the
+    //!   aggregate store below).
+    //! - The aggregate store: how a database keeps the aggregates that have no
+    //!   [`Repository`](crate::Repository). The SQL databases keep an aggregate
+    //!   that derives serde's `Serialize` and `Deserialize` as a
+    //!   [`Stored::Document`] (its JSON and its version, in one table keyed by
+    //!   the aggregate's name and [`key`]); the in-memory database keeps the
+    //!   value itself ([`Stored::Value`]), so any aggregate. The unit of work
+    //!   loads through [`DatabaseTransaction::load_aggregate`], saves through
+    //!   [`DatabaseTransaction::save_aggregate`] (a [`Save`], whose version
+    //!   check is the store's to make), and a finder looks through
+    //!   [`DatabaseTransaction::aggregates`]; [`Database::aggregate_storage`]
+    //!   says which aggregates it keeps, so that `build()` can tell the ones it
+    //!   cannot.
+    //! - The outbox relay's side: [`OutboxStore`] (the unsent rows of a
+    //!   database) and [`Publisher`] (a broker), with [`OutboxEntry`],
+    //!   [`Delivery`] and [`OutboxWrite`].
+
+    pub use crate::__private::BoxFuture;
+    pub use crate::adapter::{Database, DatabaseTransaction};
+    pub use crate::outbox::OutboxWrite;
+    pub use crate::relay::{Delivery, OutboxEntry, OutboxStore, Publisher};
+    pub use crate::store::{AggregateStorage, AggregateType, Save, Stored, key};
+}
 
 /// The README's examples are compiled and run as doctests, so that they
 /// cannot drift from the API.

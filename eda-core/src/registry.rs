@@ -31,11 +31,11 @@ impl fmt::Display for Location {
 }
 
 #[doc(hidden)]
-pub type CommandCallFn = for<'a> fn(CommandCall<'a>) -> BoxFuture<'a, CallOutcome>;
+pub(crate) type CommandCallFn = for<'a> fn(CommandCall<'a>) -> BoxFuture<'a, CallOutcome>;
 #[doc(hidden)]
-pub type EventCallFn = for<'a> fn(EventCall<'a>) -> BoxFuture<'a, EventOutcome>;
+pub(crate) type EventCallFn = for<'a> fn(EventCall<'a>) -> BoxFuture<'a, EventOutcome>;
 #[doc(hidden)]
-pub type DispatchFn =
+pub(crate) type DispatchFn =
     for<'a> fn(&'a MessageBus, Metadata, &'a [u8]) -> BoxFuture<'a, Result<(), IncomingError>>;
 
 /// A command handler, as `#[command_handler]` registers it.

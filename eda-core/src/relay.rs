@@ -1,40 +1,4 @@
-//! The outbox relay: publishes the external events that units of work wrote
-//! to the outbox, after their commit, and marks each row sent only once the
-//! broker confirmed it.
-//!
-//! The relay knows no database and no broker: a database adapter is an
-//! [`OutboxStore`], a broker (RabbitMQ, the in-process broker) a
-//! [`Publisher`]. One instance of a service publishes at a time (it holds a
-//! lease, renewed while it runs); if it dies, another takes over when the
-//! lease expires. Rows are published in the order they were written, in
-//! pipelined batches; a row whose publication was not confirmed stays
-//! unsent and is published again (consumers remove the duplicates with
-//! their inbox).
-//!
-//! **Nothing is dropped on the way out** (rule 10 of DESIGN.md). An event
-//! the broker cannot route (no queue is bound to its name: its consumers
-//! are not deployed yet, or were bound by hand and lost it) is not marked
-//! sent: it stays in the outbox, is counted
-//! ([`RelayMetrics::unroutable`]) and logged once (its name and id), and
-//! is published again after a delay that doubles, from
-//! [`RelayOptions::unroutable_backoff`] up to
-//! [`RelayOptions::unroutable_max_backoff`]. The service that consumes it
-//! receives it once its queue is bound. One that no queue took within
-//! [`RelayOptions::unroutable_retry_for`] of its creation is *parked*
-//! ([`Publisher::park`]; on RabbitMQ the durable queue
-//! `<exchange>.unrouted`), logged and counted ([`RelayMetrics::parked`]):
-//! kept where an operator finds it and can move it on, without an outbox
-//! that grows forever with events nobody subscribed to. Why not an
-//! alternate exchange alone: it would keep the messages but deliver none of
-//! them to a consumer that binds later, and a dead-letter cycle back to the
-//! exchange is one RabbitMQ drops. Rows after a deferred one are published
-//! meanwhile: deferring an unroutable name does not hold up the others.
-//!
-//! ```ignore
-//! let relay = OutboxRelay::spawn(db.clone(), rabbitmq.publisher(), RelayOptions::default());
-//! // … on shutdown:
-//! relay.shutdown().await; // publishes what is left, then stops
-//! ```
+//! The outbox relay (its documentation is on [`OutboxRelay`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -203,6 +167,44 @@ impl RelayMetrics {
     }
 }
 
+/// The outbox relay: publishes the external events that units of work wrote
+/// to the outbox, after their commit, and marks each row sent only once the
+/// broker confirmed it.
+///
+/// The relay knows no database and no broker: a database adapter is an
+/// [`OutboxStore`], a broker (RabbitMQ, the in-process broker) a
+/// [`Publisher`]. One instance of a service publishes at a time (it holds a
+/// lease, renewed while it runs); if it dies, another takes over when the
+/// lease expires. Rows are published in the order they were written, in
+/// pipelined batches; a row whose publication was not confirmed stays
+/// unsent and is published again (consumers remove the duplicates with
+/// their inbox).
+///
+/// **Nothing is dropped on the way out** (rule 10 of DESIGN.md). An event
+/// the broker cannot route (no queue is bound to its name: its consumers
+/// are not deployed yet, or were bound by hand and lost it) is not marked
+/// sent: it stays in the outbox, is counted
+/// ([`RelayMetrics::unroutable`]) and logged once (its name and id), and
+/// is published again after a delay that doubles, from
+/// [`RelayOptions::unroutable_backoff`] up to
+/// [`RelayOptions::unroutable_max_backoff`]. The service that consumes it
+/// receives it once its queue is bound. One that no queue took within
+/// [`RelayOptions::unroutable_retry_for`] of its creation is *parked*
+/// ([`Publisher::park`]; on RabbitMQ the durable queue
+/// `<exchange>.unrouted`), logged and counted ([`RelayMetrics::parked`]):
+/// kept where an operator finds it and can move it on, without an outbox
+/// that grows forever with events nobody subscribed to. Why not an
+/// alternate exchange alone: it would keep the messages but deliver none of
+/// them to a consumer that binds later, and a dead-letter cycle back to the
+/// exchange is one RabbitMQ drops. Rows after a deferred one are published
+/// meanwhile: deferring an unroutable name does not hold up the others.
+///
+/// ```ignore
+/// let relay = OutboxRelay::spawn(db.clone(), rabbitmq.publisher(), RelayOptions::default());
+/// // … on shutdown:
+/// relay.shutdown().await; // publishes what is left, then stops
+/// ```
+///
 /// A running relay. Dropping it leaves the task running until the runtime
 /// stops; call [`shutdown`](Self::shutdown) to flush and stop.
 pub struct OutboxRelay {

@@ -1,14 +1,4 @@
-//! Repositories: the queries that load and save one aggregate type on one
-//! database, and finders (lookups other than by id).
-//!
-//! Most aggregates need none: one that derives serde's `Serialize` and
-//! `Deserialize` is stored by the database itself, as a document (see
-//! [`store`](crate::store)), and the in-memory database keeps any aggregate.
-//! A repository is for an aggregate that needs tables of its own: it is
-//! written once per database and marked `#[repository]`; the unit of work
-//! picks the one for the database the bus was built with (and the store for
-//! an aggregate without one), so the same handlers run on Postgres, on
-//! SQLite and on the in-memory database of unit tests.
+//! Repositories and finders (their documentation is on [`Repository`]).
 
 use std::any::{Any, TypeId};
 use std::fmt;
@@ -18,6 +8,18 @@ use crate::aggregate::Aggregate;
 use crate::error::BoxError;
 use crate::private::BoxFuture;
 
+/// Repositories: the queries that load and save one aggregate type on one
+/// database, and finders (lookups other than by id).
+///
+/// Most aggregates need none: one that derives serde's `Serialize` and
+/// `Deserialize` is stored by the database itself, as a document (see
+/// [`store`](crate::backend)), and the in-memory database keeps any aggregate.
+/// A repository is for an aggregate that needs tables of its own: it is
+/// written once per database and marked `#[repository]`; the unit of work
+/// picks the one for the database the bus was built with (and the store for
+/// an aggregate without one), so the same handlers run on Postgres, on
+/// SQLite and on the in-memory database of unit tests.
+///
 /// Loads and saves one aggregate type on one database.
 ///
 /// Implement it for a (usually unit) struct and mark the impl with

@@ -31,7 +31,7 @@ use crate::aggregate::Aggregate;
 use crate::error::{BoxError, Error};
 use crate::repository::RepositoryError;
 
-/// Which aggregates a [`Database`](crate::Database) keeps without a
+/// Which aggregates a [`Database`](crate::backend::Database) keeps without a
 /// repository.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 #[non_exhaustive]

@@ -1,54 +1,4 @@
-//! What a service takes from the external bus, by construction (rule 9 of
-//! DESIGN.md), whatever the broker: the names its queue is bound to, what
-//! is wrong with them, and which bindings are left over from an earlier
-//! version.
-//!
-//! A service's queue is bound to
-//!
-//! - every **external event** it handles, wherever the event is declared (a
-//!   shared contracts crate, another service's crate, its own): other
-//!   services publish those. One that the service publishes itself comes
-//!   back to it too; its consumer acknowledges that copy without handling
-//!   it again, since the instance that committed it handled it in-process
-//!   (the broker's `app_id` names the publishing service);
-//! - the **commands it accepts** from other services:
-//!   [`BusBuilder::accept`](crate::BusBuilder::accept). By default a command
-//!   is handled in-process only, and one that arrives from the broker is
-//!   dead-lettered.
-//!
-//! Events that are not `external` never travel between services: they are
-//! not bound.
-//!
-//! A limit of recognising a service's own events by the name it publishes
-//! under: during a rolling deploy in which only the new version handles an
-//! event the old one raises, the new instances take the old ones' copies for
-//! their own and do not handle them. Deploy a new handler of a service's own
-//! event before the code that relies on it, or give the new version another
-//! queue.
-//!
-//! ```standalone_crate
-//! use eda_core::prelude::*;
-//! use serde::{Deserialize, Serialize};
-//!
-//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
-//! #[event(name = "orders.order_placed", external)]
-//! pub struct OrderPlaced { pub orderid: String }
-//!
-//! #[derive(Debug, Clone, Serialize, Deserialize, Command)]
-//! #[command(name = "shipping.ship")]
-//! pub struct Ship { pub orderid: String }
-//!
-//! #[event_handler]
-//! async fn on_order(_: &OrderPlaced) {}
-//!
-//! #[command_handler]
-//! async fn ship(_: Ship) -> Result<(), BoxError> { Ok(()) }
-//!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let bus = MessageBus::builder().accept::<Ship>().build()?;
-//! assert_eq!(bus.topology(None).bindings(), ["orders.order_placed", "shipping.ship"]);
-//! # Ok(()) }
-//! ```
+//! Topology by construction (its documentation is on [`Topology`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -116,6 +66,58 @@ impl fmt::Display for TopologyWarning {
     }
 }
 
+/// What a service takes from the external bus, by construction (rule 9 of
+/// DESIGN.md), whatever the broker: the names its queue is bound to, what
+/// is wrong with them, and which bindings are left over from an earlier
+/// version.
+///
+/// A service's queue is bound to
+///
+/// - every **external event** it handles, wherever the event is declared (a
+///   shared contracts crate, another service's crate, its own): other
+///   services publish those. One that the service publishes itself comes
+///   back to it too; its consumer acknowledges that copy without handling
+///   it again, since the instance that committed it handled it in-process
+///   (the broker's `app_id` names the publishing service);
+/// - the **commands it accepts** from other services:
+///   [`BusBuilder::accept`](crate::BusBuilder::accept). By default a command
+///   is handled in-process only, and one that arrives from the broker is
+///   dead-lettered.
+///
+/// Events that are not `external` never travel between services: they are
+/// not bound.
+///
+/// A limit of recognising a service's own events by the name it publishes
+/// under: during a rolling deploy in which only the new version handles an
+/// event the old one raises, the new instances take the old ones' copies for
+/// their own and do not handle them. Deploy a new handler of a service's own
+/// event before the code that relies on it, or give the new version another
+/// queue.
+///
+/// ```standalone_crate
+/// use eda_core::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+/// #[event(name = "orders.order_placed", external)]
+/// pub struct OrderPlaced { pub orderid: String }
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+/// #[command(name = "shipping.ship")]
+/// pub struct Ship { pub orderid: String }
+///
+/// #[event_handler]
+/// async fn on_order(_: &OrderPlaced) {}
+///
+/// #[command_handler]
+/// async fn ship(_: Ship) -> Result<(), BoxError> { Ok(()) }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = MessageBus::builder().accept::<Ship>().build()?;
+/// assert_eq!(bus.topology(None).bindings(), ["orders.order_placed", "shipping.ship"]);
+/// # Ok(()) }
+/// ```
+///
 /// A service's topology on the external bus: the names its queue is bound
 /// to, and the warnings about them.
 /// [`MessageBus::topology`](crate::MessageBus::topology) builds it; the

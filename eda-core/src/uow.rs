@@ -1,30 +1,4 @@
-//! The unit of work: one transaction, the repositories that work in it, and
-//! the aggregates they loaded or added (an identity map).
-//!
-//! A user declares a unit of work as a struct and derives
-//! [`UnitOfWork`](macro@crate::UnitOfWork):
-//!
-//! ```
-//! use eda_core::{Aggregate, Events, IdentityMap, Transaction, UnitOfWork};
-//!
-//! #[derive(Clone, Aggregate)]
-//! pub struct Product { #[aggregate(id)] pub sku: String, pub version: u64, pub events: Events }
-//!
-//! #[derive(UnitOfWork)]
-//! pub struct AllocationUow {
-//!     #[uow(transaction)]
-//!     tx: Transaction,
-//!     products: IdentityMap<Product>,
-//! }
-//! ```
-//!
-//! The bus begins one for each handler that takes `&mut AllocationUow`. The
-//! handler reaches the products through the generated accessor
-//! `uow.products()`, changes them, and calls `uow.commit()`: every product
-//! loaded or added is saved (with a version check), external events are
-//! written to the outbox in the same transaction, and the events are handed to
-//! the bus. Not committing, returning an error, or dropping the unit of work
-//! rolls it back and discards the events.
+//! The unit of work (its documentation is on [`UnitOfWork`]).
 
 use std::any::Any;
 use std::fmt;
@@ -50,6 +24,36 @@ use crate::store::{self, AggregateType, Stored};
     label = "a handler's `&mut` parameter must be a unit of work",
     note = "derive it: `#[derive(eda_core::UnitOfWork)]`; adapters are taken by shared reference (`&{Self}`)"
 )]
+/// The unit of work: one transaction, the repositories that work in it, and
+/// the aggregates they loaded or added (an identity map).
+///
+/// A user declares a unit of work as a struct and derives
+/// [`UnitOfWork`](macro@crate::UnitOfWork):
+///
+/// ```
+/// use eda_core::{Aggregate, Events, IdentityMap, Transaction, UnitOfWork};
+///
+/// #[derive(Clone, Aggregate)]
+/// pub struct Product { #[aggregate(id)] pub sku: String, pub version: u64, pub events: Events }
+///
+/// #[derive(UnitOfWork)]
+/// pub struct AllocationUow {
+///     #[uow(transaction)]
+///     tx: Transaction,
+///     products: IdentityMap<Product>,
+/// }
+/// ```
+///
+/// The bus begins one for each handler that takes `&mut AllocationUow`. The
+/// handler reaches the products through the generated accessor
+/// `uow.products()`, changes them, and calls `uow.commit()`: every product
+/// it changed or added is saved (with a version check; one taken with `get`
+/// but left as it was is not written, when it serializes and so can be
+/// compared), external events are
+/// written to the outbox in the same transaction, and the events are handed to
+/// the bus. Not committing, returning an error, or dropping the unit of work
+/// rolls it back and discards the events.
+///
 pub trait UnitOfWork: Sized + Send + 'static {
     #[doc(hidden)]
     fn __begin<'a>(ctx: &'a Context<'a>) -> impl Future<Output = Result<Self, Error>> + Send + 'a;

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use eda_core::adapters::postgres::{PostgresDatabase, PostgresOptions};
 use eda_core::adapters::sql::RowExt;
+use eda_core::backend::Database;
 use eda_core::prelude::*;
 use eda_core::sqlx::{self, PgConnection, PgPool, Row};
 use eda_core::testing::TestPostgres;
-use eda_core::{Database, Error, Metadata, RetryPolicy};
+use eda_core::{Error, Metadata, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Barrier;
 
@@ -655,9 +656,10 @@ mod relay {
     }
 
     use eda_core::adapters::in_process::InProcessBroker;
+    use eda_core::backend::OutboxStore;
+    use eda_core::backend::Publisher;
     use eda_core::entrypoints::ConsumerOptions;
-    use eda_core::relay::OutboxStore;
-    use eda_core::{ExternalMessage, OutboxRelay, Publisher, RelayOptions};
+    use eda_core::{ExternalMessage, OutboxRelay, RelayOptions};
 
     use super::*;
 

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use eda_core::adapters::in_process::InProcessBroker;
 use eda_core::adapters::sql::RowExt;
 use eda_core::adapters::sqlite::{SqliteDatabase, SqliteOptions, TIMESTAMP_FORMAT};
+use eda_core::backend::{Database, OutboxStore};
 use eda_core::entrypoints::ConsumerOptions;
 use eda_core::prelude::*;
 use eda_core::sqlx::{self, Connection, Row, SqliteConnection};
 use eda_core::testing::TestSqlite;
 use eda_core::{
-    Database, Envelope, Error, ExternalMessage, Metadata, OutboxRelay, OutboxStore, RelayOptions,
-    RetryPolicy,
+    Envelope, Error, ExternalMessage, Metadata, OutboxRelay, RelayOptions, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;

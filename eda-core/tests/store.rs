@@ -9,12 +9,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use eda_core::adapters::sqlite::SqliteDatabase;
+use eda_core::backend::{AggregateStorage, AggregateType, Save, Stored};
+use eda_core::backend::{BoxFuture, Database, DatabaseTransaction};
 use eda_core::prelude::*;
-use eda_core::store::{AggregateStorage, AggregateType, Save, Stored};
 use eda_core::testing::{TestPostgres, TestSqlite};
-use eda_core::{
-    BoxFuture, Database, DatabaseTransaction, Error, ExternalMessage, MessageId, WiringProblem,
-};
+use eda_core::{Error, ExternalMessage, MessageId, WiringProblem};
 use serde::{Deserialize, Serialize};
 
 mod accounts {

@@ -9,10 +9,9 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use eda_core::backend::{Database, DatabaseTransaction};
 use eda_core::prelude::*;
-use eda_core::{
-    Database, DatabaseTransaction, Error, ExternalMessage, Find, MessageId, WiringProblem,
-};
+use eda_core::{Error, ExternalMessage, Find, MessageId, WiringProblem};
 use serde::{Deserialize, Serialize};
 
 pub mod unhandled {

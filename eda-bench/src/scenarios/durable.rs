@@ -42,13 +42,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eda_core::adapters::postgres::PostgresDatabase;
+use eda_core::backend::{BoxFuture, OutboxStore, Publisher};
+use eda_core::backend::{Delivery, OutboxEntry};
 use eda_core::prelude::*;
-use eda_core::relay::{Delivery, OutboxEntry};
 use eda_core::sqlx::{self, PgPool};
 use eda_core::testing::{TestPostgres, TestRabbitMq, amqp_url};
-use eda_core::{
-    BoxFuture, Error, ExternalMessage, OutboxRelay, OutboxStore, Publisher, RelayOptions,
-};
+use eda_core::{Error, ExternalMessage, OutboxRelay, RelayOptions};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
     QueuePurgeOptions,

@@ -9,10 +9,10 @@
 //!   binding whose pattern matches its routing key (its name): words
 //!   separated by `.`, `*` one word, `#` zero or more;
 //! - **mandatory publishing**: a message no queue takes is *unroutable*,
-//!   and the outbox relay keeps it ([`relay`](crate::relay)); a queue that
+//!   and the outbox relay keeps it ([`relay`](crate::OutboxRelay)); a queue that
 //!   is not bound receives nothing;
 //! - **the service's topology**, declared from the bus exactly as on
-//!   RabbitMQ ([`topology`](crate::topology)): bound to the external events
+//!   RabbitMQ ([`topology`](crate::Topology)): bound to the external events
 //!   it handles and the commands it accepts, stale bindings removed;
 //! - **the consumer's verdicts**, the same code as RabbitMQ's consumer:
 //!   an event the service published itself is acknowledged unhandled (it

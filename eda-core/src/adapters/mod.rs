@@ -1,5 +1,5 @@
 //! Adapters shipped with eda. The core knows them only through the
-//! [`Adapter`](crate::Adapter) and [`Database`](crate::Database) traits
+//! [`Adapter`](crate::Adapter) and [`Database`](crate::backend::Database) traits
 //! (except the in-memory kit, which is part of the core).
 
 use std::fmt;

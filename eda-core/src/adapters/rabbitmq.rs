@@ -7,7 +7,7 @@
 //!   routing key is its name (`allocation.allocated`);
 //! - one durable **service queue** (the service's name), bound to the names
 //!   of the messages the service consumes: the external events it handles
-//!   and the commands it accepts (see [`topology`](crate::topology)).
+//!   and the commands it accepts (see [`topology`](crate::Topology)).
 //!   Bindings it no longer needs (a handler removed, a command no longer
 //!   accepted) are removed at start: the names it bound are kept in a
 //!   one-message queue `<queue>.bindings`;
@@ -16,7 +16,7 @@
 //!   dead-lettered back to the service queue;
 //! - a **parking queue** `<exchange>.unrouted`, declared when first used:
 //!   events that no queue took for as long as the relay tried (see
-//!   [`relay`](crate::relay)), with the reason in `x-eda-error`;
+//!   [`relay`](crate::OutboxRelay)), with the reason in `x-eda-error`;
 //! - a **dead-letter queue** `<queue>.dlq`: messages that cannot be handled
 //!   (malformed, unknown, too large) or that failed every attempt, with the
 //!   reason and the attempt count in their headers (`x-eda-error`,

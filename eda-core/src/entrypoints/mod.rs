@@ -1,6 +1,6 @@
 //! Entrypoints: what feeds the bus from outside the process. The consumers
 //! of the external bus (RabbitMQ's, and the in-process broker's) share what
-//! is here: which messages the service takes ([`topology`](crate::topology)),
+//! is here: which messages the service takes ([`topology`](crate::Topology)),
 //! the verdict on one delivery, and their counters. (HTTP lives in the
 //! application, see `examples/allocation`.)
 
@@ -95,7 +95,7 @@ impl ConsumerOptions {
     }
 
     /// Bind the service queue to these message names instead of those the
-    /// bus consumes (see [`topology`](crate::topology)): an override, for a
+    /// bus consumes (see [`topology`](crate::Topology)): an override, for a
     /// queue that must be bound otherwise. What the service consumes and
     /// these leave out, and what they bind that it does not consume, are
     /// logged at start.

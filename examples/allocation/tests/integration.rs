@@ -24,11 +24,12 @@ use allocation::service_layer::unit_of_work::{AllocationUow, ByBatchref};
 use allocation::views::{self, Allocation};
 use chrono::NaiveDate;
 use contracts::{OrderCancelled, OrderPlaced};
+use eda_core::backend::{Database, OutboxWrite};
 use eda_core::sqlx::{self, Row};
 use eda_core::testing::{TestPostgres, TestSqlite};
 use eda_core::{
-    Adapter, CommandError, Database, Envelope, Error, ExternalMessage, InMemoryDatabase, Message,
-    MessageBus, Metadata, OutboxWrite, RepositoryError, RetryPolicy,
+    Adapter, CommandError, Envelope, Error, ExternalMessage, InMemoryDatabase, Message, MessageBus,
+    Metadata, RepositoryError, RetryPolicy,
 };
 use serde_json::json;
 
