@@ -1,0 +1,480 @@
+//! Commands and events in process: the entry points [`MessageBus::handle`]
+//! and [`MessageBus::publish`] (and [`MessageBus::begin`]), the command's
+//! retry loop on version conflicts, the event loop with its own retry, the
+//! event queue, and what handlers are given ([`Context`], [`CommandCall`],
+//! [`EventCall`]) and what they report ([`Report`],
+//! [`EventHandlerFailure`]).
+
+use std::any::{Any, TypeId};
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::Ordering;
+
+use tracing::Instrument;
+
+use super::MessageBus;
+use crate::error::{CommandError, Error};
+use crate::message::{AnyEvent, Command, Envelope, Event, MessageId, Metadata, Raised};
+use crate::private::{CallOutcome, EventOutcome};
+use crate::registry::{EventHandlerRegistration, HandlerRef};
+
+/// The queue of events waiting for their handlers.
+pub(crate) type EventQueue = VecDeque<Box<dyn AnyEvent>>;
+
+/// Appends committed events to the queue, without copying when it is empty.
+pub(crate) fn enqueue(queue: &mut EventQueue, events: Vec<Box<dyn AnyEvent>>) {
+    if events.is_empty() {
+    } else if queue.is_empty() {
+        *queue = VecDeque::from(events);
+    } else {
+        queue.extend(events);
+    }
+}
+
+/// What the bus gives a generated handler: itself, and the metadata of the
+/// message being handled.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub(crate) bus: &'a MessageBus,
+    pub(crate) metadata: &'a Metadata,
+    /// The message came from outside the service (or from the dispatch
+    /// journal): handlers record it in their inbox, so that a redelivery
+    /// changes nothing.
+    pub(crate) incoming: bool,
+    /// The bus handles the events its units of work commit (in a handler),
+    /// so they go to the dispatch journal; `false` for
+    /// [`MessageBus::begin`].
+    pub(crate) dispatches: bool,
+    /// The stable id of the handler being run (its key in the inbox); empty
+    /// outside a handler.
+    pub(crate) handler: &'static str,
+}
+
+impl<'a> Context<'a> {
+    /// The bus.
+    pub fn bus(&self) -> &'a MessageBus {
+        self.bus
+    }
+
+    /// The metadata of the message being handled.
+    pub fn metadata(&self) -> &'a Metadata {
+        self.metadata
+    }
+
+    /// The stable id of the handler being run: `#[event_handler(id = "…")]`,
+    /// or `<crate>::<fn name>` by default. Empty outside a handler.
+    pub fn handler(&self) -> &'static str {
+        self.handler
+    }
+}
+
+/// One call of a command handler, type-erased.
+#[doc(hidden)]
+pub struct CommandCall<'a> {
+    pub ctx: Context<'a>,
+    pub message: &'a (dyn Any + Send + Sync),
+    pub out: &'a mut (dyn Any + Send),
+    pub events: &'a mut EventQueue,
+}
+
+/// One call of an event handler, type-erased.
+#[doc(hidden)]
+pub struct EventCall<'a> {
+    pub ctx: Context<'a>,
+    pub event: &'a (dyn Any + Send + Sync),
+    pub events: &'a mut EventQueue,
+}
+
+/// An event handler that failed after its retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventHandlerFailure {
+    /// The event's name.
+    pub event: &'static str,
+    /// The event's metadata.
+    pub metadata: Metadata,
+    /// The handler.
+    pub handler: HandlerRef,
+    /// How many times it ran.
+    pub attempts: u32,
+    /// Its last error, displayed.
+    pub error: String,
+}
+
+impl fmt::Display for EventHandlerFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "handler {} of event `{}` ({}) failed after {} attempt(s): {}",
+            self.handler, self.event, self.metadata.message_id, self.attempts, self.error
+        )
+    }
+}
+
+/// What happened to the events a message raised: which event handlers failed
+/// after their retries. A failing event handler does not fail the command
+/// that raised the event; it is reported here, logged, and counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// How many event handler runs succeeded.
+    pub handled: usize,
+    /// The event handlers that failed.
+    pub failures: Vec<EventHandlerFailure>,
+}
+
+impl Report {
+    /// Whether every event handler succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+impl MessageBus {
+    /// Handles a command that starts a conversation: runs its handler,
+    /// processes the events it raised, and returns the handler's result.
+    pub async fn handle<C: Command>(
+        &self,
+        command: C,
+    ) -> Result<C::Output, CommandError<C::Error>> {
+        self.handle_envelope(Envelope::new(command)).await
+    }
+
+    /// Handles a command with the given metadata (e.g. caused by another
+    /// message).
+    pub async fn handle_envelope<C: Command>(
+        &self,
+        envelope: Envelope<C>,
+    ) -> Result<C::Output, CommandError<C::Error>> {
+        let mut report = Report::default();
+        self.run_command(&envelope, &mut report, false).await
+    }
+
+    /// Like [`handle`](Self::handle), and also returns the report of the
+    /// event handlers that ran.
+    pub async fn handle_with_report<C: Command>(
+        &self,
+        envelope: Envelope<C>,
+    ) -> (Result<C::Output, CommandError<C::Error>>, Report) {
+        let mut report = Report::default();
+        let result = self.run_command(&envelope, &mut report, false).await;
+        (result, report)
+    }
+
+    /// Handles an event that was not raised by an aggregate of this service
+    /// (a test, an entrypoint): runs its handlers and the events they raise.
+    pub async fn publish<E: Event>(&self, envelope: Envelope<E>) -> Report {
+        self.run_event(envelope, false).await
+    }
+
+    pub(super) async fn run_event<E: Event>(
+        &self,
+        envelope: Envelope<E>,
+        incoming: bool,
+    ) -> Report {
+        let mut report = Report::default();
+        let mut queue = EventQueue::new();
+        // On the stack: no allocation for the event, nor for the queue
+        // unless its handlers raise more events.
+        let event = Raised {
+            metadata: envelope.metadata,
+            event: envelope.message,
+            journaled: false,
+        };
+        self.process_events(Some(&event), &mut queue, &mut report, incoming)
+            .await;
+        report
+    }
+
+    /// Begins a unit of work outside any handler: for an entrypoint's reads
+    /// (a read model, APwP's `views`), a script, a test. Dropping it rolls
+    /// back; `commit` saves what it changed and writes the outbox, but the
+    /// events it collects are not handled (raise them in a command's
+    /// handler instead).
+    ///
+    /// ```ignore
+    /// let mut uow = bus.begin::<ViewsUow>().await?;
+    /// let view = uow.views().read(&orderid).await?;
+    /// ```
+    pub async fn begin<U: crate::UnitOfWork>(&self) -> Result<U, Error> {
+        let metadata = Metadata::new();
+        let ctx = Context {
+            bus: self,
+            metadata: &metadata,
+            incoming: false,
+            dispatches: false,
+            handler: "",
+        };
+        U::__begin(&ctx).await
+    }
+
+    pub(crate) async fn run_command<C: Command>(
+        &self,
+        envelope: &Envelope<C>,
+        report: &mut Report,
+        incoming: bool,
+    ) -> Result<C::Output, CommandError<C::Error>> {
+        let Some(entry) = self.inner.commands.get(&TypeId::of::<C>()) else {
+            return Err(CommandError::Bus(Error::NoHandler(C::NAME)));
+        };
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "command",
+                name = C::NAME,
+                id = %envelope.metadata.message_id,
+                handler = entry.handler,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let mut queue = EventQueue::new();
+        let result = async {
+            let policy = &self.inner.command_retry;
+            let mut attempt = 1;
+            loop {
+                let mut out: Option<Result<C::Output, CommandError<C::Error>>> = None;
+                let outcome = (entry.call)(CommandCall {
+                    ctx: Context {
+                        bus: self,
+                        metadata: &envelope.metadata,
+                        incoming,
+                        dispatches: true,
+                        handler: entry.id,
+                    },
+                    message: &envelope.message,
+                    out: &mut out,
+                    events: &mut queue,
+                })
+                .await;
+                let conflict = match &outcome {
+                    CallOutcome::Conflict => true,
+                    // A conflict before the handler ran (the database too
+                    // busy to begin, or to record the inbox) is retried too.
+                    CallOutcome::Failed(e) => e.is_conflict(),
+                    CallOutcome::Done | CallOutcome::Duplicate => false,
+                };
+                if conflict {
+                    self.inner
+                        .metrics
+                        .command_conflicts
+                        .fetch_add(1, Ordering::Relaxed);
+                    if attempt < policy.attempts() {
+                        let delay = policy.delay(attempt);
+                        tracing::debug!(attempt, ?delay, "version conflict, retrying");
+                        Box::pin(tokio::time::sleep(delay)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    tracing::warn!(attempt, "version conflict, out of attempts");
+                }
+                match outcome {
+                    CallOutcome::Done | CallOutcome::Conflict => {}
+                    CallOutcome::Duplicate => {
+                        return Err(CommandError::Bus(Error::AlreadyHandled(
+                            envelope.metadata.message_id,
+                        )));
+                    }
+                    CallOutcome::Failed(e) => return Err(CommandError::Bus(e)),
+                }
+                return match out {
+                    Some(result) => result,
+                    None => Err(CommandError::Bus(Error::NoHandler(C::NAME))),
+                };
+            }
+        };
+        let result = if span.is_disabled() {
+            result.await
+        } else {
+            result.instrument(span).await
+        };
+        // Events committed by the handler are processed even when it failed
+        // afterwards: their state is saved, so they must not be lost.
+        if !queue.is_empty() {
+            // Boxed: a command that raised no event does not carry the
+            // state of the event loop in its future (which every caller's
+            // future embeds and copies).
+            Box::pin(self.process_events(None, &mut queue, report, false)).await;
+        }
+        result
+    }
+
+    /// Runs the handlers of each queued event, in order, until the queue is
+    /// empty. `incoming`: the first event came from outside the service.
+    ///
+    /// Kept flat on purpose: the state kept across each handler's await is
+    /// its boxed future and a few words, not a nest of async fn futures that
+    /// would be copied on every call.
+    pub(crate) async fn process_events(
+        &self,
+        mut first: Option<&dyn AnyEvent>,
+        queue: &mut EventQueue,
+        report: &mut Report,
+        mut incoming: bool,
+    ) {
+        let mut dispatched: Vec<MessageId> = Vec::new();
+        loop {
+            let popped;
+            let event: &dyn AnyEvent = match first.take() {
+                Some(event) => event,
+                None => match queue.pop_front() {
+                    Some(event) => {
+                        popped = event;
+                        &*popped
+                    }
+                    None => break,
+                },
+            };
+            let Some(handlers) = self.inner.events.get(&event.__type_id()) else {
+                if !event.is_external() {
+                    self.went_nowhere(event);
+                }
+                incoming = false;
+                continue;
+            };
+            // A journaled event is recorded in its handlers' inboxes, so
+            // that the recovery skips the ones that ran.
+            let journaled = event.__journaled();
+            let incoming = std::mem::take(&mut incoming) || journaled;
+            for handler in handlers.iter() {
+                let mut attempt = 1;
+                loop {
+                    let call = (handler.call)(EventCall {
+                        ctx: Context {
+                            bus: self,
+                            metadata: event.metadata(),
+                            incoming,
+                            dispatches: true,
+                            handler: handler.id,
+                        },
+                        event: event.as_any(),
+                        events: queue,
+                    });
+                    let outcome = match event_span(event, handler) {
+                        None => call.await,
+                        Some(span) => call.instrument(span).await,
+                    };
+                    match outcome {
+                        EventOutcome::Done => {
+                            report.handled += 1;
+                            break;
+                        }
+                        EventOutcome::Failed { error, committed } => {
+                            match self.event_handler_failed(
+                                handler, event, attempt, error, committed, report,
+                            ) {
+                                Some(delay) => {
+                                    Box::pin(tokio::time::sleep(delay)).await;
+                                    attempt += 1;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                }
+            }
+            if journaled {
+                dispatched.push(event.metadata().message_id);
+            }
+        }
+        if !dispatched.is_empty() {
+            self.mark_dispatched(&dispatched).await;
+        }
+    }
+
+    /// A handler returned success without committing its unit of work,
+    /// which held changes: they are rolled back. Counted and logged.
+    #[cold]
+    pub(crate) fn uncommitted(&self, handler: &str, aggregates: usize, events: usize) {
+        self.inner
+            .metrics
+            .uncommitted
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            handler,
+            aggregates,
+            events,
+            "a handler succeeded without committing its unit of work: what it changed is rolled back (call `uow.commit().await`, or `uow.rollback().await` to mean it)"
+        );
+    }
+
+    /// An event with no handler here and not `external` was raised: counted,
+    /// and logged once per name.
+    #[cold]
+    fn went_nowhere(&self, event: &dyn AnyEvent) {
+        self.inner
+            .metrics
+            .events_unhandled
+            .fetch_add(1, Ordering::Relaxed);
+        let first = self
+            .inner
+            .went_nowhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(event.name());
+        if first {
+            tracing::warn!(
+                event = event.name(),
+                id = %event.metadata().message_id,
+                "an event with no handler in this service, and not `external`, was raised: it goes nowhere (logged once per event)"
+            );
+        }
+    }
+
+    /// After an event handler's run failed: the delay before the next
+    /// attempt, or `None` once it is reported.
+    fn event_handler_failed(
+        &self,
+        handler: &'static EventHandlerRegistration,
+        event: &dyn AnyEvent,
+        attempt: u32,
+        error: String,
+        committed: bool,
+        report: &mut Report,
+    ) -> Option<std::time::Duration> {
+        let policy = &self.inner.event_retry;
+        let metrics = &self.inner.metrics;
+        // A handler that committed before failing is not run again: its
+        // effects are saved.
+        if !committed && attempt < policy.attempts() {
+            metrics
+                .event_handler_retries
+                .fetch_add(1, Ordering::Relaxed);
+            let delay = policy.delay(attempt);
+            tracing::debug!(
+                handler = handler.handler,
+                attempt,
+                ?delay,
+                %error,
+                "event handler failed, retrying"
+            );
+            return Some(delay);
+        }
+        let failure = EventHandlerFailure {
+            event: event.name(),
+            metadata: *event.metadata(),
+            handler: handler.describe(),
+            attempts: attempt,
+            error,
+        };
+        tracing::error!(%failure, "event handler failed");
+        metrics
+            .event_handler_failures
+            .fetch_add(1, Ordering::Relaxed);
+        report.failures.push(failure);
+        None
+    }
+}
+
+/// The span of one event handler run, if anyone listens.
+fn event_span(event: &dyn AnyEvent, handler: &EventHandlerRegistration) -> Option<tracing::Span> {
+    // Cheaper than building a disabled span (which, with tracing's `log`
+    // feature that sqlx turns on, still asks the `log` facade).
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return None;
+    }
+    let span = tracing::debug_span!(
+        "event",
+        name = event.name(),
+        id = %event.metadata().message_id,
+        handler = handler.handler,
+    );
+    (!span.is_disabled()).then_some(span)
+}

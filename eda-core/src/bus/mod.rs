@@ -1,0 +1,241 @@
+//! The internal message bus: runs a command's handler, then the handlers of
+//! every event raised, in order, until its queue is empty.
+//!
+//! The bus is cut by job: this module holds [`MessageBus`] itself, its
+//! shared state and what it knows of its wiring (adapters, repositories,
+//! the names it handles and consumes); `dispatch` runs commands and events
+//! in process, `incoming` takes messages from a broker, `journal` recovers
+//! the dispatch journal, `metrics` counts, and `builder` checks the wiring
+//! and builds the bus.
+
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use crate::adapter::{Adapter, AdapterEntry, AnyAdapter};
+use crate::aggregate::Aggregate;
+use crate::error::Error;
+use crate::registry::{CommandHandlerRegistration, EventHandlerRegistration, MessageRegistration};
+use crate::repository::{Finder, FinderVTable, RepositoryVTable};
+use crate::retry::RetryPolicy;
+use crate::topology::{Topology, TopologyWarning};
+
+mod builder;
+mod dispatch;
+mod incoming;
+mod journal;
+mod metrics;
+
+pub use builder::BusBuilder;
+pub use dispatch::{CommandCall, Context, EventCall, EventHandlerFailure, Report};
+pub(crate) use dispatch::{EventQueue, enqueue};
+pub(crate) use incoming::{dispatch_command, dispatch_event};
+pub use metrics::BusMetrics;
+use metrics::Metrics;
+
+/// A `TypeId` is already a hash: use it as is.
+#[derive(Default)]
+pub(crate) struct TypeIdHasher(u64);
+
+impl Hasher for TypeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= n as u64 ^ (n >> 64) as u64;
+    }
+}
+
+type TypeIdMap<V> = HashMap<TypeId, V, BuildHasherDefault<TypeIdHasher>>;
+
+pub(crate) enum DatabaseRole {
+    None,
+    Other { adapter: Arc<dyn AnyAdapter> },
+}
+
+pub(crate) struct BusInner {
+    commands: TypeIdMap<&'static CommandHandlerRegistration>,
+    events: TypeIdMap<Box<[&'static EventHandlerRegistration]>>,
+    messages: HashMap<&'static str, &'static MessageRegistration>,
+    adapters: TypeIdMap<AdapterEntry>,
+    pub(crate) database: DatabaseRole,
+    repositories: TypeIdMap<&'static (dyn Any + Send + Sync)>,
+    finders: HashMap<(TypeId, TypeId), &'static (dyn Any + Send + Sync)>,
+    command_retry: RetryPolicy,
+    event_retry: RetryPolicy,
+    metrics: Metrics,
+    /// The names of the messages the service takes from the broker
+    /// (see [`crate::topology`]), sorted.
+    consumed: Box<[&'static str]>,
+    /// What `build` found probably wrong.
+    warnings: Vec<TopologyWarning>,
+    /// The events without handlers that were raised, logged once each.
+    went_nowhere: std::sync::Mutex<HashSet<&'static str>>,
+}
+
+/// The internal message bus. Cheap to clone (an `Arc`); build it once at
+/// start with [`MessageBus::builder`] and share it with every entrypoint.
+///
+/// ```standalone_crate
+/// # use eda_core::*;
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+/// #[command(name = "doc.greet", output = String)]
+/// pub struct Greet { pub name: String }
+///
+/// #[command_handler]
+/// async fn greet(cmd: Greet) -> Result<String, BoxError> {
+///     Ok(format!("hello, {}", cmd.name))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = MessageBus::builder().build()?;
+/// assert_eq!(bus.handle(Greet { name: "you".into() }).await?, "hello, you");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MessageBus {
+    pub(crate) inner: Arc<BusInner>,
+}
+
+impl fmt::Debug for MessageBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageBus")
+            .field("commands", &self.inner.commands.len())
+            .field("events", &self.inner.events.len())
+            .field(
+                "adapters",
+                &self.inner.adapters.values().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl MessageBus {
+    /// The adapter of type `T`, if the bus was given one.
+    pub fn adapter<T: Adapter>(&self) -> Option<&T> {
+        self.inner
+            .adapters
+            .get(&TypeId::of::<T>())
+            .and_then(|a| a.value.as_any().downcast_ref::<T>())
+    }
+
+    pub(crate) fn adapter_arc<T: Adapter>(&self) -> Option<Arc<T>> {
+        let entry = self.inner.adapters.get(&TypeId::of::<T>())?;
+        entry.any.clone().downcast::<T>().ok()
+    }
+
+    /// The names of the messages that have a handler in this bus, sorted:
+    /// what it handles, from a broker or in-process. (What its queue is
+    /// bound to is [`consumed_message_names`](Self::consumed_message_names).)
+    pub fn handled_message_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self
+            .inner
+            .messages
+            .values()
+            .filter(|m| {
+                self.inner.commands.contains_key(&m.type_id)
+                    || self.inner.events.contains_key(&m.type_id)
+            })
+            .map(|m| m.name)
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The names of the messages this service consumes from a broker (see
+    /// [`topology`](crate::topology)), sorted: the external events it
+    /// handles, wherever they are declared, and the commands it
+    /// [accepts](BusBuilder::accept).
+    pub fn consumed_message_names(&self) -> Vec<&'static str> {
+        self.inner.consumed.to_vec()
+    }
+
+    /// Whether this service consumes the message `name` from a broker.
+    pub fn consumes(&self, name: &str) -> bool {
+        self.inner.consumed.binary_search(&name).is_ok()
+    }
+
+    /// The service's topology on the external bus: its queue bound to
+    /// [`consumed_message_names`](Self::consumed_message_names), or to
+    /// `bindings` when given (an override, which the warnings compare with
+    /// what the service consumes).
+    pub fn topology(&self, bindings: Option<&[String]>) -> Topology {
+        Topology::new(
+            self.consumed_message_names(),
+            self.inner.warnings.clone(),
+            bindings,
+            |name| self.why_not_consumed(name),
+        )
+    }
+
+    /// Why this service does not consume `name` (which it does not).
+    pub(crate) fn why_not_consumed(&self, name: &str) -> &'static str {
+        match self.inner.messages.get(name) {
+            None => "no message of this name is linked into this service",
+            Some(m) => match m.kind {
+                crate::message::MessageKind::Command
+                    if self.inner.commands.contains_key(&m.type_id) =>
+                {
+                    "this command is not accepted from the broker (`MessageBus::builder().accept::<…>()`)"
+                }
+                crate::message::MessageKind::Command => {
+                    "this service has no handler of this command"
+                }
+                crate::message::MessageKind::Event if !m.external => {
+                    "this event is not `external`: no service publishes it"
+                }
+                crate::message::MessageKind::Event => "this service has no handler of this event",
+            },
+        }
+    }
+
+    /// Whether events of this type have handlers in this bus.
+    pub(crate) fn has_event_handlers(&self, type_id: TypeId) -> bool {
+        self.inner.events.contains_key(&type_id)
+    }
+
+    /// The repository of `A` on the bus's database; `None`: the
+    /// database's own store keeps it.
+    pub(crate) fn repository<A: Aggregate>(&self) -> Option<&'static RepositoryVTable<A>> {
+        self.inner
+            .repositories
+            .get(&TypeId::of::<A>())
+            .and_then(|v| v.downcast_ref::<RepositoryVTable<A>>())
+    }
+
+    pub(crate) fn finder<A: Aggregate, F: Finder<A>>(
+        &self,
+    ) -> Result<&'static FinderVTable<A, F>, Error> {
+        self.inner
+            .finders
+            .get(&(TypeId::of::<A>(), TypeId::of::<F>()))
+            .and_then(|v| v.downcast_ref::<FinderVTable<A, F>>())
+            .ok_or(Error::FinderMissing {
+                aggregate: A::NAME,
+                finder: std::any::type_name::<F>(),
+                backend: self.backend_name(),
+            })
+    }
+
+    fn backend_name(&self) -> &'static str {
+        match &self.inner.database {
+            DatabaseRole::None => "no database",
+            DatabaseRole::Other { adapter } => adapter
+                .adapter()
+                .as_database()
+                .map(|d| d.connection_type().1)
+                .unwrap_or("the database"),
+        }
+    }
+}
