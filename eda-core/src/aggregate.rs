@@ -4,6 +4,10 @@
 use std::fmt;
 use std::hash::Hash;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::domain_error::BoxError;
 use crate::message::{AnyEvent, Event, Metadata, Raised};
 
 /// A cluster of domain objects saved as one, with a version and the events it
@@ -53,7 +57,7 @@ pub trait Aggregate: Clone + Send + Sync + 'static {
     /// How it is written as a document, if it serializes (the derive
     /// finds out).
     #[doc(hidden)]
-    fn __codec() -> Option<crate::store::Codec<Self>> {
+    fn __codec() -> Option<Codec<Self>> {
         None
     }
 }
@@ -170,5 +174,76 @@ impl<'de> serde::Deserialize<'de> for Events {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         serde::de::IgnoredAny::deserialize(deserializer)?;
         Ok(Events::new())
+    }
+}
+
+/// How an aggregate that derives `Serialize` and `Deserialize` is written
+/// as a document (the derive finds out whether it does).
+#[doc(hidden)]
+pub struct Codec<A: Aggregate> {
+    pub encode: fn(&A) -> Result<String, BoxError>,
+    pub decode: fn(&str) -> Result<A, BoxError>,
+    pub key: fn(&A::Id) -> String,
+}
+
+impl<A: Aggregate> Clone for Codec<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A: Aggregate> Copy for Codec<A> {}
+
+/// The derive's probe: `(&Probe::<A>::new()).__codec()` is `Some` when `A`
+/// (and its id) serialize, `None` otherwise (autoref specialization: the
+/// first trait applies only with the bounds, the second always, one
+/// reference further).
+#[doc(hidden)]
+pub struct Probe<A>(std::marker::PhantomData<A>);
+
+impl<A> Probe<A> {
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Probe(std::marker::PhantomData)
+    }
+}
+
+#[doc(hidden)]
+pub trait ViaSerde<A: Aggregate> {
+    fn __codec(&self) -> Option<Codec<A>>;
+}
+
+impl<A> ViaSerde<A> for Probe<A>
+where
+    A: Aggregate + Serialize + DeserializeOwned,
+    A::Id: Serialize,
+{
+    fn __codec(&self) -> Option<Codec<A>> {
+        Some(Codec {
+            encode: |a| serde_json::to_string(a).map_err(Into::into),
+            // The error names the field that failed (`lines[2].qty: …`).
+            decode: |s| {
+                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(s))
+                    .map_err(Into::into)
+            },
+            key: |id| match serde_json::to_value(id) {
+                Ok(serde_json::Value::String(s)) => s,
+                Ok(other) => other.to_string(),
+                // An id that fails to serialize (a map with non-string keys)
+                // is still an id: its Debug form.
+                Err(_) => format!("{id:?}"),
+            },
+        })
+    }
+}
+
+#[doc(hidden)]
+pub trait WithoutSerde<A: Aggregate> {
+    fn __codec(&self) -> Option<Codec<A>>;
+}
+
+impl<A: Aggregate> WithoutSerde<A> for &Probe<A> {
+    fn __codec(&self) -> Option<Codec<A>> {
+        None
     }
 }

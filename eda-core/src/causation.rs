@@ -5,8 +5,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::adapter::Dependency;
 use crate::bus::{Context, MessageBus, Report};
+use crate::dependency::Dependency;
 use crate::error::{CommandError, Error};
 use crate::message::{Command, Envelope, MessageId, Metadata, Timestamp};
 use crate::registry::Requirements;

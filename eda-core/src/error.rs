@@ -5,13 +5,11 @@
 //! it in its own error with `#[from]`, so `?` works on repository calls and on
 //! `commit`.
 
+use crate::domain_error::{BoxError, DomainError};
 use std::fmt;
 
-use crate::registry::WiringError;
 use crate::repository::RepositoryError;
-
-/// A boxed error, the default error type of a command and of event handlers.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+use crate::wiring::WiringError;
 
 /// What can go wrong inside the framework while a message is handled.
 #[derive(Debug, thiserror::Error)]
@@ -178,35 +176,6 @@ pub enum IncomingError {
         source: Box<Error>,
     },
 }
-
-/// An error of the domain: what a command's handler reports to its caller
-/// as its own failure (an unknown SKU, an order that cannot be placed),
-/// as opposed to the framework's failures (the database is down).
-///
-/// Name it in the command (`#[command(error = AllocationError)]`) and mark
-/// it with this trait; a handler then returns `Result<Output,
-/// CommandError<AllocationError>>`, and `?` sends a domain error to
-/// [`CommandError::Handler`] and a framework [`Error`] to
-/// [`CommandError::Bus`]:
-///
-/// ```
-/// #[derive(Debug, thiserror::Error)]
-/// pub enum AllocationError {
-///     #[error("Invalid sku {0}")]
-///     InvalidSku(String),
-/// }
-/// impl eda_core::DomainError for AllocationError {}
-/// ```
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a domain error",
-    label = "a command's error type must be a domain error",
-    note = "mark it: `impl eda_core::DomainError for {Self} {{}}` (it must be `Debug + Display + Send + Sync`)"
-)]
-pub trait DomainError: fmt::Debug + fmt::Display + Send + Sync + 'static {}
-
-/// The default error of a command: any error, boxed.
-#[diagnostic::do_not_recommend]
-impl DomainError for BoxError {}
 
 /// The error of [`MessageBus::handle`](crate::MessageBus::handle), and of a
 /// command handler: the domain's error, or the framework's.

@@ -53,7 +53,7 @@ use crate::adapters::sqlite::SqliteDatabase;
 use crate::bus::{BusBuilder, MessageBus};
 use crate::entrypoints::ConsumerOptions;
 use crate::error::Error;
-use crate::private::BoxFuture;
+use crate::future::BoxFuture;
 use crate::relay::{OutboxRelay, OutboxStore, Publisher, RelayOptions};
 
 /// Where the state is kept.

@@ -50,8 +50,11 @@ pub mod adapters;
 mod aggregate;
 mod bus;
 mod causation;
+mod dependency;
+mod domain_error;
 pub mod entrypoints;
 mod error;
+mod future;
 #[cfg(feature = "host")]
 pub mod host;
 mod message;
@@ -65,31 +68,33 @@ mod store;
 pub mod testing;
 mod topology;
 mod uow;
+mod wiring;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
-pub(crate) use __private as private;
 
 // The user's API: each item at one path, here (and the most used again in
 // the prelude). What adapter authors implement is in `backend`; what the
 // macros' generated code names is in `__private`.
-pub use adapter::{Adapter, Dependency};
+pub use adapter::Adapter;
 pub use adapters::memory::InMemoryDatabase;
 pub use aggregate::{Aggregate, Events};
 pub use bus::{BusBuilder, BusMetrics, EventHandlerFailure, MessageBus, Report};
 pub use causation::Causation;
-pub use error::{BoxError, CommandError, DomainError, Error, IncomingError};
+pub use dependency::Dependency;
+pub use domain_error::{BoxError, DomainError};
+pub use error::{CommandError, Error, IncomingError};
 pub use message::{
     AnyEvent, Command, Envelope, Event, Message, MessageId, MessageKind, Metadata, Timestamp,
 };
 pub use outbox::ExternalMessage;
-pub use registry::{HandlerRef, Location, WiringError, WiringProblem};
 pub use relay::{OutboxRelay, RelayMetrics, RelayOptions};
 pub use repository::{Find, Finder, Repository, RepositoryError};
 pub use retry::RetryPolicy;
 pub use topology::{Topology, TopologyWarning};
 pub use uow::{Aggregates, IdentityMap, Transaction, UnitOfWork, UowField};
+pub use wiring::{HandlerRef, Location, WiringError, WiringProblem};
 
 #[cfg(feature = "macros")]
 pub use eda_macros::{
@@ -121,8 +126,8 @@ pub mod backend {
     //!   database) and [`Publisher`] (a broker), with [`OutboxEntry`],
     //!   [`Delivery`] and [`OutboxWrite`].
 
-    pub use crate::__private::BoxFuture;
     pub use crate::adapter::{Database, DatabaseTransaction};
+    pub use crate::future::BoxFuture;
     pub use crate::outbox::OutboxWrite;
     pub use crate::relay::{Delivery, OutboxEntry, OutboxStore, Publisher};
     pub use crate::store::{AggregateStorage, AggregateType, Save, Stored, key};

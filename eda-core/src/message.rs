@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::{BoxError, DomainError};
+use crate::domain_error::{BoxError, DomainError};
 
 /// What commands and events have in common: a stable name and a serde form.
 ///

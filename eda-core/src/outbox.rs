@@ -1,7 +1,7 @@
 //! The outbox: external events written in the same transaction as the state
 //! change, and published to other services after the commit.
 
-use crate::error::BoxError;
+use crate::domain_error::BoxError;
 use crate::message::{AnyEvent, Metadata};
 
 /// An event on its way to other services: what an outbox row holds and what

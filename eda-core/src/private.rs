@@ -5,52 +5,24 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 
 pub use inventory;
 
 pub use crate::bus::{CommandCall, Context, EventCall};
 pub use crate::registry::{
-    CommandHandlerRegistration, EventHandlerRegistration, MessageRegistration, Requirements,
+    CallOutcome, CommandHandlerRegistration, EventHandlerRegistration, EventOutcome,
+    MessageRegistration, Requirements,
 };
 pub use crate::repository::{FinderVTableOf, RepositoryRegistration, RepositoryVTableOf};
 
 use crate::MessageBus;
 use crate::bus::{EventQueue, enqueue};
-use crate::error::{BoxError, CommandError, IncomingError};
+use crate::domain_error::BoxError;
+use crate::error::{CommandError, IncomingError};
 use crate::message::{Command, Event, Metadata};
 use crate::uow::UnitOfWork;
 
-/// A boxed, `Send` future: the one allocation per handler call.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// How a command handler's run ended.
-pub enum CallOutcome {
-    /// It returned; its result is in the output slot.
-    Done,
-    /// It returned an error after its unit of work hit a version conflict:
-    /// run it again.
-    Conflict,
-    /// The message was handled before (inbox): nothing ran.
-    Duplicate,
-    /// The framework could not run it.
-    Failed(Error),
-}
-
-/// How an event handler's run ended.
-pub enum EventOutcome {
-    Done,
-    Failed { error: String, committed: bool },
-}
-
-impl EventOutcome {
-    pub fn framework(e: Error) -> Self {
-        EventOutcome::Failed {
-            error: e.to_string(),
-            committed: false,
-        }
-    }
-}
+pub use crate::future::BoxFuture;
 
 impl<'a> CommandCall<'a> {
     #[allow(clippy::type_complexity)]
@@ -317,11 +289,11 @@ pub fn dispatch_event<'a, E: Event>(
 
 pub type DefaultError = BoxError;
 
-pub use crate::adapter::Dependency;
 pub use crate::aggregate::{Aggregate, Events};
+pub use crate::aggregate::{Codec, Probe, ViaSerde, WithoutSerde};
+pub use crate::dependency::Dependency;
 pub use crate::error::Error;
 pub use crate::message::{Message, MessageKind};
 pub use crate::repository::{Find, FinderVTable, Repository, RepositoryVTable};
-pub use crate::store::{Codec, Probe, ViaSerde, WithoutSerde};
 pub use crate::uow::{Transaction, UowField};
 pub use crate::{Command as CommandTrait, Event as EventTrait, UnitOfWork as UnitOfWorkTrait};

@@ -9,9 +9,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
+use crate::future::BoxFuture;
 use crate::message::MessageId;
 use crate::outbox::ExternalMessage;
-use crate::private::BoxFuture;
 use crate::retry::RetryPolicy;
 
 /// An outbox row waiting to be published.

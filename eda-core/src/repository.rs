@@ -5,8 +5,8 @@ use std::fmt;
 use std::future::Future;
 
 use crate::aggregate::Aggregate;
-use crate::error::BoxError;
-use crate::private::BoxFuture;
+use crate::domain_error::BoxError;
+use crate::future::BoxFuture;
 
 /// Repositories: the queries that load and save one aggregate type on one
 /// database, and finders (lookups other than by id).

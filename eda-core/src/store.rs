@@ -1,34 +1,12 @@
 //! The aggregate store: how a database keeps the aggregates that have no
-//! [`#[repository]`](macro@crate::repository) of their own.
-//!
-//! A unit of work loads and saves an aggregate through its repository when
-//! one is registered for the bus's database; otherwise through the
-//! database's store, by the aggregate's type and id. This module is the
-//! interface between the two, for authors of database adapters:
-//! [`DatabaseTransaction::load_aggregate`],
-//! [`save_aggregate`](DatabaseTransaction::save_aggregate) and
-//! [`aggregates`](DatabaseTransaction::aggregates), and
-//! [`Database::aggregate_storage`] to say which aggregates it can keep.
-//!
-//! - The SQL databases keep an aggregate as a **document**: its JSON (it
-//!   derives `serde`'s `Serialize` and `Deserialize`) and its version, in one
-//!   table keyed by the aggregate's name and id, with the same version check
-//!   as a repository.
-//! - The in-memory database keeps the **value** itself, so it stores any
-//!   aggregate, serializable or not.
-//!
-//! [`DatabaseTransaction::load_aggregate`]: crate::DatabaseTransaction::load_aggregate
-//! [`Database::aggregate_storage`]: crate::Database::aggregate_storage
+//! repository (documented on [`backend`](crate::backend), which re-exports it).
 
 use std::any::{Any, TypeId};
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use crate::aggregate::Aggregate;
-use crate::error::{BoxError, Error};
+use crate::error::Error;
 use crate::repository::RepositoryError;
 
 /// Which aggregates a [`Database`](crate::backend::Database) keeps without a
@@ -259,76 +237,5 @@ pub(crate) fn save<'a, A: Aggregate>(
         version: aggregate.version(),
         expected,
         value: aggregate,
-    }
-}
-
-/// How an aggregate that derives `Serialize` and `Deserialize` is written
-/// as a document (the derive finds out whether it does).
-#[doc(hidden)]
-pub struct Codec<A: Aggregate> {
-    pub encode: fn(&A) -> Result<String, BoxError>,
-    pub decode: fn(&str) -> Result<A, BoxError>,
-    pub key: fn(&A::Id) -> String,
-}
-
-impl<A: Aggregate> Clone for Codec<A> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<A: Aggregate> Copy for Codec<A> {}
-
-/// The derive's probe: `(&Probe::<A>::new()).__codec()` is `Some` when `A`
-/// (and its id) serialize, `None` otherwise (autoref specialization: the
-/// first trait applies only with the bounds, the second always, one
-/// reference further).
-#[doc(hidden)]
-pub struct Probe<A>(std::marker::PhantomData<A>);
-
-impl<A> Probe<A> {
-    #[allow(clippy::new_without_default)]
-    pub const fn new() -> Self {
-        Probe(std::marker::PhantomData)
-    }
-}
-
-#[doc(hidden)]
-pub trait ViaSerde<A: Aggregate> {
-    fn __codec(&self) -> Option<Codec<A>>;
-}
-
-impl<A> ViaSerde<A> for Probe<A>
-where
-    A: Aggregate + Serialize + DeserializeOwned,
-    A::Id: Serialize,
-{
-    fn __codec(&self) -> Option<Codec<A>> {
-        Some(Codec {
-            encode: |a| serde_json::to_string(a).map_err(Into::into),
-            // The error names the field that failed (`lines[2].qty: …`).
-            decode: |s| {
-                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(s))
-                    .map_err(Into::into)
-            },
-            key: |id| match serde_json::to_value(id) {
-                Ok(serde_json::Value::String(s)) => s,
-                Ok(other) => other.to_string(),
-                // An id that fails to serialize (a map with non-string keys)
-                // is still an id: its Debug form.
-                Err(_) => format!("{id:?}"),
-            },
-        })
-    }
-}
-
-#[doc(hidden)]
-pub trait WithoutSerde<A: Aggregate> {
-    fn __codec(&self) -> Option<Codec<A>>;
-}
-
-impl<A: Aggregate> WithoutSerde<A> for &Probe<A> {
-    fn __codec(&self) -> Option<Codec<A>> {
-        None
     }
 }

@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::message::MessageKind;
-use crate::registry::{Location, MessageRegistration};
+use crate::registry::MessageRegistration;
+use crate::wiring::Location;
 
 /// Something about a service's topology that is probably a mistake: logged
 /// at start, and listed by [`Topology::warnings`].

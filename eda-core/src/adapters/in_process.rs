@@ -65,8 +65,8 @@ use tokio::task::JoinSet;
 use crate::bus::MessageBus;
 use crate::entrypoints::{self, ConsumerMetrics, ConsumerOptions, Verdict, retry_delay, verdict};
 use crate::error::Error;
+use crate::future::BoxFuture;
 use crate::outbox::ExternalMessage;
-use crate::private::BoxFuture;
 use crate::relay::{Delivery, Publisher};
 use crate::topology::Topology;
 

@@ -71,9 +71,9 @@ use crate::adapter::Adapter;
 use crate::bus::MessageBus;
 use crate::entrypoints::ConsumerOptions;
 use crate::error::Error;
+use crate::future::BoxFuture;
 use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::ExternalMessage;
-use crate::private::BoxFuture;
 use crate::relay::{Delivery, Publisher};
 use crate::topology::Topology;
 

@@ -2,7 +2,8 @@
 //! repositories, hiding passwords, and the names of the framework's tables.
 
 use super::redact_url;
-use crate::error::{BoxError, Error};
+use crate::domain_error::BoxError;
+use crate::error::Error;
 use crate::repository::RepositoryError;
 
 /// Decoding a column of a row into a domain value, with an error that names

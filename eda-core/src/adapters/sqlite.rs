@@ -89,9 +89,9 @@ use super::RedactedUrl;
 use super::sql::{Tables, adapter_error, connect_error, is_sqlite_busy, quote_ident};
 use crate::adapter::{Adapter, Database, DatabaseTransaction};
 use crate::error::Error;
+use crate::future::BoxFuture;
 use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::{ExternalMessage, OutboxWrite};
-use crate::private::BoxFuture;
 use crate::relay::{OutboxEntry, OutboxStore};
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 

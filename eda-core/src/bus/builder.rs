@@ -10,11 +10,10 @@ use std::sync::Arc;
 use super::{BusInner, DatabaseRole, MessageBus, Metrics, TypeIdMap};
 use crate::adapter::{Adapter, AdapterEntry};
 use crate::message::Command;
-use crate::registry::{
-    EventHandlerRegistration, MessageRegistration, Wiring, WiringError, WiringProblem,
-};
+use crate::registry::{EventHandlerRegistration, MessageRegistration, Wiring};
 use crate::retry::RetryPolicy;
 use crate::topology::events_going_nowhere;
+use crate::wiring::{WiringError, WiringProblem};
 
 impl MessageBus {
     /// Starts building a bus: give it the adapters this entrypoint uses, then

@@ -15,8 +15,9 @@ use tracing::Instrument;
 use super::MessageBus;
 use crate::error::{CommandError, Error};
 use crate::message::{AnyEvent, Command, Envelope, Event, MessageId, Metadata, Raised};
-use crate::private::{CallOutcome, EventOutcome};
-use crate::registry::{EventHandlerRegistration, HandlerRef};
+use crate::registry::EventHandlerRegistration;
+use crate::registry::{CallOutcome, EventOutcome};
+use crate::wiring::HandlerRef;
 
 /// The queue of events waiting for their handlers.
 pub(crate) type EventQueue = VecDeque<Box<dyn AnyEvent>>;

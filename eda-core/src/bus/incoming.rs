@@ -28,7 +28,7 @@ impl MessageBus {
     }
 
     /// A message that came from the broker: whether this service takes it
-    /// (see [`topology`](crate::topology)). `Ok(false)`: an event this
+    /// (see [`Topology`](crate::Topology)). `Ok(false)`: an event this
     /// service published itself, handled in-process by the instance that
     /// committed it: acknowledge it, do not handle it again.
     pub(crate) fn admit(

@@ -154,7 +154,7 @@ impl MessageBus {
     }
 
     /// The names of the messages this service consumes from a broker (see
-    /// [`topology`](crate::topology)), sorted: the external events it
+    /// [`Topology`](crate::Topology)), sorted: the external events it
     /// handles, wherever they are declared, and the commands it
     /// [accepts](BusBuilder::accept).
     pub fn consumed_message_names(&self) -> Vec<&'static str> {

@@ -1,0 +1,69 @@
+//! What a handler's parameters after the message are resolved from.
+
+use crate::adapter::Adapter;
+use crate::bus::{Context, MessageBus};
+use crate::error::Error;
+use crate::message::Metadata;
+use crate::registry::Requirements;
+
+/// A handler parameter the bus can provide: `&T` for any [`Adapter`] `T`
+/// given to the bus, `&Metadata` (of the message being handled),
+/// `&Causation` (to send commands caused by it, once only) and
+/// `&MessageBus` (to start a new conversation).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be injected into a handler",
+    label = "neither an adapter nor a unit of work",
+    note = "implement `eda_core::Adapter` for `{Self}` and give it to `MessageBus::builder().adapter(..)`, or derive `UnitOfWork` for it and take it as `&mut {Self}`"
+)]
+pub trait Dependency: Send + Sync + 'static {
+    /// What the call holds while the handler runs: a reference for what
+    /// the bus owns, a value made for the call (a [`Causation`](crate::Causation)).
+    #[doc(hidden)]
+    type __Slot<'a>: Send + 'a;
+    #[doc(hidden)]
+    fn __resolve<'a>(ctx: &Context<'a>) -> Result<Self::__Slot<'a>, Error>;
+    #[doc(hidden)]
+    fn __get<'s>(slot: &'s Self::__Slot<'_>) -> &'s Self;
+    #[doc(hidden)]
+    fn __require(requirements: &mut Requirements);
+}
+
+#[diagnostic::do_not_recommend]
+impl<T: Adapter> Dependency for T {
+    type __Slot<'a> = &'a T;
+    fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a T, Error> {
+        ctx.bus
+            .adapter::<T>()
+            .ok_or(Error::MissingAdapter(std::any::type_name::<T>()))
+    }
+    fn __get<'s>(slot: &'s &T) -> &'s Self {
+        slot
+    }
+    fn __require(requirements: &mut Requirements) {
+        requirements.adapter::<T>();
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl Dependency for Metadata {
+    type __Slot<'a> = &'a Metadata;
+    fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a Metadata, Error> {
+        Ok(ctx.metadata)
+    }
+    fn __get<'s>(slot: &'s &Metadata) -> &'s Self {
+        slot
+    }
+    fn __require(_: &mut Requirements) {}
+}
+
+#[diagnostic::do_not_recommend]
+impl Dependency for MessageBus {
+    type __Slot<'a> = &'a MessageBus;
+    fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a MessageBus, Error> {
+        Ok(ctx.bus)
+    }
+    fn __get<'s>(slot: &'s &MessageBus) -> &'s Self {
+        slot
+    }
+    fn __require(_: &mut Requirements) {}
+}
