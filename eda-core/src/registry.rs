@@ -211,6 +211,8 @@ pub(crate) enum Requirement {
         name: &'static str,
         /// It serializes: a document store can keep it.
         document: bool,
+        /// Its Rust type, for errors.
+        type_name: &'static str,
     },
 }
 
@@ -234,6 +236,7 @@ impl Requirements {
             aggregate: TypeId::of::<A>(),
             name: A::NAME,
             document: A::__codec().is_some(),
+            type_name: std::any::type_name::<A>(),
         });
     }
 
@@ -417,6 +420,9 @@ impl Wiring<'_> {
             .iter()
             .map(|c| (c.describe(), c.requirements))
             .chain(events.iter().map(|e| (e.describe(), e.requirements)));
+        // Aggregates a document store keeps, by name: the name is their key
+        // in the store, so two types may not share one.
+        let mut documents: HashMap<&'static str, Vec<(TypeId, &'static str)>> = HashMap::new();
         for (handler, requirements) in handlers {
             let mut req = Requirements::default();
             requirements(&mut req);
@@ -444,7 +450,17 @@ impl Wiring<'_> {
                         aggregate,
                         name,
                         document,
+                        type_name,
                     } => {
+                        if let Some((_, AggregateStorage::Documents)) = self.backend
+                            && document
+                            && !per_key.contains_key(&(aggregate, None))
+                        {
+                            let types = documents.entry(name).or_default();
+                            if !types.iter().any(|(t, _)| *t == aggregate) {
+                                types.push((aggregate, type_name));
+                            }
+                        }
                         if let Some(((_, backend), storage)) = self.backend
                             && !per_key.contains_key(&(aggregate, None))
                             && !match storage {
@@ -463,6 +479,15 @@ impl Wiring<'_> {
                     }
                 }
             }
+        }
+
+        let mut shared: Vec<_> = documents.into_iter().filter(|(_, t)| t.len() > 1).collect();
+        shared.sort_by_key(|(name, _)| *name);
+        for (name, types) in shared {
+            problems.push(WiringProblem::DuplicateAggregateName {
+                name,
+                types: types.into_iter().map(|(_, t)| t).collect(),
+            });
         }
 
         Registry {

@@ -82,6 +82,15 @@ pub enum WiringProblem {
         /// repository, and this one does not.
         documents: bool,
     },
+    /// Two aggregate types with one name, both kept by the database's
+    /// document store, which keys them by name: one would read the other's
+    /// documents. `#[aggregate(name = "…")]` tells them apart.
+    DuplicateAggregateName {
+        /// The name.
+        name: &'static str,
+        /// The types.
+        types: Vec<&'static str>,
+    },
     /// Two message types with one name.
     DuplicateMessageName {
         /// The name.
@@ -178,6 +187,11 @@ impl fmt::Display for WiringProblem {
             } => write!(
                 f,
                 "handler {handler} works on {aggregate}, which has no repository for {backend}: add `#[repository] impl Repository for …` with `type Connection = {backend}` (and link its crate)"
+            ),
+            WiringProblem::DuplicateAggregateName { name, types } => write!(
+                f,
+                "aggregate name `{name}` is used by {}: the document store keys aggregates by name; give each its own with `#[aggregate(name = \"…\")]`",
+                types.join(" and ")
             ),
             WiringProblem::DuplicateMessageName { name, types } => {
                 write!(f, "message name `{name}` is used by {} types:", types.len())?;

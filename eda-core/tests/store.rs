@@ -595,3 +595,75 @@ async fn an_aggregate_a_document_store_cannot_keep_stops_the_build() {
         .unwrap();
     file.cleanup().await;
 }
+
+/// Two aggregate types named alike, both kept as documents.
+mod namesakes {
+    use super::*;
+
+    pub(crate) mod shop {
+        use super::*;
+
+        #[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
+        pub(crate) struct Item {
+            #[aggregate(id)]
+            pub(crate) id: String,
+            pub(crate) version: u64,
+            pub(crate) events: Events,
+        }
+    }
+
+    pub(crate) mod warehouse {
+        use super::*;
+
+        #[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
+        pub(crate) struct Item {
+            #[aggregate(id)]
+            pub(crate) id: String,
+            pub(crate) version: u64,
+            pub(crate) events: Events,
+        }
+    }
+
+    #[derive(UnitOfWork)]
+    pub(crate) struct Both {
+        tx: Transaction,
+        sold: IdentityMap<shop::Item>,
+        stored: IdentityMap<warehouse::Item>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(name = "store_test.count_items")]
+    pub(crate) struct CountItems;
+
+    #[command_handler]
+    async fn count_items(_: &CountItems, uow: &mut Both) -> Result<(), Error> {
+        uow.sold().read(&"a".into()).await?;
+        uow.stored().read(&"a".into()).await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn two_aggregates_of_one_name_in_a_document_store_stop_the_build() {
+    let file = TestSqlite::start().await;
+    let err = MessageBus::builder()
+        .scope(concat!(module_path!(), "::namesakes"))
+        .adapter(file.db.clone())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err.problems[..],
+            [WiringProblem::DuplicateAggregateName { name: "Item", types }] if types.len() == 2
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("#[aggregate(name"), "{err}");
+    // The in-memory database keys values by their type: no clash.
+    MessageBus::builder()
+        .scope(concat!(module_path!(), "::namesakes"))
+        .adapter(InMemoryDatabase::new())
+        .build()
+        .unwrap();
+    file.cleanup().await;
+}
