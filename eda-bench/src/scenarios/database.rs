@@ -9,6 +9,9 @@
 //!   transaction: `UPDATE … SET qty = qty - 1` and the outbox `INSERT`.
 //! - baseline, read-modify-write: what eda does, by hand: `SELECT` the
 //!   row, `UPDATE … WHERE version = $expected`, `INSERT` the outbox row.
+//! - eda on a document (`database/document`): the same command on the stock
+//!   kept by eda's aggregate store (its JSON and version, no repository),
+//!   against the read-modify-write baseline.
 //!
 //! The variants run in interleaved rounds; the median of each is kept.
 
@@ -49,6 +52,17 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             async move { stock::two_statements(&pool, i).await.map(|_| ()) }
         }
     };
+    let document = |bus: MessageBus| {
+        move |i: u64| {
+            let bus = bus.clone();
+            async move {
+                bus.handle(stock::document_command(i))
+                    .await
+                    .map(|_| ())
+                    .map_err(err)
+            }
+        }
+    };
     let rmw = |pool: PgPool| {
         move |i| {
             let pool = pool.clone();
@@ -68,9 +82,18 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     )
     .await?;
     drive::run("warm-up rmw", warm, concurrency, None, rmw(pool.clone())).await?;
+    drive::run(
+        "warm-up document",
+        warm,
+        concurrency,
+        None,
+        document(bus.clone()),
+    )
+    .await?;
 
     let (mut eda_runs, mut two_runs, mut rmw_runs) = (Vec::new(), Vec::new(), Vec::new());
     let (mut eda_cpu, mut two_cpu, mut rmw_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut document_runs, mut document_cpu) = (Vec::new(), Vec::new());
     let mut eda_rss: f64 = 0.0;
     for round in 1..=rounds {
         let label = |what: &str| format!("{what} {round}/{rounds}");
@@ -95,6 +118,18 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         eda_runs.push(drive::run(&label("eda"), n, concurrency, None, eda(bus.clone())).await?);
         eda_cpu.push(cpu::sample().since(&before, n));
         eda_rss = eda_rss.max(peak_rss_mb());
+        let before = cpu::sample();
+        document_runs.push(
+            drive::run(
+                &label("eda document"),
+                n,
+                concurrency,
+                None,
+                document(bus.clone()),
+            )
+            .await?,
+        );
+        document_cpu.push(cpu::sample().since(&before, n));
     }
 
     // The work was really done: every command's event is in an outbox, and
@@ -109,15 +144,19 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         .await
         .map_err(err)?;
     let taken = stock::units_taken(&pool).await?;
-    if eda_rows as u64 != warm + rounds * n
+    let taken_from_documents = stock::document_units_taken(&pool).await?;
+    if eda_rows as u64 != 2 * (warm + rounds * n)
         || baseline_rows as u64 != 2 * (warm + rounds * n)
         || taken as u64 != done
+        || taken_from_documents as u64 != warm + rounds * n
     {
         return Err(format!(
             "work missing: {eda_rows} eda outbox rows (expected {}), {baseline_rows} baseline \
-             outbox rows (expected {}), {taken} units taken (expected {done})",
-            warm + rounds * n,
-            2 * (warm + rounds * n)
+             outbox rows (expected {}), {taken} units taken (expected {done}), \
+             {taken_from_documents} from documents (expected {})",
+            2 * (warm + rounds * n),
+            2 * (warm + rounds * n),
+            warm + rounds * n
         ));
     }
     pg.drop_schema().await;
@@ -127,40 +166,57 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     let latencies = |runs: &[drive::Run], p: f64| {
         median(&runs.iter().map(|r| r.percentile_ms(p)).collect::<Vec<_>>())
     };
-    let eda_per_sec = per_sec(&eda_runs);
-    let eda_cpu = Usage::mean(&eda_cpu).brief();
-    let row = |scenario: &str, baseline: &[drive::Run], cpu: &[Usage], note: &str| Row {
+    let row = |scenario: &str,
+               eda_runs: &[drive::Run],
+               eda_cpu: &[Usage],
+               baseline: &[drive::Run],
+               cpu: &[Usage],
+               note: &str| Row {
         scenario: scenario.into(),
         n,
         concurrency,
-        eda_per_sec,
+        eda_per_sec: per_sec(eda_runs),
         baseline_per_sec: per_sec(baseline),
-        ratio_vs_baseline: eda_per_sec / per_sec(baseline),
-        p50_ms: Some(latencies(&eda_runs, 0.50)),
-        p99_ms: Some(latencies(&eda_runs, 0.99)),
+        ratio_vs_baseline: per_sec(eda_runs) / per_sec(baseline),
+        p50_ms: Some(latencies(eda_runs, 0.50)),
+        p99_ms: Some(latencies(eda_runs, 0.99)),
         baseline_p50_ms: Some(latencies(baseline, 0.50)),
         baseline_p99_ms: Some(latencies(baseline, 0.99)),
         peak_rss_mb: process_peak_rss_mb(),
         eda_peak_rss_mb: Some(eda_rss),
         note: format!(
             "{note}; latency: bus.handle to commit; median of {rounds} interleaved rounds. \
-             CPU: baseline {}; eda {eda_cpu}",
-            Usage::mean(cpu).brief()
+             CPU: baseline {}; eda {}",
+            Usage::mean(cpu).brief(),
+            Usage::mean(eda_cpu).brief()
         ),
         ..Row::default()
     };
     Ok(vec![
         row(
             "database",
+            &eda_runs,
+            &eda_cpu,
             &two_runs,
             &two_cpu,
             "baseline: UPDATE … qty = qty - 1 + outbox INSERT in one sqlx transaction (no read)",
         ),
         row(
             "database/rmw",
+            &eda_runs,
+            &eda_cpu,
             &rmw_runs,
             &rmw_cpu,
             "baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand (eda's work)",
+        ),
+        row(
+            "database/document",
+            &document_runs,
+            &document_cpu,
+            &rmw_runs,
+            &rmw_cpu,
+            "eda: the stock as a document in eda's store (JSON + version, no repository); \
+             baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand",
         ),
     ])
 }

@@ -69,6 +69,49 @@ async fn reserve(cmd: Reserve, uow: &mut StockUow) -> Result<i64, CommandError<B
     Ok(qty)
 }
 
+/// The same stock kept as a document by eda's aggregate store: no
+/// repository, no table of its own (issue 13).
+#[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "BenchStockDocument")]
+pub(crate) struct StockDocument {
+    #[aggregate(id)]
+    sku: String,
+    qty: i64,
+    version: u64,
+    events: Events,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "bench.reserve_document", output = i64)]
+pub(crate) struct ReserveDocument {
+    pub(crate) sku: String,
+    pub(crate) seq: u64,
+}
+
+#[derive(UnitOfWork)]
+pub(crate) struct DocumentUow {
+    tx: Transaction,
+    stock: IdentityMap<StockDocument>,
+}
+
+/// [`reserve`], on the document.
+#[command_handler]
+async fn reserve_document(
+    cmd: ReserveDocument,
+    uow: &mut DocumentUow,
+) -> Result<i64, CommandError<BoxError>> {
+    let stock = uow.stock().get(&cmd.sku).await?.ok_or("no such sku")?;
+    stock.qty -= 1;
+    let qty = stock.qty;
+    stock.events.raise(Reserved {
+        sku: cmd.sku,
+        qty,
+        seq: cmd.seq,
+    });
+    uow.commit().await?;
+    Ok(qty)
+}
+
 pub(crate) struct PgStock;
 
 #[repository]
@@ -125,6 +168,11 @@ pub(crate) fn sku(seq: u64) -> String {
     format!("sku-{}", seq % SKUS)
 }
 
+/// The command with sequence number `seq`, on the stock kept as a document.
+pub(crate) fn document_command(seq: u64) -> ReserveDocument {
+    ReserveDocument { sku: sku(seq), seq }
+}
+
 /// The command with sequence number `seq`.
 pub(crate) fn command(seq: u64) -> Reserve {
     Reserve { sku: sku(seq), seq }
@@ -147,7 +195,29 @@ pub(crate) async fn setup(pool: &PgPool) -> Result<(), String> {
         .execute(pool)
         .await
         .map_err(err)?;
+    // The same stock as documents, as eda writes them.
+    sqlx::query(
+        "INSERT INTO eda_aggregates (aggregate, id, version, body) \
+         SELECT 'BenchStockDocument', 'sku-' || i, 0, \
+         json_build_object('sku', 'sku-' || i, 'qty', 1000000000, 'version', 0, 'events', NULL)::text \
+         FROM generate_series(0, $1 - 1) AS i",
+    )
+    .bind(SKUS as i64)
+    .execute(pool)
+    .await
+    .map_err(err)?;
     Ok(())
+}
+
+/// How many units the commands on documents took so far.
+pub(crate) async fn document_units_taken(pool: &PgPool) -> Result<i64, String> {
+    sqlx::query_scalar(
+        "SELECT (count(*) * 1000000000 - sum((body::json->>'qty')::int8))::int8 \
+         FROM eda_aggregates WHERE aggregate = 'BenchStockDocument'",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(err)
 }
 
 /// How many units all the commands took so far, summed over the stock:
