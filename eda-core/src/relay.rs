@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::MessageId;
 use crate::outbox::ExternalMessage;
-use crate::retry::RetryPolicy;
+use crate::retry::{Backoff, RetryPolicy};
 
 /// An outbox row waiting to be published.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +98,9 @@ pub struct RelayOptions {
     pub poll: Duration,
     /// How long a lease lasts; it is renewed at a third of that.
     pub lease: Duration,
-    /// The first delay after a failure; it doubles up to `max_backoff`.
+    /// The first delay after a failure; it doubles up to `max_backoff`
+    /// (each wait drawn between half and all of it, so that instances that
+    /// failed together do not retry together).
     pub backoff: Duration,
     /// The longest delay after failures.
     pub max_backoff: Duration,
@@ -277,7 +279,7 @@ enum Step {
 impl Relay {
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         let committed = self.store.committed();
-        let mut backoff = self.options.backoff;
+        let mut backoff = Backoff::new(self.options.backoff, self.options.max_backoff);
         let mut leased_until: Option<tokio::time::Instant> = None;
         let mut flush_until: Option<tokio::time::Instant> = None;
         loop {
@@ -296,14 +298,14 @@ impl Relay {
             let step = self.step(&mut leased_until).await;
             match step {
                 Ok(Step::More) => {
-                    backoff = self.options.backoff;
+                    backoff.reset();
                     // A store and a broker that answer at once (in memory)
                     // would otherwise keep this task from ever yielding.
                     tokio::task::yield_now().await;
                     continue;
                 }
                 Ok(Step::Idle) => {
-                    backoff = self.options.backoff;
+                    backoff.reset();
                     if stopping {
                         break;
                     }
@@ -325,17 +327,17 @@ impl Relay {
                 }
                 Err(e) => {
                     self.metrics.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, ?backoff, "outbox relay failed, retrying");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "outbox relay failed, retrying");
                     if stopping {
                         // Give up flushing: what is left is published by the
                         // next instance (nothing is lost, the rows stay).
                         break;
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = stopped.changed() => {}
                     }
-                    backoff = (backoff * 2).min(self.options.max_backoff);
                 }
             }
         }

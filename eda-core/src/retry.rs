@@ -89,6 +89,36 @@ impl RetryPolicy {
     }
 }
 
+/// The delays of one run of failures, after a [`RetryPolicy`] without an
+/// end: what the relay, the consumer's reconnection and SQLite's start wait
+/// between tries. [`reset`](Self::reset) after a success.
+#[derive(Clone, Debug)]
+pub(crate) struct Backoff {
+    policy: RetryPolicy,
+    failures: u32,
+}
+
+impl Backoff {
+    /// From `initial`, doubling up to `max`, with jitter.
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            policy: RetryPolicy::new(u32::MAX).backoff(initial, max),
+            failures: 0,
+        }
+    }
+
+    /// The delay after one more failure.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.policy.delay(self.failures)
+    }
+
+    /// A success: the next failure waits the shortest again.
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 impl Default for RetryPolicy {
     /// Three attempts, 10 ms to 1 s apart.
     fn default() -> Self {
@@ -98,6 +128,19 @@ impl Default for RetryPolicy {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_backoff_doubles_to_its_longest_and_starts_again_after_a_success() {
+        let mut b = super::Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let delays: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
+        let bounds = [100, 200, 400, 400, 400];
+        for (d, max) in delays.iter().zip(bounds) {
+            let max = Duration::from_millis(max);
+            assert!(*d >= max / 2 && *d <= max, "{delays:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
     use super::*;
 
     #[test]

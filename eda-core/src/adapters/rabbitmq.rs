@@ -171,7 +171,8 @@ impl RabbitMqOptions {
         self.consumer_with(|c| c.max_message_bytes(bytes))
     }
 
-    /// The first and the longest delay between reconnection attempts.
+    /// The first and the longest delay between reconnection attempts (it
+    /// doubles; each wait is drawn between half and all of it).
     pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.reconnect = (initial, max.max(initial));
         self

@@ -93,6 +93,7 @@ use crate::future::BoxFuture;
 use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::relay::{OutboxEntry, OutboxStore};
+use crate::retry::Backoff;
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 
 /// The `strftime` format of the framework's timestamps (`created_at`,
@@ -440,7 +441,7 @@ impl MigrationPlan {
 /// again until `patience` ran out.
 async fn enable_wal(pool: SqlitePool, patience: Duration) -> Result<(), sqlx::Error> {
     let started = std::time::Instant::now();
-    let mut delay = Duration::from_millis(5);
+    let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
     loop {
         match sqlx::query("PRAGMA journal_mode = WAL")
             .fetch_one(&pool)
@@ -455,11 +456,12 @@ async fn enable_wal(pool: SqlitePool, patience: Duration) -> Result<(), sqlx::Er
                 }
                 return Ok(());
             }
-            Err(sqlx::Error::Database(e))
-                if is_sqlite_busy(&*e) && started.elapsed() + delay < patience =>
-            {
+            Err(sqlx::Error::Database(e)) if is_sqlite_busy(&*e) => {
+                let delay = backoff.next_delay();
+                if started.elapsed() + delay >= patience {
+                    return Err(sqlx::Error::Database(e));
+                }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(100));
             }
             Err(e) => return Err(e),
         }

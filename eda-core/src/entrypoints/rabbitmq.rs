@@ -43,6 +43,7 @@ use crate::bus::MessageBus;
 use crate::entrypoints::{self, ConsumerMetrics, Verdict, retry_delay, verdict};
 use crate::error::Error;
 use crate::message::MessageId;
+use crate::retry::Backoff;
 
 /// Consumes the service queue into the bus. Build it with
 /// [`RabbitMq::consumer`], then [`run`](Self::run) it.
@@ -90,18 +91,18 @@ impl RabbitMqConsumer {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let mut shutdown = pin!(shutdown);
         let (initial, max) = self.rabbitmq.options().reconnect;
-        let mut backoff = initial;
+        let mut backoff = Backoff::new(initial, max);
         loop {
             match self.session(shutdown.as_mut()).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     self.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, ?backoff, "consumer lost the broker, reconnecting");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "consumer lost the broker, reconnecting");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.as_mut() => return Ok(()),
                     }
-                    backoff = (backoff * 2).min(max);
                 }
             }
         }
