@@ -118,6 +118,7 @@ impl Causation {
 
 #[diagnostic::do_not_recommend]
 impl Dependency for Causation {
+    fn __sealed(_: crate::dependency::sealed::Token) {}
     type __Slot<'a> = Causation;
     fn __resolve<'a>(ctx: &Context<'a>) -> Result<Causation, Error> {
         Ok(Causation {

@@ -16,6 +16,9 @@ use crate::registry::Requirements;
     note = "implement `eda_core::Adapter` for `{Self}` and give it to `MessageBus::builder().adapter(..)`, or derive `UnitOfWork` for it and take it as `&mut {Self}`"
 )]
 pub trait Dependency: Send + Sync + 'static {
+    /// Only eda implements it (a type outside cannot name the token).
+    #[doc(hidden)]
+    fn __sealed(_: sealed::Token);
     /// What the call holds while the handler runs: a reference for what
     /// the bus owns, a value made for the call (a [`Causation`](crate::Causation)).
     #[doc(hidden)]
@@ -30,6 +33,7 @@ pub trait Dependency: Send + Sync + 'static {
 
 #[diagnostic::do_not_recommend]
 impl<T: Adapter> Dependency for T {
+    fn __sealed(_: sealed::Token) {}
     type __Slot<'a> = &'a T;
     fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a T, Error> {
         ctx.bus
@@ -46,6 +50,7 @@ impl<T: Adapter> Dependency for T {
 
 #[diagnostic::do_not_recommend]
 impl Dependency for Metadata {
+    fn __sealed(_: sealed::Token) {}
     type __Slot<'a> = &'a Metadata;
     fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a Metadata, Error> {
         Ok(ctx.metadata)
@@ -58,6 +63,7 @@ impl Dependency for Metadata {
 
 #[diagnostic::do_not_recommend]
 impl Dependency for MessageBus {
+    fn __sealed(_: sealed::Token) {}
     type __Slot<'a> = &'a MessageBus;
     fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a MessageBus, Error> {
         Ok(ctx.bus)
@@ -66,4 +72,13 @@ impl Dependency for MessageBus {
         slot
     }
     fn __require(_: &mut Requirements) {}
+}
+
+/// Only eda implements [`Dependency`]: a handler takes an adapter of the
+/// user's by implementing [`Adapter`], never `Dependency` itself. (A token
+/// in a method, not a supertrait: the error for a type that is not a
+/// dependency stays the one `Dependency` explains.)
+pub(crate) mod sealed {
+    /// What only eda can name.
+    pub struct Token;
 }

@@ -88,6 +88,9 @@ pub trait UnitOfWork: Sized + Send + 'static {
     note = "a unit of work holds `IdentityMap<Aggregate>` fields, `Arc<Adapter>` fields, one `#[uow(transaction)] Transaction`, and `#[uow(skip)]` fields built with `Default`"
 )]
 pub trait UowField: Sized + Send {
+    /// Only eda implements it (a type outside cannot name the token).
+    #[doc(hidden)]
+    fn __sealed(_: sealed::Token);
     /// What the generated accessor returns.
     type Handle<'a>
     where
@@ -116,6 +119,7 @@ pub trait UowField: Sized + Send {
 
 #[diagnostic::do_not_recommend]
 impl<T: Adapter> UowField for Arc<T> {
+    fn __sealed(_: sealed::Token) {}
     type Handle<'a> = &'a T;
     const NEEDS_TRANSACTION: bool = false;
     fn __begin(ctx: &Context<'_>) -> Result<Self, Error> {
@@ -607,6 +611,7 @@ impl<A: Aggregate> fmt::Debug for IdentityMap<A> {
 
 #[diagnostic::do_not_recommend]
 impl<A: Aggregate> UowField for IdentityMap<A> {
+    fn __sealed(_: sealed::Token) {}
     type Handle<'a> = Aggregates<'a, A>;
     const NEEDS_TRANSACTION: bool = true;
 
@@ -763,4 +768,11 @@ impl<'a, A: Aggregate> Aggregates<'a, A> {
     pub fn seen(&self) -> impl Iterator<Item = &A> + '_ {
         self.map.seen()
     }
+}
+
+/// Only eda implements [`UowField`]: a unit of work's fields are identity
+/// maps and adapters.
+pub(crate) mod sealed {
+    /// What only eda can name.
+    pub struct Token;
 }
