@@ -12,8 +12,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Name it in the command (`#[command(error = AllocationError)]`) and mark
 /// it with this trait; a handler then returns `Result<Output,
 /// CommandError<AllocationError>>`, and `?` sends a domain error to
-/// [`CommandError::Handler`] and a framework [`Error`] to
-/// [`CommandError::Bus`]:
+/// [`CommandError::Handler`](crate::CommandError::Handler) and a framework [`Error`](crate::Error) to
+/// [`CommandError::Bus`](crate::CommandError::Bus):
 ///
 /// ```
 /// #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! `database`: allocate-like commands on Postgres, no broker (see
-//! [`stock`](super::stock)).
+//! [`super::stock`]).
 //!
 //! - eda: `bus.handle(Reserve { sku, seq })`; the handler loads the stock
 //!   through its repository, changes it, raises `Reserved`, commits (the

@@ -1,4 +1,4 @@
-//! `durable`: allocate-like commands (see [`stock`](super::stock)) on
+//! `durable`: allocate-like commands (see [`super::stock`]) on
 //! Postgres, each of whose events must reach RabbitMQ, confirmed by the
 //! broker. A run is measured from its first command until the broker
 //! confirmed the last event.
