@@ -466,7 +466,7 @@ impl Wiring<'_> {
                             && !match storage {
                                 AggregateStorage::Values => true,
                                 AggregateStorage::Documents => document,
-                                _ => false,
+                                AggregateStorage::Repositories => false,
                             }
                         {
                             problems.push(WiringProblem::MissingRepository {

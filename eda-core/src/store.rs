@@ -128,6 +128,18 @@ impl Save<'_> {
         self.value.value()
     }
 
+    /// What a SQL store's `INSERT … ON CONFLICT DO NOTHING` (a new
+    /// aggregate) or `UPDATE … WHERE version = expected` did: one row is
+    /// saved; none is [`already_exists`](Self::already_exists) or a
+    /// [`conflict`](Self::conflict).
+    pub fn saved(&self, rows_affected: u64) -> Result<(), Error> {
+        match (rows_affected, self.expected) {
+            (1, _) => Ok(()),
+            (_, None) => Err(self.already_exists()),
+            (_, Some(_)) => Err(self.conflict()),
+        }
+    }
+
     /// The error for a new aggregate whose id is taken.
     pub fn already_exists(&self) -> Error {
         RepositoryError::AlreadyExists {
@@ -194,8 +206,12 @@ pub fn key<A: Aggregate>(id: &A::Id) -> String {
     }
 }
 
-/// The aggregate a store handed back under `key`.
-pub(crate) fn restore<A: Aggregate>(stored: Stored, key: &str) -> Result<A, Error> {
+/// The aggregate a store handed back under `key`, and its document when it
+/// was one (what the unit of work compares it with at commit).
+pub(crate) fn restore<A: Aggregate>(
+    stored: Stored,
+    key: &str,
+) -> Result<(A, Option<String>), Error> {
     match stored {
         Stored::Document { version, body } => {
             let Some(codec) = A::__codec() else {
@@ -212,10 +228,10 @@ pub(crate) fn restore<A: Aggregate>(stored: Stored, key: &str) -> Result<A, Erro
                 ))
             })?;
             aggregate.set_version(version);
-            Ok(aggregate)
+            Ok((aggregate, Some(body)))
         }
         Stored::Value(value) => match value.downcast_ref::<A>() {
-            Some(a) => Ok(a.clone()),
+            Some(a) => Ok((a.clone(), None)),
             None => Err(Error::Repository(RepositoryError::decode(
                 format!("aggregates ({} {key})", A::NAME),
                 "value",

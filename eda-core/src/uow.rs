@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::adapter::{Adapter, DatabaseTransaction};
 use crate::aggregate::Aggregate;
-use crate::bus::{Context, DatabaseRole, MessageBus};
+use crate::bus::{Context, MessageBus};
 use crate::error::Error;
 use crate::message::{AnyEvent, Metadata};
 use crate::outbox::{ExternalMessage, OutboxWrite};
@@ -180,16 +180,11 @@ impl fmt::Debug for Transaction {
 impl Transaction {
     #[doc(hidden)]
     pub async fn __begin(ctx: &Context<'_>) -> Result<Self, Error> {
-        let backend = match &ctx.bus.inner.database {
-            DatabaseRole::Other { adapter } => {
-                let db = adapter.adapter().as_database().ok_or(Error::NoDatabase)?;
-                Backend::Database(match db.begin_now() {
-                    Some(begun) => begun?,
-                    None => db.begin().await?,
-                })
-            }
-            DatabaseRole::None => return Err(Error::NoDatabase),
-        };
+        let db = ctx.bus.database().ok_or(Error::NoDatabase)?;
+        let backend = Backend::Database(match db.begin_now() {
+            Some(begun) => begun?,
+            None => db.begin().await?,
+        });
         Ok(Transaction {
             backend,
             bus: ctx.bus.clone(),
@@ -435,24 +430,12 @@ impl Transaction {
         match repository {
             Some(vtable) => Ok((vtable.get)(tx.connection(), id)
                 .await?
-                .map(|aggregate| Loaded {
-                    aggregate,
-                    document: None,
-                })),
+                .map(Loaded::from_repository)),
             None => {
                 let key = store::key::<A>(id);
                 match tx.load_aggregate(AggregateType::of::<A>(), &key).await? {
                     None => Ok(None),
-                    Some(stored) => {
-                        let document = match &stored {
-                            Stored::Document { body, .. } => Some(body.clone()),
-                            Stored::Value(_) => None,
-                        };
-                        Ok(Some(Loaded {
-                            aggregate: store::restore(stored, &key)?,
-                            document,
-                        }))
-                    }
+                    Some(stored) => Loaded::from_store(stored, Some(key)).map(Some),
                 }
             }
         }
@@ -467,33 +450,26 @@ impl Transaction {
             let tx = self.open()?;
             return Ok((vtable.find)(tx.connection(), finder)
                 .await?
-                .map(|aggregate| Loaded {
-                    aggregate,
-                    document: None,
-                }));
+                .map(Loaded::from_repository));
         }
         // No repository: the finder looks through the stored ones.
         let tx = self.open()?;
         for stored in tx.aggregates(AggregateType::of::<A>()).await? {
-            let document = match &stored {
-                Stored::Document { body, .. } => Some(body.clone()),
-                Stored::Value(_) => None,
-            };
-            let aggregate: A = store::restore(stored, "*")?;
-            if finder.matches(&aggregate) {
-                return Ok(Some(Loaded {
-                    aggregate,
-                    document,
-                }));
+            let loaded = Loaded::from_store(stored, None)?;
+            if finder.matches(&loaded.aggregate) {
+                return Ok(Some(loaded));
             }
         }
         Ok(None)
     }
 
+    /// Saves through the repository, or the store (under `key`, the one it
+    /// was loaded by, or its own).
     async fn save<A: Aggregate>(
         &mut self,
         aggregate: &A,
         loaded: Option<u64>,
+        key: Option<&str>,
     ) -> Result<(), Error> {
         let repository = self.bus.repository::<A>();
         let tx = self.open()?;
@@ -512,8 +488,15 @@ impl Transaction {
                 }
             },
             None => {
-                let key = store::key::<A>(aggregate.id());
-                tx.save_aggregate(store::save(aggregate, &key, loaded))
+                let own;
+                let key = match key {
+                    Some(key) => key,
+                    None => {
+                        own = store::key::<A>(aggregate.id());
+                        &own
+                    }
+                };
+                tx.save_aggregate(store::save(aggregate, key, loaded))
                     .await?;
             }
         }
@@ -521,10 +504,31 @@ impl Transaction {
     }
 }
 
-/// An aggregate as loaded, with its stored document when it has one.
+/// An aggregate as loaded: with the store, also its document (what it is
+/// compared with at commit) and its key.
 struct Loaded<A> {
     aggregate: A,
     document: Option<String>,
+    key: Option<String>,
+}
+
+impl<A: Aggregate> Loaded<A> {
+    fn from_repository(aggregate: A) -> Self {
+        Loaded {
+            aggregate,
+            document: None,
+            key: None,
+        }
+    }
+
+    fn from_store(stored: Stored, key: Option<String>) -> Result<Self, Error> {
+        let (aggregate, document) = store::restore(stored, key.as_deref().unwrap_or("*"))?;
+        Ok(Loaded {
+            aggregate,
+            document,
+            key,
+        })
+    }
 }
 
 /// The aggregates of one type that a unit of work loaded or added: a field
@@ -548,6 +552,8 @@ struct Tracked<A> {
     /// Its document as loaded, for an aggregate that serializes: one that
     /// is the same at commit is not written.
     snapshot: Option<String>,
+    /// Its key in the database's store, when it was loaded from there.
+    key: Option<String>,
 }
 
 impl<A: Aggregate> IdentityMap<A> {
@@ -569,6 +575,7 @@ impl<A: Aggregate> IdentityMap<A> {
             aggregate: loaded.aggregate,
             dirty: false,
             snapshot: loaded.document,
+            key: loaded.key,
         });
         self.tracked.len() - 1
     }
@@ -678,7 +685,8 @@ async fn save<A: Aggregate>(tracked: &mut Tracked<A>, tx: &mut Transaction) -> R
         let version = aggregate.version().max(loaded + 1);
         aggregate.set_version(version);
     }
-    tx.save(aggregate, tracked.loaded).await?;
+    tx.save(aggregate, tracked.loaded, tracked.key.as_deref())
+        .await?;
     tracked.loaded = Some(aggregate.version());
     Ok(())
 }
@@ -759,6 +767,7 @@ impl<'a, A: Aggregate> Aggregates<'a, A> {
             loaded: None,
             dirty: true,
             snapshot: None,
+            key: None,
         });
         let i = self.map.tracked.len() - 1;
         Ok(&mut self.map.tracked[i].aggregate)

@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::RedactedUrl;
-use super::sql::{Tables, adapter_error, connect_error, quote_ident};
+use super::sql::{Tables, adapter_error, connect_error, quote_ident, stored};
 use crate::adapter::{Adapter, Database, DatabaseTransaction};
 use crate::error::Error;
 use crate::future::BoxFuture;
@@ -736,15 +736,6 @@ fn is_dead_connection(e: &sqlx::Error) -> bool {
     }
 }
 
-/// A row of the aggregate store.
-fn stored(row: &sqlx::postgres::PgRow) -> Result<Stored, Error> {
-    let version: i64 = row.try_get(0).map_err(adapter_error)?;
-    Ok(Stored::Document {
-        version: u64::try_from(version).map_err(Error::database)?,
-        body: row.try_get(1).map_err(adapter_error)?,
-    })
-}
-
 struct PgTransaction {
     tx: sqlx::Transaction<'static, Postgres>,
     db: Arc<Inner>,
@@ -874,11 +865,7 @@ impl DatabaseTransaction for PgTransaction {
                     .await
                     .map_err(adapter_error)?,
             };
-            match (done.rows_affected(), save.expected()) {
-                (1, _) => Ok(()),
-                (_, None) => Err(save.already_exists()),
-                (_, Some(_)) => Err(save.conflict()),
-            }
+            save.saved(done.rows_affected())
         })
     }
 

@@ -35,6 +35,21 @@ impl<R: sqlx::Row> RowExt for R {
     }
 }
 
+/// A row of the aggregate store (`version, body`), as both SQL databases
+/// read it.
+pub(crate) fn stored<R: sqlx::Row>(row: &R) -> Result<crate::store::Stored, Error>
+where
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    let version: i64 = row.try_get(0).map_err(adapter_error)?;
+    Ok(crate::store::Stored::Document {
+        version: u64::try_from(version).map_err(Error::database)?,
+        body: row.try_get(1).map_err(adapter_error)?,
+    })
+}
+
 /// Whether running the transaction again can succeed: a serialization
 /// failure or a deadlock (Postgres SQLSTATE 40001, 40P01), a busy or locked
 /// database (SQLite). Asked of the database that reported the error: some

@@ -86,7 +86,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::RedactedUrl;
-use super::sql::{Tables, adapter_error, connect_error, is_sqlite_busy, quote_ident};
+use super::sql::{Tables, adapter_error, connect_error, is_sqlite_busy, quote_ident, stored};
 use crate::adapter::{Adapter, Database, DatabaseTransaction};
 use crate::error::Error;
 use crate::future::BoxFuture;
@@ -820,15 +820,6 @@ impl Database for SqliteDatabase {
     }
 }
 
-/// A row of the aggregate store.
-fn stored(row: &sqlx::sqlite::SqliteRow) -> Result<Stored, Error> {
-    let version: i64 = row.try_get(0).map_err(adapter_error)?;
-    Ok(Stored::Document {
-        version: u64::try_from(version).map_err(Error::database)?,
-        body: row.try_get(1).map_err(adapter_error)?,
-    })
-}
-
 struct SqliteTransaction {
     tx: sqlx::Transaction<'static, Sqlite>,
     db: Arc<Inner>,
@@ -957,11 +948,7 @@ impl DatabaseTransaction for SqliteTransaction {
                     .await
                     .map_err(adapter_error)?,
             };
-            match (done.rows_affected(), save.expected()) {
-                (1, _) => Ok(()),
-                (_, None) => Err(save.already_exists()),
-                (_, Some(_)) => Err(save.conflict()),
-            }
+            save.saved(done.rows_affected())
         })
     }
 

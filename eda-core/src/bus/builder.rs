@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use super::{BusInner, DatabaseRole, MessageBus, Metrics, TypeIdMap};
+use super::{BusInner, MessageBus, Metrics, TypeIdMap};
 use crate::adapter::{Adapter, AdapterEntry};
 use crate::message::Command;
 use crate::registry::{EventHandlerRegistration, MessageRegistration, Wiring};
@@ -122,15 +122,13 @@ impl BusBuilder {
         let mut problems = Vec::new();
 
         let mut adapters: TypeIdMap<AdapterEntry> = TypeIdMap::default();
-        let mut database = DatabaseRole::None;
+        let mut database = None;
         let mut databases = 0;
         for (entry, id) in self.adapters.into_iter().zip(self.adapter_ids) {
             let adapter = entry.value.adapter();
             if adapter.as_database().is_some() {
                 databases += 1;
-                database = DatabaseRole::Other {
-                    adapter: entry.value.clone(),
-                };
+                database = Some(entry.value.clone());
             }
             if adapters.insert(id, entry.clone()).is_some() {
                 problems.push(WiringProblem::DuplicateAdapter {
@@ -144,19 +142,16 @@ impl BusBuilder {
             });
         }
 
-        let backend = match &database {
-            DatabaseRole::Other { adapter } => adapter
-                .adapter()
-                .as_database()
-                .map(|d| (d.connection_type(), d.aggregate_storage())),
-            DatabaseRole::None => None,
-        };
+        let backend = database
+            .as_ref()
+            .and_then(|adapter| adapter.adapter().as_database())
+            .map(|d| (d.connection_type(), d.aggregate_storage()));
         let has_adapter = |id: TypeId| adapters.contains_key(&id);
         let registry = Wiring {
             scopes: &self.scopes,
             unhandled_allowed: &self.unhandled_allowed,
             adapters: &has_adapter,
-            has_database: !matches!(database, DatabaseRole::None),
+            has_database: database.is_some(),
             backend,
         }
         .check(&mut problems);

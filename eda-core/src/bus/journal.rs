@@ -4,20 +4,11 @@
 
 use std::time::Duration;
 
-use super::{DatabaseRole, MessageBus};
+use super::MessageBus;
 use crate::error::{Error, IncomingError};
 use crate::message::MessageId;
 
 impl MessageBus {
-    /// The bus's database, if it is a [`Database`](crate::Database) (not
-    /// the in-memory one).
-    fn database(&self) -> Option<&dyn crate::adapter::Database> {
-        match &self.inner.database {
-            DatabaseRole::Other { adapter } => adapter.adapter().as_database(),
-            DatabaseRole::None => None,
-        }
-    }
-
     /// Marks the journaled events whose handlers here have run.
     #[cold]
     pub(super) async fn mark_dispatched(&self, ids: &[MessageId]) {

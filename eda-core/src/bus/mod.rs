@@ -58,17 +58,13 @@ impl Hasher for TypeIdHasher {
 
 type TypeIdMap<V> = HashMap<TypeId, V, BuildHasherDefault<TypeIdHasher>>;
 
-pub(crate) enum DatabaseRole {
-    None,
-    Other { adapter: Arc<dyn AnyAdapter> },
-}
-
 pub(crate) struct BusInner {
     commands: TypeIdMap<&'static CommandHandlerRegistration>,
     events: TypeIdMap<Box<[&'static EventHandlerRegistration]>>,
     messages: HashMap<&'static str, &'static MessageRegistration>,
     adapters: TypeIdMap<AdapterEntry>,
-    pub(crate) database: DatabaseRole,
+    /// The adapter that is the bus's [`Database`](crate::backend::Database).
+    database: Option<Arc<dyn AnyAdapter>>,
     repositories: TypeIdMap<&'static (dyn Any + Send + Sync)>,
     finders: HashMap<(TypeId, TypeId), &'static (dyn Any + Send + Sync)>,
     command_retry: RetryPolicy,
@@ -229,13 +225,15 @@ impl MessageBus {
     }
 
     fn backend_name(&self) -> &'static str {
-        match &self.inner.database {
-            DatabaseRole::None => "no database",
-            DatabaseRole::Other { adapter } => adapter
-                .adapter()
-                .as_database()
-                .map(|d| d.connection_type().1)
-                .unwrap_or("the database"),
-        }
+        self.database()
+            .map_or("no database", |d| d.connection_type().1)
+    }
+
+    /// The bus's database: what units of work begin their transactions on.
+    pub(crate) fn database(&self) -> Option<&dyn crate::adapter::Database> {
+        self.inner
+            .database
+            .as_ref()
+            .and_then(|adapter| adapter.adapter().as_database())
     }
 }
