@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::bus::{Context, MessageBus, Report};
 use crate::dependency::Dependency;
 use crate::error::{CommandError, Error};
+use crate::handler::DepSlot;
 use crate::message::{Command, Envelope, MessageId, Metadata, Timestamp};
 use crate::registry::Requirements;
 
@@ -119,18 +120,14 @@ impl Causation {
 #[diagnostic::do_not_recommend]
 impl Dependency for Causation {
     fn __sealed(_: crate::dependency::sealed::Token) {}
-    type __Slot<'a> = Causation;
-    fn __resolve<'a>(ctx: &Context<'a>) -> Result<Causation, Error> {
-        Ok(Causation {
+    fn __resolve<'c>(ctx: &'c Context<'_>) -> Result<DepSlot<'c, Causation>, Error> {
+        Ok(DepSlot::Made(Causation {
             bus: ctx.bus.clone(),
             metadata: *ctx.metadata,
             handler: ctx.handler,
             incoming: ctx.incoming,
             sent: AtomicU32::new(0),
-        })
-    }
-    fn __get(slot: &Causation) -> &Self {
-        slot
+        }))
     }
     fn __require(_: &mut Requirements) {}
 }

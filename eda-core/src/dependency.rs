@@ -3,6 +3,7 @@
 use crate::adapter::Adapter;
 use crate::bus::{Context, MessageBus};
 use crate::error::Error;
+use crate::handler::DepSlot;
 use crate::message::Metadata;
 use crate::registry::Requirements;
 
@@ -19,14 +20,13 @@ pub trait Dependency: Send + Sync + 'static {
     /// Only eda implements it (a type outside cannot name the token).
     #[doc(hidden)]
     fn __sealed(_: sealed::Token);
-    /// What the call holds while the handler runs: a reference for what
-    /// the bus owns, a value made for the call (a [`Causation`](crate::Causation)).
+    /// What the call holds while the handler runs: a reference to what
+    /// the bus owns, or a value made for the call (a
+    /// [`Causation`](crate::Causation)).
     #[doc(hidden)]
-    type __Slot<'a>: Send + 'a;
-    #[doc(hidden)]
-    fn __resolve<'a>(ctx: &Context<'a>) -> Result<Self::__Slot<'a>, Error>;
-    #[doc(hidden)]
-    fn __get<'s>(slot: &'s Self::__Slot<'_>) -> &'s Self;
+    fn __resolve<'c>(ctx: &'c Context<'_>) -> Result<DepSlot<'c, Self>, Error>
+    where
+        Self: Sized;
     #[doc(hidden)]
     fn __require(requirements: &mut Requirements);
 }
@@ -34,14 +34,11 @@ pub trait Dependency: Send + Sync + 'static {
 #[diagnostic::do_not_recommend]
 impl<T: Adapter> Dependency for T {
     fn __sealed(_: sealed::Token) {}
-    type __Slot<'a> = &'a T;
-    fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a T, Error> {
+    fn __resolve<'c>(ctx: &'c Context<'_>) -> Result<DepSlot<'c, T>, Error> {
         ctx.bus
             .adapter::<T>()
+            .map(DepSlot::Lent)
             .ok_or(Error::MissingAdapter(std::any::type_name::<T>()))
-    }
-    fn __get<'s>(slot: &'s &T) -> &'s Self {
-        slot
     }
     fn __require(requirements: &mut Requirements) {
         requirements.adapter::<T>();
@@ -51,12 +48,8 @@ impl<T: Adapter> Dependency for T {
 #[diagnostic::do_not_recommend]
 impl Dependency for Metadata {
     fn __sealed(_: sealed::Token) {}
-    type __Slot<'a> = &'a Metadata;
-    fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a Metadata, Error> {
-        Ok(ctx.metadata)
-    }
-    fn __get<'s>(slot: &'s &Metadata) -> &'s Self {
-        slot
+    fn __resolve<'c>(ctx: &'c Context<'_>) -> Result<DepSlot<'c, Metadata>, Error> {
+        Ok(DepSlot::Lent(ctx.metadata))
     }
     fn __require(_: &mut Requirements) {}
 }
@@ -64,12 +57,8 @@ impl Dependency for Metadata {
 #[diagnostic::do_not_recommend]
 impl Dependency for MessageBus {
     fn __sealed(_: sealed::Token) {}
-    type __Slot<'a> = &'a MessageBus;
-    fn __resolve<'a>(ctx: &Context<'a>) -> Result<&'a MessageBus, Error> {
-        Ok(ctx.bus)
-    }
-    fn __get<'s>(slot: &'s &MessageBus) -> &'s Self {
-        slot
+    fn __resolve<'c>(ctx: &'c Context<'_>) -> Result<DepSlot<'c, MessageBus>, Error> {
+        Ok(DepSlot::Lent(ctx.bus))
     }
     fn __require(_: &mut Requirements) {}
 }

@@ -55,6 +55,7 @@ mod domain_error;
 pub mod entrypoints;
 mod error;
 mod future;
+mod handler;
 #[cfg(feature = "host")]
 pub mod host;
 mod message;

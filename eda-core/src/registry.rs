@@ -7,18 +7,15 @@ use std::collections::HashMap;
 
 use crate::adapter::Adapter;
 use crate::aggregate::Aggregate;
-use crate::bus::{CommandCall, EventCall, MessageBus};
+use crate::bus::MessageBus;
 use crate::error::{Error, IncomingError};
 use crate::future::BoxFuture;
+use crate::handler::{CommandHandlerFn, EventHandlerFn};
 use crate::message::{Command, Event, Message, MessageKind, Metadata};
 use crate::repository::RepositoryRegistration;
 use crate::store::AggregateStorage;
 use crate::wiring::{HandlerRef, Location, WiringProblem};
 
-#[doc(hidden)]
-pub(crate) type CommandCallFn = for<'a> fn(CommandCall<'a>) -> BoxFuture<'a, CallOutcome>;
-#[doc(hidden)]
-pub(crate) type EventCallFn = for<'a> fn(EventCall<'a>) -> BoxFuture<'a, EventOutcome>;
 #[doc(hidden)]
 pub(crate) type DispatchFn =
     for<'a> fn(&'a MessageBus, Metadata, &'a [u8]) -> BoxFuture<'a, Result<(), IncomingError>>;
@@ -69,8 +66,8 @@ pub struct CommandHandlerRegistration {
     pub id: &'static str,
     pub module: &'static str,
     pub location: Location,
-    pub call: CommandCallFn,
-    pub requirements: fn(&mut Requirements),
+    /// The handler, typed and erased.
+    pub handler_fn: &'static dyn CommandHandlerFn,
 }
 
 impl CommandHandlerRegistration {
@@ -80,8 +77,7 @@ impl CommandHandlerRegistration {
         module: &'static str,
         file: &'static str,
         line: u32,
-        call: CommandCallFn,
-        requirements: fn(&mut Requirements),
+        handler_fn: &'static dyn CommandHandlerFn,
     ) -> Self {
         CommandHandlerRegistration {
             command: TypeId::of::<C>(),
@@ -90,8 +86,7 @@ impl CommandHandlerRegistration {
             id,
             module,
             location: Location { file, line },
-            call,
-            requirements,
+            handler_fn,
         }
     }
 
@@ -114,8 +109,8 @@ pub struct EventHandlerRegistration {
     pub id: &'static str,
     pub module: &'static str,
     pub location: Location,
-    pub call: EventCallFn,
-    pub requirements: fn(&mut Requirements),
+    /// The handler, typed and erased.
+    pub handler_fn: &'static dyn EventHandlerFn,
 }
 
 impl EventHandlerRegistration {
@@ -125,8 +120,7 @@ impl EventHandlerRegistration {
         module: &'static str,
         file: &'static str,
         line: u32,
-        call: EventCallFn,
-        requirements: fn(&mut Requirements),
+        handler_fn: &'static dyn EventHandlerFn,
     ) -> Self {
         EventHandlerRegistration {
             event: TypeId::of::<E>(),
@@ -135,8 +129,7 @@ impl EventHandlerRegistration {
             id,
             module,
             location: Location { file, line },
-            call,
-            requirements,
+            handler_fn,
         }
     }
 
@@ -418,14 +411,20 @@ impl Wiring<'_> {
         // Every dependency of every handler in scope.
         let handlers = commands
             .iter()
-            .map(|c| (c.describe(), c.requirements))
-            .chain(events.iter().map(|e| (e.describe(), e.requirements)));
+            .map(|c| {
+                let mut req = Requirements::default();
+                c.handler_fn.requirements(&mut req);
+                (c.describe(), req)
+            })
+            .chain(events.iter().map(|e| {
+                let mut req = Requirements::default();
+                e.handler_fn.requirements(&mut req);
+                (e.describe(), req)
+            }));
         // Aggregates a document store keeps, by name: the name is their key
         // in the store, so two types may not share one.
         let mut documents: HashMap<&'static str, Vec<(TypeId, &'static str)>> = HashMap::new();
-        for (handler, requirements) in handlers {
-            let mut req = Requirements::default();
-            requirements(&mut req);
+        for (handler, req) in handlers {
             let mut reported_database = false;
             for item in req.items() {
                 match *item {

@@ -55,8 +55,24 @@ use crate::store::{self, AggregateType, Stored};
 /// rolls it back and discards the events.
 ///
 pub trait UnitOfWork: Sized + Send + 'static {
+    /// Whether it has a transaction (`#[uow(transaction)]`).
     #[doc(hidden)]
-    fn __begin<'a>(ctx: &'a Context<'a>) -> impl Future<Output = Result<Self, Error>> + Send + 'a;
+    const __TRANSACTION: bool;
+    /// Builds it around its transaction (begun when it has one).
+    #[doc(hidden)]
+    fn __assemble(tx: Option<Transaction>, ctx: &Context<'_>) -> Result<Self, Error>;
+    /// Begins it: its transaction, then its fields.
+    #[doc(hidden)]
+    fn __begin<'a>(ctx: &'a Context<'a>) -> impl Future<Output = Result<Self, Error>> + Send + 'a {
+        async move {
+            let tx = if Self::__TRANSACTION {
+                Some(Transaction::__begin(ctx).await?)
+            } else {
+                None
+            };
+            Self::__assemble(tx, ctx)
+        }
+    }
     #[doc(hidden)]
     fn __require(requirements: &mut Requirements);
     #[doc(hidden)]

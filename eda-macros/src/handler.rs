@@ -8,7 +8,7 @@
 //! there too.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, format_ident, quote, quote_spanned};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, Ident, ItemFn, LitStr, PathArguments, ReturnType, Type, TypeReference};
 
@@ -295,10 +295,32 @@ fn parse_args(args: TokenStream, kind: Kind, cx: &mut Ctxt) -> Option<LitStr> {
     id
 }
 
+/// The most parameters a handler takes after its message (eda-core has a
+/// generic function per arity up to this many).
+const MAX_PARAMS: usize = 6;
+
 pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result<TokenStream> {
     let mut cx = Ctxt::default();
     let id = parse_args(args, kind, &mut cx);
     let sig = parse(&item, kind, &mut cx);
+    if let Some(sig) = &sig
+        && sig.params.len() > MAX_PARAMS
+    {
+        let extra = item
+            .sig
+            .inputs
+            .iter()
+            .filter(|a| matches!(a, FnArg::Typed(_)))
+            .nth(MAX_PARAMS + 1);
+        let message = format!(
+            "a handler takes at most {MAX_PARAMS} parameters after the {}: group what it needs in a unit of work (`#[derive(UnitOfWork)]`, whose fields can be adapters)",
+            what(kind)
+        );
+        match extra {
+            Some(extra) => cx.error(extra, message),
+            None => cx.error(&sig.name, message),
+        }
+    }
     cx.check()?;
     let sig = sig.expect("no error means a parsed signature");
 
@@ -309,97 +331,49 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
     let msg_ty = sig.message.ty();
     let msg_span = msg_ty.span();
 
-    // Every mention of a type the user wrote carries the span of their
-    // tokens, and all the generated code is type-checked as one body (the
-    // call and the requirements are closures in the registration): rustc
-    // then reports an unsatisfied bound once per type, at the user's tokens.
-    // Each type's first mention is a plain trait path, whose error carries no
-    // note pointing into eda-core.
-    let mut checks = Vec::new();
-    checks.push(match kind {
-        Kind::Command => quote_spanned! {msg_span=>
-            let _ = ::core::marker::PhantomData::<<#msg_ty as #p::CommandTrait>::Output>;
-        },
-        Kind::Event => quote_spanned! {msg_span=>
-            let _ = <#msg_ty as #p::EventTrait>::EXTERNAL;
-        },
-    });
-
-    // The message argument: by reference as lent, by value cloned for each
-    // run (so that a conflict can run the handler again).
-    let message_arg = match &sig.message {
-        MessageParam::ByRef(_) => quote!(__message),
-        MessageParam::ByValue(ty) => {
-            quote_spanned!(ty.span()=> <#ty as #p::ByValue>::take(__message))
-        }
+    // Every type the user wrote is named in the generated code with the
+    // span of their tokens, and each bound eda asks of it is checked where
+    // it is named (a generic argument of a `const fn` in eda-core): rustc
+    // then reports an unsatisfied bound once, at the user's tokens. The
+    // generic function that ties them together needs nothing that a
+    // mistake could break a second time.
+    let msg_ty = respan(msg_ty.to_token_stream(), msg_span);
+    let (message, message_kind) = match &sig.message {
+        MessageParam::ByRef(_) => (
+            quote_spanned!(msg_span=> #p::by_ref::<#msg_ty>()),
+            quote_spanned!(msg_span=> #p::ByRef<#msg_ty>),
+        ),
+        MessageParam::ByValue(_) => (
+            quote_spanned!(msg_span=> #p::by_value::<#msg_ty>()),
+            quote_spanned!(msg_span=> #p::ByValue<#msg_ty>),
+        ),
     };
-
-    let mut resolve = Vec::new();
-    let mut call_args = vec![message_arg];
-    let mut requirements = Vec::new();
-    let mut uow_var = None;
-    let failed = match kind {
-        Kind::Command => quote!(#p::CallOutcome::Failed(e)),
-        Kind::Event => quote!(#p::EventOutcome::framework(e)),
-    };
-    let duplicate = match kind {
-        Kind::Command => quote!(#p::CallOutcome::Duplicate),
-        Kind::Event => quote!(#p::EventOutcome::Done),
-    };
-    for (i, param) in sig.params.iter().enumerate() {
-        let var = format_ident!("__param{}", i + 1);
-        match param {
+    let (params, param_kinds): (Vec<TokenStream>, Vec<TokenStream>) = sig
+        .params
+        .iter()
+        .map(|param| match param {
             Param::UnitOfWork(ty) => {
                 let ty_span = ty.span();
-                checks.push(quote_spanned! {ty_span=>
-                    let _ = <#ty as #p::UnitOfWorkTrait>::__require;
-                });
-                let record_inbox = quote_spanned! {ty_span=>
-                    #p::record_inbox(
-                        <#ty as #p::UnitOfWorkTrait>::__transaction(&mut #var),
-                        &__ctx,
-                    ).await
-                };
-                let begin = quote_spanned! {ty_span=>
-                    <#ty as #p::UnitOfWorkTrait>::__begin(&__ctx).await
-                };
-                resolve.push(quote! {
-                    let mut #var = match #begin {
-                        ::core::result::Result::Ok(u) => u,
-                        ::core::result::Result::Err(e) => return #failed,
-                    };
-                    match #record_inbox {
-                        ::core::result::Result::Ok(true) => {}
-                        ::core::result::Result::Ok(false) => return #duplicate,
-                        ::core::result::Result::Err(e) => return #failed,
-                    }
-                });
-                call_args.push(quote!(&mut #var));
-                requirements
-                    .push(quote_spanned!(ty_span=> <#ty as #p::UnitOfWorkTrait>::__require(r);));
-                uow_var = Some((var, ty_span));
+                let ty = respan(ty.to_token_stream(), ty_span);
+                (
+                    quote_spanned!(ty_span=> #p::uow::<#ty>()),
+                    quote_spanned!(ty_span=> #p::Uow<#ty>),
+                )
             }
             Param::Dependency(ty) => {
                 let ty_span = ty.span();
-                checks.push(quote_spanned! {ty_span=>
-                    let _ = <#ty as #p::Dependency>::__require;
-                });
-                let resolve_fn = quote_spanned!(ty_span=> <#ty as #p::Dependency>::__resolve);
-                // The slot's type is a projection on the user's type: the
-                // binding carries their span, so that an unsatisfied bound
-                // is reported there, once.
-                resolve.push(quote_spanned! {ty_span=>
-                    let #var = match #resolve_fn(&__ctx) {
-                        ::core::result::Result::Ok(d) => d,
-                        ::core::result::Result::Err(e) => return #failed,
-                    };
-                });
-                let get = quote_spanned!(ty_span=> <#ty as #p::Dependency>::__get(&#var));
-                call_args.push(get);
-                requirements.push(quote_spanned!(ty_span=> <#ty as #p::Dependency>::__require(r);));
+                let ty = respan(ty.to_token_stream(), ty_span);
+                (
+                    quote_spanned!(ty_span=> #p::dep::<#ty>()),
+                    quote_spanned!(ty_span=> #p::Dep<#ty>),
+                )
             }
-        }
-    }
+        })
+        .unzip();
+    // Named, not inferred: with every kind known, rustc finds the one
+    // implementation for this arity and reports what the handler's future
+    // lacks (`Send`) at the await that holds it.
+    let inferred = quote!(#message_kind, (#(#param_kinds,)*));
 
     // In generated code the return type's tokens all carry one span (its
     // first token's, which is what `span()` gives on stable), so that every
@@ -418,87 +392,47 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
         Some(id) => quote!(#id),
         None => quote!(::core::concat!(::core::env!("CARGO_CRATE_NAME"), "::", #name_str)),
     };
+    // The handler function itself, whose future must be `Send`: checked on
+    // the function at its name, so that the error says "future returned by
+    // `name` is not `Send`" and points at the `.await` that holds the
+    // culprit.
+    let handler_ty = quote_spanned!(span=> _);
 
-    // The handler's own future must be `Send`: checked on it, at the
-    // handler's name, so that the error says "future returned by `name` is
-    // not `Send`" and points at the `.await` in the handler that holds the
-    // culprit. (rustc then does not report the enclosing future again.)
-    let call = quote_spanned! {span=>
-        let __future = {
-            let __future = #name(#(#call_args),*);
-            let _: &dyn ::core::marker::Send = &__future;
-            __future
-        };
-    };
-
-    let (parts, finish_result, outcome, call_fn, registration) = match kind {
+    let (constructor, registration) = match kind {
         Kind::Command => {
-            let split = quote_spanned! {output_span=>
-                <#output_ty as #p::CommandHandlerResult<#msg_ty, <#msg_ty as #p::CommandTrait>::Output>>
-            };
-            let split_call = quote_spanned!(output_span=> #split::split(__result));
+            let ctor = Ident::new("command_handler", span);
             let error_span = sig.output.as_ref().map(error_span).unwrap_or(span);
-            let convert = quote_spanned! {error_span=>
-                <_ as #p::CommandHandlerError<#msg_ty, <#msg_ty as #p::CommandTrait>::Error>>::into_command_error
-            };
-            let write = quote_spanned! {msg_span=>
-                let __failed = #p::write_command_result::<#msg_ty>(__result, __out);
-            };
-            let finish = match &uow_var {
-                Some((uow, uow_span)) => respan(
-                    quote!(#p::finish_command_uow(__failed, &mut #uow, __events, &__ctx)),
-                    *uow_span,
-                ),
-                None => quote! {{ let _ = (__events, __failed); #p::finish_command() }},
-            };
+            let output = quote_spanned!(msg_span=> <#msg_ty as #p::CommandTrait>::Output);
+            let error = quote_spanned!(msg_span=> <#msg_ty as #p::CommandTrait>::Error);
+            // The handler's error type, inferred; a bound on it is reported
+            // at the `E` of its `Result<T, E>`.
+            let handler_error = quote_spanned!(error_span=> _);
             (
-                quote_spanned!(msg_span=> let (__ctx, __message, __out, __events) = __call.into_parts::<#msg_ty>();),
                 quote! {
-                    let __result = match #split_call {
-                        ::core::result::Result::Ok(v) => ::core::result::Result::Ok(v),
-                        ::core::result::Result::Err(e) => ::core::result::Result::Err(#convert(e)),
-                    };
-                    #write
-                    #finish
+                    #p::#ctor::<#msg_ty, #output, #error, #output_ty, #handler_error, #inferred, #handler_ty>
                 },
-                quote!(#p::CallOutcome),
-                quote!(#p::CommandCall),
                 quote_spanned!(msg_span=> #p::CommandHandlerRegistration::new::<#msg_ty>),
             )
         }
         Kind::Event => {
-            let into_error = quote_spanned! {output_span=>
-                <#output_ty as #p::EventHandlerResult>::into_error(__result)
-            };
-            let finish = match &uow_var {
-                Some((uow, uow_span)) => respan(
-                    quote!(#p::finish_event_uow(__error, &mut #uow, __events, &__ctx)),
-                    *uow_span,
-                ),
-                None => quote! {{ let _ = __events; #p::finish_event(__error) }},
-            };
+            let ctor = Ident::new("event_handler", span);
             (
-                quote_spanned!(msg_span=> let (__ctx, __message, __events) = __call.into_parts::<#msg_ty>();),
                 quote! {
-                    let __error = #into_error;
-                    #finish
+                    #p::#ctor::<#msg_ty, #output_ty, #inferred, #handler_ty>
                 },
-                quote!(#p::EventOutcome),
-                quote!(#p::EventCall),
                 quote_spanned!(msg_span=> #p::EventHandlerRegistration::new::<#msg_ty>),
             )
         }
     };
-
-    // The block's witness types mention the message type; an error about
-    // them is the one already reported at the message parameter.
-    let async_block = quote_spanned!(msg_span=> async move);
+    let handler_fn = quote_spanned! {span=>
+        &const { #constructor(#name, #message, (#(#params,)*)) }
+    };
 
     let duplicate_guard = match kind {
         // Two handlers of one command in one module: the compiler says the
         // name below "is defined multiple times", at the second handler's
         // command type. (`build()` catches two handlers anywhere.)
-        Kind::Command => mangle(msg_ty).map(|m| {
+        Kind::Command => mangle(sig.message.ty()).map(|m| {
             let guard = Ident::new(&format!("only_one_command_handler_for_{m}"), msg_span);
             quote_spanned! {msg_span=>
                 #[doc(hidden)]
@@ -516,28 +450,16 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
 
         #[allow(non_snake_case, unused_variables, clippy::all)]
         const _: () = {
-            #p::inventory::submit! {{
-                #(#checks)*
+            #p::inventory::submit! {
                 #registration(
                     #name_str,
                     #handler_id,
                     ::core::module_path!(),
                     #file,
                     #line,
-                    |__call: #call_fn<'_>| -> #p::BoxFuture<'_, #outcome> {
-                        #parts
-                        #p::send(#async_block {
-                            #(#resolve)*
-                            #call
-                            let __result: #output_ty = __future.await;
-                            #finish_result
-                        })
-                    },
-                    |r: &mut #p::Requirements| {
-                        #(#requirements)*
-                    },
+                    #handler_fn,
                 )
-            }}
+            }
         };
     })
 }

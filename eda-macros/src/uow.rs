@@ -127,13 +127,22 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         respan(quote!(<#ty as #p::UowField>), span)
     };
 
-    // Begin: the transaction first, then each field.
-    let tx_begin = transaction.map(|tx| {
-        let name = &tx.ident;
-        let ty_span = tx.ty.span();
-        let ty = quote_spanned!(ty_span=> #p::Transaction);
-        quote! { let #name = #ty::__begin(ctx).await?; }
-    });
+    // Assemble: the transaction (begun by the bus), then each field.
+    let has_transaction = transaction.is_some();
+    let tx_take = match transaction {
+        Some(tx) => {
+            let name = &tx.ident;
+            let ty_span = tx.ty.span();
+            let ty = quote_spanned!(ty_span=> #p::Transaction);
+            quote! {
+                let #name: #ty = match tx {
+                    ::core::option::Option::Some(tx) => tx,
+                    ::core::option::Option::None => return ::core::result::Result::Err(#p::Error::NoDatabase),
+                };
+            }
+        }
+        None => quote!(let _ = tx;),
+    };
     let member_begin = members.iter().map(|f| {
         let name = &f.ident;
         let ty = &f.ty;
@@ -269,16 +278,16 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         #(#needs_tx_checks)*
 
         impl #p::UnitOfWorkTrait for #ident {
-            fn __begin<'a>(
-                ctx: &'a #p::Context<'a>,
-            ) -> impl ::core::future::Future<Output = ::core::result::Result<Self, #p::Error>>
-                   + ::core::marker::Send + 'a {
-                async move {
-                    #tx_begin
-                    #(#member_begin)*
-                    #(#skipped_init)*
-                    ::core::result::Result::Ok(#ident { #(#all_names),* })
-                }
+            const __TRANSACTION: bool = #has_transaction;
+
+            fn __assemble(
+                tx: ::core::option::Option<#p::Transaction>,
+                ctx: &#p::Context<'_>,
+            ) -> ::core::result::Result<Self, #p::Error> {
+                #tx_take
+                #(#member_begin)*
+                #(#skipped_init)*
+                ::core::result::Result::Ok(#ident { #(#all_names),* })
             }
 
             fn __require(requirements: &mut #p::Requirements) {

@@ -232,19 +232,21 @@ impl MessageBus {
             let mut attempt = 1;
             loop {
                 let mut out: Option<Result<C::Output, CommandError<C::Error>>> = None;
-                let outcome = (entry.call)(CommandCall {
-                    ctx: Context {
-                        bus: self,
-                        metadata: &envelope.metadata,
-                        incoming,
-                        dispatches: true,
-                        handler: entry.id,
-                    },
-                    message: &envelope.message,
-                    out: &mut out,
-                    events: &mut queue,
-                })
-                .await;
+                let outcome = entry
+                    .handler_fn
+                    .call(CommandCall {
+                        ctx: Context {
+                            bus: self,
+                            metadata: &envelope.metadata,
+                            incoming,
+                            dispatches: true,
+                            handler: entry.id,
+                        },
+                        message: &envelope.message,
+                        out: &mut out,
+                        events: &mut queue,
+                    })
+                    .await;
                 let conflict = match &outcome {
                     CallOutcome::Conflict => true,
                     // A conflict before the handler ran (the database too
@@ -337,7 +339,7 @@ impl MessageBus {
             for handler in handlers.iter() {
                 let mut attempt = 1;
                 loop {
-                    let call = (handler.call)(EventCall {
+                    let call = handler.handler_fn.call(EventCall {
                         ctx: Context {
                             bus: self,
                             metadata: event.metadata(),

@@ -29,7 +29,8 @@ mod journal;
 mod metrics;
 
 pub use builder::BusBuilder;
-pub use dispatch::{CommandCall, Context, EventCall, EventHandlerFailure, Report};
+pub(crate) use dispatch::{CommandCall, EventCall};
+pub use dispatch::{Context, EventHandlerFailure, Report};
 pub(crate) use dispatch::{EventQueue, enqueue};
 pub(crate) use incoming::{dispatch_command, dispatch_event};
 pub use metrics::BusMetrics;

@@ -1,0 +1,700 @@
+//! Typed handlers: how the bus calls a handler function, in ordinary generic
+//! Rust (the axum and bevy model).
+//!
+//! A handler is an `async fn` whose first parameter is the message (by
+//! value or by reference: [`ByValue`], [`ByRef`]) and whose other
+//! parameters are each a [`Param`]: a [`Dependency`](crate::Dependency)
+//! lent by the bus (`&Db`, `&Metadata`, `&Causation`, `&MessageBus`: [`Dep`])
+//! or a unit of work (`&mut ShopUow`: [`Uow`]); a tuple of them is
+//! [`Params`]. [`HandlerFn`] is implemented, once per arity, for every
+//! function of the message and those parameters whose future is `Send`.
+//! [`command_handler`] and [`event_handler`] tie a function to its
+//! parameters and return a [`TypedCommand`] or [`TypedEvent`], which the bus
+//! calls through [`CommandHandlerFn`] / [`EventHandlerFn`], one pointer per
+//! handler, made at compile time.
+//!
+//! What a call does, in order: resolve the parameters (begin the unit of
+//! work's transaction), record the message in the inbox when it came from
+//! outside, call the function, convert its result (a command's output goes
+//! to the bus's output slot), hand on the events the unit of work committed,
+//! and tell the bus how it ended ([`CallOutcome`], [`EventOutcome`]).
+//!
+//! `#[command_handler]` and `#[event_handler]` only register the function
+//! and name these items with the spans of the user's tokens. Each bound a
+//! user's mistake can break is asked once, where the type is named: by
+//! [`dep`], [`uow`] and [`by_value`] (which keep what they need of the
+//! type's traits as function pointers, so that nothing later asks again),
+//! and by [`command_handler`] for the return type and the `Send` future.
+//! rustc then reports each mistake once, at the user's tokens.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+
+use crate::bus::{CommandCall, Context, EventCall, EventQueue, enqueue};
+use crate::dependency::Dependency;
+use crate::error::{CommandError, Error};
+use crate::future::BoxFuture;
+use crate::message::{Command, Event};
+use crate::registry::{CallOutcome, EventOutcome, Requirements};
+use crate::uow::{Transaction, UnitOfWork};
+
+/// A command handler, type-erased: what a registration points at.
+pub trait CommandHandlerFn: Send + Sync + 'static {
+    /// Runs the handler once.
+    fn call<'a>(&'a self, call: CommandCall<'a>) -> BoxFuture<'a, CallOutcome>;
+    /// What its parameters need from the bus (checked by `build()`).
+    fn requirements(&self, requirements: &mut Requirements);
+}
+
+/// An event handler, type-erased: what a registration points at.
+pub trait EventHandlerFn: Send + Sync + 'static {
+    /// Runs the handler once.
+    fn call<'a>(&'a self, call: EventCall<'a>) -> BoxFuture<'a, EventOutcome>;
+    /// What its parameters need from the bus (checked by `build()`).
+    fn requirements(&self, requirements: &mut Requirements);
+}
+
+/// How a handler takes its message.
+pub trait MessageParam: Send + Sync + 'static {
+    /// The message.
+    type Message: 'static;
+    /// What the function receives.
+    type Arg<'s>;
+    /// The argument, from the message the bus holds.
+    fn arg<'s>(&self, message: &'s Self::Message) -> Self::Arg<'s>;
+}
+
+/// The message by reference (`cmd: &Allocate`).
+pub struct ByRef<M>(PhantomData<fn() -> M>);
+
+/// The message by reference.
+pub const fn by_ref<M>() -> ByRef<M> {
+    ByRef(PhantomData)
+}
+
+impl<M: 'static> MessageParam for ByRef<M> {
+    type Message = M;
+    type Arg<'s> = &'s M;
+    fn arg<'s>(&self, message: &'s M) -> &'s M {
+        message
+    }
+}
+
+/// The message by value (`cmd: Allocate`): cloned for each run, so that the
+/// bus can run the handler again after a conflict.
+pub struct ByValue<M> {
+    clone: fn(&M) -> M,
+}
+
+/// The message by value; it must be `Clone`.
+pub const fn by_value<M: TakeByValue>() -> ByValue<M> {
+    ByValue { clone: M::take }
+}
+
+impl<M: 'static> MessageParam for ByValue<M> {
+    type Message = M;
+    type Arg<'s> = M;
+    fn arg(&self, message: &M) -> M {
+        (self.clone)(message)
+    }
+}
+
+/// A message a handler takes by value: the bus clones it for each run, so
+/// that it can run the handler again.
+#[diagnostic::on_unimplemented(
+    message = "a handler that takes `{Self}` by value needs `{Self}: Clone`",
+    label = "the bus keeps the message to retry the handler",
+    note = "derive `Clone` for `{Self}`, or take it by reference (`&{Self}`)"
+)]
+pub trait TakeByValue: Sized {
+    /// A copy for one run.
+    fn take(&self) -> Self;
+}
+
+impl<T: Clone> TakeByValue for T {
+    fn take(&self) -> Self {
+        self.clone()
+    }
+}
+
+/// A handler parameter after the message.
+pub trait Param: Send + Sync + 'static {
+    /// What the call holds while the handler runs.
+    type Slot<'c>: Send + 'c;
+    /// What the function receives, borrowed from the slot.
+    type Arg<'s>;
+    /// Resolves the parameter for one call.
+    fn slot<'c>(
+        &'c self,
+        ctx: &'c Context<'_>,
+    ) -> impl Future<Output = Result<Self::Slot<'c>, Error>> + Send + 'c;
+    /// The argument, from the slot.
+    fn arg<'s>(slot: &'s mut Self::Slot<'_>) -> Self::Arg<'s>;
+    /// The transaction of a unit of work.
+    fn transaction<'s>(&self, _slot: &'s mut Self::Slot<'_>) -> Option<&'s mut Transaction> {
+        None
+    }
+    /// How many aggregates a unit of work would save.
+    fn changes(&self, _slot: &Self::Slot<'_>) -> usize {
+        0
+    }
+    /// What it needs from the bus.
+    fn require(&self, requirements: &mut Requirements);
+}
+
+/// What a dependency's slot holds: a reference to what the bus owns, or a
+/// value made for the call (a [`Causation`](crate::Causation)).
+pub enum DepSlot<'c, T> {
+    /// Owned by the bus.
+    Lent(&'c T),
+    /// Made for this call.
+    Made(T),
+}
+
+/// A dependency parameter (`db: &Db`).
+pub struct Dep<T> {
+    resolve: for<'c, 'x> fn(&'c Context<'x>) -> Result<DepSlot<'c, T>, Error>,
+    require: fn(&mut Requirements),
+}
+
+/// A dependency parameter: `T` is an adapter given to the bus, `Metadata`,
+/// `Causation` or `MessageBus`.
+pub const fn dep<T: Dependency>() -> Dep<T> {
+    Dep {
+        resolve: T::__resolve,
+        require: T::__require,
+    }
+}
+
+impl<T: Send + Sync + 'static> Param for Dep<T> {
+    type Slot<'c> = DepSlot<'c, T>;
+    type Arg<'s> = &'s T;
+    fn slot<'c>(
+        &'c self,
+        ctx: &'c Context<'_>,
+    ) -> impl Future<Output = Result<DepSlot<'c, T>, Error>> + Send + 'c {
+        std::future::ready((self.resolve)(ctx))
+    }
+    fn arg<'s>(slot: &'s mut DepSlot<'_, T>) -> &'s T {
+        match slot {
+            DepSlot::Lent(t) => t,
+            DepSlot::Made(t) => t,
+        }
+    }
+    fn require(&self, requirements: &mut Requirements) {
+        (self.require)(requirements)
+    }
+}
+
+/// A unit of work parameter (`uow: &mut ShopUow`).
+pub struct Uow<U> {
+    transaction: bool,
+    assemble: fn(Option<Transaction>, &Context<'_>) -> Result<U, Error>,
+    get: fn(&mut U) -> Option<&mut Transaction>,
+    changes: fn(&U) -> usize,
+    require: fn(&mut Requirements),
+}
+
+/// A unit of work parameter: `U` derives `UnitOfWork`.
+pub const fn uow<U: UnitOfWork>() -> Uow<U> {
+    Uow {
+        transaction: U::__TRANSACTION,
+        assemble: U::__assemble,
+        get: U::__transaction,
+        changes: U::__changes,
+        require: U::__require,
+    }
+}
+
+impl<U: Send + 'static> Param for Uow<U> {
+    type Slot<'c> = U;
+    type Arg<'s> = &'s mut U;
+    #[allow(clippy::manual_async_fn)] // `Send` is part of the signature
+    fn slot<'c>(
+        &'c self,
+        ctx: &'c Context<'_>,
+    ) -> impl Future<Output = Result<U, Error>> + Send + 'c {
+        async move {
+            let tx = if self.transaction {
+                Some(Transaction::__begin(ctx).await?)
+            } else {
+                None
+            };
+            (self.assemble)(tx, ctx)
+        }
+    }
+    fn arg(slot: &mut U) -> &mut U {
+        slot
+    }
+    fn transaction<'s>(&self, slot: &'s mut U) -> Option<&'s mut Transaction> {
+        (self.get)(slot)
+    }
+    fn changes(&self, slot: &U) -> usize {
+        (self.changes)(slot)
+    }
+    fn require(&self, requirements: &mut Requirements) {
+        (self.require)(requirements)
+    }
+}
+
+/// The parameters after the message, as a tuple: resolved in order for a
+/// call, and what the call holds while the handler runs.
+pub trait Params: Send + Sync + 'static {
+    /// The slots of one call.
+    type Slots<'c>: Send + 'c;
+    /// Resolves every parameter (begins the unit of work).
+    fn slots<'c>(
+        &'c self,
+        ctx: &'c Context<'_>,
+    ) -> impl Future<Output = Result<Self::Slots<'c>, Error>> + Send + 'c;
+    /// The transaction of the unit of work, if a parameter is one.
+    fn transaction<'s>(&self, slots: &'s mut Self::Slots<'_>) -> Option<&'s mut Transaction>;
+    /// How many aggregates its unit of work would save.
+    fn changes(&self, slots: &Self::Slots<'_>) -> usize;
+    /// What they need from the bus.
+    fn require(&self, requirements: &mut Requirements);
+}
+
+/// A handler function taking the message as `M` and then `Ps`, returning
+/// `R`: an `async fn` whose future is `Send` for every lifetime of what it
+/// borrows.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be called as a handler with these parameters",
+    note = "a handler is an `async fn` whose future is `Send`"
+)]
+pub trait HandlerFn<M: MessageParam, Ps: Params, R>: Send + Sync + 'static {
+    /// The handler's future for one call.
+    type Future<'s>: Future<Output = R> + Send + 's;
+    /// Calls it with the message and the resolved parameters.
+    fn call<'s, 'c>(
+        &'s self,
+        message: M::Arg<'s>,
+        slots: &'s mut Ps::Slots<'c>,
+    ) -> Self::Future<'s>;
+}
+
+/// An `async fn` of `N` arguments whose future is `Send` for every
+/// lifetime `'s` of its borrowed arguments (the way to say "returns a
+/// future that borrows its arguments" on stable Rust).
+macro_rules! call_trait {
+    ($name:ident ($($a:ident),*)) => {
+        #[doc(hidden)]
+        pub trait $name<'s, $($a),*>: Send + Sync + 'static {
+            /// The handler's future.
+            type Future: Future<Output = Self::Out> + Send + 's;
+            /// What it returns.
+            type Out;
+            /// Calls it.
+            #[allow(non_snake_case, clippy::too_many_arguments)]
+            fn call(&self, $($a: $a),*) -> Self::Future;
+        }
+
+        impl<'s, F, Fut, $($a),*> $name<'s, $($a),*> for F
+        where
+            F: Fn($($a),*) -> Fut + Send + Sync + 'static,
+            Fut: Future + Send + 's,
+        {
+            type Future = Fut;
+            type Out = Fut::Output;
+            #[allow(non_snake_case)]
+            fn call(&self, $($a: $a),*) -> Fut {
+                self($($a),*)
+            }
+        }
+    };
+}
+
+/// `Params` for a tuple of `N` parameters, and `HandlerFn` for functions
+/// of the message and `N` parameters.
+macro_rules! arity {
+    ($call:ident ($($p:ident $i:tt),*)) => {
+        call_trait!($call(A $(, $p)*));
+
+        #[allow(unused_variables)]
+        impl<$($p: Param),*> Params for ($($p,)*) {
+            type Slots<'c> = ($($p::Slot<'c>,)*);
+            #[allow(clippy::manual_async_fn)]
+            fn slots<'c>(
+                &'c self,
+                ctx: &'c Context<'_>,
+            ) -> impl Future<Output = Result<Self::Slots<'c>, Error>> + Send + 'c {
+                async move { Ok(($(self.$i.slot(ctx).await?,)*)) }
+            }
+            fn transaction<'s>(
+                &self,
+                slots: &'s mut Self::Slots<'_>,
+            ) -> Option<&'s mut Transaction> {
+                let tx: Option<&'s mut Transaction> = None;
+                $(let tx = match tx {
+                    Some(tx) => Some(tx),
+                    None => self.$i.transaction(&mut slots.$i),
+                };)*
+                tx
+            }
+            fn changes(&self, slots: &Self::Slots<'_>) -> usize {
+                0 $(+ self.$i.changes(&slots.$i))*
+            }
+            fn require(&self, requirements: &mut Requirements) {
+                $(self.$i.require(requirements);)*
+            }
+        }
+
+        impl<H, M: MessageParam, $($p: Param,)* R> HandlerFn<M, ($($p,)*), R> for H
+        where
+            H: for<'s> $call<'s, M::Arg<'s>, $($p::Arg<'s>,)* Out = R>,
+        {
+            type Future<'s> = <H as $call<'s, M::Arg<'s>, $($p::Arg<'s>,)*>>::Future;
+            #[allow(unused_variables)]
+            fn call<'s, 'c>(
+                &'s self,
+                message: M::Arg<'s>,
+                slots: &'s mut ($($p::Slot<'c>,)*),
+            ) -> Self::Future<'s> {
+                $call::call(self, message, $($p::arg(&mut slots.$i),)*)
+            }
+        }
+    };
+}
+
+arity!(Call1());
+arity!(Call2(P0 0));
+arity!(Call3(P0 0, P1 1));
+arity!(Call4(P0 0, P1 1, P2 2));
+arity!(Call5(P0 0, P1 1, P2 2, P3 3));
+arity!(Call6(P0 0, P1 1, P2 2, P3 3, P4 4));
+arity!(Call7(P0 0, P1 1, P2 2, P3 3, P4 4, P5 5));
+
+/// The most parameters a handler takes after its message.
+pub const MAX_PARAMS: usize = 6;
+
+/// A command handler function with what its parameters are made of.
+pub struct TypedCommand<M, Ps, H> {
+    handler: H,
+    message: M,
+    params: Ps,
+    run: for<'a> fn(&'a TypedCommand<M, Ps, H>, CommandCall<'a>) -> BoxFuture<'a, CallOutcome>,
+}
+
+impl<M, Ps, H> CommandHandlerFn for TypedCommand<M, Ps, H>
+where
+    M: Send + Sync + 'static,
+    Ps: Params,
+    H: Send + Sync + 'static,
+{
+    fn call<'a>(&'a self, call: CommandCall<'a>) -> BoxFuture<'a, CallOutcome> {
+        (self.run)(self, call)
+    }
+    fn requirements(&self, requirements: &mut Requirements) {
+        self.params.require(requirements)
+    }
+}
+
+/// An event handler function with what its parameters are made of.
+pub struct TypedEvent<M, Ps, H> {
+    handler: H,
+    message: M,
+    params: Ps,
+    run: for<'a> fn(&'a TypedEvent<M, Ps, H>, EventCall<'a>) -> BoxFuture<'a, EventOutcome>,
+}
+
+impl<M, Ps, H> EventHandlerFn for TypedEvent<M, Ps, H>
+where
+    M: Send + Sync + 'static,
+    Ps: Params,
+    H: Send + Sync + 'static,
+{
+    fn call<'a>(&'a self, call: EventCall<'a>) -> BoxFuture<'a, EventOutcome> {
+        (self.run)(self, call)
+    }
+    fn requirements(&self, requirements: &mut Requirements) {
+        self.params.require(requirements)
+    }
+}
+
+/// A command handler: the function, how it takes the command, and its
+/// parameters. Each bound is one a user's mistake could break, checked
+/// here once (the macro names each type with the span of the user's
+/// tokens, where rustc reports it).
+pub const fn command_handler<C, O, E, R, RE, M, Ps, H>(
+    handler: H,
+    message: M,
+    params: Ps,
+) -> TypedCommand<M, Ps, H>
+where
+    C: Command<Output = O, Error = E>,
+    O: 'static,
+    E: 'static,
+    R: CommandHandlerResult<C, O, Error = RE>,
+    RE: CommandHandlerError<C, E>,
+    M: MessageParam<Message = C>,
+    Ps: Params,
+    H: HandlerFn<M, Ps, R>,
+{
+    TypedCommand {
+        handler,
+        message,
+        params,
+        run: run_command::<C, O, E, R, RE, M, Ps, H>,
+    }
+}
+
+fn run_command<'a, C, O, E, R, RE, M, Ps, H>(
+    this: &'a TypedCommand<M, Ps, H>,
+    call: CommandCall<'a>,
+) -> BoxFuture<'a, CallOutcome>
+where
+    C: Command<Output = O, Error = E>,
+    O: 'static,
+    E: 'static,
+    R: CommandHandlerResult<C, O, Error = RE>,
+    RE: CommandHandlerError<C, E>,
+    M: MessageParam<Message = C>,
+    Ps: Params,
+    H: HandlerFn<M, Ps, R>,
+{
+    Box::pin(async move {
+        let CommandCall {
+            ctx,
+            message,
+            out,
+            events,
+        } = call;
+        let message = message
+            .downcast_ref::<C>()
+            .expect("the bus calls a handler with the command it registered for");
+        let params = &this.params;
+        let mut slots = match params.slots(&ctx).await {
+            Ok(slots) => slots,
+            Err(e) => return CallOutcome::Failed(e),
+        };
+        match record_inbox(params.transaction(&mut slots), &ctx).await {
+            Ok(true) => {}
+            Ok(false) => return CallOutcome::Duplicate,
+            Err(e) => return CallOutcome::Failed(e),
+        }
+        let result = this
+            .handler
+            .call(this.message.arg(message), &mut slots)
+            .await
+            .split()
+            .map_err(RE::into_command_error);
+        let failed = result.is_err();
+        if let Some(slot) = out.downcast_mut::<Option<Result<C::Output, CommandError<C::Error>>>>()
+        {
+            *slot = Some(result);
+        }
+        let changes = params.changes(&slots);
+        finish_command(
+            failed,
+            params.transaction(&mut slots),
+            changes,
+            events,
+            &ctx,
+        )
+    })
+}
+
+/// An event handler: the function, how it takes the event, and its
+/// parameters.
+pub const fn event_handler<V, R, M, Ps, H>(
+    handler: H,
+    message: M,
+    params: Ps,
+) -> TypedEvent<M, Ps, H>
+where
+    V: Event,
+    R: EventHandlerResult,
+    M: MessageParam<Message = V>,
+    Ps: Params,
+    H: HandlerFn<M, Ps, R>,
+{
+    TypedEvent {
+        handler,
+        message,
+        params,
+        run: run_event::<V, R, M, Ps, H>,
+    }
+}
+
+fn run_event<'a, V, R, M, Ps, H>(
+    this: &'a TypedEvent<M, Ps, H>,
+    call: EventCall<'a>,
+) -> BoxFuture<'a, EventOutcome>
+where
+    V: Event,
+    R: EventHandlerResult,
+    M: MessageParam<Message = V>,
+    Ps: Params,
+    H: HandlerFn<M, Ps, R>,
+{
+    Box::pin(async move {
+        let EventCall { ctx, event, events } = call;
+        let event = event
+            .downcast_ref::<V>()
+            .expect("the bus calls a handler with the event it registered for");
+        let params = &this.params;
+        let mut slots = match params.slots(&ctx).await {
+            Ok(slots) => slots,
+            Err(e) => return EventOutcome::framework(e),
+        };
+        match record_inbox(params.transaction(&mut slots), &ctx).await {
+            Ok(true) => {}
+            Ok(false) => return EventOutcome::Done,
+            Err(e) => return EventOutcome::framework(e),
+        }
+        let error = this
+            .handler
+            .call(this.message.arg(event), &mut slots)
+            .await
+            .into_error();
+        let changes = params.changes(&slots);
+        finish_event(error, params.transaction(&mut slots), changes, events, &ctx)
+    })
+}
+
+/// What an event handler may return: `()` or `Result<(), E>` with a
+/// displayable `E`.
+#[diagnostic::on_unimplemented(
+    message = "an event handler must return `()` or `Result<(), E>`, not `{Self}`",
+    label = "wrong return type for an event handler",
+    note = "`E` is any error that implements `Display` (e.g. `anyhow::Error`, `eda_core::BoxError`, your own)"
+)]
+pub trait EventHandlerResult {
+    /// Its error, displayed.
+    fn into_error(self) -> Option<String>;
+}
+
+// `do_not_recommend`: the error names the handler's return type, not these
+// impls (whose source the user cannot act on).
+#[diagnostic::do_not_recommend]
+impl EventHandlerResult for () {
+    fn into_error(self) -> Option<String> {
+        None
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl<E: fmt::Display> EventHandlerResult for Result<(), E> {
+    fn into_error(self) -> Option<String> {
+        self.err().map(|e| format!("{e:#}"))
+    }
+}
+
+/// What a command handler for `C` may return: `Result<O, E>` where `O` is
+/// the command's output (a parameter, so that the error can name it).
+#[diagnostic::on_unimplemented(
+    message = "a handler of command `{C}` must return `Result<{O}, E>`, not `{Self}`",
+    label = "expected `Result<{O}, E>`",
+    note = "the output type is set by `#[command(output = …)]` on `{C}`; `E` is `CommandError<Error>` (so that `?` sends the framework's errors to `CommandError::Bus`), the command's `Error` itself (`#[command(error = …)]`, `eda_core::BoxError` by default), or `eda_core::Error`"
+)]
+pub trait CommandHandlerResult<C, O> {
+    /// Its error type.
+    type Error;
+    /// Its output or its error.
+    fn split(self) -> Result<O, Self::Error>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<C, O, E> CommandHandlerResult<C, O> for Result<O, E> {
+    type Error = E;
+    fn split(self) -> Result<O, E> {
+        self
+    }
+}
+
+/// The error a command handler returns, which converts into
+/// `CommandError<Err>`, `Err` being the command's domain error.
+#[diagnostic::on_unimplemented(
+    message = "a handler of command `{C}` returns errors of type `{Self}`, which does not convert into `CommandError<{Err}>`",
+    label = "`{Self}` does not convert into `CommandError<{Err}>`",
+    note = "return `CommandError<{Err}>` (then `?` sends `{Err}` to `CommandError::Handler` and the framework's errors to `CommandError::Bus`), `{Err}` itself, or `eda_core::Error`; `{Err}` is set by `#[command(error = …)]` on `{C}`"
+)]
+pub trait CommandHandlerError<C, Err> {
+    /// The conversion.
+    fn into_command_error(self) -> CommandError<Err>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<C, Err, E: Into<CommandError<Err>>> CommandHandlerError<C, Err> for E {
+    fn into_command_error(self) -> CommandError<Err> {
+        self.into()
+    }
+}
+
+/// For a message from outside, records it in the inbox, in the transaction
+/// of the handler's unit of work. `false`: it was handled already.
+async fn record_inbox(tx: Option<&mut Transaction>, ctx: &Context<'_>) -> Result<bool, Error> {
+    if ctx.incoming
+        && let Some(tx) = tx
+        && !tx.__record_inbox(ctx.handler).await?
+    {
+        tracing::debug!(handler = ctx.handler, "already handled (inbox), skipped");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// A handler that succeeded without committing a unit of work that holds
+/// changes lost them (rule 10 of DESIGN.md: not silently).
+fn check_committed(tx: Option<&mut Transaction>, changes: usize, ctx: &Context<'_>) {
+    // Most handlers committed: that is all this asks of them.
+    let raised = match tx {
+        Some(tx) if tx.is_active() => tx.raised(),
+        _ => return,
+    };
+    if changes > 0 || raised > 0 {
+        ctx.bus.uncommitted(ctx.handler, changes, raised);
+    }
+}
+
+/// After a command handler returned: queue the events its unit of work
+/// committed, and ask for a retry if it failed on a version conflict.
+fn finish_command(
+    failed: bool,
+    mut tx: Option<&mut Transaction>,
+    changes: usize,
+    events: &mut EventQueue,
+    ctx: &Context<'_>,
+) -> CallOutcome {
+    if !failed {
+        check_committed(tx.as_deref_mut(), changes, ctx);
+    }
+    let conflicted = match tx {
+        Some(tx) => {
+            enqueue(events, tx.take_committed_events());
+            tx.conflicted()
+        }
+        None => false,
+    };
+    if failed && conflicted {
+        CallOutcome::Conflict
+    } else {
+        CallOutcome::Done
+    }
+}
+
+/// After an event handler returned.
+fn finish_event(
+    error: Option<String>,
+    mut tx: Option<&mut Transaction>,
+    changes: usize,
+    events: &mut EventQueue,
+    ctx: &Context<'_>,
+) -> EventOutcome {
+    if error.is_none() {
+        check_committed(tx.as_deref_mut(), changes, ctx);
+    }
+    let committed = match tx {
+        Some(tx) => {
+            let committed = tx.is_committed();
+            enqueue(events, tx.take_committed_events());
+            committed
+        }
+        None => false,
+    };
+    match error {
+        None => EventOutcome::Done,
+        Some(error) => EventOutcome::Failed { error, committed },
+    }
+}
