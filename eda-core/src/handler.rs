@@ -468,10 +468,15 @@ where
             Ok(slots) => slots,
             Err(e) => return CallOutcome::Failed(e),
         };
-        match record_inbox(params.transaction(&mut slots), &ctx).await {
-            Ok(true) => {}
-            Ok(false) => return CallOutcome::Duplicate,
-            Err(e) => return CallOutcome::Failed(e),
+        // Boxed: only a message from outside records itself, and the
+        // inbox's future would otherwise make every call's future larger
+        // (and slower to move into its box).
+        if ctx.incoming {
+            match Box::pin(record_inbox(params.transaction(&mut slots), &ctx)).await {
+                Ok(true) => {}
+                Ok(false) => return CallOutcome::Duplicate,
+                Err(e) => return CallOutcome::Failed(e),
+            }
         }
         let result = this
             .handler
@@ -538,10 +543,12 @@ where
             Ok(slots) => slots,
             Err(e) => return EventOutcome::framework(e),
         };
-        match record_inbox(params.transaction(&mut slots), &ctx).await {
-            Ok(true) => {}
-            Ok(false) => return EventOutcome::Done,
-            Err(e) => return EventOutcome::framework(e),
+        if ctx.incoming {
+            match Box::pin(record_inbox(params.transaction(&mut slots), &ctx)).await {
+                Ok(true) => {}
+                Ok(false) => return EventOutcome::Done,
+                Err(e) => return EventOutcome::framework(e),
+            }
         }
         let error = this
             .handler
@@ -637,6 +644,7 @@ async fn record_inbox(tx: Option<&mut Transaction>, ctx: &Context<'_>) -> Result
 
 /// A handler that succeeded without committing a unit of work that holds
 /// changes lost them (rule 10 of DESIGN.md: not silently).
+#[inline]
 fn check_committed(tx: Option<&mut Transaction>, changes: usize, ctx: &Context<'_>) {
     // Most handlers committed: that is all this asks of them.
     let raised = match tx {
@@ -650,6 +658,7 @@ fn check_committed(tx: Option<&mut Transaction>, changes: usize, ctx: &Context<'
 
 /// After a command handler returned: queue the events its unit of work
 /// committed, and ask for a retry if it failed on a version conflict.
+#[inline]
 fn finish_command(
     failed: bool,
     mut tx: Option<&mut Transaction>,
@@ -670,11 +679,12 @@ fn finish_command(
     if failed && conflicted {
         CallOutcome::Conflict
     } else {
-        CallOutcome::Done
+        CallOutcome::Done { failed }
     }
 }
 
 /// After an event handler returned.
+#[inline]
 fn finish_event(
     error: Option<String>,
     mut tx: Option<&mut Transaction>,
