@@ -58,6 +58,7 @@ mod future;
 mod handler;
 #[cfg(feature = "host")]
 pub mod host;
+mod layer;
 mod message;
 mod outbox;
 mod registry;
@@ -86,6 +87,7 @@ pub use causation::Causation;
 pub use dependency::Dependency;
 pub use domain_error::{BoxError, DomainError};
 pub use error::{CommandError, Error, IncomingError};
+pub use layer::{HandlerCall, Layer, Next, Outcome};
 pub use message::{
     AnyEvent, Command, Envelope, Event, Message, MessageId, MessageKind, Metadata, Timestamp,
 };

@@ -21,9 +21,13 @@ pub(crate) type DispatchFn =
     for<'a> fn(&'a MessageBus, Metadata, &'a [u8]) -> BoxFuture<'a, Result<(), IncomingError>>;
 
 /// How a command handler's run ended.
+#[derive(Debug)]
 pub enum CallOutcome {
     /// It returned; its result is in the output slot.
-    Done,
+    Done {
+        /// It returned an error.
+        failed: bool,
+    },
     /// It returned an error after its unit of work hit a version conflict:
     /// run it again.
     Conflict,
@@ -34,6 +38,7 @@ pub enum CallOutcome {
 }
 
 /// How an event handler's run ended.
+#[derive(Debug)]
 pub enum EventOutcome {
     /// It returned `Ok`.
     Done,

@@ -285,10 +285,56 @@ async fn the_same_on_the_in_process_broker() {
     assert!(broker.is_empty("shipping.dlq") && broker.is_empty("orders.dlq"));
 }
 
+/// A layer that notes each handler call it wraps: handler, whether the
+/// message came from the broker, whether it succeeded.
+#[derive(Clone, Default)]
+struct Calls(Arc<std::sync::Mutex<Vec<(String, bool, bool)>>>);
+
+impl eda_core::Layer for Calls {
+    async fn call(
+        &self,
+        call: eda_core::HandlerCall<'_>,
+        next: eda_core::Next<'_>,
+    ) -> eda_core::Outcome {
+        let outcome = next.run().await;
+        self.0.lock().unwrap().push((
+            call.handler().to_string(),
+            call.is_incoming(),
+            outcome.is_ok(),
+        ));
+        outcome
+    }
+}
+
+impl Calls {
+    /// How many calls of `handler`, `incoming` or not, succeeded.
+    fn count(&self, handler: &str, incoming: bool) -> usize {
+        let calls = self.0.lock().unwrap();
+        calls
+            .iter()
+            .filter(|(h, i, ok)| h == handler && *i == incoming && *ok)
+            .count()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
 async fn two_services_exchange_events(shipping: impl Into<Broker>, orders: impl Into<Broker>) {
     let counts = Arc::new(Counts::default());
-    let shipping = Service::start(shipping, "topology::shipping", &counts, |b| b).await;
-    let orders = Service::start(orders, "topology::orders", &counts, |b| b).await;
+    // Each service's own layer sees its handler calls, those of messages
+    // from the other service included.
+    let (shipping_calls, orders_calls) = (Calls::default(), Calls::default());
+    let shipping = Service::start(shipping, "topology::shipping", &counts, {
+        let calls = shipping_calls.clone();
+        |b| b.layer(calls)
+    })
+    .await;
+    let orders = Service::start(orders, "topology::orders", &counts, {
+        let calls = orders_calls.clone();
+        |b| b.layer(calls)
+    })
+    .await;
     for i in 0..3 {
         orders
             .bus
@@ -316,6 +362,16 @@ async fn two_services_exchange_events(shipping: impl Into<Broker>, orders: impl 
     assert_eq!(counts.shipping_saw_shipped.load(Ordering::SeqCst), 3);
     assert_eq!(orders.db.outbox().len(), 3);
     assert_eq!(shipping.db.outbox().len(), 3);
+    assert_eq!(orders_calls.count("topology::place_order", false), 3);
+    assert_eq!(orders_calls.count("topology::count_own", false), 3);
+    assert_eq!(orders_calls.count("topology::mark_shipped", true), 3);
+    assert_eq!(orders_calls.len(), 9, "{:?}", orders_calls.0);
+    assert_eq!(shipping_calls.count("topology::ship", true), 3);
+    assert_eq!(
+        shipping_calls.count("topology::count_own_shipped", false),
+        3
+    );
+    assert_eq!(shipping_calls.len(), 6, "{:?}", shipping_calls.0);
     orders.stop().await;
     shipping.stop().await;
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::{BusInner, MessageBus, Metrics, TypeIdMap};
 use crate::adapter::{Adapter, AdapterEntry};
+use crate::layer::{AnyLayer, Layer};
 use crate::message::Command;
 use crate::registry::{EventHandlerRegistration, MessageRegistration, Wiring};
 use crate::retry::RetryPolicy;
@@ -34,6 +35,7 @@ pub struct BusBuilder {
     accepted: Vec<(TypeId, &'static str)>,
     command_retry: Option<RetryPolicy>,
     event_retry: Option<RetryPolicy>,
+    layers: Vec<Arc<dyn AnyLayer>>,
 }
 
 impl fmt::Debug for BusBuilder {
@@ -57,6 +59,13 @@ impl BusBuilder {
             any: adapter,
         });
         self.adapter_ids.push(TypeId::of::<T>());
+        self
+    }
+
+    /// Adds a [`Layer`] around every handler call: the first one added is
+    /// the outermost.
+    pub fn layer<L: Layer>(mut self, layer: L) -> Self {
+        self.layers.push(Arc::new(layer));
         self
     }
 
@@ -232,6 +241,7 @@ impl BusBuilder {
                 consumed: consumed.into_boxed_slice(),
                 warnings,
                 went_nowhere: std::sync::Mutex::new(HashSet::new()),
+                layers: self.layers.into_boxed_slice(),
             }),
         })
     }

@@ -14,7 +14,11 @@ use tracing::Instrument;
 
 use super::MessageBus;
 use crate::error::{CommandError, Error};
-use crate::message::{AnyEvent, Command, Envelope, Event, MessageId, Metadata, Raised};
+use crate::future::BoxFuture;
+use crate::layer::{self, HandlerCall};
+use crate::message::{
+    AnyEvent, Command, Envelope, Event, MessageId, MessageKind, Metadata, Raised,
+};
 use crate::registry::EventHandlerRegistration;
 use crate::registry::{CallOutcome, EventOutcome};
 use crate::wiring::HandlerRef;
@@ -232,27 +236,37 @@ impl MessageBus {
             let mut attempt = 1;
             loop {
                 let mut out: Option<Result<C::Output, CommandError<C::Error>>> = None;
-                let outcome = entry
-                    .handler_fn
-                    .call(CommandCall {
-                        ctx: Context {
-                            bus: self,
-                            metadata: &envelope.metadata,
-                            incoming,
-                            dispatches: true,
-                            handler: entry.id,
-                        },
-                        message: &envelope.message,
-                        out: &mut out,
-                        events: &mut queue,
-                    })
-                    .await;
+                let call = entry.handler_fn.call(CommandCall {
+                    ctx: Context {
+                        bus: self,
+                        metadata: &envelope.metadata,
+                        incoming,
+                        dispatches: true,
+                        handler: entry.id,
+                    },
+                    message: &envelope.message,
+                    out: &mut out,
+                    events: &mut queue,
+                });
+                let outcome = if self.inner.layers.is_empty() {
+                    call.await
+                } else {
+                    let described = HandlerCall {
+                        kind: MessageKind::Command,
+                        message: C::NAME,
+                        handler: entry.id,
+                        metadata: &envelope.metadata,
+                        attempt,
+                        incoming,
+                    };
+                    layer::command(&self.inner.layers, described, call).await
+                };
                 let conflict = match &outcome {
                     CallOutcome::Conflict => true,
                     // A conflict before the handler ran (the database too
                     // busy to begin, or to record the inbox) is retried too.
                     CallOutcome::Failed(e) => e.is_conflict(),
-                    CallOutcome::Done | CallOutcome::Duplicate => false,
+                    CallOutcome::Done { .. } | CallOutcome::Duplicate => false,
                 };
                 if conflict {
                     self.inner
@@ -269,7 +283,7 @@ impl MessageBus {
                     tracing::warn!(attempt, "version conflict, out of attempts");
                 }
                 match outcome {
-                    CallOutcome::Done | CallOutcome::Conflict => {}
+                    CallOutcome::Done { .. } | CallOutcome::Conflict => {}
                     CallOutcome::Duplicate => {
                         return Err(CommandError::Bus(Error::AlreadyHandled(
                             envelope.metadata.message_id,
@@ -350,6 +364,19 @@ impl MessageBus {
                         event: event.as_any(),
                         events: queue,
                     });
+                    let call: BoxFuture<'_, EventOutcome> = if self.inner.layers.is_empty() {
+                        call
+                    } else {
+                        let described = HandlerCall {
+                            kind: MessageKind::Event,
+                            message: event.name(),
+                            handler: handler.id,
+                            metadata: event.metadata(),
+                            attempt,
+                            incoming,
+                        };
+                        Box::pin(layer::event(&self.inner.layers, described, call))
+                    };
                     let outcome = match event_span(event, handler) {
                         None => call.await,
                         Some(span) => call.instrument(span).await,

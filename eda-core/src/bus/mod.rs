@@ -78,6 +78,8 @@ pub(crate) struct BusInner {
     warnings: Vec<TopologyWarning>,
     /// The events without handlers that were raised, logged once each.
     went_nowhere: std::sync::Mutex<HashSet<&'static str>>,
+    /// The user's layers around every handler call, outermost first.
+    layers: crate::layer::Layers,
 }
 
 /// The internal message bus. Cheap to clone (an `Arc`); build it once at
