@@ -16,6 +16,12 @@
 //! message (`Envelope::new`), a report of the handlers that ran, tracing
 //! spans that are disabled, the retry bookkeeping.
 //!
+//! A second baseline, "with ids", does the part of that work every service
+//! between services must do: it makes each message's metadata (a UUID v7
+//! and a timestamp, with eda's own `Metadata::new`, 30-odd ns) and hands
+//! it to the handler with the message, as a hand-written dispatcher that
+//! writes an outbox would. Both ratios are reported.
+//!
 //! Runs on the calling task (`--concurrency 1`, the default) or on `C`
 //! tasks of the multi-threaded runtime; 21 interleaved rounds (each takes
 //! milliseconds, and a few noisy ones would move a median of 5), median kept.
@@ -176,18 +182,36 @@ impl Baseline {
         }
     }
 
+    /// The command with metadata made for it, as eda makes.
+    async fn command_with_id<C: Any + Send + Sync>(&self, cmd: C) -> Option<u64> {
+        let envelope = Envelope {
+            metadata: black_box(Metadata::new()),
+            message: cmd,
+        };
+        self.command_ref(&envelope.message).await
+    }
+
     async fn command<C: Any + Send + Sync>(&self, cmd: C) -> Option<u64> {
+        self.command_ref(&cmd).await
+    }
+
+    async fn command_ref<C: Any + Send + Sync>(&self, cmd: &C) -> Option<u64> {
         let handler = self.commands.get(&TypeId::of::<C>())?;
         let mut uow = Uow {
             db: &self.db,
             raised: Vec::new(),
             committed: false,
         };
-        let out = handler(&cmd, &mut uow).await;
+        let out = handler(cmd, &mut uow).await;
         if uow.committed && !uow.raised.is_empty() {
             self.events(uow.raised.into()).await;
         }
         Some(out)
+    }
+
+    /// The event in an envelope with its metadata, as eda's callers make.
+    async fn event_with_id<E: Any + Send + Sync>(&self, event: E) -> usize {
+        self.event(black_box(Envelope::new(event)).message).await
     }
 
     /// Returns how many handlers ran.
@@ -303,6 +327,28 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             }
         }
     };
+    let baseline_command_ids = |b: Arc<Baseline>| {
+        move |i: u64| {
+            let b = b.clone();
+            async move {
+                match b.command_with_id(Noop { n: i }).await {
+                    Some(out) if out == i => Ok(()),
+                    other => Err(format!("baseline with ids: command {i} returned {other:?}")),
+                }
+            }
+        }
+    };
+    let baseline_event_ids = |b: Arc<Baseline>| {
+        move |i: u64| {
+            let b = b.clone();
+            async move {
+                match b.event_with_id(Happened { n: i }).await {
+                    3 => Ok(()),
+                    ran => Err(format!("baseline with ids: event {i}: {ran} handlers ran")),
+                }
+            }
+        }
+    };
 
     // Warm up: lazy statics, tracing call sites, the allocator's caches.
     let warm = (n / 10).max(1000);
@@ -310,6 +356,8 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     timed(warm, concurrency, baseline_command(baseline.clone())).await?;
     timed(warm, concurrency, eda_event(bus.clone())).await?;
     timed(warm, concurrency, baseline_event(baseline.clone())).await?;
+    timed(warm, concurrency, baseline_command_ids(baseline.clone())).await?;
+    timed(warm, concurrency, baseline_event_ids(baseline.clone())).await?;
 
     let rounds_done = Arc::new(AtomicU64::new(0));
     let progress = crate::drive::Progress::start("dispatch rounds", rounds, {
@@ -317,13 +365,16 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         move || done.load(Ordering::Relaxed)
     });
     let (mut ec, mut bc, mut ee, mut be) = (vec![], vec![], vec![], vec![]);
+    let (mut bci, mut bei) = (vec![], vec![]);
     let mut eda_rss: f64 = 0.0;
     for _ in 0..rounds {
         bc.push(timed(n, concurrency, baseline_command(baseline.clone())).await?);
         reset_peak_rss();
         ec.push(timed(n, concurrency, eda_command(bus.clone())).await?);
         eda_rss = eda_rss.max(peak_rss_mb());
+        bci.push(timed(n, concurrency, baseline_command_ids(baseline.clone())).await?);
         be.push(timed(n, concurrency, baseline_event(baseline.clone())).await?);
+        bei.push(timed(n, concurrency, baseline_event_ids(baseline.clone())).await?);
         reset_peak_rss();
         ee.push(timed(n, concurrency, eda_event(bus.clone())).await?);
         eda_rss = eda_rss.max(peak_rss_mb());
@@ -403,10 +454,12 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     );
 
     // Every command committed its unit of work, in both.
+    // (The baseline runs twice: without and with ids.)
     let commands = warm + rounds * n;
-    if db.commits() != commands || baseline.db.commits.load(Ordering::SeqCst) != commands {
+    if db.commits() != commands || baseline.db.commits.load(Ordering::SeqCst) != 2 * commands {
         return Err(format!(
-            "expected {commands} commits, eda made {}, the baseline {}",
+            "expected {commands} commits in eda and twice as many in the baseline, eda made {}, \
+             the baseline {}",
             db.commits(),
             baseline.db.commits.load(Ordering::SeqCst)
         ));
@@ -433,6 +486,20 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
                 "baseline: TypeId map, boxed handler future, hand-written in-memory unit of \
                  work. {command_parts}"
             ),
+        ),
+        row(
+            "dispatch/command, baseline with ids",
+            &ec,
+            &bci,
+            "the same baseline, which also makes each command's metadata (id, timestamp) as eda \
+             must",
+        ),
+        row(
+            "dispatch/event_fanout_3, baseline with ids",
+            &ee,
+            &bei,
+            "the same baseline, with each event in an envelope with its metadata, as eda's \
+             callers make",
         ),
         row(
             "dispatch/event_fanout_3",
