@@ -76,7 +76,7 @@ pub struct Happened {
 #[derive(UnitOfWork)]
 pub struct BenchUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
 }
 
 #[command_handler]

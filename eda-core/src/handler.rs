@@ -37,7 +37,7 @@ use crate::error::{CommandError, Error};
 use crate::future::BoxFuture;
 use crate::message::{Command, Event};
 use crate::registry::{CallOutcome, EventOutcome, Requirements};
-use crate::uow::{Transaction, UnitOfWork};
+use crate::uow::{UnitOfWork, UowTransaction};
 
 /// A command handler, type-erased: what a registration points at.
 pub trait CommandHandlerFn: Send + Sync + 'static {
@@ -132,7 +132,7 @@ pub trait Param: Send + Sync + 'static {
     /// The argument, from the slot.
     fn arg<'s>(slot: &'s mut Self::Slot<'_>) -> Self::Arg<'s>;
     /// The transaction of a unit of work.
-    fn transaction<'s>(&self, _slot: &'s mut Self::Slot<'_>) -> Option<&'s mut Transaction> {
+    fn transaction<'s>(&self, _slot: &'s mut Self::Slot<'_>) -> Option<&'s mut UowTransaction> {
         None
     }
     /// How many aggregates a unit of work would save.
@@ -190,8 +190,8 @@ impl<T: Send + Sync + 'static> Param for Dep<T> {
 /// A unit of work parameter (`uow: &mut ShopUow`).
 pub struct Uow<U> {
     transaction: bool,
-    assemble: fn(Option<Transaction>, &Context<'_>) -> Result<U, Error>,
-    get: fn(&mut U) -> Option<&mut Transaction>,
+    assemble: fn(Option<UowTransaction>, &Context<'_>) -> Result<U, Error>,
+    get: fn(&mut U) -> Option<&mut UowTransaction>,
     changes: fn(&U) -> usize,
     require: fn(&mut Requirements),
 }
@@ -217,7 +217,7 @@ impl<U: Send + 'static> Param for Uow<U> {
     ) -> impl Future<Output = Result<U, Error>> + Send + 'c {
         async move {
             let tx = if self.transaction {
-                Some(Transaction::__begin(ctx).await?)
+                Some(UowTransaction::__begin(ctx).await?)
             } else {
                 None
             };
@@ -227,7 +227,7 @@ impl<U: Send + 'static> Param for Uow<U> {
     fn arg(slot: &mut U) -> &mut U {
         slot
     }
-    fn transaction<'s>(&self, slot: &'s mut U) -> Option<&'s mut Transaction> {
+    fn transaction<'s>(&self, slot: &'s mut U) -> Option<&'s mut UowTransaction> {
         (self.get)(slot)
     }
     fn changes(&self, slot: &U) -> usize {
@@ -249,7 +249,7 @@ pub trait Params: Send + Sync + 'static {
         ctx: &'c Context<'_>,
     ) -> impl Future<Output = Result<Self::Slots<'c>, Error>> + Send + 'c;
     /// The transaction of the unit of work, if a parameter is one.
-    fn transaction<'s>(&self, slots: &'s mut Self::Slots<'_>) -> Option<&'s mut Transaction>;
+    fn transaction<'s>(&self, slots: &'s mut Self::Slots<'_>) -> Option<&'s mut UowTransaction>;
     /// How many aggregates its unit of work would save.
     fn changes(&self, slots: &Self::Slots<'_>) -> usize;
     /// What they need from the bus.
@@ -324,8 +324,8 @@ macro_rules! arity {
             fn transaction<'s>(
                 &self,
                 slots: &'s mut Self::Slots<'_>,
-            ) -> Option<&'s mut Transaction> {
-                let tx: Option<&'s mut Transaction> = None;
+            ) -> Option<&'s mut UowTransaction> {
+                let tx: Option<&'s mut UowTransaction> = None;
                 $(let tx = match tx {
                     Some(tx) => Some(tx),
                     None => self.$i.transaction(&mut slots.$i),
@@ -631,7 +631,7 @@ impl<C, Err, E: Into<CommandError<Err>>> CommandHandlerError<C, Err> for E {
 
 /// For a message from outside, records it in the inbox, in the transaction
 /// of the handler's unit of work. `false`: it was handled already.
-async fn record_inbox(tx: Option<&mut Transaction>, ctx: &Context<'_>) -> Result<bool, Error> {
+async fn record_inbox(tx: Option<&mut UowTransaction>, ctx: &Context<'_>) -> Result<bool, Error> {
     if ctx.incoming
         && let Some(tx) = tx
         && !tx.__record_inbox(ctx.handler).await?
@@ -645,7 +645,7 @@ async fn record_inbox(tx: Option<&mut Transaction>, ctx: &Context<'_>) -> Result
 /// A handler that succeeded without committing a unit of work that holds
 /// changes lost them (rule 10 of DESIGN.md: not silently).
 #[inline]
-fn check_committed(tx: Option<&mut Transaction>, changes: usize, ctx: &Context<'_>) {
+fn check_committed(tx: Option<&mut UowTransaction>, changes: usize, ctx: &Context<'_>) {
     // Most handlers committed: that is all this asks of them.
     let raised = match tx {
         Some(tx) if tx.is_active() => tx.raised(),
@@ -661,7 +661,7 @@ fn check_committed(tx: Option<&mut Transaction>, changes: usize, ctx: &Context<'
 #[inline]
 fn finish_command(
     failed: bool,
-    mut tx: Option<&mut Transaction>,
+    mut tx: Option<&mut UowTransaction>,
     changes: usize,
     events: &mut EventQueue,
     ctx: &Context<'_>,
@@ -687,7 +687,7 @@ fn finish_command(
 #[inline]
 fn finish_event(
     error: Option<String>,
-    mut tx: Option<&mut Transaction>,
+    mut tx: Option<&mut UowTransaction>,
     changes: usize,
     events: &mut EventQueue,
     ctx: &Context<'_>,

@@ -23,7 +23,7 @@
 //! pub struct Product { #[aggregate(id)] pub sku: String, pub version: u64, pub events: Events }
 //!
 //! #[derive(UnitOfWork)]
-//! pub struct ShopUow { #[uow(transaction)] tx: Transaction, products: IdentityMap<Product> }
+//! pub struct ShopUow { #[uow(transaction)] tx: UowTransaction, products: IdentityMap<Product> }
 //!
 //! #[command_handler]
 //! async fn add_product(cmd: AddProduct, uow: &mut ShopUow) -> Result<(), eda_core::Error> {
@@ -96,7 +96,7 @@ pub use relay::{OutboxRelay, RelayMetrics, RelayOptions};
 pub use repository::{Find, Finder, Repository, RepositoryError};
 pub use retry::RetryPolicy;
 pub use topology::{Topology, TopologyWarning};
-pub use uow::{Aggregates, IdentityMap, Transaction, UnitOfWork, UowField};
+pub use uow::{Aggregates, IdentityMap, UnitOfWork, UowField, UowTransaction};
 pub use wiring::{HandlerRef, Location, WiringError, WiringProblem};
 
 #[cfg(feature = "macros")]
@@ -147,7 +147,7 @@ pub mod prelude {
     pub use crate::{
         Adapter, Aggregate, BoxError, Causation, Command, CommandError, DomainError, Envelope,
         Event, Events, Finder, IdentityMap, InMemoryDatabase, MessageBus, Metadata, Repository,
-        RepositoryError, Transaction, UnitOfWork,
+        RepositoryError, UnitOfWork, UowTransaction,
     };
     #[cfg(feature = "macros")]
     pub use crate::{command_handler, event_handler, repository};

@@ -47,5 +47,5 @@ pub use crate::dependency::Dependency;
 pub use crate::error::Error;
 pub use crate::message::{Message, MessageKind};
 pub use crate::repository::{Find, FinderVTable, Repository, RepositoryVTable};
-pub use crate::uow::{Transaction, UowField};
+pub use crate::uow::{UowField, UowTransaction};
 pub use crate::{Command as CommandTrait, Event as EventTrait, UnitOfWork as UnitOfWorkTrait};

@@ -31,7 +31,7 @@ use crate::store::{self, AggregateType, Stored};
 /// [`UnitOfWork`](macro@crate::UnitOfWork):
 ///
 /// ```
-/// use eda_core::{Aggregate, Events, IdentityMap, Transaction, UnitOfWork};
+/// use eda_core::{Aggregate, Events, IdentityMap, UowTransaction, UnitOfWork};
 ///
 /// #[derive(Clone, Aggregate)]
 /// pub struct Product { #[aggregate(id)] pub sku: String, pub version: u64, pub events: Events }
@@ -39,7 +39,7 @@ use crate::store::{self, AggregateType, Stored};
 /// #[derive(UnitOfWork)]
 /// pub struct AllocationUow {
 ///     #[uow(transaction)]
-///     tx: Transaction,
+///     tx: UowTransaction,
 ///     products: IdentityMap<Product>,
 /// }
 /// ```
@@ -60,13 +60,13 @@ pub trait UnitOfWork: Sized + Send + 'static {
     const __TRANSACTION: bool;
     /// Builds it around its transaction (begun when it has one).
     #[doc(hidden)]
-    fn __assemble(tx: Option<Transaction>, ctx: &Context<'_>) -> Result<Self, Error>;
+    fn __assemble(tx: Option<UowTransaction>, ctx: &Context<'_>) -> Result<Self, Error>;
     /// Begins it: its transaction, then its fields.
     #[doc(hidden)]
     fn __begin<'a>(ctx: &'a Context<'a>) -> impl Future<Output = Result<Self, Error>> + Send + 'a {
         async move {
             let tx = if Self::__TRANSACTION {
-                Some(Transaction::__begin(ctx).await?)
+                Some(UowTransaction::__begin(ctx).await?)
             } else {
                 None
             };
@@ -76,7 +76,7 @@ pub trait UnitOfWork: Sized + Send + 'static {
     #[doc(hidden)]
     fn __require(requirements: &mut Requirements);
     #[doc(hidden)]
-    fn __transaction(&mut self) -> Option<&mut Transaction>;
+    fn __transaction(&mut self) -> Option<&mut UowTransaction>;
     /// How many aggregates it lent mutably (or added): what a commit would
     /// save.
     #[doc(hidden)]
@@ -101,7 +101,7 @@ pub trait UnitOfWork: Sized + Send + 'static {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a field of a unit of work",
     label = "not a repository or adapter",
-    note = "a unit of work holds `IdentityMap<Aggregate>` fields, `Arc<Adapter>` fields, one `#[uow(transaction)] Transaction`, and `#[uow(skip)]` fields built with `Default`"
+    note = "a unit of work holds `IdentityMap<Aggregate>` fields, `Arc<Adapter>` fields, one `#[uow(transaction)] UowTransaction`, and `#[uow(skip)]` fields built with `Default`"
 )]
 pub trait UowField: Sized + Send {
     /// Only eda implements it (a type outside cannot name the token).
@@ -118,11 +118,11 @@ pub trait UowField: Sized + Send {
     #[doc(hidden)]
     fn __require(requirements: &mut Requirements);
     #[doc(hidden)]
-    fn __handle<'a>(&'a mut self, tx: &'a mut Transaction) -> Self::Handle<'a>;
+    fn __handle<'a>(&'a mut self, tx: &'a mut UowTransaction) -> Self::Handle<'a>;
     #[doc(hidden)]
     fn __flush<'a>(
         &'a mut self,
-        tx: &'a mut Transaction,
+        tx: &'a mut UowTransaction,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'a;
     #[doc(hidden)]
     fn __discard(&mut self);
@@ -146,10 +146,10 @@ impl<T: Adapter> UowField for Arc<T> {
     fn __require(requirements: &mut Requirements) {
         requirements.adapter::<T>();
     }
-    fn __handle<'a>(&'a mut self, _: &'a mut Transaction) -> &'a T {
+    fn __handle<'a>(&'a mut self, _: &'a mut UowTransaction) -> &'a T {
         self
     }
-    async fn __flush<'a>(&'a mut self, _: &'a mut Transaction) -> Result<(), Error> {
+    async fn __flush<'a>(&'a mut self, _: &'a mut UowTransaction) -> Result<(), Error> {
         Ok(())
     }
     fn __discard(&mut self) {}
@@ -167,12 +167,13 @@ enum State {
     RolledBack,
 }
 
-/// The transaction of a unit of work, begun on the bus's database.
+/// The transaction of a unit of work, begun on the bus's database. (Its
+/// name keeps it apart from `sqlx::Transaction`, which eda re-exports.)
 ///
 /// Repositories run in it; it also holds the events collected at commit, and
 /// writes the outbox. A handler can run its own queries in it through
-/// [`Transaction::connection`].
-pub struct Transaction {
+/// [`UowTransaction::connection`].
+pub struct UowTransaction {
     backend: Backend,
     bus: MessageBus,
     metadata: Metadata,
@@ -184,16 +185,16 @@ pub struct Transaction {
     dispatches: bool,
 }
 
-impl fmt::Debug for Transaction {
+impl fmt::Debug for UowTransaction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transaction")
+        f.debug_struct("UowTransaction")
             .field("state", &self.state)
             .field("events", &self.events.len())
             .finish()
     }
 }
 
-impl Transaction {
+impl UowTransaction {
     #[doc(hidden)]
     pub async fn __begin(ctx: &Context<'_>) -> Result<Self, Error> {
         let db = ctx.bus.database().ok_or(Error::NoDatabase)?;
@@ -201,7 +202,7 @@ impl Transaction {
             Some(begun) => begun?,
             None => db.begin().await?,
         });
-        Ok(Transaction {
+        Ok(UowTransaction {
             backend,
             bus: ctx.bus.clone(),
             metadata: *ctx.metadata,
@@ -646,11 +647,11 @@ impl<A: Aggregate> UowField for IdentityMap<A> {
         requirements.repository::<A>();
     }
 
-    fn __handle<'a>(&'a mut self, tx: &'a mut Transaction) -> Aggregates<'a, A> {
+    fn __handle<'a>(&'a mut self, tx: &'a mut UowTransaction) -> Aggregates<'a, A> {
         Aggregates { map: self, tx }
     }
 
-    async fn __flush<'a>(&'a mut self, tx: &'a mut Transaction) -> Result<(), Error> {
+    async fn __flush<'a>(&'a mut self, tx: &'a mut UowTransaction) -> Result<(), Error> {
         // Saved in the order of their ids, whatever the order they were
         // loaded in: two units of work that change the same aggregates then
         // take their rows' locks in the same order, and never deadlock (on
@@ -690,7 +691,10 @@ impl<A: Aggregate> UowField for IdentityMap<A> {
 /// Saves one tracked aggregate (its version raised past the one loaded),
 /// unless it serializes to what it was when loaded: an unchanged aggregate
 /// is not written, so it conflicts with nobody.
-async fn save<A: Aggregate>(tracked: &mut Tracked<A>, tx: &mut Transaction) -> Result<(), Error> {
+async fn save<A: Aggregate>(
+    tracked: &mut Tracked<A>,
+    tx: &mut UowTransaction,
+) -> Result<(), Error> {
     if let (Some(snapshot), Some(codec)) = (&tracked.snapshot, A::__codec())
         && (codec.encode)(&tracked.aggregate).is_ok_and(|now| now == *snapshot)
     {
@@ -711,7 +715,7 @@ async fn save<A: Aggregate>(tracked: &mut Tracked<A>, tx: &mut Transaction) -> R
 /// `uow.products().get(&sku)`.
 pub struct Aggregates<'a, A: Aggregate> {
     map: &'a mut IdentityMap<A>,
-    tx: &'a mut Transaction,
+    tx: &'a mut UowTransaction,
 }
 
 impl<'a, A: Aggregate> Aggregates<'a, A> {

@@ -28,7 +28,7 @@ mod stock {
 
     #[derive(UnitOfWork)]
     pub(crate) struct StockUow {
-        tx: Transaction,
+        tx: UowTransaction,
         stock: IdentityMap<Stock>,
     }
 
@@ -184,7 +184,7 @@ pub struct Pinged {}
 /// these tests read.
 #[derive(UnitOfWork)]
 pub struct PlainUow {
-    tx: Transaction,
+    tx: UowTransaction,
 }
 
 #[derive(Default)]

@@ -154,7 +154,7 @@ type Handled<T> = Result<T, CommandError<CounterError>>;
 #[derive(UnitOfWork)]
 pub struct CounterUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
     counters: IdentityMap<Counter>,
 }
 

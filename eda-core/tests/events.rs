@@ -63,7 +63,7 @@ pub struct Ignored {}
 #[derive(UnitOfWork)]
 pub struct BankUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
     accounts: IdentityMap<Account>,
 }
 

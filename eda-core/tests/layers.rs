@@ -32,7 +32,7 @@ pub struct Greeting {
 
 #[derive(UnitOfWork)]
 pub struct GreetUow {
-    tx: Transaction,
+    tx: UowTransaction,
     greetings: IdentityMap<Greeting>,
 }
 

@@ -81,7 +81,7 @@ impl Repository for PgCounters {
 #[derive(UnitOfWork)]
 pub struct CounterUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
     counters: IdentityMap<Counter>,
 }
 

@@ -33,7 +33,7 @@ pub struct Account {
 
 #[derive(UnitOfWork)]
 pub struct Bank {
-    tx: Transaction,
+    tx: UowTransaction,
     accounts: IdentityMap<Account>,
 }
 

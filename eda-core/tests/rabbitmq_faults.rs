@@ -31,7 +31,7 @@ pub struct Account {
 
 #[derive(UnitOfWork)]
 pub struct Bank {
-    tx: Transaction,
+    tx: UowTransaction,
     accounts: IdentityMap<Account>,
 }
 

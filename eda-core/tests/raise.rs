@@ -14,7 +14,7 @@ mod raised_by_the_unit_of_work {
 
     #[derive(UnitOfWork)]
     pub(crate) struct Ledger {
-        tx: Transaction,
+        tx: UowTransaction,
         entries: IdentityMap<Entry>,
     }
 

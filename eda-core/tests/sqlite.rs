@@ -160,7 +160,7 @@ async fn a_unit_of_work_saves_its_aggregates_in_the_order_of_their_ids() {
 #[derive(UnitOfWork)]
 pub struct CounterUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
     counters: IdentityMap<Counter>,
 }
 

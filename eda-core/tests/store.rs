@@ -32,7 +32,7 @@ mod accounts {
 
     #[derive(UnitOfWork)]
     pub(crate) struct Bank {
-        tx: Transaction,
+        tx: UowTransaction,
         accounts: IdentityMap<Account>,
     }
 
@@ -546,7 +546,7 @@ mod gauges {
 
     #[derive(UnitOfWork)]
     pub(crate) struct Gauges {
-        tx: Transaction,
+        tx: UowTransaction,
         gauges: IdentityMap<Gauge>,
     }
 
@@ -626,7 +626,7 @@ mod namesakes {
 
     #[derive(UnitOfWork)]
     pub(crate) struct Both {
-        tx: Transaction,
+        tx: UowTransaction,
         sold: IdentityMap<shop::Item>,
         stored: IdentityMap<warehouse::Item>,
     }

@@ -50,7 +50,7 @@ mod orders {
 
     #[derive(UnitOfWork)]
     pub(crate) struct OrdersUow {
-        tx: Transaction,
+        tx: UowTransaction,
         orders: IdentityMap<Order>,
     }
 
@@ -103,7 +103,7 @@ mod shipping {
 
     #[derive(UnitOfWork)]
     pub(crate) struct ShippingUow {
-        tx: Transaction,
+        tx: UowTransaction,
         shipments: IdentityMap<Shipment>,
     }
 
@@ -564,7 +564,7 @@ mod reports {
 
         #[derive(eda_core::UnitOfWork)]
         pub(crate) struct ThingUow {
-            tx: eda_core::Transaction,
+            tx: eda_core::UowTransaction,
             things: eda_core::IdentityMap<Thing>,
         }
 

@@ -65,7 +65,7 @@ pub mod needs {
 
     #[derive(UnitOfWork)]
     pub struct GadgetUow {
-        tx: Transaction,
+        tx: UowTransaction,
         gadgets: IdentityMap<Gadget>,
     }
 
@@ -399,7 +399,7 @@ pub mod widgets {
     #[derive(UnitOfWork)]
     pub struct WidgetUow {
         #[uow(transaction)]
-        tx: Transaction,
+        tx: UowTransaction,
         pub widgets: IdentityMap<Widget>,
     }
 

@@ -90,7 +90,7 @@ pub fn derive_aggregate(input: TokenStream) -> TokenStream {
 }
 
 /// Derives `UnitOfWork` for a struct whose fields are its transaction
-/// (`#[uow(transaction)]`, or any field of type `Transaction`), the identity
+/// (`#[uow(transaction)]`, or any field of type `UowTransaction`), the identity
 /// maps of its repositories (`IdentityMap<Aggregate>`), adapters
 /// (`Arc<Adapter>`), and fields built with `Default` (`#[uow(skip)]`).
 ///
@@ -100,7 +100,7 @@ pub fn derive_aggregate(input: TokenStream) -> TokenStream {
 /// `uow.products().get(&sku)`.
 ///
 /// ```
-/// use eda_core::{Aggregate, Events, IdentityMap, Transaction, UnitOfWork};
+/// use eda_core::{Aggregate, Events, IdentityMap, UowTransaction, UnitOfWork};
 ///
 /// #[derive(Clone, Aggregate)]
 /// pub struct Product { #[aggregate(id)] pub sku: String, pub version: u64, pub events: Events }
@@ -108,7 +108,7 @@ pub fn derive_aggregate(input: TokenStream) -> TokenStream {
 /// #[derive(UnitOfWork)]
 /// pub struct AllocationUow {
 ///     #[uow(transaction)]
-///     tx: Transaction,
+///     tx: UowTransaction,
 ///     pub products: IdentityMap<Product>,
 /// }
 /// ```

@@ -42,7 +42,7 @@ fn role(field: &Field, cx: &mut Ctxt) -> Role {
             cx.push(e);
         }
     }
-    role.unwrap_or(if is_named(&field.ty, "Transaction") {
+    role.unwrap_or(if is_named(&field.ty, "UowTransaction") {
         Role::Transaction
     } else {
         Role::Field
@@ -68,7 +68,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let Some(fields) = fields else {
         cx.error(
             &input.ident,
-            "a unit of work is a struct with named fields: `#[uow(transaction)] tx: Transaction`, `IdentityMap<…>` repositories, `Arc<…>` adapters",
+            "a unit of work is a struct with named fields: `#[uow(transaction)] tx: UowTransaction`, `IdentityMap<…>` repositories, `Arc<…>` adapters",
         );
         return cx.check().map(|()| TokenStream::new());
     };
@@ -107,7 +107,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             cx.error(
                 &field.ty,
                 format_args!(
-                    "field `{}` is an identity map, whose repository works in the unit of work's transaction, and `{}` has none: add `#[uow(transaction)] tx: eda_core::Transaction`",
+                    "field `{}` is an identity map, whose repository works in the unit of work's transaction, and `{}` has none: add `#[uow(transaction)] tx: eda_core::UowTransaction`",
                     field.ident.as_ref().map(|i| i.to_string()).unwrap_or_default(),
                     input.ident,
                 ),
@@ -133,7 +133,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         Some(tx) => {
             let name = &tx.ident;
             let ty_span = tx.ty.span();
-            let ty = quote_spanned!(ty_span=> #p::Transaction);
+            let ty = quote_spanned!(ty_span=> #p::UowTransaction);
             quote! {
                 let #name: #ty = match tx {
                     ::core::option::Option::Some(tx) => tx,
@@ -178,7 +178,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             .map(|f| {
                 let ty = &f.ty;
                 let msg = format!(
-                    "field `{}` of unit of work `{ident_str}` is a repository, and needs a transaction: add `#[uow(transaction)] tx: eda_core::Transaction`",
+                    "field `{}` of unit of work `{ident_str}` is a repository, and needs a transaction: add `#[uow(transaction)] tx: eda_core::UowTransaction`",
                     f.ident.as_ref().map(|i| i.to_string()).unwrap_or_default()
                 );
                 let field = field(ty);
@@ -246,7 +246,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             });
             (
                 quote! {
-                    fn __transaction(&mut self) -> ::core::option::Option<&mut #p::Transaction> {
+                    fn __transaction(&mut self) -> ::core::option::Option<&mut #p::UowTransaction> {
                         ::core::option::Option::Some(&mut self.#tx_name)
                     }
                 },
@@ -264,7 +264,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         }
         None => (
             quote! {
-                fn __transaction(&mut self) -> ::core::option::Option<&mut #p::Transaction> {
+                fn __transaction(&mut self) -> ::core::option::Option<&mut #p::UowTransaction> {
                     ::core::option::Option::None
                 }
             },
@@ -281,7 +281,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             const __TRANSACTION: bool = #has_transaction;
 
             fn __assemble(
-                tx: ::core::option::Option<#p::Transaction>,
+                tx: ::core::option::Option<#p::UowTransaction>,
                 ctx: &#p::Context<'_>,
             ) -> ::core::result::Result<Self, #p::Error> {
                 #tx_take

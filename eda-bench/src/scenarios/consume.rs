@@ -59,7 +59,7 @@ pub(crate) struct Placed {
 
 #[derive(UnitOfWork)]
 pub(crate) struct PlacedUow {
-    tx: Transaction,
+    tx: UowTransaction,
 }
 
 const INSERT_EDA: &str = "INSERT INTO bench_placed (seq, sku, qty) VALUES ($1, $2, $3)";

@@ -55,7 +55,7 @@ pub(crate) struct Happened {
 
 #[derive(UnitOfWork)]
 pub(crate) struct NoopUow {
-    tx: Transaction,
+    tx: UowTransaction,
 }
 
 #[command_handler]

@@ -51,7 +51,7 @@ pub(crate) struct Reserved {
 
 #[derive(UnitOfWork)]
 pub(crate) struct StockUow {
-    tx: Transaction,
+    tx: UowTransaction,
     stock: IdentityMap<Stock>,
 }
 
@@ -90,7 +90,7 @@ pub(crate) struct ReserveDocument {
 
 #[derive(UnitOfWork)]
 pub(crate) struct DocumentUow {
-    tx: Transaction,
+    tx: UowTransaction,
     stock: IdentityMap<StockDocument>,
 }
 

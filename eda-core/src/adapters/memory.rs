@@ -20,7 +20,7 @@
 //! pub struct Light { pub sku: String }
 //!
 //! #[derive(UnitOfWork)]
-//! pub struct ShopUow { tx: Transaction, lamps: IdentityMap<Lamp> }
+//! pub struct ShopUow { tx: UowTransaction, lamps: IdentityMap<Lamp> }
 //!
 //! #[command_handler]
 //! async fn light(cmd: Light, uow: &mut ShopUow) -> Result<(), CommandError<BoxError>> {

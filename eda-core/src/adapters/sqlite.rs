@@ -47,7 +47,7 @@
 //! the pool lives; units of work take turns on it. A query on
 //! [`SqliteDatabase::pool`] waits while a unit of work is open, so a handler
 //! must run its own queries on its unit of work's connection
-//! ([`Transaction::connection`](crate::Transaction::connection)), as it
+//! ([`UowTransaction::connection`](crate::UowTransaction::connection)), as it
 //! should anyway.
 //!
 //! # Tables

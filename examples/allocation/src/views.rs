@@ -23,7 +23,7 @@
 //! eventually consistent, as in APwP.
 
 use eda_core::{
-    Aggregate, Error, Events, IdentityMap, MessageBus, Transaction, UnitOfWork, event_handler,
+    Aggregate, Error, Events, IdentityMap, MessageBus, UnitOfWork, UowTransaction, event_handler,
 };
 
 use crate::domain::events::{Allocated, Deallocated, Released};
@@ -106,7 +106,7 @@ impl OrderAllocations {
 #[derive(Debug, UnitOfWork)]
 pub struct ViewsUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
     orders: IdentityMap<OrderAllocations>,
 }
 

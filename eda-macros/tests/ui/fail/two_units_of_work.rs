@@ -10,13 +10,13 @@ pub struct Allocate {
 #[derive(UnitOfWork)]
 pub struct ShopUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
 }
 
 #[derive(UnitOfWork)]
 pub struct AuditUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
 }
 
 #[command_handler]

@@ -1,9 +1,9 @@
-use eda_core::{Transaction, UnitOfWork};
+use eda_core::{UowTransaction, UnitOfWork};
 
 #[derive(UnitOfWork)]
 pub struct ShopUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
     shop_name: String,
 }
 

@@ -1,9 +1,9 @@
-use eda_core::{Transaction, UnitOfWork};
+use eda_core::{UowTransaction, UnitOfWork};
 
 #[derive(UnitOfWork)]
 pub struct ShopUow {
     #[uow(transactoin)]
-    tx: Transaction,
+    tx: UowTransaction,
 }
 
 fn main() {}

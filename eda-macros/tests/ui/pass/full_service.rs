@@ -63,7 +63,7 @@ pub struct Scratch {
 #[derive(UnitOfWork)]
 pub struct ShopUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
     pub products: IdentityMap<Product>,
     pub mailer: Arc<Mailer>,
     #[uow(skip)]

@@ -43,7 +43,7 @@ impl Adapter for Limit {}
 #[derive(UnitOfWork)]
 pub struct CounterUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
     counters: IdentityMap<Counter>,
 }
 

@@ -1,7 +1,7 @@
 //! The unit of work of the allocation handlers, and the lookups it offers
 //! besides "by id".
 
-use eda_core::{Finder, IdentityMap, Transaction, UnitOfWork};
+use eda_core::{Finder, IdentityMap, UnitOfWork, UowTransaction};
 
 use crate::domain::model::Product;
 
@@ -15,7 +15,7 @@ use crate::domain::model::Product;
 #[derive(Debug, UnitOfWork)]
 pub struct AllocationUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
     products: IdentityMap<Product>,
 }
 

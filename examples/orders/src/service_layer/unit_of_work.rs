@@ -1,6 +1,6 @@
 //! The unit of work of the orders handlers.
 
-use eda_core::{IdentityMap, Transaction, UnitOfWork};
+use eda_core::{IdentityMap, UnitOfWork, UowTransaction};
 
 use crate::domain::model::Order;
 
@@ -16,6 +16,6 @@ use crate::domain::model::Order;
 #[derive(Debug, UnitOfWork)]
 pub struct OrdersUow {
     #[uow(transaction)]
-    tx: Transaction,
+    tx: UowTransaction,
     orders: IdentityMap<Order>,
 }
