@@ -453,16 +453,18 @@ where
     Ps: Params,
     H: HandlerFn<M, Ps, R>,
 {
+    // Taken apart and downcast before the future is made: it holds the
+    // parts, not the call and them (a smaller future, moved into its box).
+    let CommandCall {
+        ctx,
+        message,
+        out,
+        events,
+    } = call;
+    let message = message
+        .downcast_ref::<C>()
+        .expect("the bus calls a handler with the command it registered for");
     Box::pin(async move {
-        let CommandCall {
-            ctx,
-            message,
-            out,
-            events,
-        } = call;
-        let message = message
-            .downcast_ref::<C>()
-            .expect("the bus calls a handler with the command it registered for");
         let params = &this.params;
         let mut slots = match params.slots(&ctx).await {
             Ok(slots) => slots,
@@ -533,11 +535,11 @@ where
     Ps: Params,
     H: HandlerFn<M, Ps, R>,
 {
+    let EventCall { ctx, event, events } = call;
+    let event = event
+        .downcast_ref::<V>()
+        .expect("the bus calls a handler with the event it registered for");
     Box::pin(async move {
-        let EventCall { ctx, event, events } = call;
-        let event = event
-            .downcast_ref::<V>()
-            .expect("the bus calls a handler with the event it registered for");
         let params = &this.params;
         let mut slots = match params.slots(&ctx).await {
             Ok(slots) => slots,
