@@ -548,7 +548,7 @@ where
         if ctx.incoming {
             match Box::pin(record_inbox(params.transaction(&mut slots), &ctx)).await {
                 Ok(true) => {}
-                Ok(false) => return EventOutcome::Done,
+                Ok(false) => return EventOutcome::Duplicate,
                 Err(e) => return EventOutcome::framework(e),
             }
         }

@@ -149,13 +149,16 @@ impl Outcome {
         matches!(
             self.raw,
             Raw::Command(CallOutcome::Done { failed: false } | CallOutcome::Duplicate)
-                | Raw::Event(EventOutcome::Done)
+                | Raw::Event(EventOutcome::Done | EventOutcome::Duplicate)
         )
     }
 
     /// The message was handled before: the inbox skipped the handler.
     pub fn is_duplicate(&self) -> bool {
-        matches!(self.raw, Raw::Command(CallOutcome::Duplicate))
+        matches!(
+            self.raw,
+            Raw::Command(CallOutcome::Duplicate) | Raw::Event(EventOutcome::Duplicate)
+        )
     }
 
     /// A command handler failed on a version conflict: the bus runs it

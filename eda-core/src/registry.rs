@@ -42,6 +42,8 @@ pub enum CallOutcome {
 pub enum EventOutcome {
     /// It returned `Ok`.
     Done,
+    /// The message was handled before (inbox): nothing ran.
+    Duplicate,
     /// It failed.
     Failed {
         /// Why.

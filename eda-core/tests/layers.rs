@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eda_core::prelude::*;
-use eda_core::{HandlerCall, Layer, Next, Outcome, RetryPolicy};
+use eda_core::{Error, HandlerCall, Layer, Next, Outcome, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Command)]
@@ -82,6 +82,20 @@ async fn remember(event: &Greeted, journal: &Journal, metadata: &Metadata) -> Re
     }
     journal.push(format!("remember {}", event.name));
     Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "layers.visited")]
+pub struct Visited {
+    pub name: String,
+}
+
+/// Records each visit in its unit of work's transaction: the inbox keeps a
+/// redelivered visit from running it again.
+#[event_handler]
+async fn count_visit(event: &Visited, uow: &mut GreetUow, journal: &Journal) -> Result<(), Error> {
+    journal.push(format!("visit {}", event.name));
+    uow.commit().await
 }
 
 /// A layer that writes what it sees before and after the rest of the stack.
@@ -200,5 +214,33 @@ async fn a_bus_without_layers_calls_its_handlers_directly() {
     assert_eq!(
         journal.lines(),
         ["greet bo", "remember bo failed", "remember bo"]
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_message_is_a_duplicate_outcome_and_its_handler_does_not_run() {
+    let journal = Journal::default();
+    let bus = bus(&journal);
+    let metadata = Metadata::new();
+    let body = serde_json::to_vec(&Visited { name: "cy".into() }).unwrap();
+    for _ in 0..2 {
+        bus.handle_incoming("layers.visited", metadata, &body)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        journal.lines(),
+        [
+            "outer enter Event layers.visited layers::count_visit #1",
+            "inner enter Event layers.visited layers::count_visit #1",
+            "visit cy",
+            "inner leave ok=true conflict=false duplicate=false",
+            "outer leave ok=true conflict=false duplicate=false",
+            // The same message again: the inbox skips the handler.
+            "outer enter Event layers.visited layers::count_visit #1",
+            "inner enter Event layers.visited layers::count_visit #1",
+            "inner leave ok=true conflict=false duplicate=true",
+            "outer leave ok=true conflict=false duplicate=true",
+        ]
     );
 }

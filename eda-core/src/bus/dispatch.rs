@@ -382,7 +382,8 @@ impl MessageBus {
                         Some(span) => call.instrument(span).await,
                     };
                     match outcome {
-                        EventOutcome::Done => {
+                        // A duplicate was handled, by an earlier delivery.
+                        EventOutcome::Done | EventOutcome::Duplicate => {
                             report.handled += 1;
                             break;
                         }
