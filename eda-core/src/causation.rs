@@ -120,7 +120,10 @@ impl Causation {
 #[diagnostic::do_not_recommend]
 impl Dependency for Causation {
     fn __sealed(_: crate::dependency::sealed::Token) {}
-    fn __resolve<'c>(ctx: &'c Context<'_>) -> Result<DepSlot<'c, Causation>, Error> {
+    fn __resolve<'c>(
+        _: &'c Option<std::sync::Arc<Causation>>,
+        ctx: &'c Context<'_>,
+    ) -> Result<DepSlot<'c, Causation>, Error> {
         Ok(DepSlot::Made(Causation {
             bus: ctx.bus.clone(),
             metadata: *ctx.metadata,

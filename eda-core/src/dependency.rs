@@ -3,7 +3,9 @@
 use crate::adapter::Adapter;
 use crate::bus::{Context, MessageBus};
 use crate::error::Error;
-use crate::handler::DepSlot;
+use std::sync::Arc;
+
+use crate::handler::{Adapters, DepSlot};
 use crate::message::Metadata;
 use crate::registry::Requirements;
 
@@ -20,11 +22,22 @@ pub trait Dependency: Send + Sync + 'static {
     /// Only eda implements it (a type outside cannot name the token).
     #[doc(hidden)]
     fn __sealed(_: sealed::Token);
+    /// What it takes from the bus once, when the bus is built (an adapter).
+    #[doc(hidden)]
+    fn __prepare(_adapters: &Adapters<'_>) -> Option<Arc<Self>>
+    where
+        Self: Sized,
+    {
+        None
+    }
     /// What the call holds while the handler runs: a reference to what
     /// the bus owns, or a value made for the call (a
     /// [`Causation`](crate::Causation)).
     #[doc(hidden)]
-    fn __resolve<'c>(ctx: &'c Context<'_>) -> Result<DepSlot<'c, Self>, Error>
+    fn __resolve<'c>(
+        prepared: &'c Option<Arc<Self>>,
+        ctx: &'c Context<'_>,
+    ) -> Result<DepSlot<'c, Self>, Error>
     where
         Self: Sized;
     #[doc(hidden)]
@@ -34,9 +47,15 @@ pub trait Dependency: Send + Sync + 'static {
 #[diagnostic::do_not_recommend]
 impl<T: Adapter> Dependency for T {
     fn __sealed(_: sealed::Token) {}
-    fn __resolve<'c>(ctx: &'c Context<'_>) -> Result<DepSlot<'c, T>, Error> {
-        ctx.bus
-            .adapter::<T>()
+    fn __prepare(adapters: &Adapters<'_>) -> Option<Arc<T>> {
+        adapters.get::<T>()
+    }
+    fn __resolve<'c>(
+        prepared: &'c Option<Arc<T>>,
+        _: &'c Context<'_>,
+    ) -> Result<DepSlot<'c, T>, Error> {
+        prepared
+            .as_deref()
             .map(DepSlot::Lent)
             .ok_or(Error::MissingAdapter(std::any::type_name::<T>()))
     }
@@ -48,7 +67,10 @@ impl<T: Adapter> Dependency for T {
 #[diagnostic::do_not_recommend]
 impl Dependency for Metadata {
     fn __sealed(_: sealed::Token) {}
-    fn __resolve<'c>(ctx: &'c Context<'_>) -> Result<DepSlot<'c, Metadata>, Error> {
+    fn __resolve<'c>(
+        _: &'c Option<Arc<Metadata>>,
+        ctx: &'c Context<'_>,
+    ) -> Result<DepSlot<'c, Metadata>, Error> {
         Ok(DepSlot::Lent(ctx.metadata))
     }
     fn __require(_: &mut Requirements) {}
@@ -57,7 +79,10 @@ impl Dependency for Metadata {
 #[diagnostic::do_not_recommend]
 impl Dependency for MessageBus {
     fn __sealed(_: sealed::Token) {}
-    fn __resolve<'c>(ctx: &'c Context<'_>) -> Result<DepSlot<'c, MessageBus>, Error> {
+    fn __resolve<'c>(
+        _: &'c Option<Arc<MessageBus>>,
+        ctx: &'c Context<'_>,
+    ) -> Result<DepSlot<'c, MessageBus>, Error> {
         Ok(DepSlot::Lent(ctx.bus))
     }
     fn __require(_: &mut Requirements) {}

@@ -27,9 +27,12 @@
 //! and by [`command_handler`] for the return type and the `Send` future.
 //! rustc then reports each mistake once, at the user's tokens.
 
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use crate::bus::{CommandCall, Context, EventCall, EventQueue, enqueue};
 use crate::dependency::Dependency;
@@ -39,18 +42,72 @@ use crate::message::{Command, Event};
 use crate::registry::{CallOutcome, EventOutcome, Requirements};
 use crate::uow::{UnitOfWork, UowTransaction};
 
+/// What a handler's parameters resolved once, when the bus was built (the
+/// adapters they take), type-erased.
+pub(crate) type PreparedState = Box<dyn Any + Send + Sync>;
+
+/// The adapters given to a bus, by type: what handlers are prepared from.
+pub struct Adapters<'a> {
+    lookup: &'a dyn Fn(TypeId) -> Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl<'a> Adapters<'a> {
+    pub(crate) fn new(lookup: &'a dyn Fn(TypeId) -> Option<Arc<dyn Any + Send + Sync>>) -> Self {
+        Adapters { lookup }
+    }
+
+    /// The adapter of type `T`, if the bus was given one.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        (self.lookup)(TypeId::of::<T>()).and_then(|a| a.downcast::<T>().ok())
+    }
+}
+
+/// A registration with what its handler resolved when the bus was built.
+pub(crate) struct Prepared<R: 'static> {
+    registration: &'static R,
+    pub(crate) state: PreparedState,
+}
+
+impl<R> Prepared<R> {
+    pub(crate) fn new(registration: &'static R, state: PreparedState) -> Self {
+        Prepared {
+            registration,
+            state,
+        }
+    }
+}
+
+impl<R> Deref for Prepared<R> {
+    type Target = R;
+    fn deref(&self) -> &R {
+        self.registration
+    }
+}
+
 /// A command handler, type-erased: what a registration points at.
 pub trait CommandHandlerFn: Send + Sync + 'static {
-    /// Runs the handler once.
-    fn call<'a>(&'a self, call: CommandCall<'a>) -> BoxFuture<'a, CallOutcome>;
+    /// Resolves, once, what its parameters take from the bus.
+    fn prepare(&self, adapters: &Adapters<'_>) -> PreparedState;
+    /// Runs the handler once, with what [`prepare`](Self::prepare) made.
+    fn call<'a>(
+        &'a self,
+        prepared: &'a (dyn Any + Send + Sync),
+        call: CommandCall<'a>,
+    ) -> BoxFuture<'a, CallOutcome>;
     /// What its parameters need from the bus (checked by `build()`).
     fn requirements(&self, requirements: &mut Requirements);
 }
 
 /// An event handler, type-erased: what a registration points at.
 pub trait EventHandlerFn: Send + Sync + 'static {
-    /// Runs the handler once.
-    fn call<'a>(&'a self, call: EventCall<'a>) -> BoxFuture<'a, EventOutcome>;
+    /// Resolves, once, what its parameters take from the bus.
+    fn prepare(&self, adapters: &Adapters<'_>) -> PreparedState;
+    /// Runs the handler once, with what [`prepare`](Self::prepare) made.
+    fn call<'a>(
+        &'a self,
+        prepared: &'a (dyn Any + Send + Sync),
+        call: EventCall<'a>,
+    ) -> BoxFuture<'a, EventOutcome>;
     /// What its parameters need from the bus (checked by `build()`).
     fn requirements(&self, requirements: &mut Requirements);
 }
@@ -120,13 +177,18 @@ impl<T: Clone> TakeByValue for T {
 
 /// A handler parameter after the message.
 pub trait Param: Send + Sync + 'static {
+    /// What it resolves once, when the bus is built.
+    type Prepared: Send + Sync + 'static;
     /// What the call holds while the handler runs.
     type Slot<'c>: Send + 'c;
     /// What the function receives, borrowed from the slot.
     type Arg<'s>;
+    /// Resolves what it can once, when the bus is built.
+    fn prepare(&self, adapters: &Adapters<'_>) -> Self::Prepared;
     /// Resolves the parameter for one call.
     fn slot<'c>(
         &'c self,
+        prepared: &'c Self::Prepared,
         ctx: &'c Context<'_>,
     ) -> impl Future<Output = Result<Self::Slot<'c>, Error>> + Send + 'c;
     /// The argument, from the slot.
@@ -152,9 +214,14 @@ pub enum DepSlot<'c, T> {
     Made(T),
 }
 
+/// How a dependency is resolved for a call, from what it prepared.
+type Resolve<T> =
+    for<'c, 'x> fn(&'c Option<Arc<T>>, &'c Context<'x>) -> Result<DepSlot<'c, T>, Error>;
+
 /// A dependency parameter (`db: &Db`).
 pub struct Dep<T> {
-    resolve: for<'c, 'x> fn(&'c Context<'x>) -> Result<DepSlot<'c, T>, Error>,
+    prepare: fn(&Adapters<'_>) -> Option<Arc<T>>,
+    resolve: Resolve<T>,
     require: fn(&mut Requirements),
 }
 
@@ -162,19 +229,25 @@ pub struct Dep<T> {
 /// `Causation` or `MessageBus`.
 pub const fn dep<T: Dependency>() -> Dep<T> {
     Dep {
+        prepare: T::__prepare,
         resolve: T::__resolve,
         require: T::__require,
     }
 }
 
 impl<T: Send + Sync + 'static> Param for Dep<T> {
+    type Prepared = Option<Arc<T>>;
     type Slot<'c> = DepSlot<'c, T>;
     type Arg<'s> = &'s T;
+    fn prepare(&self, adapters: &Adapters<'_>) -> Option<Arc<T>> {
+        (self.prepare)(adapters)
+    }
     fn slot<'c>(
         &'c self,
+        prepared: &'c Option<Arc<T>>,
         ctx: &'c Context<'_>,
     ) -> impl Future<Output = Result<DepSlot<'c, T>, Error>> + Send + 'c {
-        std::future::ready((self.resolve)(ctx))
+        std::future::ready((self.resolve)(prepared, ctx))
     }
     fn arg<'s>(slot: &'s mut DepSlot<'_, T>) -> &'s T {
         match slot {
@@ -208,11 +281,14 @@ pub const fn uow<U: UnitOfWork>() -> Uow<U> {
 }
 
 impl<U: Send + 'static> Param for Uow<U> {
+    type Prepared = ();
     type Slot<'c> = U;
     type Arg<'s> = &'s mut U;
+    fn prepare(&self, _: &Adapters<'_>) {}
     #[allow(clippy::manual_async_fn)] // `Send` is part of the signature
     fn slot<'c>(
         &'c self,
+        _: &'c (),
         ctx: &'c Context<'_>,
     ) -> impl Future<Output = Result<U, Error>> + Send + 'c {
         async move {
@@ -241,11 +317,16 @@ impl<U: Send + 'static> Param for Uow<U> {
 /// The parameters after the message, as a tuple: resolved in order for a
 /// call, and what the call holds while the handler runs.
 pub trait Params: Send + Sync + 'static {
+    /// What they resolve once, when the bus is built.
+    type Prepared: Send + Sync + 'static;
     /// The slots of one call.
     type Slots<'c>: Send + 'c;
+    /// Resolves what they can once, when the bus is built.
+    fn prepare(&self, adapters: &Adapters<'_>) -> Self::Prepared;
     /// Resolves every parameter (begins the unit of work).
     fn slots<'c>(
         &'c self,
+        prepared: &'c Self::Prepared,
         ctx: &'c Context<'_>,
     ) -> impl Future<Output = Result<Self::Slots<'c>, Error>> + Send + 'c;
     /// The transaction of the unit of work, if a parameter is one.
@@ -313,13 +394,19 @@ macro_rules! arity {
 
         #[allow(unused_variables)]
         impl<$($p: Param),*> Params for ($($p,)*) {
+            type Prepared = ($($p::Prepared,)*);
             type Slots<'c> = ($($p::Slot<'c>,)*);
+            #[allow(clippy::unused_unit)]
+            fn prepare(&self, adapters: &Adapters<'_>) -> Self::Prepared {
+                ($(self.$i.prepare(adapters),)*)
+            }
             #[allow(clippy::manual_async_fn)]
             fn slots<'c>(
                 &'c self,
+                prepared: &'c Self::Prepared,
                 ctx: &'c Context<'_>,
             ) -> impl Future<Output = Result<Self::Slots<'c>, Error>> + Send + 'c {
-                async move { Ok(($(self.$i.slot(ctx).await?,)*)) }
+                async move { Ok(($(self.$i.slot(&prepared.$i, ctx).await?,)*)) }
             }
             fn transaction<'s>(
                 &self,
@@ -373,8 +460,22 @@ pub struct TypedCommand<M, Ps, H> {
     handler: H,
     message: M,
     params: Ps,
-    run: for<'a> fn(&'a TypedCommand<M, Ps, H>, CommandCall<'a>) -> BoxFuture<'a, CallOutcome>,
+    run: RunCommand<M, Ps, H>,
 }
+
+/// How a command handler's call is run.
+type RunCommand<M, Ps, H> = for<'a> fn(
+    &'a TypedCommand<M, Ps, H>,
+    &'a (dyn Any + Send + Sync),
+    CommandCall<'a>,
+) -> BoxFuture<'a, CallOutcome>;
+
+/// How an event handler's call is run.
+type RunEvent<M, Ps, H> = for<'a> fn(
+    &'a TypedEvent<M, Ps, H>,
+    &'a (dyn Any + Send + Sync),
+    EventCall<'a>,
+) -> BoxFuture<'a, EventOutcome>;
 
 impl<M, Ps, H> CommandHandlerFn for TypedCommand<M, Ps, H>
 where
@@ -382,8 +483,15 @@ where
     Ps: Params,
     H: Send + Sync + 'static,
 {
-    fn call<'a>(&'a self, call: CommandCall<'a>) -> BoxFuture<'a, CallOutcome> {
-        (self.run)(self, call)
+    fn prepare(&self, adapters: &Adapters<'_>) -> PreparedState {
+        Box::new(self.params.prepare(adapters))
+    }
+    fn call<'a>(
+        &'a self,
+        prepared: &'a (dyn Any + Send + Sync),
+        call: CommandCall<'a>,
+    ) -> BoxFuture<'a, CallOutcome> {
+        (self.run)(self, prepared, call)
     }
     fn requirements(&self, requirements: &mut Requirements) {
         self.params.require(requirements)
@@ -395,7 +503,7 @@ pub struct TypedEvent<M, Ps, H> {
     handler: H,
     message: M,
     params: Ps,
-    run: for<'a> fn(&'a TypedEvent<M, Ps, H>, EventCall<'a>) -> BoxFuture<'a, EventOutcome>,
+    run: RunEvent<M, Ps, H>,
 }
 
 impl<M, Ps, H> EventHandlerFn for TypedEvent<M, Ps, H>
@@ -404,8 +512,15 @@ where
     Ps: Params,
     H: Send + Sync + 'static,
 {
-    fn call<'a>(&'a self, call: EventCall<'a>) -> BoxFuture<'a, EventOutcome> {
-        (self.run)(self, call)
+    fn prepare(&self, adapters: &Adapters<'_>) -> PreparedState {
+        Box::new(self.params.prepare(adapters))
+    }
+    fn call<'a>(
+        &'a self,
+        prepared: &'a (dyn Any + Send + Sync),
+        call: EventCall<'a>,
+    ) -> BoxFuture<'a, EventOutcome> {
+        (self.run)(self, prepared, call)
     }
     fn requirements(&self, requirements: &mut Requirements) {
         self.params.require(requirements)
@@ -441,6 +556,7 @@ where
 
 fn run_command<'a, C, O, E, R, RE, M, Ps, H>(
     this: &'a TypedCommand<M, Ps, H>,
+    prepared: &'a (dyn Any + Send + Sync),
     call: CommandCall<'a>,
 ) -> BoxFuture<'a, CallOutcome>
 where
@@ -464,9 +580,12 @@ where
     let message = message
         .downcast_ref::<C>()
         .expect("the bus calls a handler with the command it registered for");
+    let prepared = prepared
+        .downcast_ref::<Ps::Prepared>()
+        .expect("the bus calls a handler with what it prepared");
     Box::pin(async move {
         let params = &this.params;
-        let mut slots = match params.slots(&ctx).await {
+        let mut slots = match params.slots(prepared, &ctx).await {
             Ok(slots) => slots,
             Err(e) => return CallOutcome::Failed(e),
         };
@@ -526,6 +645,7 @@ where
 
 fn run_event<'a, V, R, M, Ps, H>(
     this: &'a TypedEvent<M, Ps, H>,
+    prepared: &'a (dyn Any + Send + Sync),
     call: EventCall<'a>,
 ) -> BoxFuture<'a, EventOutcome>
 where
@@ -539,9 +659,12 @@ where
     let event = event
         .downcast_ref::<V>()
         .expect("the bus calls a handler with the event it registered for");
+    let prepared = prepared
+        .downcast_ref::<Ps::Prepared>()
+        .expect("the bus calls a handler with what it prepared");
     Box::pin(async move {
         let params = &this.params;
-        let mut slots = match params.slots(&ctx).await {
+        let mut slots = match params.slots(prepared, &ctx).await {
             Ok(slots) => slots,
             Err(e) => return EventOutcome::framework(e),
         };

@@ -6,8 +6,9 @@ pub use inventory;
 
 pub use crate::bus::Context;
 pub use crate::handler::{
-    ByRef, ByValue, CommandHandlerError, CommandHandlerResult, Dep, DepSlot, EventHandlerResult,
-    MAX_PARAMS, TakeByValue, Uow, by_ref, by_value, command_handler, dep, event_handler, uow,
+    Adapters, ByRef, ByValue, CommandHandlerError, CommandHandlerResult, Dep, DepSlot,
+    EventHandlerResult, MAX_PARAMS, TakeByValue, Uow, by_ref, by_value, command_handler, dep,
+    event_handler, uow,
 };
 pub use crate::registry::{
     CommandHandlerRegistration, EventHandlerRegistration, MessageRegistration, Requirements,

@@ -1,11 +1,14 @@
 //! `#[command_handler]` and `#[event_handler]`: check the signature, then
-//! generate the type-erased call and its registration.
+//! register the function with what eda-core needs to call it.
 //!
 //! Parse → check → expand. Signature mistakes are reported here, at the
 //! user's tokens; what only the type checker can tell (is this a command, a
-//! unit of work, an adapter, is the future `Send`) is asked of it through
-//! bounds placed at the span of the user's tokens, so that its error lands
-//! there too.
+//! unit of work, an adapter, is the future `Send`, is the return type
+//! right) is asked of it by eda-core's generic `command_handler` /
+//! `event_handler` and the parameter makers (`dep`, `uow`, `by_value`),
+//! each named with the span of the user's tokens, so that its error lands
+//! there, once. The macro writes no control flow: calling the handler is
+//! eda-core's `handler` module.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};

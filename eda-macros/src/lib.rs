@@ -124,7 +124,14 @@ pub fn derive_unit_of_work(input: TokenStream) -> TokenStream {
 /// the command (by value or `&`), whose other parameters are lent by the bus
 /// (`&mut` a unit of work, `&` an adapter, `&Metadata`, `&Causation` to send
 /// the commands it causes, `&MessageBus`), and which returns
-/// `Result<Output, E>`.
+/// `Result<Output, E>`. It takes at most six parameters after the command,
+/// in any order, and at most one unit of work.
+///
+/// The attribute keeps the function as written and registers it; calling
+/// it is ordinary generic code in `eda-core` (its `handler` module), which
+/// resolves the parameters, begins the unit of work, records the inbox,
+/// calls, and hands on the result and the events. A mistake in the
+/// signature is reported once, at the type that is wrong.
 ///
 /// Option: `id = "…"`, the handler's stable identity, which the inbox
 /// records with each message it handled. By default it is

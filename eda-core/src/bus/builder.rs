@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::{BusInner, MessageBus, Metrics, TypeIdMap};
 use crate::adapter::{Adapter, AdapterEntry};
+use crate::handler::{Adapters, Prepared};
 use crate::layer::{AnyLayer, Layer};
 use crate::message::Command;
 use crate::registry::{EventHandlerRegistration, MessageRegistration, Wiring};
@@ -177,13 +178,22 @@ impl BusBuilder {
             return Err(WiringError { problems });
         }
 
+        // What each handler takes from the bus, resolved once (an
+        // adapter's `Arc`), not looked up at each call.
+        let lookup = |id: TypeId| adapters.get(&id).map(|a| a.any.clone());
+        let prepare_from = Adapters::new(&lookup);
         let mut commands = TypeIdMap::default();
         for c in registry.commands {
-            commands.insert(c.command, c);
+            let state = c.handler_fn.prepare(&prepare_from);
+            commands.insert(c.command, Prepared::new(c, state));
         }
-        let mut events: TypeIdMap<Vec<&'static EventHandlerRegistration>> = TypeIdMap::default();
+        let mut events: TypeIdMap<Vec<Prepared<EventHandlerRegistration>>> = TypeIdMap::default();
         for e in registry.events {
-            events.entry(e.event).or_default().push(e);
+            let state = e.handler_fn.prepare(&prepare_from);
+            events
+                .entry(e.event)
+                .or_default()
+                .push(Prepared::new(e, state));
         }
         let mut consumed: Vec<&'static str> = registry
             .messages

@@ -236,18 +236,21 @@ impl MessageBus {
             let mut attempt = 1;
             loop {
                 let mut out: Option<Result<C::Output, CommandError<C::Error>>> = None;
-                let call = entry.handler_fn.call(CommandCall {
-                    ctx: Context {
-                        bus: self,
-                        metadata: &envelope.metadata,
-                        incoming,
-                        dispatches: true,
-                        handler: entry.id,
+                let call = entry.handler_fn.call(
+                    &*entry.state,
+                    CommandCall {
+                        ctx: Context {
+                            bus: self,
+                            metadata: &envelope.metadata,
+                            incoming,
+                            dispatches: true,
+                            handler: entry.id,
+                        },
+                        message: &envelope.message,
+                        out: &mut out,
+                        events: &mut queue,
                     },
-                    message: &envelope.message,
-                    out: &mut out,
-                    events: &mut queue,
-                });
+                );
                 let outcome = if self.inner.layers.is_empty() {
                     call.await
                 } else {
@@ -353,17 +356,20 @@ impl MessageBus {
             for handler in handlers.iter() {
                 let mut attempt = 1;
                 loop {
-                    let call = handler.handler_fn.call(EventCall {
-                        ctx: Context {
-                            bus: self,
-                            metadata: event.metadata(),
-                            incoming,
-                            dispatches: true,
-                            handler: handler.id,
+                    let call = handler.handler_fn.call(
+                        &*handler.state,
+                        EventCall {
+                            ctx: Context {
+                                bus: self,
+                                metadata: event.metadata(),
+                                incoming,
+                                dispatches: true,
+                                handler: handler.id,
+                            },
+                            event: event.as_any(),
+                            events: queue,
                         },
-                        event: event.as_any(),
-                        events: queue,
-                    });
+                    );
                     let call: BoxFuture<'_, EventOutcome> = if self.inner.layers.is_empty() {
                         call
                     } else {
@@ -453,7 +459,7 @@ impl MessageBus {
     /// attempt, or `None` once it is reported.
     fn event_handler_failed(
         &self,
-        handler: &'static EventHandlerRegistration,
+        handler: &EventHandlerRegistration,
         event: &dyn AnyEvent,
         attempt: u32,
         error: String,

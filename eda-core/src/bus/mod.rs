@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::adapter::{Adapter, AdapterEntry, AnyAdapter};
 use crate::aggregate::Aggregate;
 use crate::error::Error;
+use crate::handler::Prepared;
 use crate::registry::{CommandHandlerRegistration, EventHandlerRegistration, MessageRegistration};
 use crate::repository::{Finder, FinderVTable, RepositoryVTable};
 use crate::retry::RetryPolicy;
@@ -60,8 +61,9 @@ impl Hasher for TypeIdHasher {
 type TypeIdMap<V> = HashMap<TypeId, V, BuildHasherDefault<TypeIdHasher>>;
 
 pub(crate) struct BusInner {
-    commands: TypeIdMap<&'static CommandHandlerRegistration>,
-    events: TypeIdMap<Box<[&'static EventHandlerRegistration]>>,
+    /// Each handler with what it resolved when the bus was built.
+    commands: TypeIdMap<Prepared<CommandHandlerRegistration>>,
+    events: TypeIdMap<Box<[Prepared<EventHandlerRegistration>]>>,
     messages: HashMap<&'static str, &'static MessageRegistration>,
     adapters: TypeIdMap<AdapterEntry>,
     /// The adapter that is the bus's [`Database`](crate::backend::Database).
