@@ -165,9 +165,8 @@ impl Outcome {
     /// again (up to its retry policy).
     pub fn is_conflict(&self) -> bool {
         match &self.raw {
-            Raw::Command(CallOutcome::Conflict) => true,
-            Raw::Command(CallOutcome::Failed(e)) => e.is_conflict(),
-            _ => false,
+            Raw::Command(outcome) => outcome.is_conflict(),
+            Raw::Event(_) => false,
         }
     }
 
@@ -194,7 +193,8 @@ pub struct Next<'a> {
     handler: Handler<'a>,
 }
 
-enum Handler<'a> {
+/// The handler's call, below every layer.
+pub(crate) enum Handler<'a> {
     Command(BoxFuture<'a, CallOutcome>),
     Event(BoxFuture<'a, EventOutcome>),
 }
@@ -237,34 +237,17 @@ impl<'a> Next<'a> {
     }
 }
 
-/// Runs a command handler's call through the layers.
-pub(crate) async fn command(
+/// Runs a handler's call through the layers.
+pub(crate) async fn run(
     layers: &[Arc<dyn AnyLayer>],
     call: HandlerCall<'_>,
-    handler: BoxFuture<'_, CallOutcome>,
-) -> CallOutcome {
+    handler: Handler<'_>,
+) -> Outcome {
     Next {
         layers,
         call,
-        handler: Handler::Command(handler),
+        handler,
     }
     .run()
     .await
-    .into_command()
-}
-
-/// Runs an event handler's call through the layers.
-pub(crate) async fn event(
-    layers: &[Arc<dyn AnyLayer>],
-    call: HandlerCall<'_>,
-    handler: BoxFuture<'_, EventOutcome>,
-) -> EventOutcome {
-    Next {
-        layers,
-        call,
-        handler: Handler::Event(handler),
-    }
-    .run()
-    .await
-    .into_event()
 }

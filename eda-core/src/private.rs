@@ -7,8 +7,8 @@ pub use inventory;
 pub use crate::bus::Context;
 pub use crate::handler::{
     Adapters, ByRef, ByValue, CommandHandlerError, CommandHandlerResult, Dep, DepSlot,
-    EventHandlerResult, MAX_PARAMS, TakeByValue, Uow, by_ref, by_value, command_handler, dep,
-    event_handler, uow,
+    EventHandlerResult, TakeByValue, Uow, by_ref, by_value, command_handler, dep, event_handler,
+    uow,
 };
 pub use crate::registry::{
     CommandHandlerRegistration, EventHandlerRegistration, MessageRegistration, Requirements,

@@ -37,6 +37,19 @@ pub enum CallOutcome {
     Failed(Error),
 }
 
+impl CallOutcome {
+    /// The bus runs the handler again: its unit of work hit a version
+    /// conflict, or the database was too busy to begin it or to record
+    /// the inbox before the handler ran.
+    pub(crate) fn is_conflict(&self) -> bool {
+        match self {
+            CallOutcome::Conflict => true,
+            CallOutcome::Failed(e) => e.is_conflict(),
+            CallOutcome::Done { .. } | CallOutcome::Duplicate => false,
+        }
+    }
+}
+
 /// How an event handler's run ended.
 #[derive(Debug)]
 pub enum EventOutcome {

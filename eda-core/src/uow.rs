@@ -61,18 +61,6 @@ pub trait UnitOfWork: Sized + Send + 'static {
     /// Builds it around its transaction (begun when it has one).
     #[doc(hidden)]
     fn __assemble(tx: Option<UowTransaction>, ctx: &Context<'_>) -> Result<Self, Error>;
-    /// Begins it: its transaction, then its fields.
-    #[doc(hidden)]
-    fn __begin<'a>(ctx: &'a Context<'a>) -> impl Future<Output = Result<Self, Error>> + Send + 'a {
-        async move {
-            let tx = if Self::__TRANSACTION {
-                Some(UowTransaction::__begin(ctx).await?)
-            } else {
-                None
-            };
-            Self::__assemble(tx, ctx)
-        }
-    }
     #[doc(hidden)]
     fn __require(requirements: &mut Requirements);
     #[doc(hidden)]

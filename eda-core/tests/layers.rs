@@ -201,8 +201,10 @@ async fn a_command_handler_s_error_is_a_failed_outcome_and_still_reaches_the_cal
     );
 }
 
+/// Without layers, the same calls and retries happen, with nothing around
+/// them.
 #[tokio::test]
-async fn a_bus_without_layers_calls_its_handlers_directly() {
+async fn without_layers_handlers_run_and_retry_as_with_them() {
     let journal = Journal::default();
     let bus = MessageBus::builder()
         .scope(module_path!())

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::MessageBus;
 use crate::error::{CommandError, Error};
 use crate::future::BoxFuture;
+use crate::handler::{self, Param};
 use crate::layer::{self, HandlerCall};
 use crate::message::{
     AnyEvent, Command, Envelope, Event, MessageId, MessageKind, Metadata, Raised,
@@ -208,7 +209,8 @@ impl MessageBus {
             dispatches: false,
             handler: "",
         };
-        U::__begin(&ctx).await
+        // The same begin as a handler's unit of work.
+        handler::uow::<U>().slot(&(), &ctx).await
     }
 
     pub(crate) async fn run_command<C: Command>(
@@ -262,15 +264,11 @@ impl MessageBus {
                         attempt,
                         incoming,
                     };
-                    layer::command(&self.inner.layers, described, call).await
+                    layer::run(&self.inner.layers, described, layer::Handler::Command(call))
+                        .await
+                        .into_command()
                 };
-                let conflict = match &outcome {
-                    CallOutcome::Conflict => true,
-                    // A conflict before the handler ran (the database too
-                    // busy to begin, or to record the inbox) is retried too.
-                    CallOutcome::Failed(e) => e.is_conflict(),
-                    CallOutcome::Done { .. } | CallOutcome::Duplicate => false,
-                };
+                let conflict = outcome.is_conflict();
                 if conflict {
                     self.inner
                         .metrics
@@ -381,7 +379,11 @@ impl MessageBus {
                             attempt,
                             incoming,
                         };
-                        Box::pin(layer::event(&self.inner.layers, described, call))
+                        Box::pin(async move {
+                            layer::run(&self.inner.layers, described, layer::Handler::Event(call))
+                                .await
+                                .into_event()
+                        })
                     };
                     let outcome = match event_span(event, handler) {
                         None => call.await,
