@@ -5,12 +5,11 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::bus::{Context, MessageBus, Report};
-use crate::dependency::Dependency;
+use crate::bus::{MessageBus, Report};
+use crate::context::Context;
+use crate::dependency::{DepSlot, Dependency, Requirements};
 use crate::error::{CommandError, Error};
-use crate::handler::DepSlot;
 use crate::message::{Command, Envelope, MessageId, Metadata, Timestamp};
-use crate::registry::Requirements;
 
 /// The message a handler is handling, as the cause of the commands it
 /// sends: take `&Causation` as a handler parameter and
@@ -125,7 +124,7 @@ impl Dependency for Causation {
         ctx: &'c Context<'_>,
     ) -> Result<DepSlot<'c, Causation>, Error> {
         Ok(DepSlot::Made(Causation {
-            bus: ctx.bus.clone(),
+            bus: ctx.bus().clone(),
             metadata: *ctx.metadata,
             handler: ctx.handler,
             incoming: ctx.incoming,

@@ -1,13 +1,16 @@
-//! What a handler's parameters after the message are resolved from.
+//! What a handler's parameters after the message are resolved from
+//! ([`Dependency`], [`DepSlot`], the [`Adapters`] a handler is prepared
+//! from), and what they require of the bus ([`Requirements`], checked by
+//! `build()`).
 
-use crate::adapter::Adapter;
-use crate::bus::{Context, MessageBus};
-use crate::error::Error;
+use std::any::{Any, TypeId};
 use std::sync::Arc;
 
-use crate::handler::{Adapters, DepSlot};
+use crate::adapter::Adapter;
+use crate::aggregate::Aggregate;
+use crate::context::Context;
+use crate::error::Error;
 use crate::message::Metadata;
-use crate::registry::Requirements;
 
 /// A handler parameter the bus can provide: `&T` for any [`Adapter`] `T`
 /// given to the bus, `&Metadata` (of the message being handled),
@@ -76,16 +79,83 @@ impl Dependency for Metadata {
     fn __require(_: &mut Requirements) {}
 }
 
-#[diagnostic::do_not_recommend]
-impl Dependency for MessageBus {
-    fn __sealed(_: sealed::Token) {}
-    fn __resolve<'c>(
-        _: &'c Option<Arc<MessageBus>>,
-        ctx: &'c Context<'_>,
-    ) -> Result<DepSlot<'c, MessageBus>, Error> {
-        Ok(DepSlot::Lent(ctx.bus))
+/// The adapters given to a bus, by type: what handlers are prepared from.
+pub struct Adapters<'a> {
+    lookup: &'a dyn Fn(TypeId) -> Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl<'a> Adapters<'a> {
+    pub(crate) fn new(lookup: &'a dyn Fn(TypeId) -> Option<Arc<dyn Any + Send + Sync>>) -> Self {
+        Adapters { lookup }
     }
-    fn __require(_: &mut Requirements) {}
+
+    /// The adapter of type `T`, if the bus was given one.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        (self.lookup)(TypeId::of::<T>()).and_then(|a| a.downcast::<T>().ok())
+    }
+}
+
+/// What a dependency's slot holds: a reference to what the bus owns, or a
+/// value made for the call (a [`Causation`](crate::Causation)).
+pub enum DepSlot<'c, T> {
+    /// Owned by the bus.
+    Lent(&'c T),
+    /// Made for this call.
+    Made(T),
+}
+
+/// What a handler needs from the bus, as its registration declares it.
+#[derive(Default, Debug)]
+pub struct Requirements {
+    items: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Requirement {
+    Adapter {
+        type_id: TypeId,
+        name: &'static str,
+    },
+    Database {
+        unit_of_work: &'static str,
+    },
+    Repository {
+        aggregate: TypeId,
+        name: &'static str,
+        /// It serializes: a document store can keep it.
+        document: bool,
+        /// Its Rust type, for errors.
+        type_name: &'static str,
+    },
+}
+
+impl Requirements {
+    /// An adapter of type `T`.
+    pub fn adapter<T: Adapter>(&mut self) {
+        self.items.push(Requirement::Adapter {
+            type_id: TypeId::of::<T>(),
+            name: std::any::type_name::<T>(),
+        });
+    }
+
+    /// A database, for the transaction of this unit of work.
+    pub fn database(&mut self, unit_of_work: &'static str) {
+        self.items.push(Requirement::Database { unit_of_work });
+    }
+
+    /// A repository of `A` on the bus's database.
+    pub fn repository<A: Aggregate>(&mut self) {
+        self.items.push(Requirement::Repository {
+            aggregate: TypeId::of::<A>(),
+            name: A::NAME,
+            document: A::__codec().is_some(),
+            type_name: std::any::type_name::<A>(),
+        });
+    }
+
+    pub(crate) fn items(&self) -> &[Requirement] {
+        &self.items
+    }
 }
 
 /// Only eda implements [`Dependency`]: a handler takes an adapter of the

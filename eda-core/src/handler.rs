@@ -27,39 +27,53 @@
 //! and by [`command_handler`] for the return type and the `Send` future.
 //! rustc then reports each mistake once, at the user's tokens.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::bus::{CommandCall, Context, EventCall, EventQueue, enqueue};
-use crate::dependency::Dependency;
+use crate::context::Context;
+use crate::dependency::{Adapters, DepSlot, Dependency, Requirements};
 use crate::error::{CommandError, Error};
 use crate::future::BoxFuture;
-use crate::message::{Command, Event};
-use crate::registry::{CallOutcome, EventOutcome, Requirements};
+use crate::message::{AnyEvent, Command, Event};
 use crate::uow::{UnitOfWork, UowTransaction};
 
 /// What a handler's parameters resolved once, when the bus was built (the
 /// adapters they take), type-erased.
 pub(crate) type PreparedState = Box<dyn Any + Send + Sync>;
 
-/// The adapters given to a bus, by type: what handlers are prepared from.
-pub struct Adapters<'a> {
-    lookup: &'a dyn Fn(TypeId) -> Option<Arc<dyn Any + Send + Sync>>,
+/// The queue of events waiting for their handlers.
+pub(crate) type EventQueue = VecDeque<Box<dyn AnyEvent>>;
+
+/// Appends committed events to the queue, without copying when it is empty.
+pub(crate) fn enqueue(queue: &mut EventQueue, events: Vec<Box<dyn AnyEvent>>) {
+    if events.is_empty() {
+    } else if queue.is_empty() {
+        *queue = VecDeque::from(events);
+    } else {
+        queue.extend(events);
+    }
 }
 
-impl<'a> Adapters<'a> {
-    pub(crate) fn new(lookup: &'a dyn Fn(TypeId) -> Option<Arc<dyn Any + Send + Sync>>) -> Self {
-        Adapters { lookup }
-    }
+/// One call of a command handler, type-erased.
+#[doc(hidden)]
+pub struct CommandCall<'a> {
+    pub ctx: Context<'a>,
+    pub message: &'a (dyn Any + Send + Sync),
+    pub out: &'a mut (dyn Any + Send),
+    pub events: &'a mut EventQueue,
+}
 
-    /// The adapter of type `T`, if the bus was given one.
-    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        (self.lookup)(TypeId::of::<T>()).and_then(|a| a.downcast::<T>().ok())
-    }
+/// One call of an event handler, type-erased.
+#[doc(hidden)]
+pub struct EventCall<'a> {
+    pub ctx: Context<'a>,
+    pub event: &'a (dyn Any + Send + Sync),
+    pub events: &'a mut EventQueue,
 }
 
 /// A registration with what its handler resolved when the bus was built.
@@ -81,6 +95,62 @@ impl<R> Deref for Prepared<R> {
     type Target = R;
     fn deref(&self) -> &R {
         self.registration
+    }
+}
+
+/// How a command handler's run ended.
+#[derive(Debug)]
+pub enum CallOutcome {
+    /// It returned; its result is in the output slot.
+    Done {
+        /// It returned an error.
+        failed: bool,
+    },
+    /// It returned an error after its unit of work hit a version conflict:
+    /// run it again.
+    Conflict,
+    /// The message was handled before (inbox): nothing ran.
+    Duplicate,
+    /// The framework could not run it.
+    Failed(Error),
+}
+
+impl CallOutcome {
+    /// The bus runs the handler again: its unit of work hit a version
+    /// conflict, or the database was too busy to begin it or to record
+    /// the inbox before the handler ran.
+    pub(crate) fn is_conflict(&self) -> bool {
+        match self {
+            CallOutcome::Conflict => true,
+            CallOutcome::Failed(e) => e.is_conflict(),
+            CallOutcome::Done { .. } | CallOutcome::Duplicate => false,
+        }
+    }
+}
+
+/// How an event handler's run ended.
+#[derive(Debug)]
+pub enum EventOutcome {
+    /// It returned `Ok`.
+    Done,
+    /// The message was handled before (inbox): nothing ran.
+    Duplicate,
+    /// It failed.
+    Failed {
+        /// Why.
+        error: String,
+        /// Whether its unit of work had committed (it is not run again).
+        committed: bool,
+    },
+}
+
+impl EventOutcome {
+    /// The framework could not run it.
+    pub fn framework(e: Error) -> Self {
+        EventOutcome::Failed {
+            error: e.to_string(),
+            committed: false,
+        }
     }
 }
 
@@ -203,15 +273,6 @@ pub trait Param: Send + Sync + 'static {
     }
     /// What it needs from the bus.
     fn require(&self, requirements: &mut Requirements);
-}
-
-/// What a dependency's slot holds: a reference to what the bus owns, or a
-/// value made for the call (a [`Causation`](crate::Causation)).
-pub enum DepSlot<'c, T> {
-    /// Owned by the bus.
-    Lent(&'c T),
-    /// Made for this call.
-    Made(T),
 }
 
 /// How a dependency is resolved for a call, from what it prepared.
@@ -789,7 +850,7 @@ fn end(
     if succeeded && tx.is_active() {
         let raised = tx.raised();
         if changes > 0 || raised > 0 {
-            ctx.bus.uncommitted(ctx.handler, changes, raised);
+            ctx.services.uncommitted(ctx.handler, changes, raised);
         }
     }
     let committed = tx.is_committed();

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::future::BoxFuture;
+use crate::handler::{CallOutcome, EventOutcome};
 use crate::message::{MessageKind, Metadata};
-use crate::registry::{CallOutcome, EventOutcome};
 
 /// Code run around every handler call of a bus: timing, counting, a span
 /// or a log line of your own, a check before the handler runs.

@@ -50,6 +50,7 @@ pub mod adapters;
 mod aggregate;
 mod bus;
 mod causation;
+mod context;
 mod dependency;
 mod domain_error;
 pub mod entrypoints;

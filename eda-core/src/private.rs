@@ -4,15 +4,14 @@
 
 pub use inventory;
 
-pub use crate::bus::Context;
+pub use crate::bus::MessageRegistration;
+pub use crate::context::Context;
+pub use crate::dependency::{Adapters, DepSlot, Requirements};
 pub use crate::handler::{
-    Adapters, ByRef, ByValue, CommandHandlerError, CommandHandlerResult, Dep, DepSlot,
-    EventHandlerResult, TakeByValue, Uow, by_ref, by_value, command_handler, dep, event_handler,
-    uow,
+    ByRef, ByValue, CommandHandlerError, CommandHandlerResult, Dep, EventHandlerResult,
+    TakeByValue, Uow, by_ref, by_value, command_handler, dep, event_handler, uow,
 };
-pub use crate::registry::{
-    CommandHandlerRegistration, EventHandlerRegistration, MessageRegistration, Requirements,
-};
+pub use crate::registry::{CommandHandlerRegistration, EventHandlerRegistration};
 pub use crate::repository::{FinderVTableOf, RepositoryRegistration, RepositoryVTableOf};
 
 use crate::MessageBus;

@@ -1,80 +1,16 @@
-//! The registry: what the macros declare (messages, handlers, repositories),
-//! collected through `inventory`, and the check of the whole wiring that
+//! The registry: what the macros declare (handlers, repositories, what each
+//! message type is), collected through `inventory`, and the check of the whole wiring that
 //! [`BusBuilder::build`](crate::BusBuilder::build) runs once.
 
 use std::any::TypeId;
 use std::collections::HashMap;
 
-use crate::adapter::Adapter;
-use crate::aggregate::Aggregate;
-use crate::bus::MessageBus;
-use crate::error::{Error, IncomingError};
-use crate::future::BoxFuture;
+use crate::dependency::{Requirement, Requirements};
 use crate::handler::{CommandHandlerFn, EventHandlerFn};
-use crate::message::{Command, Event, Message, MessageKind, Metadata};
+use crate::message::{Command, Event, Message, MessageKind};
 use crate::repository::RepositoryRegistration;
 use crate::store::AggregateStorage;
 use crate::wiring::{HandlerRef, Location, WiringProblem};
-
-#[doc(hidden)]
-pub(crate) type DispatchFn =
-    for<'a> fn(&'a MessageBus, Metadata, &'a [u8]) -> BoxFuture<'a, Result<(), IncomingError>>;
-
-/// How a command handler's run ended.
-#[derive(Debug)]
-pub enum CallOutcome {
-    /// It returned; its result is in the output slot.
-    Done {
-        /// It returned an error.
-        failed: bool,
-    },
-    /// It returned an error after its unit of work hit a version conflict:
-    /// run it again.
-    Conflict,
-    /// The message was handled before (inbox): nothing ran.
-    Duplicate,
-    /// The framework could not run it.
-    Failed(Error),
-}
-
-impl CallOutcome {
-    /// The bus runs the handler again: its unit of work hit a version
-    /// conflict, or the database was too busy to begin it or to record
-    /// the inbox before the handler ran.
-    pub(crate) fn is_conflict(&self) -> bool {
-        match self {
-            CallOutcome::Conflict => true,
-            CallOutcome::Failed(e) => e.is_conflict(),
-            CallOutcome::Done { .. } | CallOutcome::Duplicate => false,
-        }
-    }
-}
-
-/// How an event handler's run ended.
-#[derive(Debug)]
-pub enum EventOutcome {
-    /// It returned `Ok`.
-    Done,
-    /// The message was handled before (inbox): nothing ran.
-    Duplicate,
-    /// It failed.
-    Failed {
-        /// Why.
-        error: String,
-        /// Whether its unit of work had committed (it is not run again).
-        committed: bool,
-    },
-}
-
-impl EventOutcome {
-    /// The framework could not run it.
-    pub fn framework(e: Error) -> Self {
-        EventOutcome::Failed {
-            error: e.to_string(),
-            committed: false,
-        }
-    }
-}
 
 /// A command handler, as `#[command_handler]` registers it.
 #[doc(hidden)]
@@ -162,10 +98,11 @@ impl EventHandlerRegistration {
     }
 }
 
-/// A message type, as the `Command` and `Event` derives register it, so that
-/// it can be decoded by name when it arrives from outside.
+/// What a message type is, as the `Command` and `Event` derives declare it
+/// (the bus's registration of it adds how it is run when it arrives from
+/// outside).
 #[doc(hidden)]
-pub struct MessageRegistration {
+pub struct MessageInfo {
     pub type_id: TypeId,
     pub name: &'static str,
     pub type_name: &'static str,
@@ -174,10 +111,9 @@ pub struct MessageRegistration {
     pub external: bool,
     pub module: &'static str,
     pub location: Location,
-    pub dispatch: DispatchFn,
 }
 
-impl MessageRegistration {
+impl MessageInfo {
     pub const fn new<M: Message>(
         kind: MessageKind,
         external: bool,
@@ -185,9 +121,8 @@ impl MessageRegistration {
         module: &'static str,
         file: &'static str,
         line: u32,
-        dispatch: DispatchFn,
     ) -> Self {
-        MessageRegistration {
+        MessageInfo {
             type_id: TypeId::of::<M>(),
             name: M::NAME,
             type_name,
@@ -195,68 +130,12 @@ impl MessageRegistration {
             external,
             module,
             location: Location { file, line },
-            dispatch,
         }
     }
 }
 
 inventory::collect!(CommandHandlerRegistration);
 inventory::collect!(EventHandlerRegistration);
-inventory::collect!(MessageRegistration);
-
-/// What a handler needs from the bus, as its registration declares it.
-#[derive(Default, Debug)]
-pub struct Requirements {
-    items: Vec<Requirement>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Requirement {
-    Adapter {
-        type_id: TypeId,
-        name: &'static str,
-    },
-    Database {
-        unit_of_work: &'static str,
-    },
-    Repository {
-        aggregate: TypeId,
-        name: &'static str,
-        /// It serializes: a document store can keep it.
-        document: bool,
-        /// Its Rust type, for errors.
-        type_name: &'static str,
-    },
-}
-
-impl Requirements {
-    /// An adapter of type `T`.
-    pub fn adapter<T: Adapter>(&mut self) {
-        self.items.push(Requirement::Adapter {
-            type_id: TypeId::of::<T>(),
-            name: std::any::type_name::<T>(),
-        });
-    }
-
-    /// A database, for the transaction of this unit of work.
-    pub fn database(&mut self, unit_of_work: &'static str) {
-        self.items.push(Requirement::Database { unit_of_work });
-    }
-
-    /// A repository of `A` on the bus's database.
-    pub fn repository<A: Aggregate>(&mut self) {
-        self.items.push(Requirement::Repository {
-            aggregate: TypeId::of::<A>(),
-            name: A::NAME,
-            document: A::__codec().is_some(),
-            type_name: std::any::type_name::<A>(),
-        });
-    }
-
-    pub(crate) fn items(&self) -> &[Requirement] {
-        &self.items
-    }
-}
 
 /// Whether a module path is inside one of the scopes (`None`: everything).
 pub(crate) fn in_scope(scopes: &[String], module: &str) -> bool {
@@ -273,11 +152,13 @@ pub(crate) fn in_scope(scopes: &[String], module: &str) -> bool {
 pub(crate) struct Registry {
     pub(crate) commands: Vec<&'static CommandHandlerRegistration>,
     pub(crate) events: Vec<&'static EventHandlerRegistration>,
-    pub(crate) messages: HashMap<&'static str, &'static MessageRegistration>,
     pub(crate) repositories: Vec<&'static RepositoryRegistration>,
 }
 
 pub(crate) struct Wiring<'a> {
+    /// Every message type linked in (not only those in scope: message
+    /// names are global).
+    pub(crate) messages: &'a [&'static MessageInfo],
     pub(crate) scopes: &'a [String],
     pub(crate) unhandled_allowed: &'a [TypeId],
     pub(crate) adapters: &'a dyn Fn(TypeId) -> bool,
@@ -309,9 +190,7 @@ impl Wiring<'_> {
                 || inventory::iter::<EventHandlerRegistration>
                     .into_iter()
                     .any(|r| in_scope(one, r.module))
-                || inventory::iter::<MessageRegistration>
-                    .into_iter()
-                    .any(|r| in_scope(one, r.module));
+                || self.messages.iter().any(|r| in_scope(one, r.module));
             if !found {
                 problems.push(WiringProblem::EmptyScope {
                     scope: scope.clone(),
@@ -320,14 +199,12 @@ impl Wiring<'_> {
         }
 
         // Message names are global: a message from outside is decoded by name.
-        let mut messages: HashMap<&'static str, &'static MessageRegistration> = HashMap::new();
-        let mut by_name: HashMap<&'static str, Vec<&'static MessageRegistration>> = HashMap::new();
-        for m in inventory::iter::<MessageRegistration> {
+        let mut by_name: HashMap<&'static str, Vec<&'static MessageInfo>> = HashMap::new();
+        for &m in self.messages {
             let same = by_name.entry(m.name).or_default();
             if !same.iter().any(|o| o.type_id == m.type_id) {
                 same.push(m);
             }
-            messages.insert(m.name, m);
         }
         let mut duplicates: Vec<_> = by_name.into_iter().filter(|(_, v)| v.len() > 1).collect();
         duplicates.sort_by_key(|(n, _)| *n);
@@ -372,8 +249,9 @@ impl Wiring<'_> {
             });
         }
 
-        let mut unhandled: Vec<_> = inventory::iter::<MessageRegistration>
-            .into_iter()
+        let mut unhandled: Vec<_> = self
+            .messages
+            .iter()
             .filter(|m| {
                 m.kind == MessageKind::Command
                     && in_scope(self.scopes, m.module)
@@ -512,7 +390,6 @@ impl Wiring<'_> {
         Registry {
             commands,
             events,
-            messages,
             repositories,
         }
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::message::MessageKind;
-use crate::registry::MessageRegistration;
+use crate::registry::MessageInfo;
 use crate::wiring::Location;
 
 /// Something about a service's topology that is probably a mistake: logged
@@ -133,11 +133,13 @@ pub struct Topology {
 impl Topology {
     /// The topology of a service that consumes `consumed`, its queue bound
     /// to them or to `bindings` when given; `warnings`: what the bus found
-    /// already; `why_not_consumed` says why a name is not consumed.
+    /// already; `known`: the name of every message linked in;
+    /// `why_not_consumed` says why a name is not consumed.
     pub(crate) fn new(
         consumed: Vec<&'static str>,
         mut warnings: Vec<TopologyWarning>,
         bindings: Option<&[String]>,
+        mut known: Vec<&'static str>,
         why_not_consumed: impl Fn(&str) -> &'static str,
     ) -> Self {
         let bindings: Vec<String> = match bindings {
@@ -162,10 +164,6 @@ impl Topology {
                 given
             }
         };
-        let mut known: Vec<&'static str> = inventory::iter::<MessageRegistration>
-            .into_iter()
-            .map(|m| m.name)
-            .collect();
         known.sort_unstable();
         known.dedup();
         Topology {
@@ -219,8 +217,8 @@ impl Topology {
 /// The events of `scope` that go nowhere (see
 /// [`TopologyWarning::EventGoesNowhere`]), sorted by name.
 pub(crate) fn events_going_nowhere<'a>(
-    messages: impl Iterator<Item = &'a MessageRegistration>,
-    handled: impl Fn(&MessageRegistration) -> bool,
+    messages: impl Iterator<Item = &'a MessageInfo>,
+    handled: impl Fn(&MessageInfo) -> bool,
     in_scope: impl Fn(&str) -> bool,
 ) -> Vec<TopologyWarning> {
     let mut found: Vec<_> = messages

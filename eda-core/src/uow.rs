@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use crate::adapter::{Adapter, DatabaseTransaction};
 use crate::aggregate::Aggregate;
-use crate::bus::{Context, MessageBus};
+use crate::context::{Context, Services};
+use crate::dependency::Requirements;
 use crate::error::Error;
 use crate::message::{AnyEvent, Metadata};
 use crate::outbox::{ExternalMessage, OutboxWrite};
-use crate::registry::Requirements;
 use crate::repository::{Finder, FinderVTable, RepositoryError};
 use crate::store::{self, AggregateType, Stored};
 
@@ -127,7 +127,7 @@ impl<T: Adapter> UowField for Arc<T> {
     type Handle<'a> = &'a T;
     const NEEDS_TRANSACTION: bool = false;
     fn __begin(ctx: &Context<'_>) -> Result<Self, Error> {
-        ctx.bus
+        ctx.services
             .adapter_arc::<T>()
             .ok_or(Error::MissingAdapter(std::any::type_name::<T>()))
     }
@@ -163,7 +163,8 @@ enum State {
 /// [`UowTransaction::connection`].
 pub struct UowTransaction {
     backend: Backend,
-    bus: MessageBus,
+    /// The bus's services: the repositories, what its events go to.
+    services: Arc<Services>,
     metadata: Metadata,
     events: Vec<Box<dyn AnyEvent>>,
     state: State,
@@ -185,14 +186,14 @@ impl fmt::Debug for UowTransaction {
 impl UowTransaction {
     #[doc(hidden)]
     pub async fn __begin(ctx: &Context<'_>) -> Result<Self, Error> {
-        let db = ctx.bus.database().ok_or(Error::NoDatabase)?;
+        let db = ctx.services.database().ok_or(Error::NoDatabase)?;
         let backend = Backend::Database(match db.begin_now() {
             Some(begun) => begun?,
             None => db.begin().await?,
         });
         Ok(UowTransaction {
             backend,
-            bus: ctx.bus.clone(),
+            services: ctx.services.clone(),
             metadata: *ctx.metadata,
             events: Vec::new(),
             state: State::Active,
@@ -297,7 +298,7 @@ impl UowTransaction {
         let mut published = outbox.into_iter();
         let mut rows = Vec::with_capacity(self.events.len());
         for event in &mut self.events {
-            let dispatch = self.bus.has_event_handlers(event.__type_id());
+            let dispatch = self.services.has_event_handlers(event.__type_id());
             let message = if event.is_external() {
                 published
                     .next()
@@ -349,7 +350,7 @@ impl UowTransaction {
                     && self
                         .events
                         .iter()
-                        .any(|e| self.bus.has_event_handlers(e.__type_id()));
+                        .any(|e| self.services.has_event_handlers(e.__type_id()));
                 let written = if journal {
                     match self.journal(outbox) {
                         Ok(rows) => tx.write_events(&rows).await,
@@ -430,7 +431,7 @@ impl UowTransaction {
     /// With the store, also its document as stored: what it is compared
     /// with to tell whether it changed.
     async fn load<A: Aggregate>(&mut self, id: &A::Id) -> Result<Option<Loaded<A>>, Error> {
-        let repository = self.bus.repository::<A>();
+        let repository = self.services.repository::<A>();
         let tx = self.open()?;
         match repository {
             Some(vtable) => Ok((vtable.get)(tx.connection(), id)
@@ -450,8 +451,8 @@ impl UowTransaction {
         &mut self,
         finder: &F,
     ) -> Result<Option<Loaded<A>>, Error> {
-        if self.bus.repository::<A>().is_some() {
-            let vtable: &FinderVTable<A, F> = self.bus.finder::<A, F>()?;
+        if self.services.repository::<A>().is_some() {
+            let vtable: &FinderVTable<A, F> = self.services.finder::<A, F>()?;
             let tx = self.open()?;
             return Ok((vtable.find)(tx.connection(), finder)
                 .await?
@@ -476,7 +477,7 @@ impl UowTransaction {
         loaded: Option<u64>,
         key: Option<&str>,
     ) -> Result<(), Error> {
-        let repository = self.bus.repository::<A>();
+        let repository = self.services.repository::<A>();
         let tx = self.open()?;
         match repository {
             Some(vtable) => match loaded {

@@ -7,12 +7,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use super::{BusInner, MessageBus, Metrics, TypeIdMap};
+use super::{BusInner, MessageBus, MessageRegistration, Metrics};
 use crate::adapter::{Adapter, AdapterEntry};
-use crate::handler::{Adapters, Prepared};
+use crate::context::{Services, TypeIdMap};
+use crate::dependency::Adapters;
+use crate::handler::Prepared;
 use crate::layer::{AnyLayer, Layer};
 use crate::message::Command;
-use crate::registry::{EventHandlerRegistration, MessageRegistration, Wiring};
+use crate::registry::{EventHandlerRegistration, MessageInfo, Wiring};
 use crate::retry::RetryPolicy;
 use crate::topology::events_going_nowhere;
 use crate::wiring::{WiringError, WiringProblem};
@@ -157,7 +159,13 @@ impl BusBuilder {
             .and_then(|adapter| adapter.adapter().as_database())
             .map(|d| (d.connection_type(), d.aggregate_storage()));
         let has_adapter = |id: TypeId| adapters.contains_key(&id);
+        // Message names are global: every message linked in, in scope or
+        // not (the last of a name wins; two of one name are a problem).
+        let linked: Vec<&'static MessageRegistration> =
+            inventory::iter::<MessageRegistration>.into_iter().collect();
+        let infos: Vec<&'static MessageInfo> = linked.iter().map(|m| &m.info).collect();
         let registry = Wiring {
+            messages: &infos,
             scopes: &self.scopes,
             unhandled_allowed: &self.unhandled_allowed,
             adapters: &has_adapter,
@@ -195,9 +203,11 @@ impl BusBuilder {
                 .or_default()
                 .push(Prepared::new(e, state));
         }
-        let mut consumed: Vec<&'static str> = registry
-            .messages
+        let messages: HashMap<&'static str, &'static MessageRegistration> =
+            linked.iter().map(|m| (m.info.name, *m)).collect();
+        let mut consumed: Vec<&'static str> = messages
             .values()
+            .map(|m| &m.info)
             .filter(|m| match m.kind {
                 crate::message::MessageKind::Command => accepted.contains_key(&m.type_id),
                 crate::message::MessageKind::Event => m.external && events.contains_key(&m.type_id),
@@ -207,7 +217,7 @@ impl BusBuilder {
         consumed.sort_unstable();
         let scopes = &self.scopes;
         let warnings = events_going_nowhere(
-            inventory::iter::<MessageRegistration>.into_iter(),
+            infos.iter().copied(),
             |m| events.contains_key(&m.type_id),
             |module| crate::registry::in_scope(scopes, module),
         );
@@ -227,6 +237,7 @@ impl BusBuilder {
             }
         }
 
+        let handled_events = events.keys().copied().collect();
         Ok(MessageBus {
             inner: Arc::new(BusInner {
                 commands,
@@ -234,11 +245,15 @@ impl BusBuilder {
                     .into_iter()
                     .map(|(k, v)| (k, v.into_boxed_slice()))
                     .collect(),
-                messages: registry.messages,
-                adapters,
-                database,
-                repositories,
-                finders,
+                messages,
+                services: Arc::new(Services {
+                    adapters,
+                    database,
+                    repositories,
+                    finders,
+                    handled_events,
+                    uncommitted: Default::default(),
+                }),
                 command_retry: self.command_retry.unwrap_or_else(|| {
                     // See `command_retry`.
                     RetryPolicy::new(10).backoff(

@@ -1,95 +1,25 @@
 //! Commands and events in process: the entry points [`MessageBus::handle`]
 //! and [`MessageBus::publish`] (and [`MessageBus::begin`]), the command's
-//! retry loop on version conflicts, the event loop with its own retry, the
-//! event queue, and what handlers are given ([`Context`], [`CommandCall`],
-//! [`EventCall`]) and what they report ([`Report`],
-//! [`EventHandlerFailure`]).
+//! retry loop on version conflicts, the event loop with its own retry, and
+//! what a message's handlers report ([`Report`], [`EventHandlerFailure`]).
 
-use std::any::{Any, TypeId};
-use std::collections::VecDeque;
+use std::any::TypeId;
 use std::fmt;
 use std::sync::atomic::Ordering;
 
 use tracing::Instrument;
 
 use super::MessageBus;
+use crate::context::Context;
 use crate::error::{CommandError, Error};
 use crate::future::BoxFuture;
-use crate::handler::{self, Param};
+use crate::handler::{self, CallOutcome, CommandCall, EventCall, EventOutcome, EventQueue, Param};
 use crate::layer::{self, HandlerCall};
 use crate::message::{
     AnyEvent, Command, Envelope, Event, MessageId, MessageKind, Metadata, Raised,
 };
 use crate::registry::EventHandlerRegistration;
-use crate::registry::{CallOutcome, EventOutcome};
 use crate::wiring::HandlerRef;
-
-/// The queue of events waiting for their handlers.
-pub(crate) type EventQueue = VecDeque<Box<dyn AnyEvent>>;
-
-/// Appends committed events to the queue, without copying when it is empty.
-pub(crate) fn enqueue(queue: &mut EventQueue, events: Vec<Box<dyn AnyEvent>>) {
-    if events.is_empty() {
-    } else if queue.is_empty() {
-        *queue = VecDeque::from(events);
-    } else {
-        queue.extend(events);
-    }
-}
-
-/// What the bus gives a generated handler: itself, and the metadata of the
-/// message being handled.
-#[derive(Clone, Copy)]
-pub struct Context<'a> {
-    pub(crate) bus: &'a MessageBus,
-    pub(crate) metadata: &'a Metadata,
-    /// The message came from outside the service (or from the dispatch
-    /// journal): handlers record it in their inbox, so that a redelivery
-    /// changes nothing.
-    pub(crate) incoming: bool,
-    /// The bus handles the events its units of work commit (in a handler),
-    /// so they go to the dispatch journal; `false` for
-    /// [`MessageBus::begin`].
-    pub(crate) dispatches: bool,
-    /// The stable id of the handler being run (its key in the inbox); empty
-    /// outside a handler.
-    pub(crate) handler: &'static str,
-}
-
-impl<'a> Context<'a> {
-    /// The bus.
-    pub fn bus(&self) -> &'a MessageBus {
-        self.bus
-    }
-
-    /// The metadata of the message being handled.
-    pub fn metadata(&self) -> &'a Metadata {
-        self.metadata
-    }
-
-    /// The stable id of the handler being run: `#[event_handler(id = "…")]`,
-    /// or `<crate>::<fn name>` by default. Empty outside a handler.
-    pub fn handler(&self) -> &'static str {
-        self.handler
-    }
-}
-
-/// One call of a command handler, type-erased.
-#[doc(hidden)]
-pub struct CommandCall<'a> {
-    pub ctx: Context<'a>,
-    pub message: &'a (dyn Any + Send + Sync),
-    pub out: &'a mut (dyn Any + Send),
-    pub events: &'a mut EventQueue,
-}
-
-/// One call of an event handler, type-erased.
-#[doc(hidden)]
-pub struct EventCall<'a> {
-    pub ctx: Context<'a>,
-    pub event: &'a (dyn Any + Send + Sync),
-    pub events: &'a mut EventQueue,
-}
 
 /// An event handler that failed after its retries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,6 +133,7 @@ impl MessageBus {
     pub async fn begin<U: crate::UnitOfWork>(&self) -> Result<U, Error> {
         let metadata = Metadata::new();
         let ctx = Context {
+            services: &self.inner.services,
             bus: self,
             metadata: &metadata,
             incoming: false,
@@ -242,6 +173,7 @@ impl MessageBus {
                     &*entry.state,
                     CommandCall {
                         ctx: Context {
+                            services: &self.inner.services,
                             bus: self,
                             metadata: &envelope.metadata,
                             incoming,
@@ -358,6 +290,7 @@ impl MessageBus {
                         &*handler.state,
                         EventCall {
                             ctx: Context {
+                                services: &self.inner.services,
                                 bus: self,
                                 metadata: event.metadata(),
                                 incoming,
@@ -416,22 +349,6 @@ impl MessageBus {
         if !dispatched.is_empty() {
             self.mark_dispatched(&dispatched).await;
         }
-    }
-
-    /// A handler returned success without committing its unit of work,
-    /// which held changes: they are rolled back. Counted and logged.
-    #[cold]
-    pub(crate) fn uncommitted(&self, handler: &str, aggregates: usize, events: usize) {
-        self.inner
-            .metrics
-            .uncommitted
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            handler,
-            aggregates,
-            events,
-            "a handler succeeded without committing its unit of work: what it changed is rolled back (call `uow.commit().await`, or `uow.rollback().await` to mean it)"
-        );
     }
 
     /// An event with no handler here and not `external` was raised: counted,

@@ -4,7 +4,40 @@
 
 use super::{MessageBus, Report};
 use crate::error::{CommandError, Error, IncomingError};
-use crate::message::{Command, Envelope, Event, Metadata};
+use crate::future::BoxFuture;
+use crate::message::{Command, Envelope, Event, Message, MessageKind, Metadata};
+use crate::registry::MessageInfo;
+
+/// How a message of one type is run when it arrives from outside.
+pub(crate) type DispatchFn =
+    for<'a> fn(&'a MessageBus, Metadata, &'a [u8]) -> BoxFuture<'a, Result<(), IncomingError>>;
+
+/// A message type, as the `Command` and `Event` derives register it: what
+/// it is, and how it is run when it arrives from outside (decoded by name).
+#[doc(hidden)]
+pub struct MessageRegistration {
+    pub info: MessageInfo,
+    pub dispatch: DispatchFn,
+}
+
+impl MessageRegistration {
+    pub const fn new<M: Message>(
+        kind: MessageKind,
+        external: bool,
+        type_name: &'static str,
+        module: &'static str,
+        file: &'static str,
+        line: u32,
+        dispatch: DispatchFn,
+    ) -> Self {
+        MessageRegistration {
+            info: MessageInfo::new::<M>(kind, external, type_name, module, file, line),
+            dispatch,
+        }
+    }
+}
+
+inventory::collect!(MessageRegistration);
 
 impl MessageBus {
     /// Handles a message that arrived from outside the service (a broker):
@@ -42,6 +75,7 @@ impl MessageBus {
                 name: name.to_owned(),
             });
         };
+        let m = &m.info;
         if !self.consumes(name) {
             return Err(IncomingError::NotConsumed {
                 name: m.name,

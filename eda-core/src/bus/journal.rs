@@ -43,6 +43,7 @@ impl MessageBus {
             .inner
             .messages
             .values()
+            .map(|m| &m.info)
             .filter(|m| {
                 m.kind == crate::message::MessageKind::Event
                     && self.inner.events.contains_key(&m.type_id)

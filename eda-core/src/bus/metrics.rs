@@ -1,5 +1,6 @@
 //! The bus's counters: `Metrics`, kept in the bus and counted as it
-//! works, and [`BusMetrics`], their snapshot.
+//! works (and one in its services, which handlers count), and
+//! [`BusMetrics`], their snapshot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,7 +13,6 @@ pub(super) struct Metrics {
     pub(super) event_handler_failures: AtomicU64,
     pub(super) event_handler_retries: AtomicU64,
     pub(super) events_unhandled: AtomicU64,
-    pub(super) uncommitted: AtomicU64,
 }
 
 /// A snapshot of the bus's counters.
@@ -43,7 +43,7 @@ impl MessageBus {
             event_handler_failures: m.event_handler_failures.load(Ordering::Relaxed),
             event_handler_retries: m.event_handler_retries.load(Ordering::Relaxed),
             events_unhandled: m.events_unhandled.load(Ordering::Relaxed),
-            uncommitted: m.uncommitted.load(Ordering::Relaxed),
+            uncommitted: self.inner.services.uncommitted.load(Ordering::Relaxed),
         }
     }
 }

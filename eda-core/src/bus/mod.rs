@@ -8,18 +8,16 @@
 //! the dispatch journal, `metrics` counts, and `builder` checks the wiring
 //! and builds the bus.
 
-use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crate::adapter::{Adapter, AdapterEntry, AnyAdapter};
-use crate::aggregate::Aggregate;
+use crate::adapter::Adapter;
+use crate::context::{Context, Services, TypeIdMap};
+use crate::dependency::{DepSlot, Dependency, Requirements, sealed};
 use crate::error::Error;
 use crate::handler::Prepared;
-use crate::registry::{CommandHandlerRegistration, EventHandlerRegistration, MessageRegistration};
-use crate::repository::{Finder, FinderVTable, RepositoryVTable};
+use crate::registry::{CommandHandlerRegistration, EventHandlerRegistration};
 use crate::retry::RetryPolicy;
 use crate::topology::{Topology, TopologyWarning};
 
@@ -30,46 +28,20 @@ mod journal;
 mod metrics;
 
 pub use builder::BusBuilder;
-pub(crate) use dispatch::{CommandCall, EventCall};
-pub use dispatch::{Context, EventHandlerFailure, Report};
-pub(crate) use dispatch::{EventQueue, enqueue};
+pub use dispatch::{EventHandlerFailure, Report};
+pub use incoming::MessageRegistration;
 pub(crate) use incoming::{dispatch_command, dispatch_event};
 pub use metrics::BusMetrics;
 use metrics::Metrics;
-
-/// A `TypeId` is already a hash: use it as is.
-#[derive(Default)]
-pub(crate) struct TypeIdHasher(u64);
-
-impl Hasher for TypeIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-    fn write_u128(&mut self, n: u128) {
-        self.0 ^= n as u64 ^ (n >> 64) as u64;
-    }
-}
-
-type TypeIdMap<V> = HashMap<TypeId, V, BuildHasherDefault<TypeIdHasher>>;
 
 pub(crate) struct BusInner {
     /// Each handler with what it resolved when the bus was built.
     commands: TypeIdMap<Prepared<CommandHandlerRegistration>>,
     events: TypeIdMap<Box<[Prepared<EventHandlerRegistration>]>>,
+    /// Every message type linked in, by name.
     messages: HashMap<&'static str, &'static MessageRegistration>,
-    adapters: TypeIdMap<AdapterEntry>,
-    /// The adapter that is the bus's [`Database`](crate::backend::Database).
-    database: Option<Arc<dyn AnyAdapter>>,
-    repositories: TypeIdMap<&'static (dyn Any + Send + Sync)>,
-    finders: HashMap<(TypeId, TypeId), &'static (dyn Any + Send + Sync)>,
+    /// What handlers are lent: adapters, the database, repositories.
+    services: Arc<Services>,
     command_retry: RetryPolicy,
     event_retry: RetryPolicy,
     metrics: Metrics,
@@ -116,7 +88,7 @@ impl fmt::Debug for MessageBus {
             .field("events", &self.inner.events.len())
             .field(
                 "adapters",
-                &self.inner.adapters.values().collect::<Vec<_>>(),
+                &self.inner.services.adapters.values().collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -125,15 +97,7 @@ impl fmt::Debug for MessageBus {
 impl MessageBus {
     /// The adapter of type `T`, if the bus was given one.
     pub fn adapter<T: Adapter>(&self) -> Option<&T> {
-        self.inner
-            .adapters
-            .get(&TypeId::of::<T>())
-            .and_then(|a| a.value.as_any().downcast_ref::<T>())
-    }
-
-    pub(crate) fn adapter_arc<T: Adapter>(&self) -> Option<Arc<T>> {
-        let entry = self.inner.adapters.get(&TypeId::of::<T>())?;
-        entry.any.clone().downcast::<T>().ok()
+        self.inner.services.adapter::<T>()
     }
 
     /// The names of the messages that have a handler in this bus, sorted:
@@ -144,6 +108,7 @@ impl MessageBus {
             .inner
             .messages
             .values()
+            .map(|m| &m.info)
             .filter(|m| {
                 self.inner.commands.contains_key(&m.type_id)
                     || self.inner.events.contains_key(&m.type_id)
@@ -176,13 +141,14 @@ impl MessageBus {
             self.consumed_message_names(),
             self.inner.warnings.clone(),
             bindings,
+            self.inner.messages.keys().copied().collect(),
             |name| self.why_not_consumed(name),
         )
     }
 
     /// Why this service does not consume `name` (which it does not).
     pub(crate) fn why_not_consumed(&self, name: &str) -> &'static str {
-        match self.inner.messages.get(name) {
+        match self.inner.messages.get(name).map(|m| &m.info) {
             None => "no message of this name is linked into this service",
             Some(m) => match m.kind {
                 crate::message::MessageKind::Command
@@ -201,44 +167,30 @@ impl MessageBus {
         }
     }
 
-    /// Whether events of this type have handlers in this bus.
-    pub(crate) fn has_event_handlers(&self, type_id: TypeId) -> bool {
-        self.inner.events.contains_key(&type_id)
-    }
-
-    /// The repository of `A` on the bus's database; `None`: the
-    /// database's own store keeps it.
-    pub(crate) fn repository<A: Aggregate>(&self) -> Option<&'static RepositoryVTable<A>> {
-        self.inner
-            .repositories
-            .get(&TypeId::of::<A>())
-            .and_then(|v| v.downcast_ref::<RepositoryVTable<A>>())
-    }
-
-    pub(crate) fn finder<A: Aggregate, F: Finder<A>>(
-        &self,
-    ) -> Result<&'static FinderVTable<A, F>, Error> {
-        self.inner
-            .finders
-            .get(&(TypeId::of::<A>(), TypeId::of::<F>()))
-            .and_then(|v| v.downcast_ref::<FinderVTable<A, F>>())
-            .ok_or(Error::FinderMissing {
-                aggregate: A::NAME,
-                finder: std::any::type_name::<F>(),
-                backend: self.backend_name(),
-            })
-    }
-
-    fn backend_name(&self) -> &'static str {
-        self.database()
-            .map_or("no database", |d| d.connection_type().1)
-    }
-
     /// The bus's database: what units of work begin their transactions on.
     pub(crate) fn database(&self) -> Option<&dyn crate::adapter::Database> {
-        self.inner
-            .database
-            .as_ref()
-            .and_then(|adapter| adapter.adapter().as_database())
+        self.inner.services.database()
     }
+}
+
+impl<'a> Context<'a> {
+    /// The bus that calls the handler.
+    pub fn bus(&self) -> &'a MessageBus {
+        // Only the bus makes a `Context`, and it lends itself.
+        self.bus
+            .downcast_ref::<MessageBus>()
+            .expect("a handler's context is made by a `MessageBus`")
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl Dependency for MessageBus {
+    fn __sealed(_: sealed::Token) {}
+    fn __resolve<'c>(
+        _: &'c Option<Arc<MessageBus>>,
+        ctx: &'c Context<'_>,
+    ) -> Result<DepSlot<'c, MessageBus>, Error> {
+        Ok(DepSlot::Lent(ctx.bus()))
+    }
+    fn __require(_: &mut Requirements) {}
 }
