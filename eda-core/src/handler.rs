@@ -42,10 +42,6 @@ use crate::future::BoxFuture;
 use crate::message::{AnyEvent, Command, Event};
 use crate::uow::{UnitOfWork, UowTransaction};
 
-/// What a handler's parameters resolved once, when the bus was built (the
-/// adapters they take), type-erased.
-pub(crate) type PreparedState = Box<dyn Any + Send + Sync>;
-
 /// The queue of events waiting for their handlers.
 pub(crate) type EventQueue = VecDeque<Box<dyn AnyEvent>>;
 
@@ -76,22 +72,24 @@ pub struct EventCall<'a> {
     pub events: &'a mut EventQueue,
 }
 
-/// A registration with what its handler resolved when the bus was built.
-pub(crate) struct Prepared<R: 'static> {
+/// A registration with its handler, prepared when the bus was built.
+pub(crate) struct Prepared<R: 'static, C: ?Sized> {
     registration: &'static R,
-    pub(crate) state: PreparedState,
+    /// The handler with what its parameters resolved once (the adapters
+    /// they take), ready to call.
+    pub(crate) prepared: Box<C>,
 }
 
-impl<R> Prepared<R> {
-    pub(crate) fn new(registration: &'static R, state: PreparedState) -> Self {
+impl<R, C: ?Sized> Prepared<R, C> {
+    pub(crate) fn new(registration: &'static R, prepared: Box<C>) -> Self {
         Prepared {
             registration,
-            state,
+            prepared,
         }
     }
 }
 
-impl<R> Deref for Prepared<R> {
+impl<R, C: ?Sized> Deref for Prepared<R, C> {
     type Target = R;
     fn deref(&self) -> &R {
         self.registration
@@ -156,30 +154,34 @@ impl EventOutcome {
 
 /// A command handler, type-erased: what a registration points at.
 pub trait CommandHandlerFn: Send + Sync + 'static {
-    /// Resolves, once, what its parameters take from the bus.
-    fn prepare(&self, adapters: &Adapters<'_>) -> PreparedState;
-    /// Runs the handler once, with what [`prepare`](Self::prepare) made.
-    fn call<'a>(
-        &'a self,
-        prepared: &'a (dyn Any + Send + Sync),
-        call: CommandCall<'a>,
-    ) -> BoxFuture<'a, CallOutcome>;
+    /// Resolves, once, what its parameters take from the bus: the handler
+    /// ready to call.
+    fn prepare(&'static self, adapters: &Adapters<'_>) -> Box<dyn PreparedCommand>;
     /// What its parameters need from the bus (checked by `build()`).
     fn requirements(&self, requirements: &mut Requirements);
 }
 
+/// A command handler with what its parameters resolved when the bus was
+/// built.
+pub trait PreparedCommand: Send + Sync {
+    /// Runs the handler once.
+    fn call<'a>(&'a self, call: CommandCall<'a>) -> BoxFuture<'a, CallOutcome>;
+}
+
 /// An event handler, type-erased: what a registration points at.
 pub trait EventHandlerFn: Send + Sync + 'static {
-    /// Resolves, once, what its parameters take from the bus.
-    fn prepare(&self, adapters: &Adapters<'_>) -> PreparedState;
-    /// Runs the handler once, with what [`prepare`](Self::prepare) made.
-    fn call<'a>(
-        &'a self,
-        prepared: &'a (dyn Any + Send + Sync),
-        call: EventCall<'a>,
-    ) -> BoxFuture<'a, EventOutcome>;
+    /// Resolves, once, what its parameters take from the bus: the handler
+    /// ready to call.
+    fn prepare(&'static self, adapters: &Adapters<'_>) -> Box<dyn PreparedEvent>;
     /// What its parameters need from the bus (checked by `build()`).
     fn requirements(&self, requirements: &mut Requirements);
+}
+
+/// An event handler with what its parameters resolved when the bus was
+/// built.
+pub trait PreparedEvent: Send + Sync {
+    /// Runs the handler once.
+    fn call<'a>(&'a self, call: EventCall<'a>) -> BoxFuture<'a, EventOutcome>;
 }
 
 /// How a handler takes its message.
@@ -519,7 +521,7 @@ arity!(Call7(P0 0, P1 1, P2 2, P3 3, P4 4, P5 5));
 // `handler_too_many_parameters`).
 
 /// A command handler function with what its parameters are made of.
-pub struct TypedCommand<M, Ps, H> {
+pub struct TypedCommand<M, Ps: Params, H> {
     handler: H,
     message: M,
     params: Ps,
@@ -529,16 +531,23 @@ pub struct TypedCommand<M, Ps, H> {
 /// How a command handler's call is run.
 type RunCommand<M, Ps, H> = for<'a> fn(
     &'a TypedCommand<M, Ps, H>,
-    &'a (dyn Any + Send + Sync),
+    &'a <Ps as Params>::Prepared,
     CommandCall<'a>,
 ) -> BoxFuture<'a, CallOutcome>;
 
 /// How an event handler's call is run.
 type RunEvent<M, Ps, H> = for<'a> fn(
     &'a TypedEvent<M, Ps, H>,
-    &'a (dyn Any + Send + Sync),
+    &'a <Ps as Params>::Prepared,
     EventCall<'a>,
 ) -> BoxFuture<'a, EventOutcome>;
+
+/// A typed handler with what its parameters prepared: called without
+/// looking anything up or downcasting what it prepared.
+struct WithPrepared<T: 'static, P> {
+    typed: &'static T,
+    prepared: P,
+}
 
 impl<M, Ps, H> CommandHandlerFn for TypedCommand<M, Ps, H>
 where
@@ -546,23 +555,30 @@ where
     Ps: Params,
     H: Send + Sync + 'static,
 {
-    fn prepare(&self, adapters: &Adapters<'_>) -> PreparedState {
-        Box::new(self.params.prepare(adapters))
-    }
-    fn call<'a>(
-        &'a self,
-        prepared: &'a (dyn Any + Send + Sync),
-        call: CommandCall<'a>,
-    ) -> BoxFuture<'a, CallOutcome> {
-        (self.run)(self, prepared, call)
+    fn prepare(&'static self, adapters: &Adapters<'_>) -> Box<dyn PreparedCommand> {
+        Box::new(WithPrepared {
+            typed: self,
+            prepared: self.params.prepare(adapters),
+        })
     }
     fn requirements(&self, requirements: &mut Requirements) {
         self.params.require(requirements)
     }
 }
 
+impl<M, Ps, H> PreparedCommand for WithPrepared<TypedCommand<M, Ps, H>, Ps::Prepared>
+where
+    M: Send + Sync + 'static,
+    Ps: Params,
+    H: Send + Sync + 'static,
+{
+    fn call<'a>(&'a self, call: CommandCall<'a>) -> BoxFuture<'a, CallOutcome> {
+        (self.typed.run)(self.typed, &self.prepared, call)
+    }
+}
+
 /// An event handler function with what its parameters are made of.
-pub struct TypedEvent<M, Ps, H> {
+pub struct TypedEvent<M, Ps: Params, H> {
     handler: H,
     message: M,
     params: Ps,
@@ -575,18 +591,25 @@ where
     Ps: Params,
     H: Send + Sync + 'static,
 {
-    fn prepare(&self, adapters: &Adapters<'_>) -> PreparedState {
-        Box::new(self.params.prepare(adapters))
-    }
-    fn call<'a>(
-        &'a self,
-        prepared: &'a (dyn Any + Send + Sync),
-        call: EventCall<'a>,
-    ) -> BoxFuture<'a, EventOutcome> {
-        (self.run)(self, prepared, call)
+    fn prepare(&'static self, adapters: &Adapters<'_>) -> Box<dyn PreparedEvent> {
+        Box::new(WithPrepared {
+            typed: self,
+            prepared: self.params.prepare(adapters),
+        })
     }
     fn requirements(&self, requirements: &mut Requirements) {
         self.params.require(requirements)
+    }
+}
+
+impl<M, Ps, H> PreparedEvent for WithPrepared<TypedEvent<M, Ps, H>, Ps::Prepared>
+where
+    M: Send + Sync + 'static,
+    Ps: Params,
+    H: Send + Sync + 'static,
+{
+    fn call<'a>(&'a self, call: EventCall<'a>) -> BoxFuture<'a, EventOutcome> {
+        (self.typed.run)(self.typed, &self.prepared, call)
     }
 }
 
@@ -619,7 +642,7 @@ where
 
 fn run_command<'a, C, O, E, R, RE, M, Ps, H>(
     this: &'a TypedCommand<M, Ps, H>,
-    prepared: &'a (dyn Any + Send + Sync),
+    prepared: &'a Ps::Prepared,
     call: CommandCall<'a>,
 ) -> BoxFuture<'a, CallOutcome>
 where
@@ -643,9 +666,6 @@ where
     let message = message
         .downcast_ref::<C>()
         .expect("the bus calls a handler with the command it registered for");
-    let prepared = prepared
-        .downcast_ref::<Ps::Prepared>()
-        .expect("the bus calls a handler with what it prepared");
     Box::pin(async move {
         let params = &this.params;
         let mut slots = match params.slots(prepared, &ctx).await {
@@ -705,7 +725,7 @@ where
 
 fn run_event<'a, V, R, M, Ps, H>(
     this: &'a TypedEvent<M, Ps, H>,
-    prepared: &'a (dyn Any + Send + Sync),
+    prepared: &'a Ps::Prepared,
     call: EventCall<'a>,
 ) -> BoxFuture<'a, EventOutcome>
 where
@@ -719,9 +739,6 @@ where
     let event = event
         .downcast_ref::<V>()
         .expect("the bus calls a handler with the event it registered for");
-    let prepared = prepared
-        .downcast_ref::<Ps::Prepared>()
-        .expect("the bus calls a handler with what it prepared");
     Box::pin(async move {
         let params = &this.params;
         let mut slots = match params.slots(prepared, &ctx).await {

@@ -11,7 +11,7 @@ use super::{BusInner, MessageBus, MessageRegistration, Metrics};
 use crate::adapter::{Adapter, AdapterEntry};
 use crate::context::{Services, TypeIdMap};
 use crate::dependency::Adapters;
-use crate::handler::Prepared;
+use crate::handler::{Prepared, PreparedEvent};
 use crate::layer::{AnyLayer, Layer};
 use crate::message::Command;
 use crate::registry::{EventHandlerRegistration, MessageInfo, Wiring};
@@ -192,16 +192,19 @@ impl BusBuilder {
         let prepare_from = Adapters::new(&lookup);
         let mut commands = TypeIdMap::default();
         for c in registry.commands {
-            let state = c.handler_fn.prepare(&prepare_from);
-            commands.insert(c.command, Prepared::new(c, state));
+            commands.insert(
+                c.command,
+                Prepared::new(c, c.handler_fn.prepare(&prepare_from)),
+            );
         }
-        let mut events: TypeIdMap<Vec<Prepared<EventHandlerRegistration>>> = TypeIdMap::default();
+        let mut events: TypeIdMap<Vec<Prepared<EventHandlerRegistration, dyn PreparedEvent>>> =
+            TypeIdMap::default();
         for e in registry.events {
-            let state = e.handler_fn.prepare(&prepare_from);
+            let handler = e.handler_fn.prepare(&prepare_from);
             events
                 .entry(e.event)
                 .or_default()
-                .push(Prepared::new(e, state));
+                .push(Prepared::new(e, handler));
         }
         let messages: HashMap<&'static str, &'static MessageRegistration> =
             linked.iter().map(|m| (m.info.name, *m)).collect();

@@ -169,22 +169,19 @@ impl MessageBus {
             let mut attempt = 1;
             loop {
                 let mut out: Option<Result<C::Output, CommandError<C::Error>>> = None;
-                let call = entry.handler_fn.call(
-                    &*entry.state,
-                    CommandCall {
-                        ctx: Context {
-                            services: &self.inner.services,
-                            bus: self,
-                            metadata: &envelope.metadata,
-                            incoming,
-                            dispatches: true,
-                            handler: entry.id,
-                        },
-                        message: &envelope.message,
-                        out: &mut out,
-                        events: &mut queue,
+                let call = entry.prepared.call(CommandCall {
+                    ctx: Context {
+                        services: &self.inner.services,
+                        bus: self,
+                        metadata: &envelope.metadata,
+                        incoming,
+                        dispatches: true,
+                        handler: entry.id,
                     },
-                );
+                    message: &envelope.message,
+                    out: &mut out,
+                    events: &mut queue,
+                });
                 let outcome = if self.inner.layers.is_empty() {
                     call.await
                 } else {
@@ -286,21 +283,18 @@ impl MessageBus {
             for handler in handlers.iter() {
                 let mut attempt = 1;
                 loop {
-                    let call = handler.handler_fn.call(
-                        &*handler.state,
-                        EventCall {
-                            ctx: Context {
-                                services: &self.inner.services,
-                                bus: self,
-                                metadata: event.metadata(),
-                                incoming,
-                                dispatches: true,
-                                handler: handler.id,
-                            },
-                            event: event.as_any(),
-                            events: queue,
+                    let call = handler.prepared.call(EventCall {
+                        ctx: Context {
+                            services: &self.inner.services,
+                            bus: self,
+                            metadata: event.metadata(),
+                            incoming,
+                            dispatches: true,
+                            handler: handler.id,
                         },
-                    );
+                        event: event.as_any(),
+                        events: queue,
+                    });
                     let call: BoxFuture<'_, EventOutcome> = if self.inner.layers.is_empty() {
                         call
                     } else {

@@ -16,7 +16,7 @@ use crate::adapter::Adapter;
 use crate::context::{Context, Services, TypeIdMap};
 use crate::dependency::{DepSlot, Dependency, Requirements, sealed};
 use crate::error::Error;
-use crate::handler::Prepared;
+use crate::handler::{Prepared, PreparedCommand, PreparedEvent};
 use crate::registry::{CommandHandlerRegistration, EventHandlerRegistration};
 use crate::retry::RetryPolicy;
 use crate::topology::{Topology, TopologyWarning};
@@ -36,8 +36,8 @@ use metrics::Metrics;
 
 pub(crate) struct BusInner {
     /// Each handler with what it resolved when the bus was built.
-    commands: TypeIdMap<Prepared<CommandHandlerRegistration>>,
-    events: TypeIdMap<Box<[Prepared<EventHandlerRegistration>]>>,
+    commands: TypeIdMap<Prepared<CommandHandlerRegistration, dyn PreparedCommand>>,
+    events: TypeIdMap<Box<[Prepared<EventHandlerRegistration, dyn PreparedEvent>]>>,
     /// Every message type linked in, by name.
     messages: HashMap<&'static str, &'static MessageRegistration>,
     /// What handlers are lent: adapters, the database, repositories.
