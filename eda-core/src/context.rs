@@ -68,12 +68,6 @@ impl Services {
             .and_then(|a| a.value.as_any().downcast_ref::<T>())
     }
 
-    /// The adapter of type `T`, shared.
-    pub(crate) fn adapter_arc<T: Adapter>(&self) -> Option<Arc<T>> {
-        let entry = self.adapters.get(&TypeId::of::<T>())?;
-        entry.any.clone().downcast::<T>().ok()
-    }
-
     /// The bus's database: what units of work begin their transactions on.
     pub(crate) fn database(&self) -> Option<&dyn Database> {
         self.database

@@ -6,9 +6,9 @@
 use std::any::{Any, TypeId};
 use std::sync::Arc;
 
-use crate::adapter::Adapter;
+use crate::adapter::{Adapter, AdapterEntry};
 use crate::aggregate::Aggregate;
-use crate::context::Context;
+use crate::context::{Context, TypeIdMap};
 use crate::error::Error;
 use crate::message::Metadata;
 
@@ -81,17 +81,18 @@ impl Dependency for Metadata {
 
 /// The adapters given to a bus, by type: what handlers are prepared from.
 pub struct Adapters<'a> {
-    lookup: &'a dyn Fn(TypeId) -> Option<Arc<dyn Any + Send + Sync>>,
+    map: &'a TypeIdMap<AdapterEntry>,
 }
 
 impl<'a> Adapters<'a> {
-    pub(crate) fn new(lookup: &'a dyn Fn(TypeId) -> Option<Arc<dyn Any + Send + Sync>>) -> Self {
-        Adapters { lookup }
+    pub(crate) fn new(map: &'a TypeIdMap<AdapterEntry>) -> Self {
+        Adapters { map }
     }
 
     /// The adapter of type `T`, if the bus was given one.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        (self.lookup)(TypeId::of::<T>()).and_then(|a| a.downcast::<T>().ok())
+        let entry = self.map.get(&TypeId::of::<T>())?;
+        entry.any.clone().downcast::<T>().ok()
     }
 }
 

@@ -323,19 +323,28 @@ impl<T: Send + Sync + 'static> Param for Dep<T> {
     }
 }
 
+/// How a unit of work is built around its transaction, from what it
+/// prepared (`P`).
+type Assemble<U, P> = fn(Option<UowTransaction>, &P, &Context<'_>) -> Result<U, Error>;
+
 /// A unit of work parameter (`uow: &mut ShopUow`).
-pub struct Uow<U> {
+pub struct Uow<U, P> {
     transaction: bool,
-    assemble: fn(Option<UowTransaction>, &Context<'_>) -> Result<U, Error>,
+    prepare: fn(&Adapters<'_>) -> P,
+    assemble: Assemble<U, P>,
     get: fn(&mut U) -> Option<&mut UowTransaction>,
     changes: fn(&U) -> usize,
     require: fn(&mut Requirements),
 }
 
 /// A unit of work parameter: `U` derives `UnitOfWork`.
-pub const fn uow<U: UnitOfWork>() -> Uow<U> {
+pub const fn uow<U, P>() -> Uow<U, P>
+where
+    U: UnitOfWork<__Prepared = P>,
+{
     Uow {
         transaction: U::__TRANSACTION,
+        prepare: U::__prepare,
         assemble: U::__assemble,
         get: U::__transaction,
         changes: U::__changes,
@@ -343,15 +352,17 @@ pub const fn uow<U: UnitOfWork>() -> Uow<U> {
     }
 }
 
-impl<U: Send + 'static> Param for Uow<U> {
-    type Prepared = ();
+impl<U: Send + 'static, P: Send + Sync + 'static> Param for Uow<U, P> {
+    type Prepared = P;
     type Slot<'c> = U;
     type Arg<'s> = &'s mut U;
-    fn prepare(&self, _: &Adapters<'_>) {}
+    fn prepare(&self, adapters: &Adapters<'_>) -> P {
+        (self.prepare)(adapters)
+    }
     #[allow(clippy::manual_async_fn)] // `Send` is part of the signature
     fn slot<'c>(
         &'c self,
-        _: &'c (),
+        prepared: &'c P,
         ctx: &'c Context<'_>,
     ) -> impl Future<Output = Result<U, Error>> + Send + 'c {
         async move {
@@ -360,7 +371,7 @@ impl<U: Send + 'static> Param for Uow<U> {
             } else {
                 None
             };
-            (self.assemble)(tx, ctx)
+            (self.assemble)(tx, prepared, ctx)
         }
     }
     fn arg(slot: &mut U) -> &mut U {

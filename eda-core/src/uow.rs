@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::adapter::{Adapter, DatabaseTransaction};
 use crate::aggregate::Aggregate;
 use crate::context::{Context, Services};
-use crate::dependency::Requirements;
+use crate::dependency::{Adapters, Requirements};
 use crate::error::Error;
 use crate::message::{AnyEvent, Metadata};
 use crate::outbox::{ExternalMessage, OutboxWrite};
@@ -58,9 +58,20 @@ pub trait UnitOfWork: Sized + Send + 'static {
     /// Whether it has a transaction (`#[uow(transaction)]`).
     #[doc(hidden)]
     const __TRANSACTION: bool;
+    /// What its fields take from the bus once, when it is built (their
+    /// adapters).
+    #[doc(hidden)]
+    type __Prepared: Send + Sync + 'static;
+    /// Resolves, once, what its fields take from the bus.
+    #[doc(hidden)]
+    fn __prepare(adapters: &Adapters<'_>) -> Self::__Prepared;
     /// Builds it around its transaction (begun when it has one).
     #[doc(hidden)]
-    fn __assemble(tx: Option<UowTransaction>, ctx: &Context<'_>) -> Result<Self, Error>;
+    fn __assemble(
+        tx: Option<UowTransaction>,
+        prepared: &Self::__Prepared,
+        ctx: &Context<'_>,
+    ) -> Result<Self, Error>;
     #[doc(hidden)]
     fn __require(requirements: &mut Requirements);
     #[doc(hidden)]
@@ -101,8 +112,13 @@ pub trait UowField: Sized + Send {
         Self: 'a;
     #[doc(hidden)]
     const NEEDS_TRANSACTION: bool;
+    /// What it takes from the bus once, when the bus is built.
     #[doc(hidden)]
-    fn __begin(ctx: &Context<'_>) -> Result<Self, Error>;
+    type Prepared: Send + Sync + 'static;
+    #[doc(hidden)]
+    fn __prepare(adapters: &Adapters<'_>) -> Self::Prepared;
+    #[doc(hidden)]
+    fn __begin(prepared: &Self::Prepared, ctx: &Context<'_>) -> Result<Self, Error>;
     #[doc(hidden)]
     fn __require(requirements: &mut Requirements);
     #[doc(hidden)]
@@ -126,9 +142,13 @@ impl<T: Adapter> UowField for Arc<T> {
     fn __sealed(_: sealed::Token) {}
     type Handle<'a> = &'a T;
     const NEEDS_TRANSACTION: bool = false;
-    fn __begin(ctx: &Context<'_>) -> Result<Self, Error> {
-        ctx.services
-            .adapter_arc::<T>()
+    type Prepared = Option<Arc<T>>;
+    fn __prepare(adapters: &Adapters<'_>) -> Option<Arc<T>> {
+        adapters.get::<T>()
+    }
+    fn __begin(prepared: &Option<Arc<T>>, _: &Context<'_>) -> Result<Self, Error> {
+        prepared
+            .clone()
             .ok_or(Error::MissingAdapter(std::any::type_name::<T>()))
     }
     fn __require(requirements: &mut Requirements) {
@@ -628,7 +648,9 @@ impl<A: Aggregate> UowField for IdentityMap<A> {
     type Handle<'a> = Aggregates<'a, A>;
     const NEEDS_TRANSACTION: bool = true;
 
-    fn __begin(_: &Context<'_>) -> Result<Self, Error> {
+    type Prepared = ();
+    fn __prepare(_: &Adapters<'_>) {}
+    fn __begin(_: &(), _: &Context<'_>) -> Result<Self, Error> {
         Ok(IdentityMap::new())
     }
 

@@ -359,8 +359,8 @@ pub(crate) fn expand(args: TokenStream, item: ItemFn, kind: Kind) -> syn::Result
                 let ty_span = ty.span();
                 let ty = respan(ty.to_token_stream(), ty_span);
                 (
-                    quote_spanned!(ty_span=> #p::uow::<#ty>()),
-                    quote_spanned!(ty_span=> #p::Uow<#ty>),
+                    quote_spanned!(ty_span=> #p::uow::<#ty, _>()),
+                    quote_spanned!(ty_span=> #p::Uow<#ty, _>),
                 )
             }
             Param::Dependency(ty) => {

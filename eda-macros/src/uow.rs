@@ -143,11 +143,34 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         }
         None => quote!(let _ = tx;),
     };
-    let member_begin = members.iter().map(|f| {
+    // What the fields take from the bus once, as a tuple, one per member.
+    let prepared_types: Vec<_> = members
+        .iter()
+        .map(|f| {
+            let field = field(&f.ty);
+            quote!(#field::Prepared)
+        })
+        .collect();
+    let prepare_members: Vec<_> = members
+        .iter()
+        .map(|f| {
+            let field = field(&f.ty);
+            quote!(#field::__prepare(adapters))
+        })
+        .collect();
+    // `()` is the unit type's value too: left out, so that clippy's
+    // `unused_unit` has nothing to say in the user's crate.
+    let prepared_value = if members.is_empty() {
+        quote!()
+    } else {
+        quote!((#(#prepare_members,)*))
+    };
+    let member_begin = members.iter().enumerate().map(|(i, f)| {
         let name = &f.ident;
         let ty = &f.ty;
         let field = field(ty);
-        quote! { let #name = #field::__begin(ctx)?; }
+        let i = syn::Index::from(i);
+        quote! { let #name = #field::__begin(&prepared.#i, ctx)?; }
     });
     let all_names = fields.iter().map(|f| &f.ident);
     let skipped_init = skipped.iter().map(|f| {
@@ -280,10 +303,19 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         impl #p::UnitOfWorkTrait for #ident {
             const __TRANSACTION: bool = #has_transaction;
 
+            type __Prepared = (#(#prepared_types,)*);
+
+            fn __prepare(adapters: &#p::Adapters<'_>) -> Self::__Prepared {
+                let _ = adapters;
+                #prepared_value
+            }
+
             fn __assemble(
                 tx: ::core::option::Option<#p::UowTransaction>,
+                prepared: &Self::__Prepared,
                 ctx: &#p::Context<'_>,
             ) -> ::core::result::Result<Self, #p::Error> {
+                let _ = prepared;
                 #tx_take
                 #(#member_begin)*
                 #(#skipped_init)*

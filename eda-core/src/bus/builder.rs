@@ -188,8 +188,7 @@ impl BusBuilder {
 
         // What each handler takes from the bus, resolved once (an
         // adapter's `Arc`), not looked up at each call.
-        let lookup = |id: TypeId| adapters.get(&id).map(|a| a.any.clone());
-        let prepare_from = Adapters::new(&lookup);
+        let prepare_from = Adapters::new(&adapters);
         let mut commands = TypeIdMap::default();
         for c in registry.commands {
             commands.insert(

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::MessageBus;
 use crate::context::Context;
+use crate::dependency::Adapters;
 use crate::error::{CommandError, Error};
 use crate::future::BoxFuture;
 use crate::handler::{self, CallOutcome, CommandCall, EventCall, EventOutcome, EventQueue, Param};
@@ -140,8 +141,11 @@ impl MessageBus {
             dispatches: false,
             handler: "",
         };
-        // The same begin as a handler's unit of work.
-        handler::uow::<U>().slot(&(), &ctx).await
+        // The same begin as a handler's unit of work (prepared here: it is
+        // not one of the bus's handlers).
+        let uow = handler::uow::<U, _>();
+        let prepared = uow.prepare(&Adapters::new(&self.inner.services.adapters));
+        uow.slot(&prepared, &ctx).await
     }
 
     pub(crate) async fn run_command<C: Command>(
