@@ -39,6 +39,7 @@ use crate::context::Context;
 use crate::dependency::{Adapters, DepSlot, Dependency, Requirements};
 use crate::error::{CommandError, Error};
 use crate::future::BoxFuture;
+use crate::inbox;
 use crate::message::{AnyEvent, Command, Event};
 use crate::uow::{UnitOfWork, UowTransaction};
 
@@ -684,7 +685,7 @@ where
             Err(e) => return CallOutcome::Failed(e),
         };
         if ctx.incoming {
-            match Box::pin(record_inbox(params.transaction(&mut slots), &ctx)).await {
+            match Box::pin(inbox::record(params.transaction(&mut slots), &ctx)).await {
                 Ok(true) => {}
                 Ok(false) => return CallOutcome::Duplicate,
                 Err(e) => return CallOutcome::Failed(e),
@@ -757,7 +758,7 @@ where
             Err(e) => return EventOutcome::framework(e),
         };
         if ctx.incoming {
-            match Box::pin(record_inbox(params.transaction(&mut slots), &ctx)).await {
+            match Box::pin(inbox::record(params.transaction(&mut slots), &ctx)).await {
                 Ok(true) => {}
                 Ok(false) => return EventOutcome::Duplicate,
                 Err(e) => return EventOutcome::framework(e),
@@ -840,23 +841,6 @@ impl<C, Err, E: Into<CommandError<Err>>> CommandHandlerError<C, Err> for E {
     fn into_command_error(self) -> CommandError<Err> {
         self.into()
     }
-}
-
-/// For a message from outside, records it in the inbox of the unit of
-/// work's transaction. `false`: it was handled already. Callers box it:
-/// only a message from outside records itself, and the inbox's future
-/// would otherwise make every call's future larger (and slower to move into
-/// its box). (The start of a call is written out in `run_command` and
-/// `run_event`: a shared `async fn` for it, tried, cost 80 instructions
-/// per call more.)
-async fn record_inbox(tx: Option<&mut UowTransaction>, ctx: &Context<'_>) -> Result<bool, Error> {
-    if let Some(tx) = tx
-        && !tx.__record_inbox(ctx.handler).await?
-    {
-        tracing::debug!(handler = ctx.handler, "already handled (inbox), skipped");
-        return Ok(false);
-    }
-    Ok(true)
 }
 
 /// The end of every call: a handler that succeeded without committing a

@@ -54,7 +54,8 @@ use crate::bus::{BusBuilder, MessageBus};
 use crate::entrypoints::ConsumerOptions;
 use crate::error::Error;
 use crate::future::BoxFuture;
-use crate::relay::{OutboxRelay, OutboxStore, Publisher, RelayOptions};
+use crate::outbox::OutboxStore;
+use crate::relay::{OutboxRelay, Publisher, RelayOptions};
 
 /// Where the state is kept.
 #[derive(Clone, PartialEq, Eq)]

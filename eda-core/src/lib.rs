@@ -59,6 +59,7 @@ mod future;
 mod handler;
 #[cfg(feature = "host")]
 pub mod host;
+mod inbox;
 mod layer;
 mod message;
 mod outbox;
@@ -133,7 +134,8 @@ pub mod backend {
     pub use crate::adapter::{Database, DatabaseTransaction};
     pub use crate::future::BoxFuture;
     pub use crate::outbox::OutboxWrite;
-    pub use crate::relay::{Delivery, OutboxEntry, OutboxStore, Publisher};
+    pub use crate::outbox::{OutboxEntry, OutboxStore};
+    pub use crate::relay::{Delivery, Publisher};
     pub use crate::store::{AggregateStorage, AggregateType, Save, Stored, key};
 }
 

@@ -1,7 +1,17 @@
 //! The outbox: external events written in the same transaction as the state
-//! change, and published to other services after the commit.
+//! change ([`OutboxWrite`], by a unit of work's commit), and published to
+//! other services after the commit by the
+//! [`OutboxRelay`](crate::OutboxRelay), which reads a database's
+//! [`OutboxStore`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::domain_error::BoxError;
+use crate::error::Error;
+use crate::future::BoxFuture;
 use crate::message::{AnyEvent, Metadata};
 
 /// An event on its way to other services: what an outbox row holds and what
@@ -40,4 +50,39 @@ impl ExternalMessage {
             payload: event.to_json()?,
         })
     }
+}
+
+/// An outbox row waiting to be published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Its place in the outbox: rows are published in this order.
+    pub position: i64,
+    /// The message.
+    pub message: ExternalMessage,
+    /// How many times the broker could not route it (see
+    /// [`OutboxStore::defer`]).
+    pub attempts: u32,
+}
+
+/// The outbox of a database, as the relay reads it.
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Takes, or keeps, the relay lease for `holder` until `ttl` from now.
+    /// Returns whether `holder` holds it.
+    fn lease<'a>(&'a self, holder: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool, Error>>;
+    /// Gives the lease up (a clean shutdown), so that another instance takes
+    /// over at once.
+    fn release<'a>(&'a self, holder: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+    /// Up to `limit` unsent rows, in outbox order, leaving out the
+    /// [deferred](Self::defer) ones that are not due yet.
+    fn unsent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxEntry>, Error>>;
+    /// Marks rows published.
+    fn mark_sent<'a>(&'a self, positions: &'a [i64]) -> BoxFuture<'a, Result<(), Error>>;
+    /// Keeps rows unsent that the broker could not route, and leaves them
+    /// out of [`unsent`](Self::unsent) for the delay given with each
+    /// (position, delay); each row's [`attempts`](OutboxEntry::attempts)
+    /// goes up by one.
+    fn defer<'a>(&'a self, rows: &'a [(i64, Duration)]) -> BoxFuture<'a, Result<(), Error>>;
+    /// Notified when a transaction of this process committed outbox rows, so
+    /// that the relay wakes at once rather than at its next poll.
+    fn committed(&self) -> Arc<Notify>;
 }

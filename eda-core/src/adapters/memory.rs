@@ -57,7 +57,7 @@ use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::MessageId;
 use crate::outbox::ExternalMessage;
-use crate::relay::{OutboxEntry, OutboxStore};
+use crate::outbox::{OutboxEntry, OutboxStore};
 use crate::repository::RepositoryError;
 use crate::store::{self, AggregateStorage, AggregateType, Save, Stored};
 

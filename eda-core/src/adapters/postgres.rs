@@ -42,7 +42,7 @@ use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::{ExternalMessage, OutboxWrite};
-use crate::relay::{OutboxEntry, OutboxStore};
+use crate::outbox::{OutboxEntry, OutboxStore};
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 
 /// How to connect and where to keep the framework's tables.

@@ -92,7 +92,7 @@ use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::{ExternalMessage, OutboxWrite};
-use crate::relay::{OutboxEntry, OutboxStore};
+use crate::outbox::{OutboxEntry, OutboxStore};
 use crate::retry::Backoff;
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 
