@@ -347,3 +347,49 @@ fn the_reader_finds_a_circle_where_there_is_one() {
         ["crate::a::B", "crate::c::D", "crate::c::e::F", "crate::H"]
     );
 }
+
+#[test]
+fn every_public_item_has_one_path() {
+    // The root re-exports from private modules only: an item of a public
+    // module (`adapters::postgres`, `host`) is named there and nowhere
+    // else. (The prelude names the most used root items again, as std's
+    // does.)
+    let lib = code(&src().join("lib.rs"));
+    let public: BTreeSet<String> = lib
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("pub mod "))
+        .map(|rest| rest.trim_end_matches([';', ' ', '{']).to_owned())
+        .collect();
+    assert!(public.contains("adapters") && public.contains("host"));
+    // Whether `path` names an item through public modules only: the
+    // first a public module of the root, and, in a module directory, the
+    // next one declared `pub mod` there (or an item of the module itself).
+    let reachable = |path: &[String]| {
+        let Some(first) = path.first() else {
+            return false;
+        };
+        if !public.contains(first) {
+            return false;
+        }
+        let dir = src().join(first);
+        match path.get(1) {
+            Some(second) if dir.join(format!("{second}.rs")).exists() => {
+                code(&dir.join("mod.rs")).lines().any(|l| {
+                    l.trim_start()
+                        .strip_prefix("pub mod ")
+                        .is_some_and(|rest| rest.trim_end_matches(';') == second)
+                })
+            }
+            _ => true,
+        }
+    };
+    let twice: Vec<String> = paths(&lib, "pub use ")
+        .into_iter()
+        .filter(|path| reachable(path))
+        .map(|path| path.join("::"))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "re-exported at the root from a public module, so at two paths: {twice:?}"
+    );
+}

@@ -1,11 +1,12 @@
 //! Adapters shipped with eda. The core knows them only through the
-//! [`Adapter`](crate::Adapter) and [`Database`](crate::backend::Database) traits
-//! (except the in-memory kit, which is part of the core).
+//! [`Adapter`](crate::Adapter) and [`Database`](crate::backend::Database) traits.
+//! The in-memory database, the default one, is at the root:
+//! [`InMemoryDatabase`](crate::InMemoryDatabase) (one path per item).
 
 use std::fmt;
 
 pub mod in_process;
-pub mod memory;
+pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]
