@@ -55,7 +55,9 @@ pub trait Aggregate: Clone + Send + Sync + 'static {
     /// The same, mutably.
     fn events_mut(&mut self) -> &mut Events;
     /// How it is written as a document, if it serializes (the derive
-    /// finds out).
+    /// finds out). Not an API: an aggregate implemented by hand keeps the
+    /// default, has no document form, and so needs a repository on a SQL
+    /// database (`build()` says so).
     #[doc(hidden)]
     fn __codec() -> Option<Codec<Self>> {
         None

@@ -355,8 +355,9 @@ impl<M> Envelope<M> {
 }
 
 /// An event whose type has been erased: what an aggregate holds in its
-/// [`Events`](crate::Events) and what the bus queues.
-pub trait AnyEvent: fmt::Debug + Send + Sync + 'static {
+/// [`Events`](crate::Events) and what the bus queues. Only eda implements
+/// it (for every [`Event`], when it is raised): it is sealed.
+pub trait AnyEvent: sealed::Sealed + fmt::Debug + Send + Sync + 'static {
     /// The event's [`Message::NAME`].
     fn name(&self) -> &'static str;
     /// Whether the event goes to the outbox.
@@ -408,6 +409,13 @@ impl<E: Event> fmt::Debug for Raised<E> {
         self.event.fmt(f)
     }
 }
+
+/// What seals [`AnyEvent`]: a trait outside eda cannot name it.
+mod sealed {
+    pub trait Sealed {}
+}
+
+impl<E: Event> sealed::Sealed for Raised<E> {}
 
 impl<E: Event> AnyEvent for Raised<E> {
     fn name(&self) -> &'static str {

@@ -54,6 +54,9 @@ use crate::store::{self, AggregateType, Stored};
 /// the bus. Not committing, returning an error, or dropping the unit of work
 /// rolls it back and discards the events.
 ///
+/// Only the derive implements it: its hidden items take types of
+/// `eda_core::__private`, which is not an API (it changes without notice),
+/// so a hand-written impl is neither possible in practice nor supported.
 pub trait UnitOfWork: Sized + Send + 'static {
     /// Whether it has a transaction (`#[uow(transaction)]`).
     #[doc(hidden)]
