@@ -268,6 +268,9 @@ impl BusBuilder {
                 consumed: consumed.into_boxed_slice(),
                 warnings,
                 went_nowhere: std::sync::Mutex::new(HashSet::new()),
+                traced: std::iter::once(Arc::new(super::trace::Trace) as Arc<dyn AnyLayer>)
+                    .chain(self.layers.iter().cloned())
+                    .collect(),
                 layers: self.layers.into_boxed_slice(),
             }),
         })

@@ -7,13 +7,10 @@ use std::any::TypeId;
 use std::fmt;
 use std::sync::atomic::Ordering;
 
-use tracing::Instrument;
-
 use super::MessageBus;
 use crate::context::Context;
 use crate::dependency::Adapters;
 use crate::error::{CommandError, Error};
-use crate::future::BoxFuture;
 use crate::handler::{self, CallOutcome, CommandCall, EventCall, EventOutcome, EventQueue, Param};
 use crate::layer::{self, HandlerCall};
 use crate::message::{
@@ -66,6 +63,17 @@ impl Report {
 }
 
 impl MessageBus {
+    /// The layers around each handler call: the user's, inside the bus's
+    /// own tracing while its spans are enabled.
+    #[inline]
+    fn layers(&self) -> &[std::sync::Arc<dyn crate::layer::AnyLayer>] {
+        if super::trace::Trace::enabled() {
+            &self.inner.traced
+        } else {
+            &self.inner.layers
+        }
+    }
+
     /// Handles a command that starts a conversation: runs its handler,
     /// processes the events it raised, and returns the handler's result.
     pub async fn handle<C: Command>(
@@ -157,19 +165,10 @@ impl MessageBus {
         let Some(entry) = self.inner.commands.get(&TypeId::of::<C>()) else {
             return Err(CommandError::Bus(Error::NoHandler(C::NAME)));
         };
-        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::debug_span!(
-                "command",
-                name = C::NAME,
-                id = %envelope.metadata.message_id,
-                handler = entry.handler,
-            )
-        } else {
-            tracing::Span::none()
-        };
         let mut queue = EventQueue::new();
         let result = async {
             let policy = &self.inner.command_retry;
+            let layers = self.layers();
             let mut attempt = 1;
             loop {
                 let mut out: Option<Result<C::Output, CommandError<C::Error>>> = None;
@@ -186,7 +185,7 @@ impl MessageBus {
                     out: &mut out,
                     events: &mut queue,
                 });
-                let outcome = if self.inner.layers.is_empty() {
+                let outcome = if layers.is_empty() {
                     call.await
                 } else {
                     let described = HandlerCall {
@@ -197,7 +196,7 @@ impl MessageBus {
                         attempt,
                         incoming,
                     };
-                    layer::run(&self.inner.layers, described, layer::Handler::Command(call))
+                    layer::run(layers, described, layer::Handler::Command(call))
                         .await
                         .into_command()
                 };
@@ -209,12 +208,24 @@ impl MessageBus {
                         .fetch_add(1, Ordering::Relaxed);
                     if attempt < policy.attempts() {
                         let delay = policy.delay(attempt);
-                        tracing::debug!(attempt, ?delay, "version conflict, retrying");
+                        tracing::debug!(
+                            command = C::NAME,
+                            handler = entry.id,
+                            attempt,
+                            ?delay,
+                            "version conflict, retrying"
+                        );
                         Box::pin(tokio::time::sleep(delay)).await;
                         attempt += 1;
                         continue;
                     }
-                    tracing::warn!(attempt, "version conflict, out of attempts");
+                    tracing::warn!(
+                        command = C::NAME,
+                        handler = entry.id,
+                        id = %envelope.metadata.message_id,
+                        attempt,
+                        "version conflict, out of attempts"
+                    );
                 }
                 match outcome {
                     CallOutcome::Done { .. } | CallOutcome::Conflict => {}
@@ -231,11 +242,7 @@ impl MessageBus {
                 };
             }
         };
-        let result = if span.is_disabled() {
-            result.await
-        } else {
-            result.instrument(span).await
-        };
+        let result = result.await;
         // Events committed by the handler are processed even when it failed
         // afterwards: their state is saved, so they must not be lost.
         if !queue.is_empty() {
@@ -299,8 +306,9 @@ impl MessageBus {
                         event: event.as_any(),
                         events: queue,
                     });
-                    let call: BoxFuture<'_, EventOutcome> = if self.inner.layers.is_empty() {
-                        call
+                    let layers = self.layers();
+                    let outcome = if layers.is_empty() {
+                        call.await
                     } else {
                         let described = HandlerCall {
                             kind: MessageKind::Event,
@@ -310,15 +318,11 @@ impl MessageBus {
                             attempt,
                             incoming,
                         };
-                        Box::pin(async move {
-                            layer::run(&self.inner.layers, described, layer::Handler::Event(call))
-                                .await
-                                .into_event()
-                        })
-                    };
-                    let outcome = match event_span(event, handler) {
-                        None => call.await,
-                        Some(span) => call.instrument(span).await,
+                        // Boxed: the layers' state does not size every
+                        // event's future.
+                        Box::pin(layer::run(layers, described, layer::Handler::Event(call)))
+                            .await
+                            .into_event()
                     };
                     match outcome {
                         // A duplicate was handled, by an earlier delivery.
@@ -415,20 +419,4 @@ impl MessageBus {
         report.failures.push(failure);
         None
     }
-}
-
-/// The span of one event handler run, if anyone listens.
-fn event_span(event: &dyn AnyEvent, handler: &EventHandlerRegistration) -> Option<tracing::Span> {
-    // Cheaper than building a disabled span (which, with tracing's `log`
-    // feature that sqlx turns on, still asks the `log` facade).
-    if !tracing::level_enabled!(tracing::Level::DEBUG) {
-        return None;
-    }
-    let span = tracing::debug_span!(
-        "event",
-        name = event.name(),
-        id = %event.metadata().message_id,
-        handler = handler.handler,
-    );
-    (!span.is_disabled()).then_some(span)
 }

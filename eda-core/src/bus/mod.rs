@@ -5,8 +5,9 @@
 //! shared state and what it knows of its wiring (adapters, repositories,
 //! the names it handles and consumes); `dispatch` runs commands and events
 //! in process, `incoming` takes messages from a broker, `journal` recovers
-//! the dispatch journal, `metrics` counts, and `builder` checks the wiring
-//! and builds the bus.
+//! the dispatch journal, `metrics` counts, `trace` is the bus's own span
+//! around each handler call (a layer), and `builder` checks the wiring and
+//! builds the bus.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -26,6 +27,7 @@ mod dispatch;
 mod incoming;
 mod journal;
 mod metrics;
+mod trace;
 
 pub use builder::BusBuilder;
 pub use dispatch::{EventHandlerFailure, Report};
@@ -54,6 +56,9 @@ pub(crate) struct BusInner {
     went_nowhere: std::sync::Mutex<HashSet<&'static str>>,
     /// The user's layers around every handler call, outermost first.
     layers: crate::layer::Layers,
+    /// The same, inside the bus's own tracing layer (see `trace`): the
+    /// stack while DEBUG spans are enabled.
+    traced: crate::layer::Layers,
 }
 
 /// The internal message bus. Cheap to clone (an `Arc`); build it once at
