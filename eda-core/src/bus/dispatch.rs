@@ -1,22 +1,30 @@
 //! Commands and events in process: the entry points [`MessageBus::handle`]
-//! and [`MessageBus::publish`] (and [`MessageBus::begin`]), the command's
-//! retry loop on version conflicts, the event loop with its own retry, and
-//! what a message's handlers report ([`Report`], [`EventHandlerFailure`]).
+//! and [`MessageBus::publish`] (and [`MessageBus::begin`]), a command's
+//! call and the event loop, each handler call run by the retry loop
+//! (`retry`) through the layers, and what a message's handlers report
+//! ([`Report`], [`EventHandlerFailure`]).
 
 use std::any::TypeId;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::MessageBus;
+use super::retry::{self, Attempt};
 use crate::context::Context;
 use crate::dependency::Adapters;
 use crate::error::{CommandError, Error};
-use crate::handler::{self, CallOutcome, CommandCall, EventCall, EventOutcome, EventQueue, Param};
-use crate::layer::{self, HandlerCall};
+use crate::future::BoxFuture;
+use crate::handler::{
+    self, CallOutcome, CommandCall, EventCall, EventOutcome, EventQueue, Param, Prepared,
+    PreparedCommand, PreparedEvent,
+};
+use crate::layer::{self, AnyLayer, HandlerCall};
 use crate::message::{
     AnyEvent, Command, Envelope, Event, MessageId, MessageKind, Metadata, Raised,
 };
-use crate::registry::EventHandlerRegistration;
+use crate::registry::{CommandHandlerRegistration, EventHandlerRegistration};
 use crate::wiring::HandlerRef;
 
 /// An event handler that failed after its retries.
@@ -166,83 +174,31 @@ impl MessageBus {
             return Err(CommandError::Bus(Error::NoHandler(C::NAME)));
         };
         let mut queue = EventQueue::new();
-        let result = async {
-            let policy = &self.inner.command_retry;
-            let layers = self.layers();
-            let mut attempt = 1;
-            loop {
-                let mut out: Option<Result<C::Output, CommandError<C::Error>>> = None;
-                let call = entry.prepared.call(CommandCall {
-                    ctx: Context {
-                        services: &self.inner.services,
-                        bus: self,
-                        metadata: &envelope.metadata,
-                        incoming,
-                        dispatches: true,
-                        handler: entry.id,
-                    },
-                    message: &envelope.message,
-                    out: &mut out,
-                    events: &mut queue,
-                });
-                let outcome = if layers.is_empty() {
-                    call.await
-                } else {
-                    let described = HandlerCall {
-                        kind: MessageKind::Command,
-                        message: C::NAME,
-                        handler: entry.id,
-                        metadata: &envelope.metadata,
-                        attempt,
-                        incoming,
-                    };
-                    layer::run(layers, described, layer::Handler::Command(call))
-                        .await
-                        .into_command()
-                };
-                let conflict = outcome.is_conflict();
-                if conflict {
-                    self.inner
-                        .metrics
-                        .command_conflicts
-                        .fetch_add(1, Ordering::Relaxed);
-                    if attempt < policy.attempts() {
-                        let delay = policy.delay(attempt);
-                        tracing::debug!(
-                            command = C::NAME,
-                            handler = entry.id,
-                            attempt,
-                            ?delay,
-                            "version conflict, retrying"
-                        );
-                        Box::pin(tokio::time::sleep(delay)).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    tracing::warn!(
-                        command = C::NAME,
-                        handler = entry.id,
-                        id = %envelope.metadata.message_id,
-                        attempt,
-                        "version conflict, out of attempts"
-                    );
-                }
-                match outcome {
-                    CallOutcome::Done { .. } | CallOutcome::Conflict => {}
-                    CallOutcome::Duplicate => {
-                        return Err(CommandError::Bus(Error::AlreadyHandled(
-                            envelope.metadata.message_id,
-                        )));
-                    }
-                    CallOutcome::Failed(e) => return Err(CommandError::Bus(e)),
-                }
-                return match out {
-                    Some(result) => result,
-                    None => Err(CommandError::Bus(Error::NoHandler(C::NAME))),
-                };
-            }
+        let mut call = CommandAttempt {
+            bus: self,
+            entry,
+            envelope,
+            incoming,
+            layers: self.layers(),
+            out: None,
+            queue: &mut queue,
         };
-        let result = result.await;
+        // The first run here; the retry loop only after a conflict.
+        let mut outcome = call.run(1).await;
+        if call.retryable(&outcome) {
+            let policy = &self.inner.command_retry;
+            (outcome, _) = Box::pin(retry::after_first(policy, &mut call, outcome)).await;
+        }
+        let result = match outcome {
+            CallOutcome::Done { .. } | CallOutcome::Conflict => match call.out.take() {
+                Some(result) => result,
+                None => Err(CommandError::Bus(Error::NoHandler(C::NAME))),
+            },
+            CallOutcome::Duplicate => Err(CommandError::Bus(Error::AlreadyHandled(
+                envelope.metadata.message_id,
+            ))),
+            CallOutcome::Failed(e) => Err(CommandError::Bus(e)),
+        };
         // Events committed by the handler are processed even when it failed
         // afterwards: their state is saved, so they must not be lost.
         if !queue.is_empty() {
@@ -292,55 +248,25 @@ impl MessageBus {
             let journaled = event.__journaled();
             let incoming = std::mem::take(&mut incoming) || journaled;
             for handler in handlers.iter() {
-                let mut attempt = 1;
-                loop {
-                    let call = handler.prepared.call(EventCall {
-                        ctx: Context {
-                            services: &self.inner.services,
-                            bus: self,
-                            metadata: event.metadata(),
-                            incoming,
-                            dispatches: true,
-                            handler: handler.id,
-                        },
-                        event: event.as_any(),
-                        events: queue,
-                    });
-                    let layers = self.layers();
-                    let outcome = if layers.is_empty() {
-                        call.await
-                    } else {
-                        let described = HandlerCall {
-                            kind: MessageKind::Event,
-                            message: event.name(),
-                            handler: handler.id,
-                            metadata: event.metadata(),
-                            attempt,
-                            incoming,
-                        };
-                        // Boxed: the layers' state does not size every
-                        // event's future.
-                        Box::pin(layer::run(layers, described, layer::Handler::Event(call)))
-                            .await
-                            .into_event()
-                    };
-                    match outcome {
-                        // A duplicate was handled, by an earlier delivery.
-                        EventOutcome::Done | EventOutcome::Duplicate => {
-                            report.handled += 1;
-                            break;
-                        }
-                        EventOutcome::Failed { error, committed } => {
-                            match self.event_handler_failed(
-                                handler, event, attempt, error, committed, report,
-                            ) {
-                                Some(delay) => {
-                                    Box::pin(tokio::time::sleep(delay)).await;
-                                    attempt += 1;
-                                }
-                                None => break,
-                            }
-                        }
+                let mut call = EventAttempt {
+                    bus: self,
+                    handler,
+                    event,
+                    incoming,
+                    layers: self.layers(),
+                    queue,
+                };
+                // The first run here; the retry loop only after a failure.
+                let mut ran = (call.run(1).await, 1);
+                if call.retryable(&ran.0) {
+                    let policy = &self.inner.event_retry;
+                    ran = Box::pin(retry::after_first(policy, &mut call, ran.0)).await;
+                }
+                match ran {
+                    // A duplicate was handled, by an earlier delivery.
+                    (EventOutcome::Done | EventOutcome::Duplicate, _) => report.handled += 1,
+                    (EventOutcome::Failed { error, .. }, attempts) => {
+                        self.event_handler_failed(handler, event, attempts, error, report);
                     }
                 }
             }
@@ -376,35 +302,18 @@ impl MessageBus {
         }
     }
 
-    /// After an event handler's run failed: the delay before the next
-    /// attempt, or `None` once it is reported.
+    /// An event handler failed for good (after its retries, or once it had
+    /// committed): reported, logged and counted.
+    #[cold]
     fn event_handler_failed(
         &self,
         handler: &EventHandlerRegistration,
         event: &dyn AnyEvent,
         attempt: u32,
         error: String,
-        committed: bool,
         report: &mut Report,
-    ) -> Option<std::time::Duration> {
-        let policy = &self.inner.event_retry;
+    ) {
         let metrics = &self.inner.metrics;
-        // A handler that committed before failing is not run again: its
-        // effects are saved.
-        if !committed && attempt < policy.attempts() {
-            metrics
-                .event_handler_retries
-                .fetch_add(1, Ordering::Relaxed);
-            let delay = policy.delay(attempt);
-            tracing::debug!(
-                handler = handler.handler,
-                attempt,
-                ?delay,
-                %error,
-                "event handler failed, retrying"
-            );
-            return Some(delay);
-        }
         let failure = EventHandlerFailure {
             event: event.name(),
             metadata: *event.metadata(),
@@ -417,6 +326,170 @@ impl MessageBus {
             .event_handler_failures
             .fetch_add(1, Ordering::Relaxed);
         report.failures.push(failure);
-        None
     }
+}
+
+/// A command's handler call, for the retry loop: run again on a version
+/// conflict.
+struct CommandAttempt<'a, C: Command> {
+    bus: &'a MessageBus,
+    entry: &'a Prepared<CommandHandlerRegistration, dyn PreparedCommand>,
+    envelope: &'a Envelope<C>,
+    incoming: bool,
+    layers: &'a [Arc<dyn AnyLayer>],
+    /// The handler's result, written by the last run.
+    out: Option<Result<C::Output, CommandError<C::Error>>>,
+    queue: &'a mut EventQueue,
+}
+
+impl<C: Command> Attempt for CommandAttempt<'_, C> {
+    type Outcome = CallOutcome;
+
+    #[inline]
+    fn run(&mut self, attempt: u32) -> BoxFuture<'_, CallOutcome> {
+        self.out = None;
+        let call = self.entry.prepared.call(CommandCall {
+            ctx: Context {
+                services: &self.bus.inner.services,
+                bus: self.bus,
+                metadata: &self.envelope.metadata,
+                incoming: self.incoming,
+                dispatches: true,
+                handler: self.entry.id,
+            },
+            message: &self.envelope.message,
+            out: &mut self.out,
+            events: self.queue,
+        });
+        if self.layers.is_empty() {
+            return call;
+        }
+        let described = HandlerCall {
+            kind: MessageKind::Command,
+            message: C::NAME,
+            handler: self.entry.id,
+            metadata: &self.envelope.metadata,
+            attempt,
+            incoming: self.incoming,
+        };
+        let layers = self.layers;
+        Box::pin(async move {
+            layer::run(layers, described, layer::Handler::Command(call))
+                .await
+                .into_command()
+        })
+    }
+
+    fn retryable(&self, outcome: &CallOutcome) -> bool {
+        outcome.is_conflict()
+    }
+
+    fn retrying(&self, _: &CallOutcome, attempt: u32, delay: Duration) {
+        self.bus
+            .inner
+            .metrics
+            .command_conflicts
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            command = C::NAME,
+            handler = self.entry.id,
+            attempt,
+            ?delay,
+            "version conflict, retrying"
+        );
+    }
+
+    fn out_of_attempts(&self, _: &CallOutcome, attempt: u32) {
+        self.bus
+            .inner
+            .metrics
+            .command_conflicts
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            command = C::NAME,
+            handler = self.entry.id,
+            id = %self.envelope.metadata.message_id,
+            attempt,
+            "version conflict, out of attempts"
+        );
+    }
+}
+
+/// An event handler's call, for the retry loop: run again after a failure,
+/// unless it had committed (its effects are saved).
+struct EventAttempt<'a> {
+    bus: &'a MessageBus,
+    handler: &'a Prepared<EventHandlerRegistration, dyn PreparedEvent>,
+    event: &'a dyn AnyEvent,
+    incoming: bool,
+    layers: &'a [Arc<dyn AnyLayer>],
+    queue: &'a mut EventQueue,
+}
+
+impl Attempt for EventAttempt<'_> {
+    type Outcome = EventOutcome;
+
+    #[inline]
+    fn run(&mut self, attempt: u32) -> BoxFuture<'_, EventOutcome> {
+        let call = self.handler.prepared.call(EventCall {
+            ctx: Context {
+                services: &self.bus.inner.services,
+                bus: self.bus,
+                metadata: self.event.metadata(),
+                incoming: self.incoming,
+                dispatches: true,
+                handler: self.handler.id,
+            },
+            event: self.event.as_any(),
+            events: self.queue,
+        });
+        if self.layers.is_empty() {
+            return call;
+        }
+        let described = HandlerCall {
+            kind: MessageKind::Event,
+            message: self.event.name(),
+            handler: self.handler.id,
+            metadata: self.event.metadata(),
+            attempt,
+            incoming: self.incoming,
+        };
+        let layers = self.layers;
+        Box::pin(async move {
+            layer::run(layers, described, layer::Handler::Event(call))
+                .await
+                .into_event()
+        })
+    }
+
+    fn retryable(&self, outcome: &EventOutcome) -> bool {
+        matches!(
+            outcome,
+            EventOutcome::Failed {
+                committed: false,
+                ..
+            }
+        )
+    }
+
+    fn retrying(&self, outcome: &EventOutcome, attempt: u32, delay: Duration) {
+        self.bus
+            .inner
+            .metrics
+            .event_handler_retries
+            .fetch_add(1, Ordering::Relaxed);
+        if let EventOutcome::Failed { error, .. } = outcome {
+            tracing::debug!(
+                event = self.event.name(),
+                handler = self.handler.id,
+                attempt,
+                ?delay,
+                %error,
+                "event handler failed, retrying"
+            );
+        }
+    }
+
+    // Reported by the event loop, with every failure that is not retried.
+    fn out_of_attempts(&self, _: &EventOutcome, _: u32) {}
 }

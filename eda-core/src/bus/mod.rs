@@ -27,6 +27,7 @@ mod dispatch;
 mod incoming;
 mod journal;
 mod metrics;
+mod retry;
 mod trace;
 
 pub use builder::BusBuilder;
