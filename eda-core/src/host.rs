@@ -4,7 +4,10 @@
 //! connects RabbitMQ when `AMQP_URL` is set (a broker in the process
 //! otherwise), builds the bus, declares the service's topology, runs the
 //! outbox relay, the consumer and the dispatch journal's recovery, serves
-//! the service's HTTP router, and on a shutdown signal stops taking work,
+//! the service's HTTP router and, beside it, `GET /metrics` (every handler
+//! call counted and timed, and the bus's counters, in the Prometheus text
+//! format: [`HandlerMetrics`]), and on a shutdown
+//! signal stops taking work,
 //! lets what is in flight finish, flushes the outbox, and returns.
 //!
 //! ```no_run
@@ -56,6 +59,7 @@ use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::outbox::OutboxStore;
 use crate::relay::{OutboxRelay, Publisher, RelayOptions};
+use crate::telemetry::HandlerMetrics;
 
 /// Where the state is kept.
 #[derive(Clone, PartialEq, Eq)]
@@ -460,7 +464,9 @@ impl Host {
             Db::Postgres(db) => MessageBus::builder().adapter(db.clone()),
             Db::Sqlite(db) => MessageBus::builder().adapter(db.clone()),
         };
-        let bus = build_bus(builder).build()?;
+        // Every handler call counted and timed, served at `/metrics`.
+        let metrics = HandlerMetrics::new();
+        let bus = build_bus(builder).layer(metrics.clone()).build()?;
 
         let (store, publisher): (Arc<dyn OutboxStore>, Arc<dyn Publisher>) = (
             match &db {
@@ -506,9 +512,12 @@ impl Host {
             .map_err(http)?;
         let address = listener.local_addr().map_err(http)?;
         let server = tokio::spawn(
-            axum::serve(listener, router(bus.clone()))
-                .with_graceful_shutdown(signal(stopping.clone()))
-                .into_future(),
+            axum::serve(
+                listener,
+                with_metrics(router(bus.clone()), metrics, bus.clone()),
+            )
+            .with_graceful_shutdown(signal(stopping.clone()))
+            .into_future(),
         );
         tracing::info!(%address, "listening on http://{address}");
         ready(address);
@@ -531,6 +540,27 @@ impl Host {
             Err(join) => Err(HostError::Consumer(Error::Broker(join.into()))),
         }
     }
+}
+
+/// The service's router, behind the host's own routes: `GET /metrics`
+/// (the handler calls and the bus's counters, in the Prometheus text
+/// format). A route of the service's at the same path is not reached.
+fn with_metrics(app: axum::Router, metrics: HandlerMetrics, bus: MessageBus) -> axum::Router {
+    let metrics = axum::routing::get(move || {
+        let text = metrics.render(&bus);
+        async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+        }
+    });
+    axum::Router::new()
+        .route("/metrics", metrics)
+        .fallback_service(app)
 }
 
 /// Connects the database and creates eda's tables, then the service's.

@@ -68,6 +68,7 @@ mod relay;
 mod repository;
 mod retry;
 mod store;
+mod telemetry;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "rabbitmq"))]
 pub mod testing;
 mod topology;
@@ -97,6 +98,7 @@ pub use outbox::ExternalMessage;
 pub use relay::{OutboxRelay, RelayMetrics, RelayOptions};
 pub use repository::{Find, Finder, Repository, RepositoryError};
 pub use retry::RetryPolicy;
+pub use telemetry::HandlerMetrics;
 pub use topology::{Topology, TopologyWarning};
 pub use uow::{Aggregates, IdentityMap, UnitOfWork, UowField, UowTransaction};
 pub use wiring::{HandlerRef, Location, WiringError, WiringProblem};

@@ -578,6 +578,18 @@ impl Service {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// GETs; the status and the body as text (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
     /// Adds a batch, asserting the 201.
     pub async fn add_batch(&self, reference: &str, sku: &str, qty: u32, eta: Option<&str>) {
         let (status, body) = self

@@ -10,7 +10,7 @@
 //! - both buses in this process on the in-process broker (fast).
 #![allow(missing_docs)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -462,7 +462,51 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
         .await;
     assert!(books.confirmed > 0 && books.cancelled > 0, "{books:?}");
     figures("rabbitmq", &books, 0, started.elapsed());
+
+    // Each service's `/metrics` counts the work done: every acknowledged
+    // order's command succeeded once in orders, and allocation handled
+    // each order's `OrderPlaced` once, from the other service.
+    let orders = handler_calls(pair.orders()).await;
+    let allocation = handler_calls(pair.allocation()).await;
+    assert_eq!(
+        orders.get(&("orders.place_order".into(), "ok".into())),
+        Some(&(placed.acknowledged.len() as f64)),
+        "{orders:?}"
+    );
+    assert_eq!(
+        allocation.get(&("orders.order_placed".into(), "ok".into())),
+        Some(&(books.orders as f64)),
+        "{allocation:?}"
+    );
+    assert!(
+        orders.contains_key(&("allocation.allocated".into(), "ok".into())),
+        "orders handled allocation's answers: {orders:?}"
+    );
     pair.stop().await;
+}
+
+/// A service's `GET /metrics`, read with a Prometheus text-format parser:
+/// its handler calls by (message, outcome), summed over handlers.
+async fn handler_calls(service: &Service) -> BTreeMap<(String, String), f64> {
+    let (status, text) = service.get_text("/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the Prometheus text format");
+    let mut calls = BTreeMap::new();
+    for sample in scrape.samples {
+        if sample.metric != "eda_handler_calls_total" {
+            continue;
+        }
+        let prometheus_parse::Value::Counter(value) = sample.value else {
+            panic!("eda_handler_calls_total is a counter: {sample:?}");
+        };
+        let message = sample.labels.get("messaging_destination_name").unwrap();
+        let outcome = sample.labels.get("outcome").unwrap();
+        *calls
+            .entry((message.to_owned(), outcome.to_owned()))
+            .or_insert(0.0) += value;
+    }
+    calls
 }
 
 /// A SIGKILL of allocation a third into the stream (it restarts), then of

@@ -1,0 +1,254 @@
+//! Metrics of handler calls, as a [`Layer`], and the Prometheus text format
+//! they and the bus's counters are read in (the host serves it at
+//! `/metrics`).
+//!
+//! The names follow OpenTelemetry's messaging conventions where one exists
+//! (`messaging.process.duration`, in Prometheus form
+//! `messaging_process_duration_seconds`, with the message's name as
+//! `messaging_destination_name`), and are eda's own otherwise
+//! (`eda_handler_calls_total`, by outcome; the bus's counters).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crate::bus::BusMetrics;
+use crate::layer::{HandlerCall, Layer, Next, Outcome};
+
+/// The upper bounds of the duration histogram's buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// How a call ended, as a label.
+const OUTCOMES: [&str; 4] = ["ok", "failed", "conflict", "duplicate"];
+
+/// One handler's figures.
+#[derive(Default)]
+struct Series {
+    /// Calls by outcome, in the order of [`OUTCOMES`].
+    calls: [AtomicU64; 4],
+    /// Calls with a duration under each bucket's bound (not cumulative:
+    /// summed when rendered), and over the last.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// The sum of the durations, in nanoseconds.
+    nanos: AtomicU64,
+}
+
+/// Each handler's figures, by (message name, handler id).
+type SeriesMap = HashMap<(&'static str, &'static str), Arc<Series>>;
+
+/// A [`Layer`] that counts every handler call by message, handler and
+/// outcome, and measures how long it took; [`render`](Self::render) writes
+/// the figures in the Prometheus text format. The host adds one to every
+/// service and serves it at `/metrics`; a service of its own adds it with
+/// [`BusBuilder::layer`](crate::BusBuilder::layer).
+///
+/// ```standalone_crate
+/// use eda_core::prelude::*;
+/// use eda_core::HandlerMetrics;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+/// #[command(name = "doc.metrics.ping", output = ())]
+/// pub struct Ping;
+///
+/// #[command_handler]
+/// async fn ping(_: Ping) -> Result<(), BoxError> {
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let metrics = HandlerMetrics::new();
+/// let bus = MessageBus::builder().layer(metrics.clone()).build()?;
+/// bus.handle(Ping).await?;
+/// let text = metrics.render(&bus);
+/// assert!(text.contains(r#"eda_handler_calls_total{messaging_destination_name="doc.metrics.ping",eda_handler="#));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct HandlerMetrics {
+    series: Arc<RwLock<SeriesMap>>,
+}
+
+impl std::fmt::Debug for HandlerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let handlers = self.series.read().map_or(0, |s| s.len());
+        f.debug_struct("HandlerMetrics")
+            .field("handlers", &handlers)
+            .finish()
+    }
+}
+
+impl HandlerMetrics {
+    /// No calls counted yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn series(&self, message: &'static str, handler: &'static str) -> Arc<Series> {
+        let key = (message, handler);
+        if let Some(series) = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return series.clone();
+        }
+        self.series
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// The figures of every handler called so far and the counters of
+    /// `bus`, in the Prometheus text format (version 0.0.4).
+    pub fn render(&self, bus: &crate::MessageBus) -> String {
+        let mut out = String::new();
+        let mut series: Vec<_> = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        series.sort_by_key(|(k, _)| *k);
+
+        out.push_str("# HELP eda_handler_calls_total Handler calls, by message, handler and outcome (a command run again after a conflict counts each run).\n");
+        out.push_str("# TYPE eda_handler_calls_total counter\n");
+        for ((message, handler), s) in &series {
+            for (i, outcome) in OUTCOMES.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "eda_handler_calls_total{{{},outcome=\"{outcome}\"}} {}",
+                    labels(message, handler),
+                    s.calls[i].load(Ordering::Relaxed)
+                );
+            }
+        }
+
+        out.push_str("# HELP messaging_process_duration_seconds How long handler calls took, in seconds (OpenTelemetry's messaging.process.duration).\n");
+        out.push_str("# TYPE messaging_process_duration_seconds histogram\n");
+        for ((message, handler), s) in &series {
+            let labels = format!(
+                "messaging_system=\"eda\",messaging_operation_name=\"process\",{}",
+                labels(message, handler)
+            );
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += s.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "messaging_process_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            cumulative += s.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "messaging_process_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(
+                out,
+                "messaging_process_duration_seconds_sum{{{labels}}} {}",
+                s.nanos.load(Ordering::Relaxed) as f64 / 1e9
+            );
+            let _ = writeln!(
+                out,
+                "messaging_process_duration_seconds_count{{{labels}}} {cumulative}"
+            );
+        }
+
+        let BusMetrics {
+            command_conflicts,
+            event_handler_failures,
+            event_handler_retries,
+            events_unhandled,
+            uncommitted,
+        } = bus.metrics();
+        for (name, help, value) in [
+            (
+                "eda_command_conflicts_total",
+                "Command runs that ended in a version conflict.",
+                command_conflicts,
+            ),
+            (
+                "eda_event_handler_retries_total",
+                "Event handler runs that failed and were retried.",
+                event_handler_retries,
+            ),
+            (
+                "eda_event_handler_failures_total",
+                "Event handlers that failed after their retries.",
+                event_handler_failures,
+            ),
+            (
+                "eda_events_unhandled_total",
+                "Events raised with no handler here that are not external.",
+                events_unhandled,
+            ),
+            (
+                "eda_uncommitted_total",
+                "Handlers that succeeded without committing a unit of work that held changes.",
+                uncommitted,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+/// The labels of one handler's series.
+fn labels(message: &str, handler: &str) -> String {
+    format!(
+        "messaging_destination_name=\"{}\",eda_handler=\"{}\"",
+        escape(message),
+        escape(handler)
+    )
+}
+
+/// A label value, escaped as the text format wants.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Layer for HandlerMetrics {
+    async fn call(&self, call: HandlerCall<'_>, next: Next<'_>) -> Outcome {
+        let series = self.series(call.message(), call.handler());
+        let started = Instant::now();
+        let outcome = next.run().await;
+        let elapsed = started.elapsed();
+        let index = if outcome.is_duplicate() {
+            3
+        } else if outcome.is_conflict() {
+            2
+        } else if outcome.is_ok() {
+            0
+        } else {
+            1
+        };
+        series.calls[index].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        series.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        series.nanos.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        outcome
+    }
+}
