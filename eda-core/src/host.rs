@@ -54,12 +54,12 @@ use crate::adapters::rabbitmq::{RabbitMq, RabbitMqOptions};
 use crate::adapters::redact_url;
 use crate::adapters::sqlite::SqliteDatabase;
 use crate::bus::{BusBuilder, MessageBus};
-use crate::entrypoints::ConsumerOptions;
+use crate::entrypoints::{ConsumerMetrics, ConsumerOptions};
 use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::outbox::OutboxStore;
-use crate::relay::{OutboxRelay, Publisher, RelayOptions};
-use crate::telemetry::HandlerMetrics;
+use crate::relay::{OutboxRelay, Publisher, RelayMetrics, RelayOptions};
+use crate::telemetry::{self, HandlerMetrics};
 
 /// Where the state is kept.
 #[derive(Clone, PartialEq, Eq)]
@@ -478,7 +478,7 @@ impl Host {
                 Broker::InProcess(service) => service.publisher(),
             },
         );
-        let relay = OutboxRelay::spawn(store, publisher, RelayOptions::default());
+        let relay = OutboxRelay::spawn(store.clone(), publisher, RelayOptions::default());
         let (stop, stopping) = watch::channel(false);
         let signal = |mut stopping: watch::Receiver<bool>| async move {
             let _ = stopping.wait_for(|stop| *stop).await;
@@ -486,17 +486,22 @@ impl Host {
 
         // Bound before HTTP takes work: what is published from now on
         // reaches the service queue.
+        let consumer_metrics;
         let consumer = match &broker {
             Broker::RabbitMq(rabbitmq) => {
                 rabbitmq
                     .declare_topology(&bus)
                     .await
                     .map_err(HostError::Broker)?;
-                tokio::spawn(rabbitmq.consumer(bus.clone()).run(signal(stopping.clone())))
+                let consumer = rabbitmq.consumer(bus.clone());
+                consumer_metrics = consumer.metrics();
+                tokio::spawn(consumer.run(signal(stopping.clone())))
             }
             Broker::InProcess(service) => {
                 service.declare_topology(&bus);
-                tokio::spawn(service.consumer(bus.clone()).run(signal(stopping.clone())))
+                let consumer = service.consumer(bus.clone());
+                consumer_metrics = consumer.metrics();
+                tokio::spawn(consumer.run(signal(stopping.clone())))
             }
         };
 
@@ -514,7 +519,16 @@ impl Host {
         let server = tokio::spawn(
             axum::serve(
                 listener,
-                with_metrics(router(bus.clone()), metrics, bus.clone()),
+                with_metrics(
+                    router(bus.clone()),
+                    Figures {
+                        handlers: metrics,
+                        bus: bus.clone(),
+                        relay: relay.metrics(),
+                        consumer: consumer_metrics,
+                        outbox: store,
+                    },
+                ),
             )
             .with_graceful_shutdown(signal(stopping.clone()))
             .into_future(),
@@ -542,19 +556,41 @@ impl Host {
     }
 }
 
+/// What `GET /metrics` reads.
+struct Figures {
+    handlers: HandlerMetrics,
+    bus: MessageBus,
+    relay: Arc<RelayMetrics>,
+    consumer: Arc<ConsumerMetrics>,
+    outbox: Arc<dyn OutboxStore>,
+}
+
+impl Figures {
+    /// Every figure, in the Prometheus text format.
+    async fn render(&self) -> String {
+        let mut text = self.handlers.render(&self.bus);
+        telemetry::render_relay(&mut text, &self.relay);
+        telemetry::render_consumer(&mut text, &self.consumer);
+        telemetry::render_outbox(&mut text, &*self.outbox).await;
+        text
+    }
+}
+
 /// The service's router, behind the host's own routes: `GET /metrics`
-/// (the handler calls and the bus's counters, in the Prometheus text
-/// format). A route of the service's at the same path is not reached.
-fn with_metrics(app: axum::Router, metrics: HandlerMetrics, bus: MessageBus) -> axum::Router {
+/// (the handler calls, the bus's, the relay's and the consumer's counters
+/// and the outbox's backlog, in the Prometheus text format). A route of
+/// the service's at the same path is not reached.
+fn with_metrics(app: axum::Router, figures: Figures) -> axum::Router {
+    let figures = Arc::new(figures);
     let metrics = axum::routing::get(move || {
-        let text = metrics.render(&bus);
+        let figures = figures.clone();
         async move {
             (
                 [(
                     axum::http::header::CONTENT_TYPE,
                     "text/plain; version=0.0.4; charset=utf-8",
                 )],
-                text,
+                figures.render().await,
             )
         }
     });

@@ -211,9 +211,10 @@ impl OutboxRelay {
         }
     }
 
-    /// The relay's counters.
-    pub fn metrics(&self) -> &RelayMetrics {
-        &self.metrics
+    /// The relay's counters (shared: they outlive the relay, for a
+    /// metrics endpoint).
+    pub fn metrics(&self) -> Arc<RelayMetrics> {
+        self.metrics.clone()
     }
 
     /// Publishes what is left in the outbox (if this instance holds the

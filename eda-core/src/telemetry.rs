@@ -9,13 +9,19 @@
 //! (`eda_handler_calls_total`, by outcome; the bus's counters).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use crate::bus::BusMetrics;
+#[cfg(feature = "host")]
+use crate::entrypoints::ConsumerMetrics;
 use crate::layer::{HandlerCall, Layer, Next, Outcome};
+#[cfg(feature = "host")]
+use crate::outbox::OutboxStore;
+#[cfg(feature = "host")]
+use crate::relay::RelayMetrics;
 
 /// The upper bounds of the duration histogram's buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -73,8 +79,8 @@ pub struct HandlerMetrics {
     series: Arc<RwLock<SeriesMap>>,
 }
 
-impl std::fmt::Debug for HandlerMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for HandlerMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let handlers = self.series.read().map_or(0, |s| s.len());
         f.debug_struct("HandlerMetrics")
             .field("handlers", &handlers)
@@ -197,10 +203,7 @@ impl HandlerMetrics {
                 uncommitted,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            write_metric(&mut out, name, "counter", help, value);
         }
         out
     }
@@ -251,4 +254,122 @@ impl Layer for HandlerMetrics {
         );
         outcome
     }
+}
+
+/// One sample of a metric without labels, with its help and type.
+fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// The outbox relay's counters, in the same format.
+#[cfg(feature = "host")]
+pub(crate) fn render_relay(out: &mut String, relay: &RelayMetrics) {
+    for (name, help, value) in [
+        (
+            "eda_relay_published_total",
+            "Messages the broker confirmed and routed to a queue.",
+            relay.published(),
+        ),
+        (
+            "eda_relay_unroutable_total",
+            "Publications no queue was bound to (kept and published again).",
+            relay.unroutable(),
+        ),
+        (
+            "eda_relay_parked_total",
+            "Events that no queue took in time, parked.",
+            relay.parked(),
+        ),
+        (
+            "eda_relay_failures_total",
+            "Relay batches that failed (broker or database) and were retried.",
+            relay.failures(),
+        ),
+    ] {
+        write_metric(out, name, "counter", help, value);
+    }
+}
+
+/// The consumer's counters, in the same format.
+#[cfg(feature = "host")]
+pub(crate) fn render_consumer(out: &mut String, consumer: &ConsumerMetrics) {
+    write_metric(
+        out,
+        "eda_consumer_consuming",
+        "gauge",
+        "1 while the consumer is consuming (its topology declared and bound).",
+        u8::from(consumer.consuming()),
+    );
+    for (name, help, value) in [
+        (
+            "eda_consumer_handled_total",
+            "Messages from the broker handled and acknowledged.",
+            consumer.handled(),
+        ),
+        (
+            "eda_consumer_own_events_total",
+            "The service's own events that came back, acknowledged without handling them again.",
+            consumer.own_events(),
+        ),
+        (
+            "eda_consumer_retried_total",
+            "Messages from the broker that failed and were sent to be retried.",
+            consumer.retried(),
+        ),
+        (
+            "eda_consumer_dead_lettered_total",
+            "Messages sent to the dead-letter queue.",
+            consumer.dead_lettered(),
+        ),
+        (
+            "eda_consumer_reconnects_total",
+            "Times the consumer reconnected.",
+            consumer.reconnects(),
+        ),
+    ] {
+        write_metric(out, name, "counter", help, value);
+    }
+}
+
+/// At most this many unsent outbox rows are counted at each scrape.
+#[cfg(feature = "host")]
+pub(crate) const OUTBOX_COUNTED: usize = 10_000;
+
+/// The outbox's backlog, in the same format: the rows ready to publish
+/// (counted up to [`OUTBOX_COUNTED`]) and the age of the oldest; whether
+/// the outbox could be read at all.
+#[cfg(feature = "host")]
+pub(crate) async fn render_outbox(out: &mut String, store: &dyn OutboxStore) {
+    let unsent = store.unsent(OUTBOX_COUNTED).await;
+    write_metric(
+        out,
+        "eda_outbox_readable",
+        "gauge",
+        "1 if the outbox could be read for this scrape.",
+        u8::from(unsent.is_ok()),
+    );
+    let rows = unsent.unwrap_or_default();
+    let oldest = rows
+        .iter()
+        .map(|r| r.message.metadata.timestamp.to_system_time())
+        .min()
+        .and_then(|t| t.elapsed().ok())
+        .map_or(0.0, |age| age.as_secs_f64());
+    write_metric(
+        out,
+        "eda_outbox_unsent_rows",
+        "gauge",
+        "Outbox rows ready to publish (counted up to 10000).",
+        rows.len(),
+    );
+    write_metric(
+        out,
+        "eda_outbox_oldest_unsent_age_seconds",
+        "gauge",
+        "How long the oldest row ready to publish has waited (0: none).",
+        oldest,
+    );
 }

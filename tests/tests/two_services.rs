@@ -466,8 +466,12 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
     // Each service's `/metrics` counts the work done: every acknowledged
     // order's command succeeded once in orders, and allocation handled
     // each order's `OrderPlaced` once, from the other service.
-    let orders = handler_calls(pair.orders()).await;
-    let allocation = handler_calls(pair.allocation()).await;
+    let (orders_scrape, allocation_scrape) = (
+        scrape_metrics(pair.orders()).await,
+        scrape_metrics(pair.allocation()).await,
+    );
+    let orders = handler_calls(&orders_scrape);
+    let allocation = handler_calls(&allocation_scrape);
     assert_eq!(
         orders.get(&("orders.place_order".into(), "ok".into())),
         Some(&(placed.acknowledged.len() as f64)),
@@ -482,18 +486,44 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
         orders.contains_key(&("allocation.allocated".into(), "ok".into())),
         "orders handled allocation's answers: {orders:?}"
     );
+    // Orders published at least one event per order it holds (placed),
+    // and its outbox is empty once the pair settled; allocation consumes
+    // and handled at least each order's `OrderPlaced` from the broker.
+    let value = |scrape: &prometheus_parse::Scrape, metric: &str| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric)
+            .unwrap_or_else(|| panic!("{metric} in /metrics"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            ref other => panic!("{metric}: {other:?}"),
+        }
+    };
+    assert!(value(&orders_scrape, "eda_relay_published_total") >= books.orders as f64);
+    assert_eq!(value(&orders_scrape, "eda_outbox_readable"), 1.0);
+    assert_eq!(value(&orders_scrape, "eda_outbox_unsent_rows"), 0.0);
+    assert_eq!(value(&allocation_scrape, "eda_consumer_consuming"), 1.0);
+    assert!(value(&allocation_scrape, "eda_consumer_handled_total") >= books.orders as f64);
+    assert_eq!(
+        value(&allocation_scrape, "eda_consumer_dead_lettered_total"),
+        0.0
+    );
     pair.stop().await;
 }
 
-/// A service's `GET /metrics`, read with a Prometheus text-format parser:
-/// its handler calls by (message, outcome), summed over handlers.
-async fn handler_calls(service: &Service) -> BTreeMap<(String, String), f64> {
+/// A service's `GET /metrics`, read with a Prometheus text-format parser.
+async fn scrape_metrics(service: &Service) -> prometheus_parse::Scrape {
     let (status, text) = service.get_text("/metrics").await;
     assert_eq!(status, 200, "{text}");
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("the Prometheus text format");
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the Prometheus text format")
+}
+
+/// A service's handler calls by (message, outcome), summed over handlers.
+fn handler_calls(scrape: &prometheus_parse::Scrape) -> BTreeMap<(String, String), f64> {
     let mut calls = BTreeMap::new();
-    for sample in scrape.samples {
+    for sample in &scrape.samples {
         if sample.metric != "eda_handler_calls_total" {
             continue;
         }
