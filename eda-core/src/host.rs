@@ -6,7 +6,9 @@
 //! outbox relay, the consumer and the dispatch journal's recovery, serves
 //! the service's HTTP router and, beside it, `GET /metrics` (every handler
 //! call counted and timed, and the bus's counters, in the Prometheus text
-//! format: [`HandlerMetrics`]), and on a shutdown
+//! format: [`HandlerMetrics`]) and `GET /health/live` and
+//! `GET /health/ready` (the database, the broker, the consumer and the
+//! outbox checked, `503` with what is wrong), and on a shutdown
 //! signal stops taking work,
 //! lets what is in flight finish, flushes the outbox, and returns.
 //!
@@ -519,14 +521,23 @@ impl Host {
         let server = tokio::spawn(
             axum::serve(
                 listener,
-                with_metrics(
+                with_host_routes(
                     router(bus.clone()),
                     Figures {
                         handlers: metrics,
                         bus: bus.clone(),
                         relay: relay.metrics(),
-                        consumer: consumer_metrics,
+                        consumer: consumer_metrics.clone(),
+                        outbox: store.clone(),
+                    },
+                    Health {
                         outbox: store,
+                        rabbitmq: match &broker {
+                            Broker::RabbitMq(rabbitmq) => Some(rabbitmq.clone()),
+                            Broker::InProcess(_) => None,
+                        },
+                        consumer: consumer_metrics,
+                        consumes: !bus.consumed_message_names().is_empty(),
                     },
                 ),
             )
@@ -576,13 +587,97 @@ impl Figures {
     }
 }
 
-/// The service's router, behind the host's own routes: `GET /metrics`
-/// (the handler calls, the bus's, the relay's and the consumer's counters
-/// and the outbox's backlog, in the Prometheus text format). A route of
-/// the service's at the same path is not reached.
-fn with_metrics(app: axum::Router, figures: Figures) -> axum::Router {
+/// How long a readiness check waits for the database or the broker.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An outbox row ready to publish for longer than this means the relay is
+/// stuck (or the broker refuses it): not ready.
+const OUTBOX_STUCK_AFTER: Duration = Duration::from_secs(120);
+
+/// What `GET /health/ready` checks.
+struct Health {
+    outbox: Arc<dyn OutboxStore>,
+    /// The broker, when it is RabbitMQ (the in-process one is always up).
+    rabbitmq: Option<RabbitMq>,
+    consumer: Arc<ConsumerMetrics>,
+    /// The service consumes messages from the broker: its consumer must be
+    /// consuming.
+    consumes: bool,
+}
+
+impl Health {
+    /// Each check, `Ok` or what is wrong, in a fixed order.
+    async fn check(&self) -> Vec<(&'static str, Result<String, String>)> {
+        let database = match tokio::time::timeout(HEALTH_TIMEOUT, self.outbox.unsent(1)).await {
+            Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(rows)) => Ok(rows),
+        };
+        let outbox = match &database {
+            Err(_) => Err("unknown: the database cannot be read".to_owned()),
+            Ok(rows) => {
+                let waited = rows
+                    .first()
+                    .and_then(|r| r.message.metadata.timestamp.to_system_time().elapsed().ok())
+                    .unwrap_or_default();
+                if waited > OUTBOX_STUCK_AFTER {
+                    Err(format!(
+                        "the oldest row ready to publish has waited {} s",
+                        waited.as_secs()
+                    ))
+                } else {
+                    Ok("publishing".to_owned())
+                }
+            }
+        };
+        // A channel opened (and closed): the connection is up, or comes
+        // back now, for a service that only publishes as well.
+        let broker = match &self.rabbitmq {
+            None => Ok("in process".to_owned()),
+            Some(rabbitmq) => {
+                match tokio::time::timeout(HEALTH_TIMEOUT, rabbitmq.channel()).await {
+                    Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Ok(channel)) => {
+                        let _ = channel.close(200, "health".into()).await;
+                        Ok("connected".to_owned())
+                    }
+                }
+            }
+        };
+        let consumer = if !self.consumes {
+            Ok("consumes nothing".to_owned())
+        } else if self.consumer.consuming() {
+            Ok("consuming".to_owned())
+        } else {
+            Err("not consuming".to_owned())
+        };
+        vec![
+            ("database", database.map(|_| "reachable".to_owned())),
+            ("broker", broker),
+            ("consumer", consumer),
+            ("outbox", outbox),
+        ]
+    }
+}
+
+/// The service's router, behind the host's own routes:
+/// - `GET /metrics`: the handler calls, the bus's, the relay's and the
+///   consumer's counters and the outbox's backlog, in the Prometheus text
+///   format;
+/// - `GET /health/live`: `200` while the process serves;
+/// - `GET /health/ready`: `200` when the database answers, the broker is
+///   connected, the consumer consumes (if the service consumes anything)
+///   and the outbox is not stuck; `503` otherwise. The JSON body names
+///   each check and what is wrong.
+///
+/// A route of the service's at one of these paths is not reached.
+fn with_host_routes(app: axum::Router, figures: Figures, health: Health) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
     let figures = Arc::new(figures);
-    let metrics = axum::routing::get(move || {
+    let metrics = get(move || {
         let figures = figures.clone();
         async move {
             (
@@ -594,8 +689,34 @@ fn with_metrics(app: axum::Router, figures: Figures) -> axum::Router {
             )
         }
     });
+    let health = Arc::new(health);
+    let ready = get(move || {
+        let health = health.clone();
+        async move {
+            let checks = health.check().await;
+            let ready = checks.iter().all(|(_, result)| result.is_ok());
+            let body = serde_json::json!({
+                "status": if ready { "ready" } else { "not ready" },
+                "checks": checks
+                    .into_iter()
+                    .map(|(name, result)| match result {
+                        Ok(state) => (name.to_owned(), serde_json::json!({"ok": true, "state": state})),
+                        Err(error) => (name.to_owned(), serde_json::json!({"ok": false, "error": error})),
+                    })
+                    .collect::<serde_json::Map<_, _>>(),
+            });
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, axum::Json(body))
+        }
+    });
     axum::Router::new()
         .route("/metrics", metrics)
+        .route("/health/live", get(|| async { "live" }))
+        .route("/health/ready", ready)
         .fallback_service(app)
 }
 

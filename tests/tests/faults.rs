@@ -548,3 +548,65 @@ async fn scarce_stock_is_never_oversold() {
     assert_eq!(second.terminate().await, 0);
     world.cleanup().await;
 }
+
+/// Polls `GET /health/ready` until it answers `status`; how long that took,
+/// and the last body.
+async fn ready_becomes(service: &Service, status: u16, within: Duration) -> (Duration, Value) {
+    let started = Instant::now();
+    loop {
+        let (now, body) = service.get("/health/ready").await;
+        if now == status {
+            return (started.elapsed(), body);
+        }
+        assert!(
+            started.elapsed() < within,
+            "/health/ready still {now} after {within:?}, not {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Readiness tells the truth about the broker: `503`, naming it, while
+/// RabbitMQ is stopped, and `200` again within seconds once it is back;
+/// liveness stays `200` throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_broker() {
+    let _exclusive = BROKER.write().await;
+    let Some(world) = World::new().await else {
+        return;
+    };
+    let service = Service::start(&world).await;
+    let (_, body) = ready_becomes(&service, 200, Duration::from_secs(30)).await;
+    assert_eq!(body["status"], "ready", "{body}");
+    for check in ["database", "broker", "consumer", "outbox"] {
+        assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
+    }
+
+    if !rabbitmqctl(&["stop_app"]) {
+        return;
+    }
+    let (to_unready, body) = ready_becomes(&service, 503, Duration::from_secs(30)).await;
+    let (live, _) = service.get("/health/live").await;
+    let back = Instant::now();
+    let restarted = rabbitmqctl(&["start_app"]) && rabbitmqctl(&["await_startup"]);
+    assert!(restarted, "the broker came back");
+    assert_eq!(body["status"], "not ready", "{body}");
+    assert_eq!(body["checks"]["broker"]["ok"], false, "{body}");
+    assert!(
+        body["checks"]["broker"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "readiness says what is wrong with the broker: {body}"
+    );
+    assert_eq!(body["checks"]["database"]["ok"], true, "{body}");
+    assert_eq!(live, 200, "the process still serves");
+
+    let (_, body) = ready_becomes(&service, 200, Duration::from_secs(60)).await;
+    assert_eq!(body["checks"]["consumer"]["state"], "consuming", "{body}");
+    println!(
+        "readiness: 503 {:.1} s after the broker stopped, 200 {:.1} s after `start_app` (the broker itself took most of it)",
+        to_unready.as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(service.terminate().await, 0);
+}

@@ -1,0 +1,76 @@
+//! The host's own routes on a service with nothing configured (SQLite, a
+//! broker in the process), as `cargo run -p allocation` starts it:
+//! `/health/live`, `/health/ready` and `/metrics`.
+
+use std::time::Duration;
+
+use allocation::config::Config;
+use eda_core::testing::unique_name;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_nothing_configured_is_live_ready_and_measured() {
+    let dir = std::env::temp_dir().join(unique_name("host"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}", dir.join("allocation.db").display());
+    let config = Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some(db.clone()),
+        "PORT" => Some("0".into()),
+        _ => None,
+    })
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (address_tx, address_rx) = tokio::sync::oneshot::channel();
+    let service = tokio::spawn(allocation::service::run(
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        move |address| {
+            let _ = address_tx.send(address);
+        },
+    ));
+    let address = tokio::time::timeout(Duration::from_secs(30), address_rx)
+        .await
+        .expect("the service starts")
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", address.port());
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{base}{path}")).send();
+
+    let live = get("/health/live").await.unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+
+    let ready = get("/health/ready").await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready", "{body}");
+    assert_eq!(body["checks"]["broker"]["state"], "in process", "{body}");
+    assert_eq!(body["checks"]["consumer"]["state"], "consuming", "{body}");
+
+    let metrics = get("/metrics").await.unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+    let text = metrics.text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the Prometheus text format");
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "eda_consumer_consuming"),
+        "{text}"
+    );
+
+    // The service's own routes are still there, behind the host's.
+    let created = http
+        .post(format!("{base}/batches"))
+        .json(&serde_json::json!({"ref": "b1", "sku": "LAMP", "qty": 10, "eta": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
