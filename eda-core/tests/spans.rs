@@ -1,7 +1,8 @@
-//! The bus's own tracing, a layer around every handler call while DEBUG
+//! The bus's own tracing, a layer around every handler call while INFO
 //! spans are enabled: one span per run of a handler (`command` or `event`)
-//! with the message's name and id, the handler's id and the attempt, and
-//! the user's layers and the handler inside it.
+//! with OpenTelemetry's messaging fields (the message's name, id and
+//! correlation id) and the handler's id and attempt, the user's layers and
+//! the handler inside it, so that a handler's own log lines carry the ids.
 //!
 //! A subscriber of its own, written here (a test binary of its own: it is
 //! the global one), records the spans.
@@ -31,6 +32,8 @@ struct Made {
 struct Recorder {
     next: AtomicU64,
     spans: Mutex<HashMap<u64, Made>>,
+    /// Each log line (event), with the span it was logged in.
+    lines: Mutex<Vec<(String, Option<Made>)>>,
 }
 
 thread_local! {
@@ -70,7 +73,15 @@ impl Subscriber for &'static Recorder {
     }
     fn record(&self, _: &Id, _: &Record<'_>) {}
     fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, _: &TracingEvent<'_>) {}
+    fn event(&self, event: &TracingEvent<'_>) {
+        let mut fields = HashMap::new();
+        event.record(&mut Fields(&mut fields));
+        let message = fields.remove("message").unwrap_or_default();
+        let span = ENTERED
+            .with(|e| e.borrow().last().copied())
+            .and_then(|id| self.spans.lock().unwrap().get(&id).cloned());
+        self.lines.lock().unwrap().push((message, span));
+    }
     fn enter(&self, id: &Id) {
         ENTERED.with(|e| e.borrow_mut().push(id.into_u64()));
     }
@@ -133,6 +144,7 @@ impl Adapter for Seen {}
 #[command_handler(id = "spans::ring")]
 async fn ring(cmd: Ring, uow: &mut BellUow, seen: &Seen) -> Result<(), BoxError> {
     seen.0.lock().unwrap().push(current());
+    tracing::info!("ringing for {}", cmd.who);
     let mut bell = Bell {
         who: cmd.who.clone(),
         version: 0,
@@ -174,6 +186,7 @@ async fn each_handler_call_is_a_span_around_the_user_s_layers_and_the_handler() 
         .unwrap();
     let envelope = Envelope::new(Ring { who: "ada".into() });
     let id = envelope.metadata.message_id;
+    let correlation = envelope.metadata.correlation_id;
     bus.handle_envelope(envelope).await.unwrap();
 
     let in_handlers: Vec<Made> = seen.0.lock().unwrap().iter().flatten().cloned().collect();
@@ -183,16 +196,44 @@ async fn each_handler_call_is_a_span_around_the_user_s_layers_and_the_handler() 
 
     let command = &in_handlers[0];
     assert_eq!(command.name, "command");
-    assert_eq!(command.fields["name"], "spans.ring");
-    assert_eq!(command.fields["id"], id.to_string());
-    assert_eq!(command.fields["handler"], "spans::ring");
-    assert_eq!(command.fields["attempt"], "1");
+    assert_eq!(command.fields["messaging.system"], "eda");
+    assert_eq!(command.fields["messaging.operation.name"], "process");
+    assert_eq!(command.fields["messaging.destination.name"], "spans.ring");
+    assert_eq!(command.fields["messaging.message.id"], id.to_string());
+    assert_eq!(
+        command.fields["messaging.message.conversation_id"],
+        correlation.to_string()
+    );
+    assert_eq!(command.fields["eda.handler"], "spans::ring");
+    assert_eq!(command.fields["eda.attempt"], "1");
 
     let event = &in_handlers[1];
     assert_eq!(event.name, "event");
-    assert_eq!(event.fields["name"], "spans.rang");
-    assert_eq!(event.fields["handler"], "spans::echo");
-    assert_ne!(event.fields["id"], id.to_string(), "the event's own id");
+    assert_eq!(event.fields["messaging.destination.name"], "spans.rang");
+    assert_eq!(event.fields["eda.handler"], "spans::echo");
+    assert_ne!(
+        event.fields["messaging.message.id"],
+        id.to_string(),
+        "the event's own id"
+    );
+    assert_eq!(
+        event.fields["messaging.message.conversation_id"],
+        correlation.to_string(),
+        "the conversation goes on"
+    );
+
+    // The handler's own log line is in its span: it carries the ids.
+    let lines = recorder().lines.lock().unwrap().clone();
+    let (_, span) = lines
+        .iter()
+        .find(|(message, _)| message == "ringing for ada")
+        .expect("the handler's log line");
+    let span = span.as_ref().expect("logged inside a span");
+    assert_eq!(span.fields["messaging.message.id"], id.to_string());
+    assert_eq!(
+        span.fields["messaging.message.conversation_id"],
+        correlation.to_string()
+    );
 
     assert_eq!(in_layer[0].fields, command.fields);
     assert_eq!(in_layer[1].fields, event.fields);

@@ -58,7 +58,7 @@ pub(crate) struct BusInner {
     /// The user's layers around every handler call, outermost first.
     layers: crate::layer::Layers,
     /// The same, inside the bus's own tracing layer (see `trace`): the
-    /// stack while DEBUG spans are enabled.
+    /// stack while INFO spans are enabled.
     traced: crate::layer::Layers,
 }
 

@@ -1,11 +1,16 @@
 //! The bus's own tracing: a [`Layer`], the outermost of every handler
-//! call while DEBUG spans are enabled, and not in the stack otherwise (a
+//! call while INFO spans are enabled, and not in the stack otherwise (a
 //! disabled span still asks the `log` facade, with tracing's `log` feature
 //! that sqlx turns on).
 //!
 //! Each run of a handler is one span, `command` or `event`, with the
-//! message's name and id, the handler's stable id and the attempt: what
-//! the handler, its unit of work and its repositories log is inside it.
+//! fields of OpenTelemetry's messaging conventions (`messaging.system`,
+//! `messaging.operation.name`, `messaging.destination.name`: the message's
+//! name, `messaging.message.id`, `messaging.message.conversation_id`: its
+//! correlation id) and eda's own (`eda.handler`, the handler's stable id;
+//! `eda.attempt`). What the handler, its unit of work and its repositories
+//! log is inside it, so every log line of a handler carries the message's
+//! id and its correlation id.
 
 use tracing::Instrument;
 
@@ -19,26 +24,33 @@ impl Trace {
     /// Whether the span would be recorded: the layer is in the stack.
     #[inline]
     pub(super) fn enabled() -> bool {
-        tracing::level_enabled!(tracing::Level::DEBUG)
+        tracing::level_enabled!(tracing::Level::INFO)
     }
 }
 
 impl Layer for Trace {
     async fn call(&self, call: HandlerCall<'_>, next: Next<'_>) -> Outcome {
+        let metadata = call.metadata();
         let span = match call.kind() {
-            MessageKind::Command => tracing::debug_span!(
+            MessageKind::Command => tracing::info_span!(
                 "command",
-                name = call.message(),
-                id = %call.metadata().message_id,
-                handler = call.handler(),
-                attempt = call.attempt(),
+                messaging.system = "eda",
+                messaging.operation.name = "process",
+                messaging.destination.name = call.message(),
+                messaging.message.id = %metadata.message_id,
+                messaging.message.conversation_id = %metadata.correlation_id,
+                eda.handler = call.handler(),
+                eda.attempt = call.attempt(),
             ),
-            MessageKind::Event => tracing::debug_span!(
+            MessageKind::Event => tracing::info_span!(
                 "event",
-                name = call.message(),
-                id = %call.metadata().message_id,
-                handler = call.handler(),
-                attempt = call.attempt(),
+                messaging.system = "eda",
+                messaging.operation.name = "process",
+                messaging.destination.name = call.message(),
+                messaging.message.id = %metadata.message_id,
+                messaging.message.conversation_id = %metadata.correlation_id,
+                eda.handler = call.handler(),
+                eda.attempt = call.attempt(),
             ),
         };
         if span.is_disabled() {
