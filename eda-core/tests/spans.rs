@@ -1,5 +1,5 @@
 //! The bus's own tracing, a layer around every handler call while INFO
-//! spans are enabled: one span per run of a handler (`command` or `event`)
+//! spans are enabled: one span per run of a handler (`process`, of a command or an event)
 //! with OpenTelemetry's messaging fields (the message's name, id and
 //! correlation id) and the handler's id and attempt, the user's layers and
 //! the handler inside it, so that a handler's own log lines carry the ids.
@@ -195,7 +195,8 @@ async fn each_handler_call_is_a_span_around_the_user_s_layers_and_the_handler() 
     assert_eq!(in_layer.len(), 2, "the user's layer runs inside the span");
 
     let command = &in_handlers[0];
-    assert_eq!(command.name, "command");
+    assert_eq!(command.name, "process");
+    assert_eq!(command.fields["eda.kind"], "command");
     assert_eq!(command.fields["messaging.system"], "eda");
     assert_eq!(command.fields["messaging.operation.name"], "process");
     assert_eq!(command.fields["messaging.destination.name"], "spans.ring");
@@ -208,7 +209,8 @@ async fn each_handler_call_is_a_span_around_the_user_s_layers_and_the_handler() 
     assert_eq!(command.fields["eda.attempt"], "1");
 
     let event = &in_handlers[1];
-    assert_eq!(event.name, "event");
+    assert_eq!(event.name, "process");
+    assert_eq!(event.fields["eda.kind"], "event");
     assert_eq!(event.fields["messaging.destination.name"], "spans.rang");
     assert_eq!(event.fields["eda.handler"], "spans::echo");
     assert_ne!(
