@@ -37,6 +37,8 @@ pub(crate) struct Args {
     json: bool,
     /// Run without a tracing subscriber.
     no_subscriber: bool,
+    /// The subscriber's level (`warn` unless given).
+    log_level: Option<tracing_subscriber::filter::LevelFilter>,
 }
 
 const SCENARIOS: [&str; 5] = ["dispatch", "database", "durable", "relay", "consume"];
@@ -50,7 +52,9 @@ scenarios: dispatch, database, durable, relay, consume, all (each in its own pro
   --rate         durable: the paced run's rate (default: half eda's measured rate)
   --no-subscriber  install no tracing subscriber (by default one logs warnings to
                  stderr, as a service would: without one, tracing hands every
-                 disabled span to its `log` fallback, which sqlx turns on)";
+                 disabled span to its `log` fallback, which sqlx turns on)
+  --log-level L  the subscriber's level (default warn); at info, as the examples
+                 run, the bus makes a span for each handler call";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
     fn value<T: std::str::FromStr>(
@@ -79,6 +83,14 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--json" => parsed.json = true,
             "--no-subscriber" => parsed.no_subscriber = true,
+            "--log-level" => {
+                let level: String = value(&mut args, "--log-level")?;
+                parsed.log_level = Some(
+                    level
+                        .parse()
+                        .map_err(|e| format!("--log-level {level}: {e}"))?,
+                );
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
             s if scenario.is_none() => scenario = Some(s.to_owned()),
@@ -106,6 +118,7 @@ impl Args {
         flag("--concurrency", self.concurrency.map(|c| c.to_string()));
         flag("--rounds", self.rounds.map(|r| r.to_string()));
         flag("--rate", self.rate.map(|r| r.to_string()));
+        flag("--log-level", self.log_level.map(|l| l.to_string()));
         if self.no_subscriber {
             v.push("--no-subscriber".to_owned());
         }
@@ -144,10 +157,14 @@ fn main() -> ExitCode {
         }
     };
     if !args.no_subscriber {
-        // What a service does (the example installs `fmt` at INFO): spans
-        // below the level are then disabled by the callsite's interest.
+        // What a service does (the examples install `fmt` at INFO; the
+        // default here is WARN, `--log-level info` is theirs): spans below
+        // the level are then disabled by the callsite's interest.
         tracing_subscriber::fmt()
-            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .with_max_level(
+                args.log_level
+                    .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN),
+            )
             .with_writer(std::io::stderr)
             .init();
     }
