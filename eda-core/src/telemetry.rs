@@ -332,6 +332,21 @@ pub(crate) fn render_consumer(out: &mut String, consumer: &ConsumerMetrics) {
     ] {
         write_metric(out, name, "counter", help, value);
     }
+    out.push_str("# HELP eda_consumer_messages_total Messages from the broker, by name and by what the consumer did with them (the first 1000 names, then \"(other)\").\n");
+    out.push_str("# TYPE eda_consumer_messages_total counter\n");
+    for (message, counts) in consumer.per_message() {
+        for (outcome, value) in [
+            ("handled", counts.handled),
+            ("retried", counts.retried),
+            ("dead_lettered", counts.dead_lettered),
+        ] {
+            let _ = writeln!(
+                out,
+                "eda_consumer_messages_total{{messaging_destination_name=\"{}\",outcome=\"{outcome}\"}} {value}",
+                escape(&message)
+            );
+        }
+    }
 }
 
 /// At most this many unsent outbox rows are counted at each scrape.

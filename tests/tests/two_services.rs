@@ -509,6 +509,28 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
         value(&allocation_scrape, "eda_consumer_dead_lettered_total"),
         0.0
     );
+    let consumed = |scrape: &prometheus_parse::Scrape, message: &str, outcome: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "eda_consumer_messages_total"
+                    && s.labels.get("messaging_destination_name") == Some(message)
+                    && s.labels.get("outcome") == Some(outcome)
+            })
+            .map_or(0.0, |s| match s.value {
+                prometheus_parse::Value::Counter(v) => v,
+                ref other => panic!("eda_consumer_messages_total: {other:?}"),
+            })
+    };
+    assert!(
+        consumed(&allocation_scrape, "orders.order_placed", "handled") >= books.orders as f64,
+        "allocation's consumer handled each OrderPlaced"
+    );
+    assert_eq!(
+        consumed(&allocation_scrape, "orders.order_placed", "dead_lettered"),
+        0.0
+    );
     pair.stop().await;
 }
 

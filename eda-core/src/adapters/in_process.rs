@@ -63,7 +63,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::bus::MessageBus;
-use crate::entrypoints::{self, ConsumerMetrics, ConsumerOptions, Verdict, retry_delay, verdict};
+use crate::entrypoints::{
+    self, ConsumerMetrics, ConsumerOptions, Counted, Verdict, retry_delay, verdict,
+};
 use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::outbox::ExternalMessage;
@@ -537,7 +539,7 @@ impl Handling {
         };
         match verdict(&self.bus, &policy, delivery).await {
             Verdict::Ack => {
-                self.metrics.handled.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(&message.message.name, Counted::Handled);
             }
             Verdict::Own => {
                 self.metrics.own_events.fetch_add(1, Ordering::Relaxed);
@@ -545,7 +547,7 @@ impl Handling {
             Verdict::Retry { attempts, reason } => {
                 let delay = retry_delay(&o.retry_delays, attempts);
                 tracing::warn!(attempts, reason, ?delay, "message failed, retrying");
-                self.metrics.retried.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(&message.message.name, Counted::Retried);
                 // The broker's retry queue: back to the service queue after
                 // the delay, whatever the consumer does meanwhile.
                 let (broker, queue) = (self.broker.clone(), o.queue.clone());
@@ -562,7 +564,8 @@ impl Handling {
             }
             Verdict::DeadLetter { attempts, reason } => {
                 tracing::error!(attempts, reason, "message dead-lettered");
-                self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .count(&message.message.name, Counted::DeadLettered);
                 let dead = InProcessMessage {
                     routing_key: o.dead_letter_queue(),
                     attempts,

@@ -164,7 +164,35 @@ pub struct ConsumerMetrics {
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    /// The same, by message name (see [`ConsumerMetrics::per_message`]).
+    per_message: std::sync::Mutex<std::collections::BTreeMap<String, MessageCounts>>,
 }
+
+/// What a consumer did with the messages of one name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    /// Handled and acknowledged.
+    pub handled: u64,
+    /// Failed and sent to be retried.
+    pub retried: u64,
+    /// Sent to the dead-letter queue.
+    pub dead_lettered: u64,
+}
+
+/// What happened to one delivery, for the per-message counts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Counted {
+    Handled,
+    Retried,
+    DeadLettered,
+}
+
+/// The names counted one by one; the deliveries of any other name (a
+/// broker can carry any) are counted under [`OTHER_MESSAGES`].
+const COUNTED_NAMES: usize = 1000;
+
+/// Where the names past [`COUNTED_NAMES`] are counted.
+pub const OTHER_MESSAGES: &str = "(other)";
 
 impl ConsumerMetrics {
     /// Whether the consumer is consuming now: its topology is declared and
@@ -195,6 +223,43 @@ impl ConsumerMetrics {
     /// failed.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// What it did with the messages of each name: the first 1000 names
+    /// seen one by one, any later one under [`OTHER_MESSAGES`] (a message
+    /// of an unknown name is dead-lettered, and counted, too).
+    pub fn per_message(&self) -> std::collections::BTreeMap<String, MessageCounts> {
+        self.per_message
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts one delivery of `name`, with the totals.
+    pub(crate) fn count(&self, name: &str, what: Counted) {
+        let total = match what {
+            Counted::Handled => &self.handled,
+            Counted::Retried => &self.retried,
+            Counted::DeadLettered => &self.dead_lettered,
+        };
+        total.fetch_add(1, Ordering::Relaxed);
+        let mut per_message = self.per_message.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = match per_message.get_mut(name) {
+            Some(counts) => counts,
+            None => {
+                let key = if per_message.len() < COUNTED_NAMES {
+                    name
+                } else {
+                    OTHER_MESSAGES
+                };
+                per_message.entry(key.to_owned()).or_default()
+            }
+        };
+        match what {
+            Counted::Handled => counts.handled += 1,
+            Counted::Retried => counts.retried += 1,
+            Counted::DeadLettered => counts.dead_lettered += 1,
+        }
     }
 }
 
@@ -339,6 +404,49 @@ fn panic_message(join: tokio::task::JoinError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each name is counted by outcome; past 1000 names (a broker carries
+    /// whatever a producer sends) the rest share one entry, so the counts
+    /// cannot grow without bound.
+    #[test]
+    fn messages_are_counted_by_name_up_to_a_bound() {
+        let metrics = ConsumerMetrics::default();
+        metrics.count("a", Counted::Handled);
+        metrics.count("a", Counted::Handled);
+        metrics.count("a", Counted::Retried);
+        metrics.count("b", Counted::DeadLettered);
+        let counts = metrics.per_message();
+        assert_eq!(
+            counts["a"],
+            MessageCounts {
+                handled: 2,
+                retried: 1,
+                dead_lettered: 0
+            }
+        );
+        assert_eq!(counts["b"].dead_lettered, 1);
+        assert_eq!(
+            (
+                metrics.handled(),
+                metrics.retried(),
+                metrics.dead_lettered()
+            ),
+            (2, 1, 1)
+        );
+
+        for i in 0..2000 {
+            metrics.count(&format!("n{i}"), Counted::DeadLettered);
+        }
+        let counts = metrics.per_message();
+        assert_eq!(counts.len(), COUNTED_NAMES + 1);
+        assert_eq!(counts[OTHER_MESSAGES].dead_lettered, 2000 - 998);
+        metrics.count("a", Counted::Handled);
+        assert_eq!(
+            metrics.per_message()["a"].handled,
+            3,
+            "a name seen stays counted"
+        );
+    }
 
     /// A header claiming `u32::MAX` failures overflowed the count: a panic
     /// in a debug build (the delivery left unacknowledged), a retry with

@@ -40,7 +40,7 @@ use crate::adapters::rabbitmq::{
     ATTEMPTS_HEADER, ERROR_HEADER, RabbitMq, long_string, metadata, short,
 };
 use crate::bus::MessageBus;
-use crate::entrypoints::{self, ConsumerMetrics, Verdict, retry_delay, verdict};
+use crate::entrypoints::{self, ConsumerMetrics, Counted, Verdict, retry_delay, verdict};
 use crate::error::Error;
 use crate::message::MessageId;
 use crate::retry::Backoff;
@@ -212,6 +212,14 @@ fn attempts(properties: &BasicProperties) -> u32 {
     }
 }
 
+/// A delivery's message name: its `type`, or its routing key.
+fn name(delivery: &Delivery) -> &str {
+    match delivery.properties.kind() {
+        Some(kind) => kind.as_str(),
+        None => delivery.routing_key.as_str(),
+    }
+}
+
 impl Handling {
     async fn handle(self, delivery: Delivery) {
         let verdict = self.verdict(&delivery).await;
@@ -223,18 +231,14 @@ impl Handling {
                 tracing::warn!(attempts, reason, ?delay, "message failed, retrying");
                 self.forward(&delivery, &options.retry_queue(delay), *attempts, reason)
                     .await
-                    .map(|()| {
-                        self.metrics.retried.fetch_add(1, Ordering::Relaxed);
-                    })
+                    .map(|()| self.metrics.count(name(&delivery), Counted::Retried))
             }
             Verdict::DeadLetter { attempts, reason } => {
                 tracing::error!(attempts, reason, "message dead-lettered");
                 let queue = self.rabbitmq.options().consumer().dead_letter_queue();
                 self.forward(&delivery, &queue, *attempts, reason)
                     .await
-                    .map(|()| {
-                        self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    })
+                    .map(|()| self.metrics.count(name(&delivery), Counted::DeadLettered))
             }
         };
         match settled {
@@ -244,7 +248,7 @@ impl Handling {
                     // the inbox makes that harmless.
                     tracing::warn!(error = %e, "could not acknowledge; the message will be redelivered");
                 } else if matches!(verdict, Verdict::Ack) {
-                    self.metrics.handled.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.count(name(&delivery), Counted::Handled);
                 } else if matches!(verdict, Verdict::Own) {
                     self.metrics.own_events.fetch_add(1, Ordering::Relaxed);
                 }
@@ -263,13 +267,9 @@ impl Handling {
 
     async fn verdict(&self, delivery: &Delivery) -> Verdict {
         let options = self.rabbitmq.options();
-        let name = match delivery.properties.kind() {
-            Some(kind) => kind.as_str(),
-            None => delivery.routing_key.as_str(),
-        };
         let policy = options.consumer.policy();
         let incoming = entrypoints::Received {
-            name,
+            name: name(delivery),
             metadata: metadata(&delivery.properties),
             published_by: delivery.properties.app_id().as_ref().map(|s| s.as_str()),
             payload: &delivery.data,
