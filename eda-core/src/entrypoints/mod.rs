@@ -191,7 +191,8 @@ pub(crate) enum Counted {
 /// broker can carry any) are counted under [`OTHER_MESSAGES`].
 const COUNTED_NAMES: usize = 1000;
 
-/// Where the names past [`COUNTED_NAMES`] are counted.
+/// Where a consumer counts the names past its first 1000 (see
+/// [`ConsumerMetrics::per_message`]).
 pub const OTHER_MESSAGES: &str = "(other)";
 
 impl ConsumerMetrics {
