@@ -608,27 +608,19 @@ struct Health {
 impl Health {
     /// Each check, `Ok` or what is wrong, in a fixed order.
     async fn check(&self) -> Vec<(&'static str, Result<String, String>)> {
-        let database = match tokio::time::timeout(HEALTH_TIMEOUT, self.outbox.unsent(1)).await {
+        let database = match tokio::time::timeout(HEALTH_TIMEOUT, self.outbox.backlog()).await {
             Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
             Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(rows)) => Ok(rows),
+            Ok(Ok(backlog)) => Ok(backlog),
         };
         let outbox = match &database {
             Err(_) => Err("unknown: the database cannot be read".to_owned()),
-            Ok(rows) => {
-                let waited = rows
-                    .first()
-                    .and_then(|r| r.message.metadata.timestamp.to_system_time().elapsed().ok())
-                    .unwrap_or_default();
-                if waited > OUTBOX_STUCK_AFTER {
-                    Err(format!(
-                        "the oldest row ready to publish has waited {} s",
-                        waited.as_secs()
-                    ))
-                } else {
-                    Ok("publishing".to_owned())
-                }
-            }
+            Ok(backlog) if backlog.age() > OUTBOX_STUCK_AFTER => Err(format!(
+                "the oldest of {} rows ready to publish has waited {} s",
+                backlog.rows,
+                backlog.age().as_secs()
+            )),
+            Ok(_) => Ok("publishing".to_owned()),
         };
         // A channel opened (and closed): the connection is up, or comes
         // back now, for a service that only publishes as well.

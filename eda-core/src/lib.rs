@@ -136,7 +136,7 @@ pub mod backend {
     pub use crate::adapter::{Database, DatabaseTransaction};
     pub use crate::future::BoxFuture;
     pub use crate::outbox::OutboxWrite;
-    pub use crate::outbox::{OutboxEntry, OutboxStore};
+    pub use crate::outbox::{Backlog, OutboxEntry, OutboxStore};
     pub use crate::relay::{Delivery, Publisher};
     pub use crate::store::{AggregateStorage, AggregateType, Save, Stored, key};
 }

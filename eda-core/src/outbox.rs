@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use crate::domain_error::BoxError;
 use crate::error::Error;
 use crate::future::BoxFuture;
-use crate::message::{AnyEvent, Metadata};
+use crate::message::{AnyEvent, Metadata, Timestamp};
 
 /// An event on its way to other services: what an outbox row holds and what
 /// the external bus publishes.
@@ -85,4 +85,39 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Notified when a transaction of this process committed outbox rows, so
     /// that the relay wakes at once rather than at its next poll.
     fn committed(&self) -> Arc<Notify>;
+    /// How many rows [`unsent`](Self::unsent) would give, and when the
+    /// oldest was written: for metrics and readiness, without reading the
+    /// messages. The default reads them (up to 1000, and says so with
+    /// [`Backlog::capped`]); the built-in databases count in SQL.
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, Error>> {
+        Box::pin(async move {
+            const READ: usize = 1000;
+            let rows = self.unsent(READ).await?;
+            Ok(Backlog {
+                rows: rows.len() as u64,
+                capped: rows.len() == READ,
+                oldest: rows.iter().map(|r| r.message.metadata.timestamp).min(),
+            })
+        })
+    }
+}
+
+/// An outbox's rows ready to publish (see [`OutboxStore::backlog`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// How many.
+    pub rows: u64,
+    /// `rows` is a lower bound: the store stopped counting there.
+    pub capped: bool,
+    /// When the oldest was written; `None` when there is none.
+    pub oldest: Option<Timestamp>,
+}
+
+impl Backlog {
+    /// How long the oldest row has waited: zero when there is none.
+    pub fn age(&self) -> Duration {
+        self.oldest
+            .and_then(|t| t.to_system_time().elapsed().ok())
+            .unwrap_or_default()
+    }
 }

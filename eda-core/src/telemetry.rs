@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::bus::BusMetrics;
 #[cfg(feature = "host")]
@@ -44,7 +44,7 @@ struct Series {
 }
 
 /// Each handler's figures, by (message name, handler id).
-type SeriesMap = HashMap<(&'static str, &'static str), Arc<Series>>;
+type SeriesMap = HashMap<(&'static str, &'static str), Series>;
 
 /// A [`Layer`] that counts every handler call by message, handler and
 /// outcome, and measures how long it took; [`render`](Self::render) writes
@@ -94,35 +94,47 @@ impl HandlerMetrics {
         Self::default()
     }
 
-    fn series(&self, message: &'static str, handler: &'static str) -> Arc<Series> {
-        let key = (message, handler);
+    /// Records one call: one lookup under the read lock (the write lock
+    /// only for a handler's first call), no clone.
+    fn record(&self, key: (&'static str, &'static str), outcome: usize, elapsed: Duration) {
+        let record = |series: &Series| {
+            series.calls[outcome].fetch_add(1, Ordering::Relaxed);
+            let secs = elapsed.as_secs_f64();
+            let bucket = BUCKETS
+                .iter()
+                .position(|bound| secs <= *bound)
+                .unwrap_or(BUCKETS.len());
+            series.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            series.nanos.fetch_add(
+                u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        };
         if let Some(series) = self
             .series
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
-            return series.clone();
+            return record(series);
         }
-        self.series
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone()
+        record(
+            self.series
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_default(),
+        );
     }
 
     /// The figures of every handler called so far and the counters of
     /// `bus`, in the Prometheus text format (version 0.0.4).
     pub fn render(&self, bus: &crate::MessageBus) -> String {
         let mut out = String::new();
-        let mut series: Vec<_> = self
-            .series
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
+        // Read under the lock (calls only wait for it on a handler's first
+        // call), in a stable order.
+        let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let mut series: Vec<_> = map.iter().map(|(k, v)| (*k, v)).collect();
         series.sort_by_key(|(k, _)| *k);
 
         out.push_str("# HELP eda_handler_calls_total Handler calls, by message, handler and outcome (a command run again after a conflict counts each run).\n");
@@ -228,7 +240,6 @@ fn escape(value: &str) -> String {
 
 impl Layer for HandlerMetrics {
     async fn call(&self, call: HandlerCall<'_>, next: Next<'_>) -> Outcome {
-        let series = self.series(call.message(), call.handler());
         let started = Instant::now();
         let outcome = next.run().await;
         let elapsed = started.elapsed();
@@ -241,17 +252,7 @@ impl Layer for HandlerMetrics {
         } else {
             1
         };
-        series.calls[index].fetch_add(1, Ordering::Relaxed);
-        let secs = elapsed.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|bound| secs <= *bound)
-            .unwrap_or(BUCKETS.len());
-        series.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        series.nanos.fetch_add(
-            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.record((call.message(), call.handler()), index, elapsed);
         outcome
     }
 }
@@ -349,42 +350,32 @@ pub(crate) fn render_consumer(out: &mut String, consumer: &ConsumerMetrics) {
     }
 }
 
-/// At most this many unsent outbox rows are counted at each scrape.
-#[cfg(feature = "host")]
-pub(crate) const OUTBOX_COUNTED: usize = 10_000;
-
 /// The outbox's backlog, in the same format: the rows ready to publish
-/// (counted up to [`OUTBOX_COUNTED`]) and the age of the oldest; whether
-/// the outbox could be read at all.
+/// and the age of the oldest (counted by the database, no message read);
+/// whether the outbox could be read at all.
 #[cfg(feature = "host")]
 pub(crate) async fn render_outbox(out: &mut String, store: &dyn OutboxStore) {
-    let unsent = store.unsent(OUTBOX_COUNTED).await;
+    let backlog = store.backlog().await;
     write_metric(
         out,
         "eda_outbox_readable",
         "gauge",
         "1 if the outbox could be read for this scrape.",
-        u8::from(unsent.is_ok()),
+        u8::from(backlog.is_ok()),
     );
-    let rows = unsent.unwrap_or_default();
-    let oldest = rows
-        .iter()
-        .map(|r| r.message.metadata.timestamp.to_system_time())
-        .min()
-        .and_then(|t| t.elapsed().ok())
-        .map_or(0.0, |age| age.as_secs_f64());
+    let backlog = backlog.unwrap_or_default();
     write_metric(
         out,
         "eda_outbox_unsent_rows",
         "gauge",
-        "Outbox rows ready to publish (counted up to 10000).",
-        rows.len(),
+        "Outbox rows ready to publish.",
+        backlog.rows,
     );
     write_metric(
         out,
         "eda_outbox_oldest_unsent_age_seconds",
         "gauge",
         "How long the oldest row ready to publish has waited (0: none).",
-        oldest,
+        backlog.age().as_secs_f64(),
     );
 }

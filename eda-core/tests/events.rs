@@ -323,6 +323,31 @@ async fn a_redelivered_command_is_handled_once() {
     assert_eq!(db.get::<Account>(&"acc".to_string()).unwrap().deposits, 2);
 }
 
+/// The in-memory outbox's backlog: what `unsent` would give, counted, the
+/// oldest's time; nothing once sent.
+#[tokio::test]
+async fn the_in_memory_backlog_counts_what_is_ready_to_publish() {
+    use eda_core::backend::{Backlog, OutboxStore};
+    let db = InMemoryDatabase::new();
+    let bus = opened(&db).await;
+    for _ in 0..2 {
+        bus.handle_incoming("bank.deposit", Metadata::new(), br#"{"id":"acc"}"#)
+            .await
+            .unwrap();
+    }
+    let unsent = db.unsent(10).await.unwrap();
+    let backlog = db.backlog().await.unwrap();
+    assert_eq!(backlog.rows, unsent.len() as u64);
+    assert!(backlog.rows >= 2);
+    assert_eq!(
+        backlog.oldest,
+        unsent.iter().map(|e| e.message.metadata.timestamp).min()
+    );
+    let positions: Vec<i64> = unsent.iter().map(|e| e.position).collect();
+    db.mark_sent(&positions).await.unwrap();
+    assert_eq!(db.backlog().await.unwrap(), Backlog::default());
+}
+
 #[tokio::test]
 async fn a_redelivered_event_is_handled_once_per_handler() {
     let db = InMemoryDatabase::new();

@@ -642,16 +642,26 @@ mod relay {
         let db = &s.pg.db;
         let rows = db.unsent(10).await.unwrap();
         assert_eq!((rows.len(), rows[0].attempts), (1, 0));
+        // The backlog counts in SQL what `unsent` gives.
+        let backlog = db.backlog().await.unwrap();
+        assert_eq!(backlog.rows, 1);
+        assert!(!backlog.capped);
+        assert_eq!(backlog.oldest, Some(rows[0].message.metadata.timestamp));
         let position = rows[0].position;
         db.defer(&[(position, Duration::from_secs(3600))])
             .await
             .unwrap();
         assert!(db.unsent(10).await.unwrap().is_empty(), "not due");
+        assert_eq!(db.backlog().await.unwrap().rows, 0, "not due");
         db.defer(&[(position, Duration::ZERO)]).await.unwrap();
         let rows = db.unsent(10).await.unwrap();
         assert_eq!((rows.len(), rows[0].attempts), (1, 2));
         db.mark_sent(&[position]).await.unwrap();
         assert!(db.unsent(10).await.unwrap().is_empty());
+        assert_eq!(
+            db.backlog().await.unwrap(),
+            eda_core::backend::Backlog::default()
+        );
         s.pg.drop_schema().await;
     }
 

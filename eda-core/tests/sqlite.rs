@@ -1124,6 +1124,16 @@ async fn the_relay_publishes_committed_events_in_order_with_their_metadata_and_m
     assert_eq!(entries.len(), 4);
     assert!(entries.windows(2).all(|w| w[0].position < w[1].position));
     assert_eq!(s.db.unsent(2).await.unwrap(), entries[..2]);
+    // The backlog counts in SQL what `unsent` gives, and the oldest's time.
+    let backlog = eda_core::backend::OutboxStore::backlog(&s.db)
+        .await
+        .unwrap();
+    assert_eq!(backlog.rows, 4);
+    assert!(!backlog.capped);
+    assert_eq!(
+        backlog.oldest,
+        entries.iter().map(|e| e.message.metadata.timestamp).min()
+    );
 
     let (relay, received) = relay_from(&s.db, fast_relay());
     let got = collect(&mut [received], 4, Duration::from_secs(10))
@@ -1170,6 +1180,12 @@ async fn the_relay_publishes_committed_events_in_order_with_their_metadata_and_m
         "{sent_at:?}"
     );
     assert!(s.db.unsent(10).await.unwrap().is_empty());
+    assert_eq!(
+        eda_core::backend::OutboxStore::backlog(&s.db)
+            .await
+            .unwrap(),
+        eda_core::backend::Backlog::default()
+    );
 }
 
 /// Two processes on one file, each with a relay: one holds the lease and

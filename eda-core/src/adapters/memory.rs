@@ -57,7 +57,7 @@ use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::MessageId;
 use crate::outbox::ExternalMessage;
-use crate::outbox::{OutboxEntry, OutboxStore};
+use crate::outbox::{Backlog, OutboxEntry, OutboxStore};
 use crate::repository::RepositoryError;
 use crate::store::{self, AggregateStorage, AggregateType, Save, Stored};
 
@@ -401,6 +401,22 @@ impl std::future::Future for Done {
 
 /// The in-memory outbox, for a relay (to RabbitMQ, say, in a test). Its
 /// rows are published in order; the lease is always granted (one process).
+/// The outbox rows ready to publish, in order: not sent, and not deferred
+/// past now; with their position and how often they were deferred.
+fn ready(data: &Data) -> impl Iterator<Item = (usize, &ExternalMessage, u32)> {
+    let now = std::time::Instant::now();
+    data.outbox
+        .iter()
+        .enumerate()
+        .skip(data.sent)
+        .filter(|(i, _)| !data.sent_after.contains(i))
+        .filter_map(move |(i, message)| match data.deferred.get(&i) {
+            Some((until, _)) if *until > now => None,
+            Some((_, attempts)) => Some((i, message, *attempts)),
+            None => Some((i, message, 0)),
+        })
+}
+
 impl OutboxStore for InMemoryDatabase {
     fn lease<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(std::future::ready(Ok(true)))
@@ -412,28 +428,26 @@ impl OutboxStore for InMemoryDatabase {
 
     fn unsent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxEntry>, Error>> {
         let data = self.data();
-        let now = std::time::Instant::now();
-        let entries = data
-            .outbox
-            .iter()
-            .enumerate()
-            .skip(data.sent)
-            .filter(|(i, _)| !data.sent_after.contains(i))
-            .filter_map(|(i, message)| {
-                let attempts = match data.deferred.get(&i) {
-                    Some((until, _)) if *until > now => return None,
-                    Some((_, attempts)) => *attempts,
-                    None => 0,
-                };
-                Some(OutboxEntry {
-                    position: i as i64,
-                    message: message.clone(),
-                    attempts,
-                })
+        let entries = ready(&data)
+            .map(|(i, message, attempts)| OutboxEntry {
+                position: i as i64,
+                message: message.clone(),
+                attempts,
             })
             .take(limit)
             .collect();
         Box::pin(std::future::ready(Ok(entries)))
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, Error>> {
+        let data = self.data();
+        let mut backlog = Backlog::default();
+        for (_, message, _) in ready(&data) {
+            backlog.rows += 1;
+            let written = message.metadata.timestamp;
+            backlog.oldest = Some(backlog.oldest.map_or(written, |o| o.min(written)));
+        }
+        Box::pin(std::future::ready(Ok(backlog)))
     }
 
     fn mark_sent<'a>(&'a self, positions: &'a [i64]) -> BoxFuture<'a, Result<(), Error>> {

@@ -41,8 +41,8 @@ use crate::adapter::{Adapter, Database, DatabaseTransaction};
 use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::{MessageId, Metadata, Timestamp};
+use crate::outbox::{Backlog, OutboxEntry, OutboxStore};
 use crate::outbox::{ExternalMessage, OutboxWrite};
-use crate::outbox::{OutboxEntry, OutboxStore};
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 
 /// How to connect and where to keep the framework's tables.
@@ -118,6 +118,7 @@ struct Statements {
     lease: String,
     release: String,
     unsent: String,
+    backlog: String,
     mark_sent: String,
     defer: String,
     prune_outbox: String,
@@ -203,6 +204,11 @@ impl Statements {
                  FROM {outbox} WHERE sent_at IS NULL \
                  AND (claimed_until IS NULL OR claimed_until <= now()) \
                  ORDER BY position LIMIT $1"
+            ),
+            backlog: format!(
+                "SELECT count(*), (extract(epoch FROM min(created_at)) * 1000)::int8 \
+                 FROM {outbox} WHERE sent_at IS NULL \
+                 AND (claimed_until IS NULL OR claimed_until <= now())"
             ),
             mark_sent: format!(
                 "WITH unsynced AS (SELECT set_config('synchronous_commit', 'off', true)) \
@@ -523,6 +529,20 @@ impl OutboxStore for PostgresDatabase {
                 .await
                 .map_err(adapter_error)?;
             rows.iter().map(outbox_entry).collect()
+        })
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, Error>> {
+        Box::pin(async move {
+            let (rows, oldest): (i64, Option<i64>) = sqlx::query_as(&self.inner.statements.backlog)
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(Backlog {
+                rows: rows.max(0) as u64,
+                capped: false,
+                oldest: oldest.map(|ms| Timestamp::from_millis(ms.max(0) as u64)),
+            })
         })
     }
 

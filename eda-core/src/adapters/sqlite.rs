@@ -91,8 +91,8 @@ use crate::adapter::{Adapter, Database, DatabaseTransaction};
 use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::{MessageId, Metadata, Timestamp};
+use crate::outbox::{Backlog, OutboxEntry, OutboxStore};
 use crate::outbox::{ExternalMessage, OutboxWrite};
-use crate::outbox::{OutboxEntry, OutboxStore};
 use crate::retry::Backoff;
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 
@@ -165,6 +165,7 @@ struct Statements {
     lease: String,
     release: String,
     unsent: String,
+    backlog: String,
     mark_sent: String,
     defer: String,
     prune_outbox: String,
@@ -257,6 +258,12 @@ impl Statements {
                  FROM {outbox} WHERE sent_at IS NULL \
                  AND (claimed_until IS NULL OR claimed_until <= {now}) \
                  ORDER BY position LIMIT ?1"
+            ),
+            backlog: format!(
+                "SELECT count(*), CAST(strftime('%s', min(created_at)) AS INTEGER) * 1000 \
+                 + CAST(substr(strftime('%f', min(created_at)), 4, 3) AS INTEGER) \
+                 FROM {outbox} WHERE sent_at IS NULL \
+                 AND (claimed_until IS NULL OR claimed_until <= {now})"
             ),
             // The positions arrive as one JSON array.
             mark_sent: format!(
@@ -657,6 +664,20 @@ impl OutboxStore for SqliteDatabase {
                 .await
                 .map_err(adapter_error)?;
             rows.iter().map(outbox_entry).collect()
+        })
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, Error>> {
+        Box::pin(async move {
+            let (rows, oldest): (i64, Option<i64>) = sqlx::query_as(&self.inner.statements.backlog)
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(Backlog {
+                rows: rows.max(0) as u64,
+                capped: false,
+                oldest: oldest.map(|ms| Timestamp::from_millis(ms.max(0) as u64)),
+            })
         })
     }
 
