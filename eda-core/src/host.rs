@@ -40,6 +40,11 @@
 //! | `EDA_MAX_MESSAGE_BYTES` | larger messages are dead-lettered unread | `1048576` (1 MiB) |
 //!
 //! Printed (`Display`) and debugged (`Debug`) with passwords hidden.
+//!
+//! Traces are exported over OTLP when the standard `OTEL_*` variables ask
+//! for it, read by [`init_logging`]: an HTTP request's `traceparent` is
+//! continued by the request's span, and the trace follows each message to
+//! the services that consume it.
 
 use std::fmt;
 use std::future::Future;
@@ -62,6 +67,7 @@ use crate::future::BoxFuture;
 use crate::outbox::OutboxStore;
 use crate::relay::{OutboxRelay, Publisher, RelayMetrics, RelayOptions};
 use crate::telemetry::{self, HandlerMetrics};
+use crate::trace_context::TraceContext;
 
 /// Where the state is kept.
 #[derive(Clone, PartialEq, Eq)]
@@ -709,7 +715,7 @@ fn with_host_routes(app: axum::Router, figures: Figures, health: Health) -> axum
         .route("/metrics", metrics)
         .route("/health/live", get(|| async { "live" }))
         .route("/health/ready", ready)
-        .fallback_service(app)
+        .fallback_service(app.layer(axum::middleware::from_fn(trace_request)))
 }
 
 /// Connects the database and creates eda's tables, then the service's.
@@ -751,11 +757,31 @@ async fn connect_database(
 }
 
 /// Logs to stdout, at the levels `RUST_LOG` gives (`warn`,
-/// `info,eda_core=debug`; `info` when unset or unreadable). lapin's own line
-/// for a message the broker returned (unroutable) is left out: it dumps the
-/// body as bytes, and eda's relay logs the message's name and id itself,
-/// once.
-pub fn init_logging() {
+/// `info,eda_core=debug`; `info` when unset or unreadable), and exports
+/// spans over OTLP, at INFO whatever `RUST_LOG` says, when the standard
+/// environment asks for it (below). lapin's
+/// own line for a message the broker returned (unroutable) is left out: it
+/// dumps the body as bytes, and eda's relay logs the message's name and id
+/// itself, once.
+///
+/// **Traces.** With `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, and neither
+/// `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`, spans are
+/// exported over OTLP/HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf`,
+/// the default, or `http/json`; gRPC is not built in), in batches
+/// (`OTEL_BSP_SCHEDULE_DELAY`, milliseconds), with the resource of
+/// `OTEL_SERVICE_NAME` (the executable's name when unset) and
+/// `OTEL_RESOURCE_ATTRIBUTES`, and the W3C trace context and baggage
+/// propagate: an HTTP request's `traceparent` is continued by the request's
+/// span, each outbox row keeps the trace of the handler that committed it,
+/// the broker's messages carry it as headers, and the consuming service
+/// continues it (see [`TraceContext`]). With none of
+/// these set nothing is exported and no trace context is written.
+///
+/// Keep the returned guard until the end of `main`: dropping it exports
+/// the spans still in its buffer.
+#[must_use = "dropping it ends the export of spans: keep it until the end of main"]
+pub fn init_logging() -> Telemetry {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
     let targets = std::env::var("RUST_LOG")
@@ -763,10 +789,127 @@ pub fn init_logging() {
         .and_then(|value| value.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
         .with_target("lapin::returned_messages", LevelFilter::OFF);
+    let (provider, problem) = match otlp_from_env(&|name| std::env::var(name).ok()) {
+        Ok(provider) => (provider, None),
+        Err(e) => (None, Some(e)),
+    };
+    // Spans are exported at INFO whatever the log level: a service that
+    // logs only warnings still shows its messages' path.
+    let otel = provider.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("eda"))
+            .with_filter(LevelFilter::INFO)
+    });
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_target(false))
-        .with(targets)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_filter(targets),
+        )
+        .with(otel)
         .init();
+    if let Some(e) = problem {
+        tracing::error!(error = %e, "traces are not exported");
+    }
+    Telemetry { provider }
+}
+
+/// What [`init_logging`] started: the export of spans, flushed and stopped
+/// when this is dropped.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported over OTLP.
+    pub fn exports_traces(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("traces: the last spans were not exported: {e}");
+        }
+    }
+}
+
+/// The OTLP exporter the environment asks for, if any (see
+/// [`init_logging`]); on success the global propagator is W3C trace
+/// context and baggage.
+fn otlp_from_env(
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return Ok(None);
+    }
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"))
+    {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| format!("OTLP exporter: {e}"))?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !set("OTEL_SERVICE_NAME")
+        && let Some(name) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.file_stem()?.to_str().map(str::to_owned))
+    {
+        resource = resource.with_service_name(name);
+    }
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry::propagation::TextMapCompositePropagator::new(vec![
+            Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
+            Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
+        ]),
+    );
+    Ok(Some(provider))
+}
+
+/// The span of an HTTP request (OpenTelemetry's HTTP server conventions),
+/// a child of the caller's span when the request carries a W3C
+/// `traceparent`: what the request's handlers commit continues the
+/// caller's trace.
+async fn trace_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        TraceContext::from_headers(|name| {
+            request
+                .headers()
+                .get(name)?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
+        .continue_in(&span);
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// Ctrl-C, or SIGTERM (what a process manager sends).

@@ -72,6 +72,7 @@ mod telemetry;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "rabbitmq"))]
 pub mod testing;
 mod topology;
+mod trace_context;
 mod uow;
 mod wiring;
 
@@ -100,6 +101,7 @@ pub use repository::{Find, Finder, Repository, RepositoryError};
 pub use retry::RetryPolicy;
 pub use telemetry::HandlerMetrics;
 pub use topology::{Topology, TopologyWarning};
+pub use trace_context::TraceContext;
 pub use uow::{Aggregates, IdentityMap, UnitOfWork, UowField, UowTransaction};
 pub use wiring::{HandlerRef, Location, WiringError, WiringProblem};
 

@@ -13,6 +13,7 @@ use crate::domain_error::BoxError;
 use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::{AnyEvent, Metadata, Timestamp};
+use crate::trace_context::TraceContext;
 
 /// An event on its way to other services: what an outbox row holds and what
 /// the external bus publishes.
@@ -24,6 +25,9 @@ pub struct ExternalMessage {
     pub metadata: Metadata,
     /// The message in JSON.
     pub payload: Vec<u8>,
+    /// The trace it continues: the span current when it was committed
+    /// (empty without the feature `otel`; see [`TraceContext`]).
+    pub trace: TraceContext,
 }
 
 /// A row a unit of work writes at commit: an event to publish (the relay
@@ -48,6 +52,7 @@ impl ExternalMessage {
             name: event.name().to_owned(),
             metadata: *event.metadata(),
             payload: event.to_json()?,
+            trace: TraceContext::default(),
         })
     }
 }

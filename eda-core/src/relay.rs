@@ -445,6 +445,7 @@ mod tests {
                     name: "x".into(),
                     metadata: Metadata::new(),
                     payload: b"{}".to_vec(),
+                    trace: Default::default(),
                 },
                 attempts: 0,
             };

@@ -14,6 +14,7 @@ use crate::message::{AnyEvent, Metadata};
 use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::repository::{Finder, FinderVTable, RepositoryError};
 use crate::store::{self, AggregateType, Stored};
+use crate::trace_context::TraceContext;
 
 /// A unit of work: derive it with [`#[derive(UnitOfWork)]`](macro@crate::UnitOfWork).
 ///
@@ -364,6 +365,16 @@ impl UowTransaction {
         if let Some(e) = unencodable {
             // Cold: boxed, so that it does not size every commit's future.
             return Box::pin(self.__abort(e)).await;
+        }
+        // The trace the external events continue in the services that
+        // consume them: the span current at commit (the handler's).
+        if !outbox.is_empty() {
+            let trace = TraceContext::current();
+            if !trace.is_empty() {
+                for message in &mut outbox {
+                    message.trace = trace.clone();
+                }
+            }
         }
         let backend = std::mem::replace(&mut self.backend, Backend::Ended);
         let result = match backend {

@@ -653,7 +653,7 @@ proptest! {
         name in prop::sample::select(KNOWN.to_vec()),
         payload in prop::collection::vec(any::<u8>(), 0..16),
     ) {
-        let message = ExternalMessage { name: name.to_owned(), metadata: metadata_in, payload };
+        let message = ExternalMessage { name: name.to_owned(), metadata: metadata_in, payload, trace: Default::default() };
         let p = properties(&message);
         prop_assert_eq!(p.kind().as_ref().map(ShortString::as_str), Some(name));
         prop_assert_eq!(metadata(&p), Ok(metadata_in));
@@ -672,6 +672,7 @@ proptest! {
             name: Record::NAME.into(),
             metadata: metadata_in,
             payload: vec![],
+            trace: Default::default(),
         });
         let header = p.headers().as_ref().and_then(|h| h.inner().get(TIMESTAMP_HEADER).cloned());
         prop_assert!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use eda_core::adapters::postgres::{PostgresDatabase, PostgresOptions};
 use eda_core::adapters::sql::RowExt;
-use eda_core::backend::Database;
+use eda_core::backend::{Database, OutboxStore};
 use eda_core::prelude::*;
 use eda_core::sqlx::{self, PgConnection, PgPool, Row};
 use eda_core::testing::TestPostgres;
@@ -538,7 +538,8 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
     };
     for sql in [
         "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
-        // Before the aggregate store (4) as well.
+        // Before the trace context (5) and the aggregate store (4) as well.
+        "ALTER TABLE eda_outbox DROP COLUMN trace_context",
         "DROP TABLE eda_aggregates",
         "DELETE FROM eda_migrations WHERE version >= 3",
         // A row written before the journal existed.
@@ -556,7 +557,7 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
             .fetch_all(pg.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     assert!(
         again
             .undispatched(&["old"], Duration::ZERO, 10)
@@ -565,6 +566,10 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
             .is_empty(),
         "rows before the journal count as dispatched"
     );
+    // A row from before the trace context is read with none.
+    let unsent = again.unsent(10).await.unwrap();
+    assert_eq!(unsent.len(), 1);
+    assert!(unsent[0].message.trace.is_empty());
     pg.drop_schema().await;
 }
 

@@ -731,7 +731,7 @@ async fn start_at_once(url: &str, n: usize) {
         .fetch_one(db.pool())
         .await
         .unwrap();
-    assert_eq!(versions, 4, "{url}");
+    assert_eq!(versions, 5, "{url}");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(db.pool())
         .await
@@ -1452,6 +1452,7 @@ async fn a_database_of_the_first_migration_gets_the_lease_table() {
         "DROP TABLE eda_relay_lease",
         "DROP INDEX eda_outbox_undispatched",
         "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
+        "ALTER TABLE eda_outbox DROP COLUMN trace_context",
         "DROP TABLE eda_aggregates",
         "DELETE FROM eda_migrations WHERE version >= 2",
     ] {
@@ -1463,7 +1464,7 @@ async fn a_database_of_the_first_migration_gets_the_lease_table() {
             .fetch_all(again.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     assert!(again.lease("x", Duration::from_secs(1)).await.unwrap());
     again.pool().close().await;
 }
@@ -1474,7 +1475,8 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
     for sql in [
         "DROP INDEX eda_outbox_undispatched",
         "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
-        // Before the aggregate store (4) as well.
+        // Before the trace context (5) and the aggregate store (4) as well.
+        "ALTER TABLE eda_outbox DROP COLUMN trace_context",
         "DROP TABLE eda_aggregates",
         "DELETE FROM eda_migrations WHERE version >= 3",
         // A row written before the journal existed.
@@ -1490,7 +1492,7 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
             .fetch_all(again.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     assert!(
         again
             .undispatched(&["old"], Duration::ZERO, 10)
@@ -1499,6 +1501,10 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
             .is_empty(),
         "rows before the journal count as dispatched"
     );
+    // A row from before the trace context is read with none.
+    let unsent = again.unsent(10).await.unwrap();
+    assert_eq!(unsent.len(), 1);
+    assert!(unsent[0].message.trace.is_empty());
     again.pool().close().await;
 }
 

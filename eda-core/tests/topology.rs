@@ -681,6 +681,7 @@ mod in_process {
                 name: name.into(),
                 metadata: Metadata::new(),
                 payload: body.to_vec(),
+                trace: Default::default(),
             },
             None,
         );
@@ -823,6 +824,7 @@ mod shutdown {
                 name: "topology.slow.tick".into(),
                 metadata: Metadata::new(),
                 payload: b"{}".to_vec(),
+                trace: Default::default(),
             },
             None,
         );

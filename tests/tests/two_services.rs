@@ -271,12 +271,17 @@ struct Pair {
 
 impl Pair {
     async fn start() -> Option<Pair> {
+        Self::start_with(&[]).await
+    }
+
+    /// The pair, both services with more environment variables.
+    async fn start_with(env: &[(&str, &str)]) -> Option<Pair> {
         let world = World::new().await?;
         let orders_names = world.neighbour("orders");
         // Allocation first: its queue is bound to orders' events before
         // any is published (were it not, the relay would keep them).
-        let allocation = Service::start(&world).await;
-        let orders = Service::start_neighbour("orders", &world, &orders_names, &[]).await;
+        let allocation = Service::start_with(&world, env).await;
+        let orders = Service::start_neighbour("orders", &world, &orders_names, env).await;
         let observers = [
             world.observe("orders.order_cancelled").await,
             world.observe("allocation.allocated").await,
@@ -530,6 +535,247 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
     assert_eq!(
         consumed(&allocation_scrape, "orders.order_placed", "dead_lettered"),
         0.0
+    );
+    pair.stop().await;
+}
+
+/// What an OTLP/HTTP collector received (`http/json`): each span with its
+/// service's name.
+#[derive(Clone, Default)]
+struct Collector(Arc<std::sync::Mutex<Vec<CollectedSpan>>>);
+
+#[derive(Clone, Debug)]
+struct CollectedSpan {
+    service: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    name: String,
+    attributes: BTreeMap<String, String>,
+}
+
+impl Collector {
+    /// A collector on a port of its own: its endpoint.
+    async fn start(&self) -> String {
+        let spans = self.0.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let spans = spans.clone();
+                async move {
+                    spans.lock().unwrap().extend(Self::read(&body));
+                    axum::Json(json!({}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{address}")
+    }
+
+    /// The spans of an `ExportTraceServiceRequest` in OTLP's JSON.
+    fn read(body: &Value) -> Vec<CollectedSpan> {
+        let text = |v: &Value| match v {
+            Value::Object(o) => o
+                .values()
+                .next()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .unwrap_or_default(),
+            other => other.to_string(),
+        };
+        let attributes = |v: &Value| -> BTreeMap<String, String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .map(|kv| {
+                    (
+                        kv["key"].as_str().unwrap_or("").to_owned(),
+                        text(&kv["value"]),
+                    )
+                })
+                .collect()
+        };
+        let mut spans = Vec::new();
+        for resource in body["resourceSpans"].as_array().into_iter().flatten() {
+            let service = attributes(&resource["resource"]["attributes"])
+                .remove("service.name")
+                .unwrap_or_default();
+            for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                for span in scope["spans"].as_array().into_iter().flatten() {
+                    let id = |key: &str| span[key].as_str().unwrap_or("").to_owned();
+                    spans.push(CollectedSpan {
+                        service: service.clone(),
+                        trace_id: id("traceId"),
+                        span_id: id("spanId"),
+                        parent_span_id: id("parentSpanId"),
+                        name: id("name"),
+                        attributes: attributes(&span["attributes"]),
+                    });
+                }
+            }
+        }
+        spans
+    }
+
+    fn spans(&self) -> Vec<CollectedSpan> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Issue 14: an HTTP request with a W3C `traceparent` to `orders`, and one
+/// trace follows the order across both binaries over RabbitMQ: the
+/// request's span in orders continues the caller's, orders' handler,
+/// allocation's handlers and orders' reaction are all in it (exported by
+/// each service over OTLP, to a collector of the test's), and the AMQP
+/// message carries the `traceparent`. The services log at WARN: spans are
+/// exported at INFO whatever the log level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_follows_an_order_across_both_services_over_rabbitmq() {
+    let _shared = PAIRS.read().await;
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let Some(pair) = Pair::start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("RUST_LOG", "warn"),
+    ])
+    .await
+    else {
+        return;
+    };
+    let placed = pair.world.observe("orders.order_placed").await;
+    let sku = unique_name("LAMP");
+    pair.allocation()
+        .add_batch(&Plan::batchref(&sku), &sku, 10, None)
+        .await;
+
+    let trace_id = format!("{:032x}", fastrand::u128(1..));
+    let caller = format!("{:016x}", fastrand::u64(1..));
+    let orderid = unique_name("traced");
+    let response = reqwest::Client::new()
+        .post(format!("{}/orders", pair.orders().base))
+        .header("traceparent", format!("00-{trace_id}-{caller}-01"))
+        .json(&json!({"orderid": orderid, "lines": [{"sku": sku, "qty": 2}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    // Until every span this test looks for is exported (each service
+    // sends its own, in its own batches).
+    let in_trace = |spans: &[CollectedSpan]| -> Vec<CollectedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect()
+    };
+    let handler = |s: &CollectedSpan| {
+        (
+            s.service.clone(),
+            s.attributes
+                .get("messaging.destination.name")
+                .cloned()
+                .unwrap_or_default(),
+            s.attributes.get("eda.handler").cloned().unwrap_or_default(),
+        )
+    };
+    let expected_handlers = [
+        ("orders", "orders.place_order", "orders::place_order"),
+        (
+            "allocation",
+            "orders.order_placed",
+            "allocation::allocate_placed_order",
+        ),
+        (
+            "allocation",
+            "allocation.allocate_order",
+            "allocation::allocate_order",
+        ),
+        (
+            "orders",
+            "allocation.allocated",
+            "orders::record_allocation",
+        ),
+    ];
+    let expected_receives = [
+        ("allocation", "receive orders.order_placed", "orders"),
+        ("orders", "receive allocation.allocated", "allocation"),
+    ];
+    let all_there = |spans: &[CollectedSpan]| {
+        expected_handlers.iter().all(|(service, message, id)| {
+            spans.iter().any(|s| {
+                s.name == "process"
+                    && handler(s) == ((*service).into(), (*message).into(), (*id).into())
+            })
+        }) && expected_receives.iter().all(|(service, name, _)| {
+            spans
+                .iter()
+                .any(|s| s.service == *service && s.name == *name)
+        }) && spans.iter().any(|s| s.name == "POST /orders")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans = in_trace(&collector.spans());
+        if all_there(&spans) {
+            break spans;
+        }
+        if Instant::now() > deadline {
+            // Fails below, naming what is missing.
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The request's span continues the caller's.
+    let request = spans
+        .iter()
+        .find(|s| s.service == "orders" && s.name == "POST /orders")
+        .unwrap_or_else(|| panic!("orders' request span: {spans:#?}"));
+    assert_eq!(request.parent_span_id, caller);
+    // Every handler of the order, in both services (named by each
+    // binary: `OTEL_SERVICE_NAME` is not set).
+    let handlers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "process")
+        .map(handler)
+        .collect();
+    for (service, message, id) in expected_handlers {
+        assert!(
+            handlers
+                .iter()
+                .any(|(s, m, h)| (s.as_str(), m.as_str(), h.as_str()) == (service, message, id)),
+            "{id} in {service}, in the caller's trace: {handlers:#?}"
+        );
+    }
+    // Each delivery's span is a child of a span of the other service.
+    for (service, name, from) in expected_receives {
+        let receive = spans
+            .iter()
+            .find(|s| s.service == service && s.name == name)
+            .unwrap_or_else(|| panic!("{name} in {service}: {spans:#?}"));
+        let parent = spans
+            .iter()
+            .find(|s| s.span_id == receive.parent_span_id)
+            .unwrap_or_else(|| panic!("{name}'s parent exported: {spans:#?}"));
+        assert_eq!(parent.service, from, "{name}");
+    }
+    // The message on the broker carries it.
+    let delivery = pair
+        .world
+        .drain(&placed)
+        .await
+        .into_iter()
+        .next()
+        .expect("orders.order_placed observed");
+    let traceparent =
+        eda_core::adapters::rabbitmq::header_string(&delivery.properties, "traceparent")
+            .expect("a traceparent header");
+    assert!(
+        traceparent.starts_with(&format!("00-{trace_id}-")),
+        "{traceparent}"
     );
     pair.stop().await;
 }

@@ -188,6 +188,7 @@ async fn fill(channel: &Channel, queue: &str, first: u64, n: u64) -> Result<(), 
             name: PLACED.into(),
             metadata: Metadata::new(),
             payload: serde_json::to_vec(&event).map_err(err)?,
+            trace: Default::default(),
         };
         pending.push(
             channel

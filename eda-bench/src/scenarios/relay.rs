@@ -190,6 +190,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             name: NAME.into(),
             metadata: Metadata::new(),
             payload: format!("{{\"seq\":{i}}}").into_bytes(),
+            trace: Default::default(),
         })
         .collect();
 

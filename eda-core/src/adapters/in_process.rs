@@ -536,6 +536,8 @@ impl Handling {
             published_by: message.published_by.as_deref(),
             payload: &message.message.payload,
             failed_before: message.attempts,
+            trace: message.message.trace.clone(),
+            system: "eda.in_process",
         };
         match verdict(&self.bus, &policy, delivery).await {
             Verdict::Ack => {

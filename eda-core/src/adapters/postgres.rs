@@ -44,6 +44,7 @@ use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::{Backlog, OutboxEntry, OutboxStore};
 use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
+use crate::trace_context::TraceContext;
 
 /// How to connect and where to keep the framework's tables.
 #[derive(Clone, Debug)]
@@ -156,21 +157,21 @@ impl Statements {
                  WHERE aggregate = $1 AND id = $2 AND version = $5"
             ),
             write_outbox_one: format!(
-                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000))"
+                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at, trace_context) \
+                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000), $7)"
             ),
             write_outbox: format!(
-                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at) \
-                 SELECT m, n, p, c, k, to_timestamp(t::float8 / 1000) \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[]) \
-                 AS x(m, n, p, c, k, t)"
+                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at, trace_context) \
+                 SELECT m, n, p, c, k, to_timestamp(t::float8 / 1000), x \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[], $7::text[]) \
+                 AS x(m, n, p, c, k, t, x)"
             ),
             write_events: format!(
-                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at, sent_at, dispatched_at) \
-                 SELECT m, n, p, c, k, to_timestamp(t::float8 / 1000), \
+                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at, trace_context, sent_at, dispatched_at) \
+                 SELECT m, n, p, c, k, to_timestamp(t::float8 / 1000), x, \
                  CASE WHEN publish THEN NULL ELSE now() END, CASE WHEN dispatch THEN NULL ELSE now() END \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[], $7::bool[], $8::bool[]) \
-                 AS x(m, n, p, c, k, t, publish, dispatch)"
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[], $7::text[], $8::bool[], $9::bool[]) \
+                 AS x(m, n, p, c, k, t, x, publish, dispatch)"
             ),
             mark_dispatched: format!(
                 "WITH unsynced AS (SELECT set_config('synchronous_commit', 'off', true)) \
@@ -179,7 +180,7 @@ impl Statements {
             ),
             undispatched: format!(
                 "SELECT position, message_id, name, payload, correlation_id, causation_id, \
-                 (extract(epoch FROM created_at) * 1000)::int8, attempts \
+                 (extract(epoch FROM created_at) * 1000)::int8, attempts, trace_context \
                  FROM {outbox} WHERE dispatched_at IS NULL \
                  AND created_at < now() - make_interval(secs => $1) AND name = ANY($3) \
                  ORDER BY position LIMIT $2"
@@ -200,7 +201,7 @@ impl Statements {
             release: format!("DELETE FROM {lease} WHERE name = 'relay' AND holder = $1"),
             unsent: format!(
                 "SELECT position, message_id, name, payload, correlation_id, causation_id, \
-                 (extract(epoch FROM created_at) * 1000)::int8, attempts \
+                 (extract(epoch FROM created_at) * 1000)::int8, attempts, trace_context \
                  FROM {outbox} WHERE sent_at IS NULL \
                  AND (claimed_until IS NULL OR claimed_until <= now()) \
                  ORDER BY position LIMIT $1"
@@ -302,6 +303,11 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
             body TEXT NOT NULL,
             PRIMARY KEY (aggregate, id)
         )"
+        )],
+        // 5: the trace context of each row (a JSON object of the
+        // propagator's fields), sent with the message.
+        vec![format!(
+            "ALTER TABLE {outbox} ADD COLUMN IF NOT EXISTS trace_context TEXT"
         )],
     ]
 }
@@ -596,6 +602,7 @@ struct OutboxColumns<'a> {
     correlations: Vec<Uuid>,
     causations: Vec<Option<Uuid>>,
     timestamps: Vec<i64>,
+    traces: Vec<Option<String>>,
 }
 
 impl<'a> OutboxColumns<'a> {
@@ -608,6 +615,7 @@ impl<'a> OutboxColumns<'a> {
             correlations: Vec::with_capacity(n),
             causations: Vec::with_capacity(n),
             timestamps: Vec::with_capacity(n),
+            traces: Vec::with_capacity(n),
         };
         for m in messages {
             columns.ids.push(m.metadata.message_id.as_uuid());
@@ -624,11 +632,12 @@ impl<'a> OutboxColumns<'a> {
             columns
                 .timestamps
                 .push(m.metadata.timestamp.as_millis() as i64);
+            columns.traces.push(m.trace.to_column());
         }
         Ok(columns)
     }
 
-    /// Binds `$1` to `$6`.
+    /// Binds `$1` to `$7`.
     fn bind<'q>(
         self,
         query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
@@ -643,6 +652,7 @@ impl<'a> OutboxColumns<'a> {
             .bind(self.correlations)
             .bind(self.causations)
             .bind(self.timestamps)
+            .bind(self.traces)
     }
 }
 
@@ -666,6 +676,7 @@ fn outbox_entry(row: &sqlx::postgres::PgRow) -> Result<OutboxEntry, Error> {
                 ),
             },
             payload: payload.into_bytes(),
+            trace: TraceContext::from_column(row.try_get::<Option<&str>, _>(8).map_err(column)?),
         },
         attempts: u32::try_from(row.try_get::<i32, _>(7).map_err(column)?).unwrap_or(0),
     })
@@ -782,6 +793,7 @@ impl DatabaseTransaction for PgTransaction {
                     .bind(m.metadata.correlation_id.as_uuid())
                     .bind(m.metadata.causation_id.map(|c| c.as_uuid()))
                     .bind(m.metadata.timestamp.as_millis() as i64)
+                    .bind(m.trace.to_column())
                     .execute(&mut *self.tx)
                     .await
                     .map_err(adapter_error)?;

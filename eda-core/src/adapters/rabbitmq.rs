@@ -76,6 +76,7 @@ use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::ExternalMessage;
 use crate::relay::{Delivery, Publisher};
 use crate::topology::Topology;
+use crate::trace_context::TraceContext;
 
 /// Header: the id of the message that caused this one.
 pub const CAUSATION_HEADER: &str = "x-causation-id";
@@ -505,6 +506,11 @@ pub fn properties(message: &ExternalMessage) -> BasicProperties {
     if let Ok(ms) = i64::try_from(m.timestamp.as_millis()) {
         headers.insert(TIMESTAMP_HEADER.into(), AMQPValue::LongLongInt(ms));
     }
+    // The trace it continues, a header per field (W3C: `traceparent`,
+    // `tracestate`, `baggage`).
+    for (name, value) in message.trace.iter() {
+        headers.insert(name.into(), long_string(value));
+    }
     BasicProperties::default()
         .with_message_id(m.message_id.to_string().into())
         .with_type(message.name.as_str().into())
@@ -555,6 +561,18 @@ pub fn metadata(properties: &BasicProperties) -> Result<Metadata, String> {
         causation_id,
         timestamp,
     })
+}
+
+/// The trace context of a delivered message: the headers named by the
+/// global propagator's fields (empty without the feature `otel`).
+pub fn trace_context(properties: &BasicProperties) -> TraceContext {
+    TraceContext::from_headers(
+        |name| match properties.headers().as_ref()?.inner().get(name)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            _ => None,
+        },
+    )
 }
 
 /// A header value as a string, for logs and tests.

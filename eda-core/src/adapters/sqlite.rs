@@ -95,6 +95,7 @@ use crate::outbox::{Backlog, OutboxEntry, OutboxStore};
 use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::retry::Backoff;
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
+use crate::trace_context::TraceContext;
 
 /// The `strftime` format of the framework's timestamps (`created_at`,
 /// `handled_at`, ...): UTC with milliseconds, e.g.
@@ -201,21 +202,24 @@ impl Statements {
             // One statement for any number of messages: they arrive as one
             // JSON array, in order.
             write_outbox: format!(
-                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at) \
+                "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at, \
+                 trace_context) \
                  SELECT json_extract(value, '$.m'), json_extract(value, '$.n'), \
                  json_extract(value, '$.p'), json_extract(value, '$.c'), json_extract(value, '$.k'), \
-                 strftime('{TIMESTAMP_FORMAT}', json_extract(value, '$.t') / 1000.0, 'unixepoch') \
+                 strftime('{TIMESTAMP_FORMAT}', json_extract(value, '$.t') / 1000.0, 'unixepoch'), \
+                 json_extract(value, '$.x') \
                  FROM json_each(?1) ORDER BY key"
             ),
             // The same, with `u` (publish) and `d` (dispatch) for each row.
             write_events: format!(
                 "INSERT INTO {outbox} (message_id, name, payload, correlation_id, causation_id, created_at, \
-                 sent_at, dispatched_at) \
+                 sent_at, dispatched_at, trace_context) \
                  SELECT json_extract(value, '$.m'), json_extract(value, '$.n'), \
                  json_extract(value, '$.p'), json_extract(value, '$.c'), json_extract(value, '$.k'), \
                  strftime('{TIMESTAMP_FORMAT}', json_extract(value, '$.t') / 1000.0, 'unixepoch'), \
                  CASE WHEN json_extract(value, '$.u') THEN NULL ELSE {now} END, \
-                 CASE WHEN json_extract(value, '$.d') THEN NULL ELSE {now} END \
+                 CASE WHEN json_extract(value, '$.d') THEN NULL ELSE {now} END, \
+                 json_extract(value, '$.x') \
                  FROM json_each(?1) ORDER BY key"
             ),
             // The ids arrive as one JSON array.
@@ -226,7 +230,7 @@ impl Statements {
             undispatched: format!(
                 "SELECT position, message_id, name, payload, correlation_id, causation_id, \
                  CAST(strftime('%s', created_at) AS INTEGER) * 1000 \
-                 + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER), attempts \
+                 + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER), attempts, trace_context \
                  FROM {outbox} WHERE dispatched_at IS NULL \
                  AND created_at < strftime('{TIMESTAMP_FORMAT}', 'now', ?1) \
                  AND name IN (SELECT value FROM json_each(?3)) ORDER BY position LIMIT ?2"
@@ -254,7 +258,7 @@ impl Statements {
             unsent: format!(
                 "SELECT position, message_id, name, payload, correlation_id, causation_id, \
                  CAST(strftime('%s', created_at) AS INTEGER) * 1000 \
-                 + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER), attempts \
+                 + CAST(substr(strftime('%f', created_at), 4, 3) AS INTEGER), attempts, trace_context \
                  FROM {outbox} WHERE sent_at IS NULL \
                  AND (claimed_until IS NULL OR claimed_until <= {now}) \
                  ORDER BY position LIMIT ?1"
@@ -293,6 +297,9 @@ struct OutboxRow<'a> {
     c: Uuid,
     k: Option<Uuid>,
     t: u64,
+    /// The trace context, as JSON text (none when empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x: Option<String>,
     /// To publish (`write_events` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     u: Option<bool>,
@@ -310,6 +317,7 @@ impl<'a> OutboxRow<'a> {
             c: m.metadata.correlation_id.as_uuid(),
             k: m.metadata.causation_id.map(|c| c.as_uuid()),
             t: m.metadata.timestamp.as_millis(),
+            x: m.trace.to_column(),
             u: None,
             d: None,
         })
@@ -402,6 +410,11 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
                 body TEXT NOT NULL,
                 PRIMARY KEY (aggregate, id)
             )"
+        )],
+        // 5: the trace context of each row (a JSON object of the
+        // propagator's fields), sent with the message.
+        vec![format!(
+            "ALTER TABLE {outbox} ADD COLUMN trace_context TEXT"
         )],
     ]
 }
@@ -735,6 +748,7 @@ fn outbox_entry(row: &SqliteRow) -> Result<OutboxEntry, Error> {
                 timestamp: Timestamp::from_millis(created_at.max(0) as u64),
             },
             payload: payload.into_bytes(),
+            trace: TraceContext::from_column(row.try_get::<Option<&str>, _>(8).map_err(column)?),
         },
         attempts: u32::try_from(row.try_get::<i64, _>(7).map_err(column)?).unwrap_or(0),
     })

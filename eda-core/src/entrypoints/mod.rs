@@ -10,6 +10,8 @@ use std::time::Duration;
 use crate::bus::MessageBus;
 use crate::error::IncomingError;
 use crate::message::Metadata;
+use crate::trace_context::TraceContext;
+use tracing::Instrument;
 
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
@@ -292,6 +294,10 @@ pub(crate) struct Received<'a> {
     pub(crate) payload: &'a [u8],
     /// How many times handling it failed before.
     pub(crate) failed_before: u32,
+    /// The trace it continues (see [`TraceContext`]).
+    pub(crate) trace: TraceContext,
+    /// The broker, as OpenTelemetry's `messaging.system` names it.
+    pub(crate) system: &'static str,
 }
 
 /// How a consumer treats failures.
@@ -327,6 +333,21 @@ pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Received<'
         Ok(false) => return Verdict::Own,
         Err(e) => return refuse(e.to_string()),
     }
+    // The span of the delivery, a child of the span that committed the
+    // message in the service that published it (its trace context), so
+    // that one trace follows the message across services. Its handlers'
+    // `process` spans are inside it, with the message's ids (not repeated
+    // here: every log line of a handler shows both spans' fields).
+    let span = tracing::info_span!(
+        "receive",
+        otel.name = %format_args!("receive {}", d.name),
+        otel.kind = "consumer",
+        messaging.system = d.system,
+        messaging.operation.name = "receive",
+        messaging.destination.name = d.name,
+        messaging.consumer.group.name = policy.service,
+    );
+    d.trace.continue_in(&span);
     // In a task of its own, so that a panicking handler is a failure of
     // this message, not of the consumer; aborted with the caller (a
     // consumer's shutdown that outlived its grace), so that no handler
@@ -335,7 +356,7 @@ pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Received<'
         let bus = bus.clone();
         let name = d.name.to_owned();
         let payload = d.payload.to_vec();
-        async move { bus.handle_incoming(&name, metadata, &payload).await }
+        async move { bus.handle_incoming(&name, metadata, &payload).await }.instrument(span)
     }))
     .await;
     let reason = match handled {

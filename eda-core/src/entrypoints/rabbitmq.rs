@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::adapters::rabbitmq::{
-    ATTEMPTS_HEADER, ERROR_HEADER, RabbitMq, long_string, metadata, short,
+    ATTEMPTS_HEADER, ERROR_HEADER, RabbitMq, long_string, metadata, short, trace_context,
 };
 use crate::bus::MessageBus;
 use crate::entrypoints::{self, ConsumerMetrics, Counted, Verdict, retry_delay, verdict};
@@ -274,6 +274,8 @@ impl Handling {
             published_by: delivery.properties.app_id().as_ref().map(|s| s.as_str()),
             payload: &delivery.data,
             failed_before: attempts(&delivery.properties),
+            trace: trace_context(&delivery.properties),
+            system: "rabbitmq",
         };
         verdict(&self.bus, &policy, incoming).await
     }

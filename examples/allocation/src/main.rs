@@ -15,7 +15,8 @@ use eda_core::host;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    host::init_logging();
+    // Kept to the end: dropping it exports the last spans (when OTLP is on).
+    let _telemetry = host::init_logging();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

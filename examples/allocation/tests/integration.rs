@@ -866,6 +866,7 @@ async fn an_event_committed_but_never_dispatched_is_recovered_once(s: &Service) 
         name: Allocated::NAME.into(),
         metadata: Metadata::new(),
         payload: serde_json::to_vec(&event).unwrap(),
+        trace: Default::default(),
     };
     let id = message.metadata.message_id;
     let mut tx = db.begin().await.unwrap();
@@ -914,6 +915,7 @@ async fn an_event_committed_but_never_dispatched_is_recovered_once(s: &Service) 
         name: "billing.invoiced".into(),
         metadata: Metadata::new(),
         payload: b"{}".to_vec(),
+        trace: Default::default(),
     };
     let mut tx = db.begin().await.unwrap();
     tx.write_events(&[OutboxWrite {
