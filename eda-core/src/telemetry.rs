@@ -304,6 +304,13 @@ pub(crate) fn render_consumer(out: &mut String, consumer: &ConsumerMetrics) {
         "1 while the consumer is consuming (its topology declared and bound).",
         u8::from(consumer.consuming()),
     );
+    write_metric(
+        out,
+        "eda_consumer_in_flight",
+        "gauge",
+        "Deliveries being handled now (at most the prefetch).",
+        consumer.in_flight(),
+    );
     for (name, help, value) in [
         (
             "eda_consumer_handled_total",

@@ -791,3 +791,117 @@ pub async fn publish_allocations(world: &World, orders: &[(String, String)]) -> 
     }
     outcome
 }
+
+/// A PostgreSQL server of a test's own, on a port of its own, that the
+/// test may stop and start (the machine's server is shared: it is never
+/// stopped). Made with the machine's `initdb` and `pg_ctl`, run as the
+/// `postgres` user (they refuse to run as root); removed when dropped.
+pub struct OwnPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    /// A fresh server, started; `None` (skipped, or a failure under
+    /// `CI=true`) when the machine has no PostgreSQL server binaries.
+    pub fn start() -> Option<OwnPostgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| {
+                versions
+                    .flatten()
+                    .map(|v| v.path().join("bin"))
+                    .filter(|bin| bin.join("initdb").exists())
+                    .max()
+            });
+        let Some(bin) = bin else {
+            return eda_core::testing::service_missing(
+                "PostgreSQL's server binaries (initdb, pg_ctl)",
+                "/usr/lib/postgresql/<version>/bin",
+                &"not found",
+                "apt-get install postgresql",
+            );
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(unique_name("own-pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = OwnPostgres { dir, bin, port };
+        server.run(&["chown", "-R", "postgres", "."], false);
+        server.run_as_postgres(
+            "initdb",
+            &["-D", "data", "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        );
+        server.start_again();
+        Some(server)
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast: open connections are cut).
+    pub fn stop(&self) {
+        self.run_as_postgres("pg_ctl", &["-D", "data", "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts it again, on the same port and data.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.dir.display()
+        );
+        self.run_as_postgres(
+            "pg_ctl",
+            &["-D", "data", "-o", &options, "-l", "log", "-w", "start"],
+        );
+    }
+
+    fn run_as_postgres(&self, tool: &str, args: &[&str]) {
+        let tool = self.bin.join(tool);
+        let mut all = vec![tool.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.run(&all, true);
+    }
+
+    /// Runs `args` in the server's directory, as `postgres` or as this
+    /// process's user.
+    fn run(&self, args: &[&str], as_postgres: bool) {
+        let mut command = if !as_postgres {
+            std::process::Command::new(args[0])
+        } else {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", args[0]]);
+            c
+        };
+        let out = command
+            .args(&args[1..])
+            .current_dir(&self.dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let stop = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", "data", "-m", "immediate", "stop"])
+            .current_dir(&self.dir)
+            .output();
+        let _ = stop;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

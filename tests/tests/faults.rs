@@ -551,10 +551,17 @@ async fn scarce_stock_is_never_oversold() {
 
 /// Polls `GET /health/ready` until it answers `status`; how long that took,
 /// and the last body.
-async fn ready_becomes(service: &Service, status: u16, within: Duration) -> (Duration, Value) {
+async fn ready_becomes(base: &str, status: u16, within: Duration) -> (Duration, Value) {
     let started = Instant::now();
+    let http = reqwest::Client::new();
     loop {
-        let (now, body) = service.get("/health/ready").await;
+        let response = http
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .expect("the service answers");
+        let now = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
         if now == status {
             return (started.elapsed(), body);
         }
@@ -566,9 +573,162 @@ async fn ready_becomes(service: &Service, status: u16, within: Duration) -> (Dur
     }
 }
 
+/// Readiness tells the truth about the database: `503`, naming it, while
+/// the service's Postgres (a server of the test's own, on its own port) is
+/// stopped, and `200` again once it is back; liveness stays `200`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database() {
+    let _shared = BROKER.read().await;
+    let Some(postgres) = eda_tests::OwnPostgres::start() else {
+        return;
+    };
+    let Some(world) = World::new().await else {
+        return;
+    };
+    let service = Service::start_with(&world, &[("DATABASE_URL", &postgres.url())]).await;
+    let (_, body) = ready_becomes(&service.base, 200, Duration::from_secs(30)).await;
+    assert_eq!(body["checks"]["database"]["ok"], true, "{body}");
+
+    postgres.stop();
+    let (to_unready, body) = ready_becomes(&service.base, 503, Duration::from_secs(30)).await;
+    assert_eq!(body["checks"]["database"]["ok"], false, "{body}");
+    assert!(
+        body["checks"]["database"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "readiness says what is wrong with the database: {body}"
+    );
+    assert_eq!(body["checks"]["broker"]["ok"], true, "{body}");
+    let (live, _) = service.get("/health/live").await;
+    assert_eq!(live, 200, "the process still serves");
+
+    let back = Instant::now();
+    postgres.start_again();
+    ready_becomes(&service.base, 200, Duration::from_secs(60)).await;
+    println!(
+        "readiness: 503 {:.1} s after the database stopped, 200 {:.1} s after it started again",
+        to_unready.as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(service.terminate().await, 0);
+    world.cleanup().await;
+}
+
+/// What the service that only publishes does: a command, handled in
+/// process, raises an event for other services. It accepts nothing from the
+/// broker and handles no event: it consumes nothing.
+pub mod publish_only {
+    use eda_core::prelude::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(name = "faults.ring", output = ())]
+    pub struct Ring {
+        pub who: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+    #[event(name = "faults.rang", external)]
+    pub struct Rang {
+        pub who: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
+    pub struct Bell {
+        #[aggregate(id)]
+        pub who: String,
+        pub version: u64,
+        #[serde(skip)]
+        pub events: Events,
+    }
+
+    #[derive(UnitOfWork)]
+    pub struct BellUow {
+        tx: UowTransaction,
+        bells: IdentityMap<Bell>,
+    }
+
+    #[command_handler]
+    async fn ring(cmd: Ring, uow: &mut BellUow) -> Result<(), BoxError> {
+        let mut bell = Bell {
+            who: cmd.who.clone(),
+            version: 0,
+            events: Events::new(),
+        };
+        bell.events.raise(Rang { who: cmd.who });
+        uow.bells().add(bell)?;
+        uow.commit().await?;
+        Ok(())
+    }
+}
+
+/// A service on eda's host that only publishes (it handles nothing, so it
+/// consumes nothing), on the world's exchange: its address, and what stops
+/// it.
+struct PublishOnly {
+    base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<Result<(), eda_core::host::HostError>>,
+    dir: std::path::PathBuf,
+}
+
+impl PublishOnly {
+    async fn start(world: &World) -> PublishOnly {
+        use eda_core::host::{Host, HostConfig};
+        let dir = std::env::temp_dir().join(unique_name("publish-only"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = format!("sqlite://{}", dir.join("publisher.db").display());
+        let queue = unique_name("publisher");
+        let config = HostConfig::from_lookup("publisher", 0, |name| match name {
+            "DATABASE_URL" => Some(db.clone()),
+            "AMQP_URL" => Some(eda_core::testing::amqp_url()),
+            "EDA_EXCHANGE" => Some(world.exchange.clone()),
+            "EDA_QUEUE" => Some(queue.clone()),
+            _ => None,
+        })
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (address_tx, address_rx) = tokio::sync::oneshot::channel();
+        let run = tokio::spawn(
+            Host::new(config)
+                // A scope with no handler: nothing to consume.
+                .bus(|bus| bus.scope("faults::publish_only"))
+                .router(|_| axum::Router::new())
+                .run(
+                    async {
+                        let _ = stopped.await;
+                    },
+                    move |address| {
+                        let _ = address_tx.send(address);
+                    },
+                ),
+        );
+        let address = match tokio::time::timeout(Duration::from_secs(30), address_rx)
+            .await
+            .expect("the publisher starts")
+        {
+            Ok(address) => address,
+            Err(_) => panic!("the publisher stopped: {:?}", run.await),
+        };
+        PublishOnly {
+            base: format!("http://127.0.0.1:{}", address.port()),
+            stop,
+            run,
+            dir,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.run.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Readiness tells the truth about the broker: `503`, naming it, while
-/// RabbitMQ is stopped, and `200` again within seconds once it is back;
-/// liveness stays `200` throughout.
+/// RabbitMQ is stopped, and `200` again within seconds once it is back,
+/// for a service that consumes and for one that only publishes; liveness
+/// stays `200` throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_broker() {
     let _exclusive = BROKER.write().await;
@@ -576,16 +736,20 @@ async fn readiness_follows_the_broker() {
         return;
     };
     let service = Service::start(&world).await;
-    let (_, body) = ready_becomes(&service, 200, Duration::from_secs(30)).await;
+    let publisher = PublishOnly::start(&world).await;
+    let (_, body) = ready_becomes(&service.base, 200, Duration::from_secs(30)).await;
     assert_eq!(body["status"], "ready", "{body}");
     for check in ["database", "broker", "consumer", "outbox"] {
         assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
     }
+    let (_, body) = ready_becomes(&publisher.base, 200, Duration::from_secs(30)).await;
+    assert_eq!(body["checks"]["broker"]["ok"], true, "{body}");
 
     if !rabbitmqctl(&["stop_app"]) {
         return;
     }
-    let (to_unready, body) = ready_becomes(&service, 503, Duration::from_secs(30)).await;
+    let (to_unready, body) = ready_becomes(&service.base, 503, Duration::from_secs(30)).await;
+    let (_, publisher_body) = ready_becomes(&publisher.base, 503, Duration::from_secs(30)).await;
     let (live, _) = service.get("/health/live").await;
     let back = Instant::now();
     let restarted = rabbitmqctl(&["start_app"]) && rabbitmqctl(&["await_startup"]);
@@ -601,8 +765,19 @@ async fn readiness_follows_the_broker() {
     assert_eq!(body["checks"]["database"]["ok"], true, "{body}");
     assert_eq!(live, 200, "the process still serves");
 
-    let (_, body) = ready_becomes(&service, 200, Duration::from_secs(60)).await;
+    assert_eq!(
+        publisher_body["checks"]["broker"]["ok"], false,
+        "a service that only publishes: {publisher_body}"
+    );
+
+    let (_, body) = ready_becomes(&service.base, 200, Duration::from_secs(60)).await;
     assert_eq!(body["checks"]["consumer"]["state"], "consuming", "{body}");
+    let (to_ready, _) = ready_becomes(&publisher.base, 200, Duration::from_secs(60)).await;
+    println!(
+        "readiness of a service that only publishes: 200 again {:.1} s after the consumer's",
+        to_ready.as_secs_f64()
+    );
+    publisher.stop().await;
     println!(
         "readiness: 503 {:.1} s after the broker stopped, 200 {:.1} s after `start_app` (the broker itself took most of it)",
         to_unready.as_secs_f64(),

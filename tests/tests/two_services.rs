@@ -509,6 +509,7 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
     assert_eq!(value(&orders_scrape, "eda_outbox_readable"), 1.0);
     assert_eq!(value(&orders_scrape, "eda_outbox_unsent_rows"), 0.0);
     assert_eq!(value(&allocation_scrape, "eda_consumer_consuming"), 1.0);
+    assert_eq!(value(&allocation_scrape, "eda_consumer_in_flight"), 0.0);
     assert!(value(&allocation_scrape, "eda_consumer_handled_total") >= books.orders as f64);
     assert_eq!(
         value(&allocation_scrape, "eda_consumer_dead_lettered_total"),

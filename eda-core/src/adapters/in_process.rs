@@ -528,6 +528,7 @@ struct Handling {
 
 impl Handling {
     async fn handle(self, message: Arc<InProcessMessage>) {
+        let _in_flight = self.metrics.in_flight_guard();
         let o = &self.options;
         let policy = o.policy();
         let delivery = entrypoints::Received {

@@ -166,6 +166,7 @@ pub struct ConsumerMetrics {
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    in_flight: AtomicU64,
     /// The same, by message name (see [`ConsumerMetrics::per_message`]).
     per_message: std::sync::Mutex<std::collections::BTreeMap<String, MessageCounts>>,
 }
@@ -187,6 +188,17 @@ pub(crate) enum Counted {
     Handled,
     Retried,
     DeadLettered,
+}
+
+/// A delivery in flight (see [`ConsumerMetrics::in_flight`]): counted
+/// while this lives, whatever way its handling ends (a panic or an abort
+/// included).
+pub(crate) struct InFlight<'a>(&'a ConsumerMetrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The names counted one by one; the deliveries of any other name (a
@@ -226,6 +238,19 @@ impl ConsumerMetrics {
     /// failed.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries being handled now (taken from the broker, not yet
+    /// acknowledged, retried or dead-lettered): at most the consumer's
+    /// prefetch.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a delivery in flight until the guard is dropped.
+    pub(crate) fn in_flight_guard(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
     }
 
     /// What it did with the messages of each name: the first 1000 names

@@ -222,6 +222,7 @@ fn name(delivery: &Delivery) -> &str {
 
 impl Handling {
     async fn handle(self, delivery: Delivery) {
+        let _in_flight = self.metrics.in_flight_guard();
         let verdict = self.verdict(&delivery).await;
         let settled = match &verdict {
             Verdict::Ack | Verdict::Own => Ok(()),
