@@ -64,7 +64,7 @@ use crate::bus::{BusBuilder, MessageBus};
 use crate::entrypoints::{ConsumerMetrics, ConsumerOptions};
 use crate::error::Error;
 use crate::future::BoxFuture;
-use crate::outbox::OutboxStore;
+use crate::outbox::{Backlog, OutboxStore};
 use crate::relay::{OutboxRelay, Publisher, RelayMetrics, RelayOptions};
 use crate::telemetry::{self, HandlerMetrics};
 use crate::trace_context::TraceContext;
@@ -518,6 +518,18 @@ impl Host {
         let recovery =
             tokio::spawn(bus.recovery(RECOVERY_EVERY, RECOVERY_AFTER, signal(stopping.clone())));
 
+        let figures = Arc::new(Figures {
+            handlers: metrics,
+            bus: bus.clone(),
+            relay: relay.metrics(),
+            consumer: consumer_metrics.clone(),
+            outbox: store.clone(),
+        });
+        // The same figures over OTLP, when `init_logging` set it up.
+        let exporting = METRICS_EXPORTED
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| tokio::spawn(export_metrics(figures.clone(), signal(stopping.clone()))));
+
         let port = config.port;
         let http = |source| HostError::Http { port, source };
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
@@ -529,13 +541,7 @@ impl Host {
                 listener,
                 with_host_routes(
                     router(bus.clone()),
-                    Figures {
-                        handlers: metrics,
-                        bus: bus.clone(),
-                        relay: relay.metrics(),
-                        consumer: consumer_metrics.clone(),
-                        outbox: store.clone(),
-                    },
+                    figures.clone(),
                     Health {
                         outbox: store,
                         rabbitmq: match &broker {
@@ -560,6 +566,9 @@ impl Host {
         let consumed = consumer.await;
         relay.shutdown().await;
         let _ = recovery.await;
+        if let Some(exporting) = exporting {
+            let _ = exporting.await;
+        }
         tracing::info!("stopped");
         match served {
             Ok(Ok(())) => {}
@@ -670,11 +679,10 @@ impl Health {
 ///   each check and what is wrong.
 ///
 /// A route of the service's at one of these paths is not reached.
-fn with_host_routes(app: axum::Router, figures: Figures, health: Health) -> axum::Router {
+fn with_host_routes(app: axum::Router, figures: Arc<Figures>, health: Health) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;
 
-    let figures = Arc::new(figures);
     let metrics = get(move || {
         let figures = figures.clone();
         async move {
@@ -764,6 +772,14 @@ async fn connect_database(
 /// dumps the body as bytes, and eda's relay logs the message's name and id
 /// itself, once.
 ///
+/// **Metrics.** With `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`) set, and neither
+/// `OTEL_SDK_DISABLED=true` nor `OTEL_METRICS_EXPORTER=none`, the host's
+/// figures (those of `/metrics`: `messaging.process.duration`,
+/// `eda.handler.calls`, `messaging.client.consumed.messages`,
+/// `messaging.client.sent.messages`, the outbox's backlog, …) are exported
+/// over OTLP/HTTP every `OTEL_METRIC_EXPORT_INTERVAL` ms (60 s by default).
+///
 /// **Traces.** With `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, and neither
 /// `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`, spans are
@@ -789,10 +805,20 @@ pub fn init_logging() -> Telemetry {
         .and_then(|value| value.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
         .with_target("lapin::returned_messages", LevelFilter::OFF);
-    let (provider, problem) = match otlp_from_env(&|name| std::env::var(name).ok()) {
-        Ok(provider) => (provider, None),
-        Err(e) => (None, Some(e)),
+    let (
+        Otlp {
+            traces: provider,
+            metrics,
+        },
+        problem,
+    ) = match otlp_from_env(&|name| std::env::var(name).ok()) {
+        Ok(otlp) => (otlp, None),
+        Err(e) => (Otlp::default(), Some(e)),
     };
+    if let Some(metrics) = &metrics {
+        opentelemetry::global::set_meter_provider(metrics.clone());
+        METRICS_EXPORTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     // Spans are exported at INFO whatever the log level: a service that
     // logs only warnings still shows its messages' path.
     let otel = provider.as_ref().map(|provider| {
@@ -810,22 +836,32 @@ pub fn init_logging() -> Telemetry {
         .with(otel)
         .init();
     if let Some(e) = problem {
-        tracing::error!(error = %e, "traces are not exported");
+        tracing::error!(error = %e, "traces and metrics are not exported");
     }
-    Telemetry { provider }
+    Telemetry { provider, metrics }
 }
+
+/// Set once `init_logging` exports metrics over OTLP: the host then
+/// registers its figures with the global meter.
+static METRICS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What [`init_logging`] started: the export of spans, flushed and stopped
 /// when this is dropped.
 #[derive(Debug)]
 pub struct Telemetry {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    metrics: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl Telemetry {
     /// Whether spans are exported over OTLP.
     pub fn exports_traces(&self) -> bool {
         self.provider.is_some()
+    }
+
+    /// Whether metrics are exported over OTLP.
+    pub fn exports_metrics(&self) -> bool {
+        self.metrics.is_some()
     }
 }
 
@@ -836,28 +872,39 @@ impl Drop for Telemetry {
         {
             eprintln!("traces: the last spans were not exported: {e}");
         }
+        if let Some(metrics) = self.metrics.take()
+            && let Err(e) = metrics.shutdown()
+        {
+            eprintln!("metrics: the last figures were not exported: {e}");
+        }
     }
 }
 
-/// The OTLP exporter the environment asks for, if any (see
-/// [`init_logging`]); on success the global propagator is W3C trace
+/// What the environment asks to export over OTLP.
+#[derive(Default)]
+struct Otlp {
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    metrics: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
+}
+
+/// The OTLP exporters the environment asks for, if any (see
+/// [`init_logging`]); with traces, the global propagator is W3C trace
 /// context and baggage.
-fn otlp_from_env(
-    var: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+fn otlp_from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<Otlp, String> {
     let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
-    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-        return Ok(None);
+    let is =
+        |name: &str, value: &str| var(name).is_some_and(|v| v.trim().eq_ignore_ascii_case(value));
+    if is("OTEL_SDK_DISABLED", "true") {
+        return Ok(Otlp::default());
     }
-    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-        || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"))
-    {
-        return Ok(None);
+    let endpoint = set("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let traces = (endpoint || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        && !is("OTEL_TRACES_EXPORTER", "none");
+    let metrics = (endpoint || set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
+        && !is("OTEL_METRICS_EXPORTER", "none");
+    if !traces && !metrics {
+        return Ok(Otlp::default());
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()
-        .map_err(|e| format!("OTLP exporter: {e}"))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if !set("OTEL_SERVICE_NAME")
         && let Some(name) = std::env::current_exe()
@@ -866,17 +913,224 @@ fn otlp_from_env(
     {
         resource = resource.with_service_name(name);
     }
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource.build())
-        .build();
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry::propagation::TextMapCompositePropagator::new(vec![
-            Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
-            Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
-        ]),
+    let resource = resource.build();
+    let mut otlp = Otlp::default();
+    if traces {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| format!("OTLP span exporter: {e}"))?;
+        otlp.traces = Some(
+            opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource.clone())
+                .build(),
+        );
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry::propagation::TextMapCompositePropagator::new(vec![
+                Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
+                Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
+            ]),
+        );
+    }
+    if metrics {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| format!("OTLP metric exporter: {e}"))?;
+        // Every `OTEL_METRIC_EXPORT_INTERVAL` ms (60 s by default).
+        let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build();
+        otlp.metrics = Some(
+            opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                .with_reader(reader)
+                .with_resource(resource)
+                .build(),
+        );
+    }
+    Ok(otlp)
+}
+
+/// How an OTLP counter reads the host's figures.
+type ObserveCounter =
+    Box<dyn Fn(&Figures, &dyn opentelemetry::metrics::AsyncInstrument<u64>) + Send + Sync>;
+
+/// How an OTLP gauge reads the host's figures (and the last outbox backlog
+/// read).
+type ObserveGauge = Box<dyn Fn(&Figures, Option<&Backlog>) -> f64 + Send + Sync>;
+
+/// Registers the host's figures with the global meter (OTLP export), the
+/// same as `/metrics` serves, after OpenTelemetry's messaging conventions
+/// where one exists; keeps the outbox's backlog (a database query) fresh
+/// for them every few seconds until `stop`.
+async fn export_metrics(figures: Arc<Figures>, stop: impl Future<Output = ()>) {
+    use opentelemetry::KeyValue;
+
+    let meter = opentelemetry::global::meter("eda");
+    figures.handlers.export_durations(
+        meter
+            .f64_histogram("messaging.process.duration")
+            .with_unit("s")
+            .with_description("How long handler calls took.")
+            .with_boundaries(telemetry::BUCKETS.to_vec())
+            .build(),
     );
-    Ok(Some(provider))
+    let counter = |name: &'static str, description: &'static str, read: ObserveCounter| {
+        let figures = figures.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |observer| read(&figures, observer))
+            .build();
+    };
+    counter(
+        "eda.handler.calls",
+        "Handler calls, by message, handler and outcome.",
+        Box::new(|f, o| {
+            for (message, handler, outcome, calls) in f.handlers.calls() {
+                o.observe(
+                    calls,
+                    &[
+                        KeyValue::new("messaging.destination.name", message),
+                        KeyValue::new("eda.handler", handler),
+                        KeyValue::new("eda.outcome", outcome),
+                    ],
+                );
+            }
+        }),
+    );
+    counter(
+        "messaging.client.consumed.messages",
+        "Messages from the broker, by name and by what the consumer did with them.",
+        Box::new(|f, o| {
+            for (message, counts) in f.consumer.per_message() {
+                for (outcome, n) in [
+                    ("handled", counts.handled),
+                    ("retried", counts.retried),
+                    ("dead_lettered", counts.dead_lettered),
+                ] {
+                    o.observe(
+                        n,
+                        &[
+                            KeyValue::new("messaging.destination.name", message.clone()),
+                            KeyValue::new("eda.outcome", outcome),
+                        ],
+                    );
+                }
+            }
+        }),
+    );
+    counter(
+        "messaging.client.sent.messages",
+        "Messages the relay published (confirmed by the broker and routed).",
+        Box::new(|f, o| o.observe(f.relay.published(), &[])),
+    );
+    type Read = fn(&Figures) -> u64;
+    let plain: [(&'static str, &'static str, Read); 9] = [
+        (
+            "eda.relay.unroutable",
+            "Publications no queue was bound to.",
+            |f| f.relay.unroutable(),
+        ),
+        (
+            "eda.relay.parked",
+            "Events no queue took in time, parked.",
+            |f| f.relay.parked(),
+        ),
+        (
+            "eda.relay.failures",
+            "Relay batches that failed and were retried.",
+            |f| f.relay.failures(),
+        ),
+        (
+            "eda.consumer.own_events",
+            "The service's own events that came back.",
+            |f| f.consumer.own_events(),
+        ),
+        (
+            "eda.consumer.reconnects",
+            "Times the consumer reconnected.",
+            |f| f.consumer.reconnects(),
+        ),
+        (
+            "eda.command.conflicts",
+            "Command runs that ended in a version conflict.",
+            |f| f.bus.metrics().command_conflicts,
+        ),
+        (
+            "eda.event_handler.retries",
+            "Event handler runs that failed and were retried.",
+            |f| f.bus.metrics().event_handler_retries,
+        ),
+        (
+            "eda.event_handler.failures",
+            "Event handlers that failed after their retries.",
+            |f| f.bus.metrics().event_handler_failures,
+        ),
+        (
+            "eda.events.unhandled",
+            "Events raised with no handler here that are not external.",
+            |f| f.bus.metrics().events_unhandled,
+        ),
+    ];
+    for (name, description, read) in plain {
+        counter(
+            name,
+            description,
+            Box::new(move |f, o| o.observe(read(f), &[])),
+        );
+    }
+
+    let backlog = Arc::new(std::sync::Mutex::new(None::<Backlog>));
+    let gauge =
+        |name: &'static str, unit: &'static str, description: &'static str, read: ObserveGauge| {
+            let (figures, backlog) = (figures.clone(), backlog.clone());
+            meter
+                .f64_observable_gauge(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    let backlog = backlog.lock().unwrap_or_else(|e| e.into_inner());
+                    observer.observe(read(&figures, backlog.as_ref()), &[]);
+                })
+                .build();
+        };
+    gauge(
+        "eda.consumer.in_flight",
+        "{message}",
+        "Deliveries being handled now.",
+        Box::new(|f, _| f.consumer.in_flight() as f64),
+    );
+    gauge(
+        "eda.consumer.consuming",
+        "1",
+        "1 while the consumer is consuming.",
+        Box::new(|f, _| f64::from(u8::from(f.consumer.consuming()))),
+    );
+    gauge(
+        "eda.outbox.unsent_rows",
+        "{row}",
+        "Outbox rows ready to publish.",
+        Box::new(|_, b| b.map_or(0.0, |b| b.rows as f64)),
+    );
+    gauge(
+        "eda.outbox.oldest_unsent_age",
+        "s",
+        "How long the oldest row ready to publish has waited.",
+        Box::new(|_, b| b.map_or(0.0, |b| b.age().as_secs_f64())),
+    );
+
+    let refresh = async {
+        loop {
+            if let Ok(read) = figures.outbox.backlog().await {
+                *backlog.lock().unwrap_or_else(|e| e.into_inner()) = Some(read);
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    };
+    tokio::select! {
+        () = stop => {}
+        () = refresh => {}
+    }
 }
 
 /// The span of an HTTP request (OpenTelemetry's HTTP server conventions),
@@ -1056,6 +1310,54 @@ mod tests {
         }
         let err = config(&[("DATABASE_URL", "mysql://root:s3cr3t@db")]).unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+
+    /// Traces and metrics are exported as the standard variables say, and
+    /// not at all when none is set.
+    #[test]
+    fn otlp_export_follows_the_standard_variables() {
+        let otlp = |vars: &[(&str, &str)]| {
+            let otlp = otlp_from_env(&|name| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+            .unwrap();
+            (otlp.traces.is_some(), otlp.metrics.is_some())
+        };
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1");
+        assert_eq!(otlp(&[]), (false, false));
+        assert_eq!(
+            otlp(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]),
+            (false, false)
+        );
+        assert_eq!(otlp(&[endpoint]), (true, true));
+        assert_eq!(
+            otlp(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")]),
+            (false, true)
+        );
+        assert_eq!(
+            otlp(&[endpoint, ("OTEL_METRICS_EXPORTER", "none")]),
+            (true, false)
+        );
+        assert_eq!(
+            otlp(&[endpoint, ("OTEL_SDK_DISABLED", "true")]),
+            (false, false)
+        );
+        assert_eq!(
+            otlp(&[(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://127.0.0.1:1/v1/traces"
+            )]),
+            (true, false)
+        );
+        assert_eq!(
+            otlp(&[(
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://127.0.0.1:1/v1/metrics"
+            )]),
+            (false, true)
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::outbox::OutboxStore;
 use crate::relay::RelayMetrics;
 
 /// The upper bounds of the duration histogram's buckets, in seconds.
-const BUCKETS: [f64; 12] = [
+pub(crate) const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
@@ -77,6 +77,10 @@ type SeriesMap = HashMap<(&'static str, &'static str), Series>;
 #[derive(Clone, Default)]
 pub struct HandlerMetrics {
     series: Arc<RwLock<SeriesMap>>,
+    /// The OpenTelemetry histogram each call is recorded in too, once the
+    /// host exports metrics over OTLP.
+    #[cfg(feature = "host")]
+    otel_duration: Arc<std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>>>,
 }
 
 impl fmt::Debug for HandlerMetrics {
@@ -125,6 +129,30 @@ impl HandlerMetrics {
                 .entry(key)
                 .or_default(),
         );
+    }
+
+    /// Each handler's calls so far: (message, handler, outcome, calls).
+    #[cfg(feature = "host")]
+    pub(crate) fn calls(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let mut calls = Vec::with_capacity(map.len() * OUTCOMES.len());
+        for ((message, handler), series) in map.iter() {
+            for (i, outcome) in OUTCOMES.iter().enumerate() {
+                calls.push((
+                    *message,
+                    *handler,
+                    *outcome,
+                    series.calls[i].load(Ordering::Relaxed),
+                ));
+            }
+        }
+        calls
+    }
+
+    /// Records each call in `histogram` too, from now on (OTLP export).
+    #[cfg(feature = "host")]
+    pub(crate) fn export_durations(&self, histogram: opentelemetry::metrics::Histogram<f64>) {
+        let _ = self.otel_duration.set(histogram);
     }
 
     /// The figures of every handler called so far and the counters of
@@ -253,6 +281,19 @@ impl Layer for HandlerMetrics {
             1
         };
         self.record((call.message(), call.handler()), index, elapsed);
+        #[cfg(feature = "host")]
+        if let Some(histogram) = self.otel_duration.get() {
+            histogram.record(
+                elapsed.as_secs_f64(),
+                &[
+                    opentelemetry::KeyValue::new("messaging.system", "eda"),
+                    opentelemetry::KeyValue::new("messaging.operation.name", "process"),
+                    opentelemetry::KeyValue::new("messaging.destination.name", call.message()),
+                    opentelemetry::KeyValue::new("eda.handler", call.handler()),
+                    opentelemetry::KeyValue::new("eda.outcome", OUTCOMES[index]),
+                ],
+            );
+        }
         outcome
     }
 }

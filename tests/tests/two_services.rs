@@ -541,9 +541,15 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
 }
 
 /// What an OTLP/HTTP collector received (`http/json`): each span with its
-/// service's name.
+/// service's name, and the latest value of each metric's data point.
 #[derive(Clone, Default)]
-struct Collector(Arc<std::sync::Mutex<Vec<CollectedSpan>>>);
+struct Collector(
+    Arc<std::sync::Mutex<Vec<CollectedSpan>>>,
+    Arc<std::sync::Mutex<BTreeMap<MetricKey, f64>>>,
+);
+
+/// A metric's data point: (service, metric, its attributes).
+type MetricKey = (String, String, BTreeMap<String, String>);
 
 #[derive(Clone, Debug)]
 struct CollectedSpan {
@@ -558,17 +564,28 @@ struct CollectedSpan {
 impl Collector {
     /// A collector on a port of its own: its endpoint.
     async fn start(&self) -> String {
-        let spans = self.0.clone();
-        let app = axum::Router::new().route(
-            "/v1/traces",
-            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-                let spans = spans.clone();
-                async move {
-                    spans.lock().unwrap().extend(Self::read(&body));
-                    axum::Json(json!({}))
-                }
-            }),
-        );
+        let (spans, metrics) = (self.0.clone(), self.1.clone());
+        let app = axum::Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                    let spans = spans.clone();
+                    async move {
+                        spans.lock().unwrap().extend(Self::read(&body));
+                        axum::Json(json!({}))
+                    }
+                }),
+            )
+            .route(
+                "/v1/metrics",
+                axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        metrics.lock().unwrap().extend(Self::read_metrics(&body));
+                        axum::Json(json!({}))
+                    }
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -622,6 +639,77 @@ impl Collector {
     fn spans(&self) -> Vec<CollectedSpan> {
         self.0.lock().unwrap().clone()
     }
+
+    /// The data points of an `ExportMetricsServiceRequest` in OTLP's JSON:
+    /// a sum's or gauge's value, a histogram's count.
+    fn read_metrics(body: &Value) -> Vec<(MetricKey, f64)> {
+        let number = |v: &Value| {
+            v.as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        };
+        let attributes = |v: &Value| -> BTreeMap<String, String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .map(|kv| {
+                    let value = kv["value"]
+                        .as_object()
+                        .and_then(|o| o.values().next())
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                        .unwrap_or_default();
+                    (kv["key"].as_str().unwrap_or("").to_owned(), value)
+                })
+                .collect()
+        };
+        let mut points = Vec::new();
+        for resource in body["resourceMetrics"].as_array().into_iter().flatten() {
+            let service = attributes(&resource["resource"]["attributes"])
+                .remove("service.name")
+                .unwrap_or_default();
+            for scope in resource["scopeMetrics"].as_array().into_iter().flatten() {
+                for metric in scope["metrics"].as_array().into_iter().flatten() {
+                    let name = metric["name"].as_str().unwrap_or("").to_owned();
+                    for kind in ["sum", "gauge", "histogram"] {
+                        for point in metric[kind]["dataPoints"].as_array().into_iter().flatten() {
+                            let value = if kind == "histogram" {
+                                number(&point["count"])
+                            } else {
+                                number(&point["asInt"]).or_else(|| number(&point["asDouble"]))
+                            };
+                            if let Some(value) = value {
+                                points.push((
+                                    (
+                                        service.clone(),
+                                        name.clone(),
+                                        attributes(&point["attributes"]),
+                                    ),
+                                    value,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        points
+    }
+
+    /// The latest value of `metric` in `service` whose attributes include
+    /// these.
+    fn metric(&self, service: &str, metric: &str, with: &[(&str, &str)]) -> Option<f64> {
+        self.1
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|((s, m, attributes), _)| {
+                s == service
+                    && m == metric
+                    && with
+                        .iter()
+                        .all(|(k, v)| attributes.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, value)| *value)
+    }
 }
 
 /// Issue 14: an HTTP request with a W3C `traceparent` to `orders`, and one
@@ -629,7 +717,8 @@ impl Collector {
 /// request's span in orders continues the caller's, orders' handler,
 /// allocation's handlers and orders' reaction are all in it (exported by
 /// each service over OTLP, to a collector of the test's), and the AMQP
-/// message carries the `traceparent`. The services log at WARN: spans are
+/// message carries the `traceparent`; the services' metrics arrive over
+/// OTLP as well, with the values of the work done. The services log at WARN: spans are
 /// exported at INFO whatever the log level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_follows_an_order_across_both_services_over_rabbitmq() {
@@ -640,6 +729,7 @@ async fn one_trace_follows_an_order_across_both_services_over_rabbitmq() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ("RUST_LOG", "warn"),
     ])
     .await
@@ -778,6 +868,59 @@ async fn one_trace_follows_an_order_across_both_services_over_rabbitmq() {
         traceparent.starts_with(&format!("00-{trace_id}-")),
         "{traceparent}"
     );
+
+    // Metrics over OTLP too: the figures `/metrics` serves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // (service, metric, attributes it has, value)
+    type Expected<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], f64);
+    let expected: [Expected<'_>; 4] = [
+        (
+            "orders",
+            "eda.handler.calls",
+            &[
+                ("eda.handler", "orders::place_order"),
+                ("eda.outcome", "ok"),
+            ],
+            1.0,
+        ),
+        (
+            "orders",
+            "messaging.process.duration",
+            &[
+                ("eda.handler", "orders::place_order"),
+                ("eda.outcome", "ok"),
+            ],
+            1.0,
+        ),
+        (
+            "allocation",
+            "messaging.client.consumed.messages",
+            &[
+                ("messaging.destination.name", "orders.order_placed"),
+                ("eda.outcome", "handled"),
+            ],
+            1.0,
+        ),
+        ("orders", "messaging.client.sent.messages", &[], 1.0),
+    ];
+    loop {
+        let seen: Vec<_> = expected
+            .iter()
+            .map(|(service, metric, with, _)| collector.metric(service, metric, with))
+            .collect();
+        if expected
+            .iter()
+            .zip(&seen)
+            .all(|((.., want), got)| *got == Some(*want))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics over OTLP within 30 s: expected {expected:?}, got {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     pair.stop().await;
 }
 
