@@ -38,6 +38,7 @@
 //! | `EDA_RETRY_DELAYS_MS` | delays before the retries of a failed message, comma-separated milliseconds | `1000,5000,30000` |
 //! | `EDA_MAX_ATTEMPTS` | attempts at a message before it is dead-lettered | `5` |
 //! | `EDA_MAX_MESSAGE_BYTES` | larger messages are dead-lettered unread | `1048576` (1 MiB) |
+//! | `EDA_RETENTION_SECONDS` | inbox rows (a message redelivered later is handled again) and published outbox rows older than this are deleted, every half of it (at most hourly) | `604800` (7 days) |
 //!
 //! Printed (`Display`) and debugged (`Debug`) with passwords hidden.
 //!
@@ -46,10 +47,11 @@
 //! continued by the request's span, and the trace follows each message to
 //! the services that consume it.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::{PgPool, SqlitePool};
@@ -117,7 +119,20 @@ pub struct HostConfig {
     pub schema: Option<String>,
     /// How the consumer treats failures and large messages.
     pub consumer: ConsumerConfig,
+    /// How long inbox rows (the messages remembered as handled: a
+    /// redelivery after that is handled again) and published outbox rows
+    /// are kept before the host deletes them.
+    pub retention: Duration,
 }
+
+/// [`HostConfig::retention`] when `EDA_RETENTION_SECONDS` is not set: a
+/// week, far beyond any redelivery (the broker's retries, a relay that
+/// publishes again after a crash).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Inbox rows counted for `/metrics` at most (a scrape never walks a huge
+/// table).
+const INBOX_ROWS_COUNTED: u64 = 1_000_000;
 
 /// A variable with a value the service cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -196,6 +211,8 @@ impl HostConfig {
                 max_attempts: positive(&var, "EDA_MAX_ATTEMPTS")?,
                 max_message_bytes: positive(&var, "EDA_MAX_MESSAGE_BYTES")?,
             },
+            retention: positive(&var, "EDA_RETENTION_SECONDS")?
+                .map_or(DEFAULT_RETENTION, Duration::from_secs),
         })
     }
 
@@ -374,6 +391,7 @@ const RECOVERY_EVERY: Duration = Duration::from_secs(5);
 const RECOVERY_AFTER: Duration = Duration::from_secs(10);
 
 /// The database, whichever it is.
+#[derive(Clone)]
 enum Db {
     Postgres(PostgresDatabase),
     Sqlite(SqliteDatabase),
@@ -518,7 +536,13 @@ impl Host {
         let recovery =
             tokio::spawn(bus.recovery(RECOVERY_EVERY, RECOVERY_AFTER, signal(stopping.clone())));
 
+        let housekeeping = tokio::spawn(housekeeping(
+            db.clone(),
+            config.retention,
+            signal(stopping.clone()),
+        ));
         let figures = Arc::new(Figures {
+            db: db.clone(),
             handlers: metrics,
             bus: bus.clone(),
             relay: relay.metrics(),
@@ -569,6 +593,7 @@ impl Host {
         if let Some(exporting) = exporting {
             let _ = exporting.await;
         }
+        let _ = housekeeping.await;
         tracing::info!("stopped");
         match served {
             Ok(Ok(())) => {}
@@ -584,6 +609,7 @@ impl Host {
 
 /// What `GET /metrics` reads.
 struct Figures {
+    db: Db,
     handlers: HandlerMetrics,
     bus: MessageBus,
     relay: Arc<RelayMetrics>,
@@ -598,7 +624,62 @@ impl Figures {
         telemetry::render_relay(&mut text, &self.relay);
         telemetry::render_consumer(&mut text, &self.consumer);
         telemetry::render_outbox(&mut text, &*self.outbox).await;
+        if let Ok(rows) = self.db.inbox_rows().await {
+            let _ = writeln!(
+                text,
+                "# HELP eda_inbox_rows Messages remembered as handled, per handler (counted up to {INBOX_ROWS_COUNTED}).\n# TYPE eda_inbox_rows gauge\neda_inbox_rows {rows}"
+            );
+        }
         text
+    }
+}
+
+impl Db {
+    /// The inbox's rows, counted up to [`INBOX_ROWS_COUNTED`].
+    async fn inbox_rows(&self) -> Result<u64, Error> {
+        match self {
+            Db::Postgres(db) => db.inbox_rows(INBOX_ROWS_COUNTED).await,
+            Db::Sqlite(db) => db.inbox_rows(INBOX_ROWS_COUNTED).await,
+        }
+    }
+
+    /// Deletes inbox rows and published outbox rows older than `age`: how
+    /// many of each.
+    async fn prune(&self, age: Duration) -> Result<(u64, u64), Error> {
+        match self {
+            Db::Postgres(db) => Ok((db.prune_inbox(age).await?, db.prune_outbox(age).await?)),
+            Db::Sqlite(db) => Ok((db.prune_inbox(age).await?, db.prune_outbox(age).await?)),
+        }
+    }
+}
+
+/// Keeps the database tidy until `stop`: every half of `retention` (at
+/// most an hour apart), deletes the inbox rows and the published outbox
+/// rows older than it.
+async fn housekeeping(db: Db, retention: Duration, stop: impl Future<Output = ()>) {
+    let every = (retention / 2)
+        .min(Duration::from_secs(3600))
+        .max(Duration::from_millis(100));
+    let work = async {
+        loop {
+            tokio::time::sleep(every).await;
+            match db.prune(retention).await {
+                Ok((0, 0)) => {}
+                Ok((inbox, outbox)) => {
+                    tracing::info!(
+                        inbox,
+                        outbox,
+                        ?retention,
+                        "deleted rows past their retention"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "could not delete old inbox and outbox rows"),
+            }
+        }
+    };
+    tokio::select! {
+        () = stop => {}
+        () = work => {}
     }
 }
 
@@ -1081,6 +1162,7 @@ async fn export_metrics(figures: Arc<Figures>, stop: impl Future<Output = ()>) {
     }
 
     let backlog = Arc::new(std::sync::Mutex::new(None::<Backlog>));
+    let inbox = Arc::new(AtomicU64::new(0));
     let gauge =
         |name: &'static str, unit: &'static str, description: &'static str, read: ObserveGauge| {
             let (figures, backlog) = (figures.clone(), backlog.clone());
@@ -1119,10 +1201,22 @@ async fn export_metrics(figures: Arc<Figures>, stop: impl Future<Output = ()>) {
         Box::new(|_, b| b.map_or(0.0, |b| b.age().as_secs_f64())),
     );
 
+    {
+        let inbox = inbox.clone();
+        meter
+            .u64_observable_gauge("eda.inbox.rows")
+            .with_unit("{row}")
+            .with_description("Messages remembered as handled, per handler.")
+            .with_callback(move |observer| observer.observe(inbox.load(Ordering::Relaxed), &[]))
+            .build();
+    }
     let refresh = async {
         loop {
             if let Ok(read) = figures.outbox.backlog().await {
                 *backlog.lock().unwrap_or_else(|e| e.into_inner()) = Some(read);
+            }
+            if let Ok(rows) = figures.db.inbox_rows().await {
+                inbox.store(rows, Ordering::Relaxed);
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
@@ -1357,6 +1451,23 @@ mod tests {
                 "http://127.0.0.1:1/v1/metrics"
             )]),
             (false, true)
+        );
+    }
+
+    #[test]
+    fn retention_defaults_to_a_week_and_can_be_set() {
+        assert_eq!(config(&[]).unwrap().retention, DEFAULT_RETENTION);
+        assert_eq!(
+            config(&[("EDA_RETENTION_SECONDS", "3600")])
+                .unwrap()
+                .retention,
+            Duration::from_secs(3600)
+        );
+        assert!(
+            config(&[("EDA_RETENTION_SECONDS", "0")])
+                .unwrap_err()
+                .to_string()
+                .starts_with("EDA_RETENTION_SECONDS")
         );
     }
 

@@ -74,3 +74,104 @@ async fn a_service_with_nothing_configured_is_live_ready_and_measured() {
     service.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The host keeps the database tidy: with `EDA_RETENTION_SECONDS=1`,
+/// published outbox rows and inbox rows past a second are deleted (every
+/// half second), and `/metrics` counts the inbox's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_inbox_and_published_outbox_rows_are_deleted() {
+    let dir = std::env::temp_dir().join(unique_name("host"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("allocation.db");
+    let db = format!("sqlite://{}", file.display());
+    let config = Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some(db.clone()),
+        "PORT" => Some("0".into()),
+        "EDA_RETENTION_SECONDS" => Some("1".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(config.host.retention, Duration::from_secs(1));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (address_tx, address_rx) = tokio::sync::oneshot::channel();
+    let service = tokio::spawn(allocation::service::run(
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        move |address| {
+            let _ = address_tx.send(address);
+        },
+    ));
+    let address = tokio::time::timeout(Duration::from_secs(30), address_rx)
+        .await
+        .expect("the service starts")
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", address.port());
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+    let created = post(
+        "/batches",
+        serde_json::json!({"ref": "b1", "sku": "LAMP", "qty": 10, "eta": null}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let allocated = post(
+        "/allocate",
+        serde_json::json!({"orderid": "o1", "sku": "LAMP", "qty": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(allocated.status().as_u16(), 201);
+
+    let pool = eda_core::sqlx::SqlitePool::connect(&db).await.unwrap();
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            eda_core::sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // Just written: younger than the retention.
+    assert!(count("eda_outbox").await >= 1, "the Allocated event's row");
+    assert!(
+        count("eda_inbox").await >= 1,
+        "the read model's handler of Allocated, recorded"
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .expect("the Prometheus text format");
+    let inbox_rows = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "eda_inbox_rows")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) => v,
+            ref other => panic!("eda_inbox_rows: {other:?}"),
+        })
+        .expect("eda_inbox_rows");
+    assert_eq!(inbox_rows, count("eda_inbox").await as f64);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count("eda_outbox").await > 0 || count("eda_inbox").await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rows past their retention were not deleted in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pool.close().await;
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -116,6 +116,7 @@ struct Statements {
     undispatched: String,
     record_inbox: String,
     prune_inbox: String,
+    inbox_rows: String,
     lease: String,
     release: String,
     unsent: String,
@@ -188,6 +189,8 @@ impl Statements {
             record_inbox: format!(
                 "INSERT INTO {inbox} (message_id, handler) VALUES ($1, $2) ON CONFLICT DO NOTHING"
             ),
+            // Counted up to a bound: a scrape never walks a huge table.
+            inbox_rows: format!("SELECT count(*) FROM (SELECT 1 FROM {inbox} LIMIT $1) AS counted"),
             prune_inbox: format!(
                 "DELETE FROM {inbox} WHERE handled_at < now() - make_interval(secs => $1)"
             ),
@@ -476,6 +479,17 @@ impl PostgresDatabase {
     /// Where the framework's tables are.
     pub fn tables(&self) -> &Tables {
         &self.inner.tables
+    }
+
+    /// The inbox's rows (messages remembered as handled, per handler),
+    /// counted up to `limit`.
+    pub async fn inbox_rows(&self, limit: u64) -> Result<u64, Error> {
+        sqlx::query_scalar::<_, i64>(&self.inner.statements.inbox_rows)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(adapter_error)
     }
 
     /// Deletes inbox rows older than `age`: messages redelivered after that
