@@ -39,6 +39,8 @@ pub(crate) struct Args {
     no_subscriber: bool,
     /// The subscriber's level (`warn` unless given).
     log_level: Option<tracing_subscriber::filter::LevelFilter>,
+    /// Spans at INFO to OpenTelemetry too, whatever the log level.
+    otel: bool,
 }
 
 const SCENARIOS: [&str; 5] = ["dispatch", "database", "durable", "relay", "consume"];
@@ -54,7 +56,10 @@ scenarios: dispatch, database, durable, relay, consume, all (each in its own pro
                  stderr, as a service would: without one, tracing hands every
                  disabled span to its `log` fallback, which sqlx turns on)
   --log-level L  the subscriber's level (default warn); at info, as the examples
-                 run, the bus makes a span for each handler call";
+                 run, the bus makes a span for each handler call
+  --otel         also send spans at INFO to OpenTelemetry (tracing-opentelemetry,
+                 a batch processor, an exporter that discards), as the host does
+                 when OTLP is configured, whatever the log level";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
     fn value<T: std::str::FromStr>(
@@ -83,6 +88,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--json" => parsed.json = true,
             "--no-subscriber" => parsed.no_subscriber = true,
+            "--otel" => parsed.otel = true,
             "--log-level" => {
                 let level: String = value(&mut args, "--log-level")?;
                 parsed.log_level = Some(
@@ -122,6 +128,9 @@ impl Args {
         if self.no_subscriber {
             v.push("--no-subscriber".to_owned());
         }
+        if self.otel {
+            v.push("--otel".to_owned());
+        }
         v
     }
 }
@@ -148,6 +157,55 @@ fn run_all(args: &Args) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
+/// An exporter that drops what it is given: what remains is the cost of
+/// making, recording and queueing the spans on the hot path (the OTLP
+/// encoding and sending happen on the batch processor's thread).
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        drop(batch);
+        Ok(())
+    }
+}
+
+/// The host's subscriber with OTLP on: `fmt` at `level`, and
+/// OpenTelemetry at INFO through a batch processor (to [`Discard`]), with
+/// W3C trace context as the propagator. The provider is returned to be
+/// kept alive.
+fn otel_subscriber(
+    level: tracing_subscriber::filter::LevelFilter,
+) -> opentelemetry_sdk::trace::SdkTracerProvider {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::prelude::*;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(Discard)
+        .build();
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(level),
+        )
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("eda-bench"))
+                // As the host configures it.
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
+        .init();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    provider
+}
+
 fn main() -> ExitCode {
     let args = match parse(std::env::args().skip(1)) {
         Ok(args) => args,
@@ -156,7 +214,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !args.no_subscriber {
+    let _otel = if args.otel && !args.no_subscriber {
+        Some(otel_subscriber(
+            args.log_level
+                .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN),
+        ))
+    } else {
+        None
+    };
+    if !args.no_subscriber && !args.otel {
         // What a service does (the examples install `fmt` at INFO; the
         // default here is WARN, `--log-level info` is theirs): spans below
         // the level are then disabled by the callsite's interest.

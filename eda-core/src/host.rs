@@ -904,8 +904,13 @@ pub fn init_logging() -> Telemetry {
     // logs only warnings still shows its messages' path.
     let otel = provider.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
+        // Without the thread's name and id (a task moves between threads)
+        // and the busy/idle times of each poll: half of a span's cost on
+        // the hot path (BENCHMARKS.md), for little an operator reads.
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("eda"))
+            .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_filter(LevelFilter::INFO)
     });
     tracing_subscriber::registry()
