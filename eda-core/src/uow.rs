@@ -318,7 +318,11 @@ impl UowTransaction {
     /// external ones (`outbox`, in order) to publish, and every event with
     /// handlers here to dispatch, marked journaled.
     #[cold]
-    fn journal(&mut self, outbox: Vec<ExternalMessage>) -> Result<Vec<OutboxWrite>, Error> {
+    fn journal(
+        &mut self,
+        outbox: Vec<ExternalMessage>,
+        trace: &TraceContext,
+    ) -> Result<Vec<OutboxWrite>, Error> {
         let mut published = outbox.into_iter();
         let mut rows = Vec::with_capacity(self.events.len());
         for event in &mut self.events {
@@ -328,7 +332,9 @@ impl UowTransaction {
                     .next()
                     .expect("one outbox message per external event")
             } else if dispatch {
-                ExternalMessage::from_event(&**event).map_err(Error::database)?
+                let mut message = ExternalMessage::from_event(&**event).map_err(Error::database)?;
+                message.trace = trace.clone();
+                message
             } else {
                 continue;
             };
@@ -366,14 +372,17 @@ impl UowTransaction {
             // Cold: boxed, so that it does not size every commit's future.
             return Box::pin(self.__abort(e)).await;
         }
-        // The trace the external events continue in the services that
-        // consume them: the span current at commit (the handler's).
-        if !outbox.is_empty() {
-            let trace = TraceContext::current();
-            if !trace.is_empty() {
-                for message in &mut outbox {
-                    message.trace = trace.clone();
-                }
+        // The trace the events continue where they are handled: the span
+        // current at commit (the handler's): in the services that consume
+        // the external ones, and in the recovery of the journaled ones.
+        let trace = if self.events.is_empty() {
+            TraceContext::default()
+        } else {
+            TraceContext::current()
+        };
+        if !trace.is_empty() {
+            for message in &mut outbox {
+                message.trace = trace.clone();
             }
         }
         let backend = std::mem::replace(&mut self.backend, Backend::Ended);
@@ -386,7 +395,7 @@ impl UowTransaction {
                         .iter()
                         .any(|e| self.services.has_event_handlers(e.__type_id()));
                 let written = if journal {
-                    match self.journal(outbox) {
+                    match self.journal(outbox, &trace) {
                         Ok(rows) => tx.write_events(&rows).await,
                         Err(e) => Err(e),
                     }

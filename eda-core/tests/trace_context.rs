@@ -25,18 +25,22 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::prelude::*;
 
-fn otel() {
-    static ONCE: OnceLock<SdkTracerProvider> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(InMemorySpanExporter::default())
-            .build();
-        tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
-            .init();
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        provider
-    });
+/// The global OpenTelemetry layer and propagator; the spans it recorded.
+fn otel() -> &'static InMemorySpanExporter {
+    static ONCE: OnceLock<(SdkTracerProvider, InMemorySpanExporter)> = OnceLock::new();
+    &ONCE
+        .get_or_init(|| {
+            let exporter = InMemorySpanExporter::default();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(exporter.clone())
+                .build();
+            tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+                .init();
+            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            (provider, exporter)
+        })
+        .1
 }
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -225,4 +229,112 @@ async fn a_commit_keeps_the_trace_of_its_handler_s_span() {
         "the handler's span, inside"
     );
     assert!(!second.contains(&trace_id.to_string()), "{second}");
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "trace.knock", output = ())]
+pub struct Knock {
+    pub who: String,
+}
+
+/// Internal: handled in this process only, through the dispatch journal.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "trace.knocked")]
+pub struct Knocked {
+    pub who: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
+pub struct Door {
+    #[aggregate(id)]
+    pub who: String,
+    pub version: u64,
+    #[serde(skip)]
+    pub events: Events,
+}
+
+#[derive(UnitOfWork)]
+pub struct DoorUow {
+    tx: UowTransaction,
+    doors: IdentityMap<Door>,
+}
+
+mod journal {
+    use super::*;
+
+    #[command_handler(id = "trace::knock")]
+    async fn knock(cmd: Knock, uow: &mut DoorUow) -> Result<(), BoxError> {
+        let mut door = Door {
+            who: cmd.who.clone(),
+            version: 0,
+            events: Events::new(),
+        };
+        door.events.raise(Knocked { who: cmd.who });
+        uow.doors().add(door)?;
+        uow.commit().await?;
+        Ok(())
+    }
+
+    #[event_handler(id = "trace::answer")]
+    async fn answer(_: &Knocked) {}
+}
+
+/// An internal event's journal row keeps the trace too, and an event the
+/// recovery handles (its process died before its handlers ran) is handled
+/// in the trace of the handler that committed it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_recovered_event_is_handled_in_the_trace_that_committed_it() {
+    let exporter = otel();
+    let s = TestSqlite::start().await;
+    let bus = MessageBus::builder()
+        .scope("trace_context::journal")
+        .adapter(s.db.clone())
+        .build()
+        .unwrap();
+    let caller = tracing::info_span!("caller");
+    let trace_id = caller.context().span().span_context().trace_id();
+    bus.handle(Knock { who: "ada".into() })
+        .instrument(caller)
+        .await
+        .unwrap();
+    let column: Option<String> = eda_core::sqlx::query_scalar(
+        "SELECT trace_context FROM eda_outbox WHERE name = 'trace.knocked'",
+    )
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    let column = column.expect("the journal row keeps the trace");
+    assert!(column.contains(&trace_id.to_string()), "{column}");
+
+    // As if the process had died before the handler ran.
+    eda_core::sqlx::query("UPDATE eda_outbox SET dispatched_at = NULL")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    exporter.reset();
+    assert_eq!(
+        bus.recover_undispatched(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    let spans = exporter.get_finished_spans().unwrap();
+    let recover = spans
+        .iter()
+        .find(|s| s.name == "recover trace.knocked")
+        .unwrap_or_else(|| panic!("a recover span: {spans:#?}"));
+    assert_eq!(recover.span_context.trace_id(), trace_id);
+    assert!(recover.parent_span_is_remote);
+    let handler = spans
+        .iter()
+        .find(|s| {
+            s.name == "process"
+                && s.attributes.iter().any(|kv| {
+                    kv.key.as_str() == "eda.handler" && kv.value.as_str() == "trace::answer"
+                })
+        })
+        .unwrap_or_else(|| panic!("the handler's span: {spans:#?}"));
+    assert_eq!(handler.span_context.trace_id(), trace_id);
+    assert_eq!(handler.parent_span_id, recover.span_context.span_id());
+    s.cleanup().await;
 }

@@ -3,6 +3,7 @@
 //! ([`MessageBus::recover_undispatched`], [`MessageBus::recovery`]).
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use super::MessageBus;
 use crate::error::{Error, IncomingError};
@@ -64,7 +65,16 @@ impl MessageBus {
                 );
                 let handled = match self.inner.messages.get(row.name.as_str()) {
                     Some(registration) => {
-                        (registration.dispatch)(self, row.metadata, &row.payload).await
+                        // In the trace of the handler that committed it.
+                        let span = tracing::info_span!(
+                            "recover",
+                            otel.name = %format_args!("recover {}", row.name),
+                            messaging.destination.name = row.name.as_str(),
+                        );
+                        row.trace.continue_in(&span);
+                        (registration.dispatch)(self, row.metadata, &row.payload)
+                            .instrument(span)
+                            .await
                     }
                     None => Err(IncomingError::UnknownMessage {
                         name: row.name.clone(),
