@@ -1248,6 +1248,7 @@ async fn trace_request(
         http.request.method = %request.method(),
         url.path = request.uri().path(),
         http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     if !span.is_disabled() {
         TraceContext::from_headers(|name| {
@@ -1259,6 +1260,7 @@ async fn trace_request(
                 .map(str::to_owned)
         })
         .continue_in(&span);
+        TraceContext::record_trace_id(&span);
     }
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());

@@ -120,6 +120,25 @@ impl TraceContext {
         let _ = span;
     }
 
+    /// Records the OpenTelemetry trace id of `span` in its field
+    /// `trace_id` (declared empty), so that every log line inside it names
+    /// the trace an operator looks up. Nothing without an OpenTelemetry
+    /// layer.
+    pub(crate) fn record_trace_id(span: &tracing::Span) {
+        #[cfg(feature = "otel")]
+        if !span.is_disabled() {
+            use opentelemetry::trace::TraceContextExt;
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let context = span.context();
+            let span_context = context.span().span_context().clone();
+            if span_context.is_valid() {
+                span.record("trace_id", tracing::field::display(span_context.trace_id()));
+            }
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = span;
+    }
+
     /// The JSON of the outbox column, `None` when empty.
     #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn to_column(&self) -> Option<String> {

@@ -182,6 +182,12 @@ async fn one_trace_follows_an_order_through_both_services_in_process() {
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("{name} in the trace: {receives:#?}"));
         assert!(span.parent_span_is_remote, "{name}");
+        // Every log line of the delivery names the trace.
+        assert_eq!(
+            attribute(span, "trace_id"),
+            Some(trace_id.to_string()),
+            "{name}"
+        );
         assert_eq!(span.span_kind, opentelemetry::trace::SpanKind::Consumer);
         assert!(
             spans

@@ -826,6 +826,8 @@ async fn one_trace_follows_an_order_across_both_services_over_rabbitmq() {
         .find(|s| s.service == "orders" && s.name == "POST /orders")
         .unwrap_or_else(|| panic!("orders' request span: {spans:#?}"));
     assert_eq!(request.parent_span_id, caller);
+    // Its log lines (and those of the handlers inside) name the trace.
+    assert_eq!(request.attributes.get("trace_id"), Some(&trace_id));
     // Every handler of the order, in both services (named by each
     // binary: `OTEL_SERVICE_NAME` is not set).
     let handlers: Vec<_> = spans

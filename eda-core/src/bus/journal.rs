@@ -3,11 +3,13 @@
 //! ([`MessageBus::recover_undispatched`], [`MessageBus::recovery`]).
 
 use std::time::Duration;
+
 use tracing::Instrument;
 
 use super::MessageBus;
 use crate::error::{Error, IncomingError};
 use crate::message::MessageId;
+use crate::trace_context::TraceContext;
 
 impl MessageBus {
     /// Marks the journaled events whose handlers here have run.
@@ -70,8 +72,10 @@ impl MessageBus {
                             "recover",
                             otel.name = %format_args!("recover {}", row.name),
                             messaging.destination.name = row.name.as_str(),
+                            trace_id = tracing::field::Empty,
                         );
                         row.trace.continue_in(&span);
+                        TraceContext::record_trace_id(&span);
                         (registration.dispatch)(self, row.metadata, &row.payload)
                             .instrument(span)
                             .await

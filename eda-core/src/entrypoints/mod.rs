@@ -371,8 +371,10 @@ pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Received<'
         messaging.operation.name = "receive",
         messaging.destination.name = d.name,
         messaging.consumer.group.name = policy.service,
+        trace_id = tracing::field::Empty,
     );
     d.trace.continue_in(&span);
+    TraceContext::record_trace_id(&span);
     // In a task of its own, so that a panicking handler is a failure of
     // this message, not of the consumer; aborted with the caller (a
     // consumer's shutdown that outlived its grace), so that no handler
