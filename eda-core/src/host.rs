@@ -47,7 +47,7 @@
 //! continued by the request's span, and the trace follows each message to
 //! the services that consume it.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -625,10 +625,7 @@ impl Figures {
         telemetry::render_consumer(&mut text, &self.consumer);
         telemetry::render_outbox(&mut text, &*self.outbox).await;
         if let Ok(rows) = self.db.inbox_rows().await {
-            let _ = writeln!(
-                text,
-                "# HELP eda_inbox_rows Messages remembered as handled, per handler (counted up to {INBOX_ROWS_COUNTED}).\n# TYPE eda_inbox_rows gauge\neda_inbox_rows {rows}"
-            );
+            telemetry::render_inbox(&mut text, rows, INBOX_ROWS_COUNTED);
         }
         text
     }

@@ -398,6 +398,18 @@ pub(crate) fn render_consumer(out: &mut String, consumer: &ConsumerMetrics) {
     }
 }
 
+/// The inbox's rows (counted up to `bound`), in the same format.
+#[cfg(feature = "host")]
+pub(crate) fn render_inbox(out: &mut String, rows: u64, bound: u64) {
+    write_metric(
+        out,
+        "eda_inbox_rows",
+        "gauge",
+        &format!("Messages remembered as handled, per handler (counted up to {bound})."),
+        rows,
+    );
+}
+
 /// The outbox's backlog, in the same format: the rows ready to publish
 /// and the age of the oldest (counted by the database, no message read);
 /// whether the outbox could be read at all.

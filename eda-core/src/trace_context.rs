@@ -84,7 +84,7 @@ impl TraceContext {
     /// Reads the fields the global propagator knows from a message's
     /// headers (none without the feature `otel`).
     #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
-    pub(crate) fn from_headers<'a>(header: impl Fn(&str) -> Option<String> + 'a) -> Self {
+    pub(crate) fn from_headers(header: impl Fn(&str) -> Option<String>) -> Self {
         #[cfg(feature = "otel")]
         {
             let mut trace = TraceContext::default();

@@ -378,12 +378,20 @@ async fn a_failing_handler_is_retried_then_dead_lettered_with_the_reason() {
     let bus = bus(&db, "one");
     let running = consume(&rmq, &bus).await;
     let channel = client(&rmq).await;
+    // With the trace it continues: kept through the retries.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let properties = props("rmq.always_fail");
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        "traceparent".into(),
+        lapin::types::AMQPValue::LongString(traceparent.into()),
+    );
     publish_raw(
         &channel,
         &rmq,
         "rmq.always_fail",
         b"{}",
-        props("rmq.always_fail"),
+        properties.with_headers(headers),
     )
     .await;
     let dlq = rmq.options().consumer().dead_letter_queue();
@@ -392,6 +400,11 @@ async fn a_failing_handler_is_retried_then_dead_lettered_with_the_reason() {
     })
     .await;
     let dead = get(&channel, &dlq).await.expect("in the dead-letter queue");
+    assert_eq!(
+        header_string(&dead.delivery.properties, "traceparent").as_deref(),
+        Some(traceparent),
+        "the dead letter keeps its trace"
+    );
     assert_eq!(
         header_string(&dead.delivery.properties, ATTEMPTS_HEADER).as_deref(),
         Some("3")

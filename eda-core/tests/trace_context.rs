@@ -135,10 +135,17 @@ fn rabbitmq_messages_carry_the_trace_as_headers() {
     assert_eq!(trace_context(&props), message.trace);
     // None sent, none read; and a header the propagator does not know is
     // not taken for one.
-    let props = properties(&untraced("a.two"));
+    let mut untraced = untraced("a.two");
+    untraced.trace.insert("x-vendor-trace", "abc");
+    let props = properties(&untraced);
     assert_eq!(
         eda_core::adapters::rabbitmq::header_string(&props, "traceparent"),
         None
+    );
+    assert_eq!(
+        eda_core::adapters::rabbitmq::header_string(&props, "x-vendor-trace").as_deref(),
+        Some("abc"),
+        "sent as it was kept"
     );
     assert!(trace_context(&props).is_empty());
 }

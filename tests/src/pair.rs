@@ -347,3 +347,97 @@ pub fn check_pair_books(
     books.duplicates = s.deliveries - distinct;
     books
 }
+
+/// Both example services' buses in this process, on an in-process broker,
+/// in memory, each with its consumer and its outbox relay: the pair as the
+/// fast tests run it.
+pub struct InProcessPair {
+    /// The broker both share.
+    pub broker: eda_core::adapters::in_process::InProcessBroker,
+    /// Allocation's state.
+    pub allocation_db: eda_core::InMemoryDatabase,
+    /// Allocation's bus (the handlers of the crate `allocation`).
+    pub allocation_bus: eda_core::MessageBus,
+    /// Orders' state.
+    pub orders_db: eda_core::InMemoryDatabase,
+    /// Orders' bus (the handlers of the crate `orders`).
+    pub orders_bus: eda_core::MessageBus,
+    stop: tokio::sync::watch::Sender<bool>,
+    consumers: Vec<tokio::task::JoinHandle<Result<(), eda_core::Error>>>,
+    relays: Vec<eda_core::OutboxRelay>,
+}
+
+impl InProcessPair {
+    /// Starts the pair; `consumer` gives each service's consumer options
+    /// from its queue's name.
+    pub fn start(
+        consumer: impl Fn(&str) -> eda_core::entrypoints::ConsumerOptions,
+        relay: eda_core::RelayOptions,
+    ) -> InProcessPair {
+        use allocation::adapters::notifications::{FakeNotifier, Notifications};
+        use eda_core::{InMemoryDatabase, MessageBus, OutboxRelay};
+        let broker = eda_core::adapters::in_process::InProcessBroker::new();
+        let allocation_db = InMemoryDatabase::new();
+        let allocation_bus = MessageBus::builder()
+            .scope("allocation")
+            .adapter(allocation_db.clone())
+            .adapter(Notifications::new(FakeNotifier::new()))
+            .build()
+            .unwrap();
+        let orders_db = InMemoryDatabase::new();
+        let orders_bus = MessageBus::builder()
+            .scope("orders")
+            .adapter(orders_db.clone())
+            .build()
+            .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut consumers = Vec::new();
+        let mut relays = Vec::new();
+        for (queue, db, bus) in [
+            ("allocation", &allocation_db, &allocation_bus),
+            ("orders", &orders_db, &orders_bus),
+        ] {
+            let service = broker.service(consumer(queue));
+            service.declare_topology(bus);
+            let mut stopped = stopped.clone();
+            consumers.push(tokio::spawn(service.consumer(bus.clone()).run(
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )));
+            relays.push(OutboxRelay::spawn(
+                std::sync::Arc::new(db.clone()),
+                service.publisher(),
+                relay.clone(),
+            ));
+        }
+        InProcessPair {
+            broker,
+            allocation_db,
+            allocation_bus,
+            orders_db,
+            orders_bus,
+            stop,
+            consumers,
+            relays,
+        }
+    }
+
+    /// A queue of an observer (a third service), bound to `name`.
+    pub fn observe(&self, queue: &str, name: &str) {
+        self.broker.declare_exchange("eda.events");
+        self.broker.declare_queue(queue);
+        self.broker.bind(queue, "eda.events", name).unwrap();
+    }
+
+    /// Stops the consumers (each must end well) and the relays.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for consumer in self.consumers {
+            consumer.await.unwrap().unwrap();
+        }
+        for relay in self.relays {
+            relay.shutdown().await;
+        }
+    }
+}

@@ -8,33 +8,69 @@ use allocation::config::Config;
 use eda_core::testing::unique_name;
 use serde_json::Value;
 
+/// The allocation service on the host in this process, on a SQLite file
+/// of its own, with these variables besides.
+struct Running {
+    base: String,
+    /// `sqlite://…`: the service's database.
+    db: String,
+    config: Config,
+    stop: tokio::sync::oneshot::Sender<()>,
+    service: tokio::task::JoinHandle<Result<(), eda_core::host::HostError>>,
+    dir: std::path::PathBuf,
+}
+
+impl Running {
+    async fn start(vars: &[(&str, &str)]) -> Running {
+        let dir = std::env::temp_dir().join(unique_name("host"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = format!("sqlite://{}", dir.join("allocation.db").display());
+        let config = Config::from_lookup(|name| match name {
+            "DATABASE_URL" => Some(db.clone()),
+            "PORT" => Some("0".into()),
+            _ => vars
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned()),
+        })
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (address_tx, address_rx) = tokio::sync::oneshot::channel();
+        let service = tokio::spawn(allocation::service::run(
+            config.clone(),
+            async {
+                let _ = stopped.await;
+            },
+            move |address| {
+                let _ = address_tx.send(address);
+            },
+        ));
+        let address = tokio::time::timeout(Duration::from_secs(30), address_rx)
+            .await
+            .expect("the service starts")
+            .unwrap();
+        Running {
+            base: format!("http://127.0.0.1:{}", address.port()),
+            db,
+            config,
+            stop,
+            service,
+            dir,
+        }
+    }
+
+    /// Stops it gracefully (it must end well) and removes its files.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.service.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_with_nothing_configured_is_live_ready_and_measured() {
-    let dir = std::env::temp_dir().join(unique_name("host"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = format!("sqlite://{}", dir.join("allocation.db").display());
-    let config = Config::from_lookup(|name| match name {
-        "DATABASE_URL" => Some(db.clone()),
-        "PORT" => Some("0".into()),
-        _ => None,
-    })
-    .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (address_tx, address_rx) = tokio::sync::oneshot::channel();
-    let service = tokio::spawn(allocation::service::run(
-        config,
-        async {
-            let _ = stopped.await;
-        },
-        move |address| {
-            let _ = address_tx.send(address);
-        },
-    ));
-    let address = tokio::time::timeout(Duration::from_secs(30), address_rx)
-        .await
-        .expect("the service starts")
-        .unwrap();
-    let base = format!("http://127.0.0.1:{}", address.port());
+    let running = Running::start(&[]).await;
+    let base = &running.base;
     let http = reqwest::Client::new();
     let get = |path: &str| http.get(format!("{base}{path}")).send();
 
@@ -70,9 +106,7 @@ async fn a_service_with_nothing_configured_is_live_ready_and_measured() {
         .unwrap();
     assert_eq!(created.status().as_u16(), 201);
 
-    stop.send(()).unwrap();
-    service.await.unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    running.stop().await;
 }
 
 /// The host keeps the database tidy: with `EDA_RETENTION_SECONDS=1`,
@@ -80,34 +114,9 @@ async fn a_service_with_nothing_configured_is_live_ready_and_measured() {
 /// half second), and `/metrics` counts the inbox's rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_inbox_and_published_outbox_rows_are_deleted() {
-    let dir = std::env::temp_dir().join(unique_name("host"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("allocation.db");
-    let db = format!("sqlite://{}", file.display());
-    let config = Config::from_lookup(|name| match name {
-        "DATABASE_URL" => Some(db.clone()),
-        "PORT" => Some("0".into()),
-        "EDA_RETENTION_SECONDS" => Some("1".into()),
-        _ => None,
-    })
-    .unwrap();
-    assert_eq!(config.host.retention, Duration::from_secs(1));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (address_tx, address_rx) = tokio::sync::oneshot::channel();
-    let service = tokio::spawn(allocation::service::run(
-        config,
-        async {
-            let _ = stopped.await;
-        },
-        move |address| {
-            let _ = address_tx.send(address);
-        },
-    ));
-    let address = tokio::time::timeout(Duration::from_secs(30), address_rx)
-        .await
-        .expect("the service starts")
-        .unwrap();
-    let base = format!("http://127.0.0.1:{}", address.port());
+    let running = Running::start(&[("EDA_RETENTION_SECONDS", "1")]).await;
+    assert_eq!(running.config.host.retention, Duration::from_secs(1));
+    let (base, db) = (&running.base, &running.db);
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
     let created = post(
@@ -125,7 +134,7 @@ async fn old_inbox_and_published_outbox_rows_are_deleted() {
     .unwrap();
     assert_eq!(allocated.status().as_u16(), 201);
 
-    let pool = eda_core::sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = eda_core::sqlx::SqlitePool::connect(db).await.unwrap();
     let count = |table: &'static str| {
         let pool = pool.clone();
         async move {
@@ -171,7 +180,5 @@ async fn old_inbox_and_published_outbox_rows_are_deleted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pool.close().await;
-    stop.send(()).unwrap();
-    service.await.unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    running.stop().await;
 }

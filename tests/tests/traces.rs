@@ -11,15 +11,13 @@
 //! test is alone in it.)
 #![allow(missing_docs)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allocation::adapters::notifications::{FakeNotifier, Notifications};
 use allocation::domain::commands::CreateBatch;
 use contracts::OrderLine;
-use eda_core::adapters::in_process::InProcessBroker;
+use eda_core::RelayOptions;
 use eda_core::entrypoints::ConsumerOptions;
-use eda_core::{InMemoryDatabase, MessageBus, OutboxRelay, RelayOptions};
+use eda_tests::pair::InProcessPair;
 use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -50,52 +48,17 @@ async fn one_trace_follows_an_order_through_both_services_in_process() {
         .init();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let broker = InProcessBroker::new();
-    broker.declare_exchange("eda.events");
-    for (queue, name) in [
-        ("observer.placed", "orders.order_placed"),
-        ("observer.allocated", "allocation.allocated"),
-    ] {
-        broker.declare_queue(queue);
-        broker.bind(queue, "eda.events", name).unwrap();
-    }
-    let allocation_db = InMemoryDatabase::new();
-    let allocation_bus = MessageBus::builder()
-        .scope("allocation")
-        .adapter(allocation_db.clone())
-        .adapter(Notifications::new(FakeNotifier::new()))
-        .build()
-        .unwrap();
-    let orders_db = InMemoryDatabase::new();
-    let orders_bus = MessageBus::builder()
-        .scope("orders")
-        .adapter(orders_db.clone())
-        .build()
-        .unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut consumers = Vec::new();
-    let mut relays = Vec::new();
-    for (queue, db, bus) in [
-        ("allocation", &allocation_db, &allocation_bus),
-        ("orders", &orders_db, &orders_bus),
-    ] {
-        let service = broker.service(ConsumerOptions::new(queue));
-        service.declare_topology(bus);
-        let mut stopped = stopped.clone();
-        consumers.push(tokio::spawn(service.consumer(bus.clone()).run(
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        )));
-        relays.push(OutboxRelay::spawn(
-            Arc::new(db.clone()),
-            service.publisher(),
-            RelayOptions {
-                poll: Duration::from_millis(10),
-                ..RelayOptions::default()
-            },
-        ));
-    }
+    let pair = InProcessPair::start(
+        |queue: &str| ConsumerOptions::new(queue),
+        RelayOptions {
+            poll: Duration::from_millis(10),
+            ..RelayOptions::default()
+        },
+    );
+    pair.observe("observer.placed", "orders.order_placed");
+    pair.observe("observer.allocated", "allocation.allocated");
+    let (broker, allocation_bus, orders_bus) =
+        (&pair.broker, &pair.allocation_bus, &pair.orders_bus);
     allocation_bus
         .handle(CreateBatch::new("batch-1", "LAMP", 10, None))
         .await
@@ -217,12 +180,6 @@ async fn one_trace_follows_an_order_through_both_services_in_process() {
         );
     }
 
-    let _ = stop.send(true);
-    for consumer in consumers {
-        consumer.await.unwrap().unwrap();
-    }
-    for relay in relays {
-        relay.shutdown().await;
-    }
+    pair.stop().await;
     provider.shutdown().unwrap();
 }

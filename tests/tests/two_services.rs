@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use allocation::adapters::notifications::{FakeNotifier, Notifications};
 use allocation::domain::commands::CreateBatch;
 use allocation::domain::model::Product;
 use contracts::OrderLine;
@@ -24,8 +23,8 @@ use eda_core::backend::OutboxStore;
 use eda_core::entrypoints::ConsumerOptions;
 use eda_core::sqlx;
 use eda_core::testing::unique_name;
-use eda_core::{InMemoryDatabase, MessageBus, OutboxRelay, RelayOptions};
-use eda_tests::pair::{OrderState, PairBooks, Plan, Snapshot, check_pair_books};
+use eda_core::{InMemoryDatabase, RelayOptions};
+use eda_tests::pair::{InProcessPair, OrderState, PairBooks, Plan, Snapshot, check_pair_books};
 use eda_tests::{HttpLoad, Neighbour, Service, World};
 use orders::domain::commands::PlaceOrder;
 use orders::domain::model::Order;
@@ -66,64 +65,28 @@ fn figures(scenario: &str, books: &PairBooks, no_answer: usize, took: Duration) 
 async fn the_pair_settles_every_order_on_the_in_process_broker() {
     let started = Instant::now();
     let plan = Plan::new(&unique_name("mem"), 5, 30, orders_per_run(), 7);
-    let broker = InProcessBroker::new();
     let fast = |queue: &str| {
         ConsumerOptions::new(queue)
             .retry_delays([Duration::from_millis(20), Duration::from_millis(50)])
     };
-    let relay_options = || RelayOptions {
+    let relay_options = RelayOptions {
         poll: Duration::from_millis(10),
         unroutable_backoff: Duration::from_millis(20),
         unroutable_max_backoff: Duration::from_millis(100),
         ..RelayOptions::default()
     };
+    let pair = InProcessPair::start(fast, relay_options);
     // Observers, as a third service would be.
-    for (queue, name) in [
-        ("observer.cancelled", "orders.order_cancelled"),
-        ("observer.allocated", "allocation.allocated"),
-    ] {
-        broker.declare_exchange("eda.events");
-        broker.declare_queue(queue);
-        broker.bind(queue, "eda.events", name).unwrap();
-    }
-
-    let allocation_db = InMemoryDatabase::new();
-    let allocation_bus = MessageBus::builder()
-        .scope("allocation")
-        .adapter(allocation_db.clone())
-        .adapter(Notifications::new(FakeNotifier::new()))
-        .build()
-        .unwrap();
-    let orders_db = InMemoryDatabase::new();
-    let orders_bus = MessageBus::builder()
-        .scope("orders")
-        .adapter(orders_db.clone())
-        .build()
-        .unwrap();
-
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let signal = || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }
-    };
-    let mut consumers = Vec::new();
-    let mut relays = Vec::new();
-    for (queue, db, bus) in [
-        ("allocation", &allocation_db, &allocation_bus),
-        ("orders", &orders_db, &orders_bus),
-    ] {
-        let service = broker.service(fast(queue));
-        service.declare_topology(bus);
-        consumers.push(tokio::spawn(service.consumer(bus.clone()).run(signal())));
-        relays.push(OutboxRelay::spawn(
-            Arc::new(db.clone()),
-            service.publisher(),
-            relay_options(),
-        ));
-    }
-
+    pair.observe("observer.cancelled", "orders.order_cancelled");
+    pair.observe("observer.allocated", "allocation.allocated");
+    let broker = pair.broker.clone();
+    let InProcessPair {
+        allocation_db,
+        allocation_bus,
+        orders_db,
+        orders_bus,
+        ..
+    } = &pair;
     for (sku, units) in &plan.stock {
         allocation_bus
             .handle(CreateBatch::new(Plan::batchref(sku), sku, *units, None))
@@ -159,7 +122,7 @@ async fn the_pair_settles_every_order_on_the_in_process_broker() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         observe_in_process(&broker, &mut snapshot);
-        read_memory(&orders_db, &allocation_db, &mut snapshot).await;
+        read_memory(orders_db, allocation_db, &mut snapshot).await;
         if snapshot.settled(&acknowledged) {
             break;
         }
@@ -173,7 +136,7 @@ async fn the_pair_settles_every_order_on_the_in_process_broker() {
     // Late duplicates, and anything that moves after settling.
     tokio::time::sleep(Duration::from_millis(200)).await;
     observe_in_process(&broker, &mut snapshot);
-    read_memory(&orders_db, &allocation_db, &mut snapshot).await;
+    read_memory(orders_db, allocation_db, &mut snapshot).await;
     for queue in ["allocation.dlq", "orders.dlq"] {
         let dead: Vec<_> = std::iter::from_fn(|| broker.take(queue))
             .map(|m| (m.message.name, m.error))
@@ -184,13 +147,7 @@ async fn the_pair_settles_every_order_on_the_in_process_broker() {
     assert!(books.confirmed > 0 && books.cancelled > 0, "{books:?}");
     figures("in-process", &books, 0, started.elapsed());
 
-    let _ = stop.send(true);
-    for consumer in consumers {
-        consumer.await.unwrap().unwrap();
-    }
-    for relay in relays {
-        relay.shutdown().await;
-    }
+    pair.stop().await;
     for queue in ["allocation.dlq", "orders.dlq", "eda.events.unrouted"] {
         assert!(
             broker.is_empty(queue),

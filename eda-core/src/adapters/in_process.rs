@@ -537,7 +537,7 @@ impl Handling {
             published_by: message.published_by.as_deref(),
             payload: &message.message.payload,
             failed_before: message.attempts,
-            trace: message.message.trace.clone(),
+            trace: &message.message.trace,
             system: "eda.in_process",
         };
         match verdict(&self.bus, &policy, delivery).await {

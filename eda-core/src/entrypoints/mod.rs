@@ -320,7 +320,7 @@ pub(crate) struct Received<'a> {
     /// How many times handling it failed before.
     pub(crate) failed_before: u32,
     /// The trace it continues (see [`TraceContext`]).
-    pub(crate) trace: TraceContext,
+    pub(crate) trace: &'a TraceContext,
     /// The broker, as OpenTelemetry's `messaging.system` names it.
     pub(crate) system: &'static str,
 }

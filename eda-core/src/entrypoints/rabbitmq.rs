@@ -269,13 +269,14 @@ impl Handling {
     async fn verdict(&self, delivery: &Delivery) -> Verdict {
         let options = self.rabbitmq.options();
         let policy = options.consumer.policy();
+        let trace = trace_context(&delivery.properties);
         let incoming = entrypoints::Received {
             name: name(delivery),
             metadata: metadata(&delivery.properties),
             published_by: delivery.properties.app_id().as_ref().map(|s| s.as_str()),
             payload: &delivery.data,
             failed_before: attempts(&delivery.properties),
-            trace: trace_context(&delivery.properties),
+            trace: &trace,
             system: "rabbitmq",
         };
         verdict(&self.bus, &policy, incoming).await
