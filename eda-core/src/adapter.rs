@@ -6,8 +6,9 @@ use std::fmt;
 
 use crate::error::Error;
 use crate::future::BoxFuture;
-use crate::message::MessageId;
+use crate::message::{MessageId, Timestamp};
 use crate::outbox::{ExternalMessage, OutboxWrite};
+use crate::schedule::ScheduledMessage;
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 
 /// Something an entrypoint gives the bus with
@@ -72,6 +73,57 @@ pub trait Database: Send + Sync + 'static {
         let _ = (names, older_than, limit);
         Box::pin(async { Ok(Vec::new()) })
     }
+    /// Claims up to `limit` scheduled messages named one of `names` whose
+    /// next time is `now` or earlier, earliest first, for `lease`: each
+    /// one's next time becomes `now + lease` (so that another instance
+    /// delivers it if this one dies) and its
+    /// [`attempts`](ScheduledMessage::attempts) go up by one. Two callers
+    /// never claim the same row at once. (Only the names the caller
+    /// delivers, as [`undispatched`](Self::undispatched).) The default (no
+    /// scheduled messages) has none.
+    fn claim_due<'a>(
+        &'a self,
+        names: &'a [&'a str],
+        now: Timestamp,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ScheduledMessage>, Error>> {
+        let _ = (names, now, lease, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// Sets a claimed message's next time, after its delivery failed: `at`,
+    /// or never (`None`: parked, kept for an operator).
+    fn retry_scheduled<'a>(
+        &'a self,
+        id: MessageId,
+        at: Option<Timestamp>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let _ = (id, at);
+        Box::pin(async { Err(unsupported_scheduling()) })
+    }
+    /// How many scheduled messages wait (up to `limit`), and how many of
+    /// them are parked: for metrics. The default: none.
+    fn scheduled_rows(&self, limit: u64) -> BoxFuture<'_, Result<ScheduledRows, Error>> {
+        let _ = limit;
+        Box::pin(async { Ok(ScheduledRows::default()) })
+    }
+}
+
+/// The scheduled messages a database keeps (see
+/// [`Database::scheduled_rows`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScheduledRows {
+    /// Waiting to be delivered, parked ones included (counted up to the
+    /// limit asked).
+    pub pending: u64,
+    /// Parked: their delivery failed as often as the scheduler tries.
+    pub parked: u64,
+}
+
+fn unsupported_scheduling() -> Error {
+    Error::Unsupported {
+        what: "scheduled messages",
+    }
 }
 
 /// One open transaction of a [`Database`]. Dropping it rolls it back.
@@ -114,6 +166,33 @@ pub trait DatabaseTransaction: Send {
         id: MessageId,
         handler: &'a str,
     ) -> BoxFuture<'a, Result<bool, Error>>;
+    /// Keeps scheduled messages, in this transaction, until they are due
+    /// and a scheduler [claims](Database::claim_due) them. The default:
+    /// [`Error::Unsupported`].
+    fn schedule<'a>(
+        &'a mut self,
+        messages: &'a [ScheduledMessage],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let _ = messages;
+        Box::pin(async { Err(unsupported_scheduling()) })
+    }
+    /// Removes a scheduled message that no scheduler has claimed yet (its
+    /// [`attempts`](ScheduledMessage::attempts) are 0), in this
+    /// transaction. Returns whether it did: `false` when its delivery has
+    /// begun, or there is none with this id.
+    fn cancel_scheduled<'a>(&'a mut self, id: MessageId) -> BoxFuture<'a, Result<bool, Error>> {
+        let _ = id;
+        Box::pin(async { Err(unsupported_scheduling()) })
+    }
+    /// Removes scheduled messages, claimed or not, in this transaction (the
+    /// scheduler delivered them). Returns the ids it removed.
+    fn remove_scheduled<'a>(
+        &'a mut self,
+        ids: &'a [MessageId],
+    ) -> BoxFuture<'a, Result<Vec<MessageId>, Error>> {
+        let _ = ids;
+        Box::pin(async { Err(unsupported_scheduling()) })
+    }
     /// The aggregate of this type stored under `key`, or `None` (for a
     /// database whose [`aggregate_storage`](Database::aggregate_storage) is
     /// not [`Repositories`](AggregateStorage::Repositories)).

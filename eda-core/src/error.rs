@@ -95,6 +95,14 @@ pub enum Error {
         backend: &'static str,
     },
 
+    /// The database in use does not do what was asked: an adapter that
+    /// does not implement that part of [`backend`](crate::backend).
+    #[error("{what} are not supported by this database adapter")]
+    Unsupported {
+        /// What was asked ("scheduled messages").
+        what: &'static str,
+    },
+
     /// A message from outside could not be handled.
     #[error(transparent)]
     Incoming(#[from] IncomingError),

@@ -3,7 +3,8 @@
 //! (SQLite by default, Postgres by URL) and creates the service's tables,
 //! connects RabbitMQ when `AMQP_URL` is set (a broker in the process
 //! otherwise), builds the bus, declares the service's topology, runs the
-//! outbox relay, the consumer and the dispatch journal's recovery, serves
+//! outbox relay, the consumer, the dispatch journal's recovery and the
+//! scheduler of scheduled messages, serves
 //! the service's HTTP router and, beside it, `GET /metrics` (every handler
 //! call counted and timed, and the bus's counters, in the Prometheus text
 //! format: [`HandlerMetrics`]) and `GET /health/live` and
@@ -68,6 +69,7 @@ use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::outbox::{Backlog, OutboxStore};
 use crate::relay::{OutboxRelay, Publisher, RelayMetrics, RelayOptions};
+use crate::schedule::SchedulerOptions;
 use crate::telemetry::{self, HandlerMetrics};
 use crate::trace_context::TraceContext;
 
@@ -536,6 +538,11 @@ impl Host {
         let recovery =
             tokio::spawn(bus.recovery(RECOVERY_EVERY, RECOVERY_AFTER, signal(stopping.clone())));
 
+        // Scheduled messages, delivered when due (those that fell due while
+        // the service was down, at once).
+        let scheduler =
+            tokio::spawn(bus.scheduler(SchedulerOptions::default(), signal(stopping.clone())));
+
         let housekeeping = tokio::spawn(housekeeping(
             db.clone(),
             config.retention,
@@ -588,6 +595,9 @@ impl Host {
         let _ = stop.send(true);
         let served = server.await;
         let consumed = consumer.await;
+        // Its round finished: the events it released are in the outbox
+        // before the relay's last flush.
+        let _ = scheduler.await;
         relay.shutdown().await;
         let _ = recovery.await;
         if let Some(exporting) = exporting {
@@ -626,6 +636,11 @@ impl Figures {
         telemetry::render_outbox(&mut text, &*self.outbox).await;
         if let Ok(rows) = self.db.inbox_rows().await {
             telemetry::render_inbox(&mut text, rows, INBOX_ROWS_COUNTED);
+        }
+        if let Some(db) = self.bus.database()
+            && let Ok(rows) = db.scheduled_rows(INBOX_ROWS_COUNTED).await
+        {
+            telemetry::render_scheduled(&mut text, rows, INBOX_ROWS_COUNTED);
         }
         text
     }
@@ -1212,6 +1227,29 @@ async fn export_metrics(figures: Arc<Figures>, stop: impl Future<Output = ()>) {
             .with_callback(move |observer| observer.observe(inbox.load(Ordering::Relaxed), &[]))
             .build();
     }
+    let scheduled = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    for (i, name, description) in [
+        (
+            0,
+            "eda.scheduled.rows",
+            "Scheduled messages waiting to be delivered.",
+        ),
+        (
+            1,
+            "eda.scheduled.parked",
+            "Scheduled messages parked: their delivery failed as often as the scheduler tries.",
+        ),
+    ] {
+        let scheduled = scheduled.clone();
+        meter
+            .u64_observable_gauge(name)
+            .with_unit("{message}")
+            .with_description(description)
+            .with_callback(move |observer| {
+                observer.observe(scheduled[i].load(Ordering::Relaxed), &[])
+            })
+            .build();
+    }
     let refresh = async {
         loop {
             if let Ok(read) = figures.outbox.backlog().await {
@@ -1219,6 +1257,12 @@ async fn export_metrics(figures: Arc<Figures>, stop: impl Future<Output = ()>) {
             }
             if let Ok(rows) = figures.db.inbox_rows().await {
                 inbox.store(rows, Ordering::Relaxed);
+            }
+            if let Some(db) = figures.bus.database()
+                && let Ok(rows) = db.scheduled_rows(INBOX_ROWS_COUNTED).await
+            {
+                scheduled[0].store(rows.pending, Ordering::Relaxed);
+                scheduled[1].store(rows.parked, Ordering::Relaxed);
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }

@@ -67,6 +67,7 @@ mod registry;
 mod relay;
 mod repository;
 mod retry;
+mod schedule;
 mod store;
 mod telemetry;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "rabbitmq"))]
@@ -99,6 +100,7 @@ pub use outbox::ExternalMessage;
 pub use relay::{OutboxRelay, RelayMetrics, RelayOptions};
 pub use repository::{Find, Finder, Repository, RepositoryError};
 pub use retry::RetryPolicy;
+pub use schedule::SchedulerOptions;
 pub use telemetry::HandlerMetrics;
 pub use topology::{Topology, TopologyWarning};
 pub use trace_context::TraceContext;
@@ -134,12 +136,18 @@ pub mod backend {
     //! - The outbox relay's side: [`OutboxStore`] (the unsent rows of a
     //!   database) and [`Publisher`] (a broker), with [`OutboxEntry`],
     //!   [`Delivery`] and [`OutboxWrite`].
+    //! - Scheduled messages: [`DatabaseTransaction::schedule`] keeps them
+    //!   with the commit, [`Database::claim_due`] gives the due ones to the
+    //!   bus's scheduler ([`ScheduledMessage`], [`ScheduledRows`]). A database
+    //!   that does not keep them says [`Error::Unsupported`](crate::Error)
+    //!   when a unit of work schedules one.
 
-    pub use crate::adapter::{Database, DatabaseTransaction};
+    pub use crate::adapter::{Database, DatabaseTransaction, ScheduledRows};
     pub use crate::future::BoxFuture;
     pub use crate::outbox::OutboxWrite;
     pub use crate::outbox::{Backlog, OutboxEntry, OutboxStore};
     pub use crate::relay::{Delivery, Publisher};
+    pub use crate::schedule::ScheduledMessage;
     pub use crate::store::{AggregateStorage, AggregateType, Save, Stored, key};
 }
 

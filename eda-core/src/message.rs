@@ -231,8 +231,14 @@ impl Timestamp {
     }
 
     /// From milliseconds since the Unix epoch.
-    pub fn from_millis(millis: u64) -> Self {
+    pub const fn from_millis(millis: u64) -> Self {
         Timestamp(millis)
+    }
+
+    /// From a [`SystemTime`] (one before 1970 reads as 1970).
+    pub fn from_system_time(time: SystemTime) -> Self {
+        let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        Timestamp(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Milliseconds since the Unix epoch.

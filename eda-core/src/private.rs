@@ -45,7 +45,7 @@ pub use crate::aggregate::{Aggregate, Events};
 pub use crate::aggregate::{Codec, Probe, ViaSerde, WithoutSerde};
 pub use crate::dependency::Dependency;
 pub use crate::error::Error;
-pub use crate::message::{Message, MessageKind};
+pub use crate::message::{Message, MessageId, MessageKind};
 pub use crate::repository::{Find, FinderVTable, Repository, RepositoryVTable};
 pub use crate::uow::{UowField, UowTransaction};
 pub use crate::{Command as CommandTrait, Event as EventTrait, UnitOfWork as UnitOfWorkTrait};

@@ -410,6 +410,27 @@ pub(crate) fn render_inbox(out: &mut String, rows: u64, bound: u64) {
     );
 }
 
+/// The scheduled messages (counted up to `bound`), in the same format.
+#[cfg(feature = "host")]
+pub(crate) fn render_scheduled(out: &mut String, rows: crate::adapter::ScheduledRows, bound: u64) {
+    write_metric(
+        out,
+        "eda_scheduled_rows",
+        "gauge",
+        &format!(
+            "Scheduled messages waiting to be delivered, parked ones included (counted up to {bound})."
+        ),
+        rows.pending,
+    );
+    write_metric(
+        out,
+        "eda_scheduled_parked_rows",
+        "gauge",
+        "Scheduled messages parked: their delivery failed as often as the scheduler tries.",
+        rows.parked,
+    );
+}
+
 /// The outbox's backlog, in the same format: the rows ready to publish
 /// and the age of the oldest (counted by the database, no message read);
 /// whether the outbox could be read at all.

@@ -10,9 +10,11 @@ use crate::aggregate::Aggregate;
 use crate::context::{Context, Services};
 use crate::dependency::{Adapters, Requirements};
 use crate::error::Error;
-use crate::message::{AnyEvent, Metadata};
+use crate::message::{AnyEvent, MessageId, Metadata};
+
 use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::repository::{Finder, FinderVTable, RepositoryError};
+use crate::schedule::ScheduledMessage;
 use crate::store::{self, AggregateType, Stored};
 use crate::trace_context::TraceContext;
 
@@ -191,6 +193,8 @@ pub struct UowTransaction {
     services: Arc<Services>,
     metadata: Metadata,
     events: Vec<Box<dyn AnyEvent>>,
+    /// Messages scheduled, written at commit.
+    scheduled: Vec<ScheduledMessage>,
     state: State,
     conflict: bool,
     /// Its events are handled by the bus after the commit (see
@@ -220,6 +224,7 @@ impl UowTransaction {
             services: ctx.services.clone(),
             metadata: *ctx.metadata,
             events: Vec::new(),
+            scheduled: Vec::new(),
             state: State::Active,
             conflict: false,
             dispatches: ctx.dispatches,
@@ -251,10 +256,11 @@ impl UowTransaction {
         self.conflict
     }
 
-    /// Events raised with `raise`, waiting for the commit.
+    /// Events raised with `raise`, and messages scheduled, waiting for the
+    /// commit.
     pub(crate) fn raised(&self) -> usize {
         if self.state == State::Active {
-            self.events.len()
+            self.events.len() + self.scheduled.len()
         } else {
             0
         }
@@ -290,6 +296,39 @@ impl UowTransaction {
             journaled: false,
         }));
         Ok(())
+    }
+
+    /// Schedules a message (the derive's `schedule` and `schedule_at`):
+    /// kept at commit, in this transaction; discarded if it does not commit.
+    #[doc(hidden)]
+    pub fn __schedule<M: crate::Message>(
+        &mut self,
+        message: M,
+        due: std::time::SystemTime,
+    ) -> Result<MessageId, Error> {
+        self.check_active()?;
+        let scheduled =
+            ScheduledMessage::new(&message, &self.metadata, due, TraceContext::default())
+                .map_err(Error::database)?;
+        let id = scheduled.id();
+        self.scheduled.push(scheduled);
+        Ok(id)
+    }
+
+    /// Cancels a scheduled message (the derive's `cancel_scheduled`), in
+    /// this transaction.
+    #[doc(hidden)]
+    pub async fn __cancel_scheduled(&mut self, id: MessageId) -> Result<bool, Error> {
+        self.check_active()?;
+        // One scheduled by this unit of work, not yet written.
+        if let Some(i) = self.scheduled.iter().position(|s| s.id() == id) {
+            self.scheduled.remove(i);
+            return Ok(true);
+        }
+        match &mut self.backend {
+            Backend::Database(tx) => tx.cancel_scheduled(id).await,
+            Backend::Ended => Err(Error::TransactionFinished("ended")),
+        }
     }
 
     #[doc(hidden)]
@@ -375,7 +414,7 @@ impl UowTransaction {
         // The trace the events continue where they are handled: the span
         // current at commit (the handler's): in the services that consume
         // the external ones, and in the recovery of the journaled ones.
-        let trace = if self.events.is_empty() {
+        let trace = if self.events.is_empty() && self.scheduled.is_empty() {
             TraceContext::default()
         } else {
             TraceContext::current()
@@ -384,10 +423,23 @@ impl UowTransaction {
             for message in &mut outbox {
                 message.trace = trace.clone();
             }
+            for scheduled in &mut self.scheduled {
+                scheduled.message.trace = trace.clone();
+            }
         }
         let backend = std::mem::replace(&mut self.backend, Backend::Ended);
         let result = match backend {
             Backend::Database(mut tx) => {
+                if !self.scheduled.is_empty() {
+                    let scheduled = std::mem::take(&mut self.scheduled);
+                    if let Err(e) = tx.schedule(&scheduled).await {
+                        let _ = tx.rollback().await;
+                        self.state = State::RolledBack;
+                        self.conflict = false;
+                        self.events.clear();
+                        return Err(e);
+                    }
+                }
                 let journal = self.dispatches
                     && tx.keeps_journal()
                     && self
@@ -438,6 +490,7 @@ impl UowTransaction {
 
     async fn end_rollback(&mut self) -> Result<(), Error> {
         self.events.clear();
+        self.scheduled.clear();
         self.state = State::RolledBack;
         match std::mem::replace(&mut self.backend, Backend::Ended) {
             Backend::Database(tx) => tx.rollback().await,

@@ -538,7 +538,9 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
     };
     for sql in [
         "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
-        // Before the trace context (5) and the aggregate store (4) as well.
+        // Before the scheduled messages (6), the trace context (5) and the
+        // aggregate store (4) as well.
+        "DROP TABLE eda_scheduled",
         "ALTER TABLE eda_outbox DROP COLUMN trace_context",
         "DROP TABLE eda_aggregates",
         "DELETE FROM eda_migrations WHERE version >= 3",
@@ -557,7 +559,7 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
             .fetch_all(pg.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
     assert!(
         again
             .undispatched(&["old"], Duration::ZERO, 10)

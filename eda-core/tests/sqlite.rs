@@ -731,7 +731,7 @@ async fn start_at_once(url: &str, n: usize) {
         .fetch_one(db.pool())
         .await
         .unwrap();
-    assert_eq!(versions, 5, "{url}");
+    assert_eq!(versions, 6, "{url}");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(db.pool())
         .await
@@ -863,7 +863,8 @@ async fn the_table_prefix_names_the_framework_tables() {
             "shop_inbox",
             "shop_migrations",
             "shop_outbox",
-            "shop_relay_lease"
+            "shop_relay_lease",
+            "shop_scheduled"
         ]
     );
     s.bus.handle(Create { id: "a".into() }).await.unwrap();
@@ -1450,6 +1451,7 @@ async fn a_database_of_the_first_migration_gets_the_lease_table() {
     let file = TestSqlite::start().await;
     for sql in [
         "DROP TABLE eda_relay_lease",
+        "DROP TABLE eda_scheduled",
         "DROP INDEX eda_outbox_undispatched",
         "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
         "ALTER TABLE eda_outbox DROP COLUMN trace_context",
@@ -1464,7 +1466,7 @@ async fn a_database_of_the_first_migration_gets_the_lease_table() {
             .fetch_all(again.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
     assert!(again.lease("x", Duration::from_secs(1)).await.unwrap());
     again.pool().close().await;
 }
@@ -1475,7 +1477,9 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
     for sql in [
         "DROP INDEX eda_outbox_undispatched",
         "ALTER TABLE eda_outbox DROP COLUMN dispatched_at",
-        // Before the trace context (5) and the aggregate store (4) as well.
+        // Before the scheduled messages (6), the trace context (5) and the
+        // aggregate store (4) as well.
+        "DROP TABLE eda_scheduled",
         "ALTER TABLE eda_outbox DROP COLUMN trace_context",
         "DROP TABLE eda_aggregates",
         "DELETE FROM eda_migrations WHERE version >= 3",
@@ -1492,7 +1496,7 @@ async fn a_database_of_the_second_migration_gets_the_dispatch_journal() {
             .fetch_all(again.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
     assert!(
         again
             .undispatched(&["old"], Duration::ZERO, 10)

@@ -231,6 +231,47 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                 ) -> ::core::result::Result<(), #p::Error> {
                     self.#tx_name.__raise(event)
                 }
+
+                /// Schedules a command or an event for `delay` from now:
+                /// kept in this unit of work's transaction when it commits
+                /// (discarded if it does not), and delivered when due by the
+                /// bus's scheduler: a command to its handler here, an event
+                /// to its handlers here and, if it is external, to other
+                /// services. Returns its id, which
+                /// [`cancel_scheduled`](Self::cancel_scheduled) takes.
+                #[allow(dead_code)]
+                pub fn schedule<M: #p::Message>(
+                    &mut self,
+                    message: M,
+                    delay: ::std::time::Duration,
+                ) -> ::core::result::Result<#p::MessageId, #p::Error> {
+                    self.#tx_name.__schedule(message, ::std::time::SystemTime::now() + delay)
+                }
+
+                /// Schedules a command or an event for a point in time (see
+                /// [`schedule`](Self::schedule)); one in the past is due at
+                /// once.
+                #[allow(dead_code)]
+                pub fn schedule_at<M: #p::Message>(
+                    &mut self,
+                    message: M,
+                    at: ::std::time::SystemTime,
+                ) -> ::core::result::Result<#p::MessageId, #p::Error> {
+                    self.#tx_name.__schedule(message, at)
+                }
+
+                /// Cancels a scheduled message, in this unit of work's
+                /// transaction (undone if it does not commit). Returns
+                /// `false` if its delivery has begun (or it was delivered,
+                /// or there is none with this id): then it is, or was,
+                /// delivered.
+                #[allow(dead_code)]
+                pub async fn cancel_scheduled(
+                    &mut self,
+                    id: #p::MessageId,
+                ) -> ::core::result::Result<bool, #p::Error> {
+                    self.#tx_name.__cancel_scheduled(id).await
+                }
             };
             let flushes = members.iter().map(|f| {
                 let name = &f.ident;

@@ -51,14 +51,15 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::adapter::{Adapter, Database, DatabaseTransaction};
+use crate::adapter::{Adapter, Database, DatabaseTransaction, ScheduledRows};
 use crate::aggregate::Aggregate;
 use crate::error::Error;
 use crate::future::BoxFuture;
-use crate::message::MessageId;
+use crate::message::{MessageId, Timestamp};
 use crate::outbox::ExternalMessage;
 use crate::outbox::{Backlog, OutboxEntry, OutboxStore};
 use crate::repository::RepositoryError;
+use crate::schedule::ScheduledMessage;
 use crate::store::{self, AggregateStorage, AggregateType, Save, Stored};
 
 /// A database in memory. Clones share the same data.
@@ -96,6 +97,31 @@ struct Data {
     /// many times they were unroutable.
     deferred: HashMap<usize, (std::time::Instant, u32)>,
     inbox: HashSet<(MessageId, String)>,
+    /// Scheduled messages by id, with their next time (milliseconds;
+    /// `u64::MAX` when parked).
+    scheduled: HashMap<MessageId, (ScheduledMessage, u64)>,
+    /// The same, ordered by next time: a claim reads only the due ones.
+    schedule: std::collections::BTreeSet<(u64, MessageId)>,
+}
+
+impl Data {
+    fn set_next(&mut self, id: MessageId, next: u64) {
+        if let Some((_, at)) = self.scheduled.get_mut(&id) {
+            self.schedule.remove(&(*at, id));
+            *at = next;
+            self.schedule.insert((next, id));
+        }
+    }
+
+    fn unschedule(&mut self, id: MessageId) -> bool {
+        match self.scheduled.remove(&id) {
+            Some((_, at)) => {
+                self.schedule.remove(&(at, id));
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl fmt::Debug for InMemoryDatabase {
@@ -182,6 +208,9 @@ impl InMemoryDatabase {
             staged: Vec::new(),
             inbox: Vec::new(),
             outbox: Vec::new(),
+            scheduled: Vec::new(),
+            cancelled: Vec::new(),
+            removed: Vec::new(),
         })
     }
 }
@@ -216,6 +245,61 @@ impl Database for InMemoryDatabase {
     fn aggregate_storage(&self) -> AggregateStorage {
         AggregateStorage::Values
     }
+
+    fn claim_due<'a>(
+        &'a self,
+        names: &'a [&'a str],
+        now: Timestamp,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ScheduledMessage>, Error>> {
+        let mut data = self.data();
+        let now = now.as_millis();
+        let due: Vec<MessageId> = data
+            .schedule
+            .range(..(now.saturating_add(1), MessageId::from(uuid::Uuid::nil())))
+            .filter(|(_, id)| {
+                data.scheduled
+                    .get(id)
+                    .is_some_and(|(row, _)| names.contains(&row.message.name.as_str()))
+            })
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect();
+        let until = now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        let mut claimed = Vec::with_capacity(due.len());
+        for id in due {
+            data.set_next(id, until);
+            if let Some((row, _)) = data.scheduled.get_mut(&id) {
+                row.attempts += 1;
+                claimed.push(row.clone());
+            }
+        }
+        Box::pin(std::future::ready(Ok(claimed)))
+    }
+
+    fn retry_scheduled<'a>(
+        &'a self,
+        id: MessageId,
+        at: Option<Timestamp>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.data()
+            .set_next(id, at.map_or(u64::MAX, |t| t.as_millis()));
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn scheduled_rows(&self, limit: u64) -> BoxFuture<'_, Result<ScheduledRows, Error>> {
+        let data = self.data();
+        let rows = ScheduledRows {
+            pending: (data.scheduled.len() as u64).min(limit),
+            parked: data
+                .scheduled
+                .values()
+                .filter(|(_, at)| *at == u64::MAX)
+                .count() as u64,
+        };
+        Box::pin(std::future::ready(Ok(rows)))
+    }
 }
 
 /// A transaction on an [`InMemoryDatabase`]: reads see committed state,
@@ -227,6 +311,11 @@ struct MemoryTransaction {
     staged: Vec<Staged>,
     inbox: Vec<(MessageId, String)>,
     outbox: Vec<ExternalMessage>,
+    scheduled: Vec<ScheduledMessage>,
+    /// Cancelled: still not claimed at commit, or the commit conflicts.
+    cancelled: Vec<MessageId>,
+    /// Delivered: removed at commit, claimed or not.
+    removed: Vec<MessageId>,
 }
 
 /// An aggregate to save at commit.
@@ -262,7 +351,13 @@ impl Staged {
 
 impl MemoryTransaction {
     fn commit_now(self) -> Result<(), Error> {
-        if self.staged.is_empty() && self.inbox.is_empty() && self.outbox.is_empty() {
+        if self.staged.is_empty()
+            && self.inbox.is_empty()
+            && self.outbox.is_empty()
+            && self.scheduled.is_empty()
+            && self.cancelled.is_empty()
+            && self.removed.is_empty()
+        {
             self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
             return Ok(());
         }
@@ -278,6 +373,31 @@ impl MemoryTransaction {
                     id: format!("{:?}", self.inbox),
                 }
                 .into());
+            }
+            for id in &self.cancelled {
+                // Claimed since: its delivery has begun.
+                if data
+                    .scheduled
+                    .get(id)
+                    .is_none_or(|(row, _)| row.attempts > 0)
+                {
+                    return Err(RepositoryError::Conflict {
+                        aggregate: "scheduled message",
+                        id: id.to_string(),
+                        expected: 0,
+                    }
+                    .into());
+                }
+            }
+            for id in self.cancelled.iter().chain(&self.removed) {
+                data.unschedule(*id);
+            }
+            for row in self.scheduled {
+                let id = row.id();
+                let at = row.due.as_millis();
+                data.unschedule(id);
+                data.scheduled.insert(id, (row, at));
+                data.schedule.insert((at, id));
             }
             for staged in self.staged {
                 data.tables
@@ -322,6 +442,44 @@ impl DatabaseTransaction for MemoryTransaction {
             self.inbox.push(key);
         }
         Box::pin(std::future::ready(Ok(new)))
+    }
+
+    fn schedule<'a>(
+        &'a mut self,
+        messages: &'a [ScheduledMessage],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.scheduled.extend_from_slice(messages);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn cancel_scheduled<'a>(&'a mut self, id: MessageId) -> BoxFuture<'a, Result<bool, Error>> {
+        let pending = !self.cancelled.contains(&id)
+            && !self.removed.contains(&id)
+            && self
+                .db
+                .data()
+                .scheduled
+                .get(&id)
+                .is_some_and(|(row, _)| row.attempts == 0);
+        if pending {
+            self.cancelled.push(id);
+        }
+        Box::pin(std::future::ready(Ok(pending)))
+    }
+
+    fn remove_scheduled<'a>(
+        &'a mut self,
+        ids: &'a [MessageId],
+    ) -> BoxFuture<'a, Result<Vec<MessageId>, Error>> {
+        let present: Vec<MessageId> = {
+            let data = self.db.data();
+            ids.iter()
+                .filter(|id| data.scheduled.contains_key(id) && !self.removed.contains(id))
+                .copied()
+                .collect()
+        };
+        self.removed.extend_from_slice(&present);
+        Box::pin(std::future::ready(Ok(present)))
     }
 
     fn load_aggregate<'a>(

@@ -36,13 +36,16 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::RedactedUrl;
-use super::sql::{Tables, adapter_error, connect_error, quote_ident, stored};
-use crate::adapter::{Adapter, Database, DatabaseTransaction};
+use super::sql::{
+    PARKED_AT, Tables, adapter_error, connect_error, millis, quote_ident, scheduled_message, stored,
+};
+use crate::adapter::{Adapter, Database, DatabaseTransaction, ScheduledRows};
 use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::{Backlog, OutboxEntry, OutboxStore};
 use crate::outbox::{ExternalMessage, OutboxWrite};
+use crate::schedule::ScheduledMessage;
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 use crate::trace_context::TraceContext;
 
@@ -129,6 +132,13 @@ struct Statements {
     aggregates: String,
     insert_aggregate: String,
     update_aggregate: String,
+    /// Scheduled messages.
+    schedule: String,
+    cancel_scheduled: String,
+    remove_scheduled: String,
+    claim_due: String,
+    retry_scheduled: String,
+    scheduled_rows: String,
 }
 
 impl Statements {
@@ -137,7 +147,31 @@ impl Statements {
         let inbox = tables.name("inbox");
         let lease = tables.name("relay_lease");
         let aggregates = tables.name("aggregates");
+        let scheduled = tables.name("scheduled");
         Statements {
+            // Times in milliseconds since the epoch, from the service's
+            // clock; `next_at` is when it is tried next (its due time, then
+            // a claim's lease or a retry's; PARKED_AT when parked).
+            schedule: format!(
+                "INSERT INTO {scheduled} (message_id, name, payload, correlation_id, causation_id,                  created_at, trace_context, due_at, next_at)                  SELECT m, n, p, c, k, t, x, w, w                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[],                  $7::text[], $8::int8[]) AS x(m, n, p, c, k, t, x, w)"
+            ),
+            cancel_scheduled: format!(
+                "DELETE FROM {scheduled} WHERE message_id = $1 AND attempts = 0"
+            ),
+            remove_scheduled: format!(
+                "DELETE FROM {scheduled} WHERE message_id = ANY($1) RETURNING message_id"
+            ),
+            // The columns of an outbox row, with the due time for its
+            // position. SKIP LOCKED: two instances claiming at once take
+            // different rows (and a row a transaction is cancelling is
+            // left alone).
+            claim_due: format!(
+                "UPDATE {scheduled} SET next_at = $2, attempts = attempts + 1                  WHERE message_id IN (SELECT message_id FROM {scheduled} WHERE next_at <= $1                  AND name = ANY($4) ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED)                  RETURNING due_at, message_id, name, payload, correlation_id, causation_id,                  created_at, attempts, trace_context"
+            ),
+            retry_scheduled: format!("UPDATE {scheduled} SET next_at = $2 WHERE message_id = $1"),
+            scheduled_rows: format!(
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {scheduled} LIMIT $1) AS counted),                  (SELECT count(*) FROM {scheduled} WHERE next_at = {PARKED_AT})"
+            ),
             load_aggregate: format!(
                 "SELECT version, body FROM {aggregates} WHERE aggregate = $1 AND id = $2"
             ),
@@ -246,6 +280,8 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
     let undispatched = quote_ident(&format!("{prefix}outbox_undispatched"));
     let lease = tables.name("relay_lease");
     let aggregates = tables.name("aggregates");
+    let scheduled = tables.name("scheduled");
+    let scheduled_next = quote_ident(&format!("{prefix}scheduled_next_at"));
     vec![
         vec![
             format!(
@@ -312,6 +348,25 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
         vec![format!(
             "ALTER TABLE {outbox} ADD COLUMN IF NOT EXISTS trace_context TEXT"
         )],
+        // 6: scheduled messages, until they are delivered; a claim reads
+        // only the due ones, through the index on when each is tried next.
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {scheduled} (
+                message_id UUID PRIMARY KEY,
+                name TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                correlation_id UUID NOT NULL,
+                causation_id UUID,
+                created_at BIGINT NOT NULL,
+                due_at BIGINT NOT NULL,
+                next_at BIGINT NOT NULL,
+                attempts INT NOT NULL DEFAULT 0,
+                trace_context TEXT
+            )"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {scheduled_next} ON {scheduled} (next_at)"),
+        ],
     ]
 }
 
@@ -766,6 +821,63 @@ impl Database for PostgresDatabase {
                 .collect()
         })
     }
+
+    fn claim_due<'a>(
+        &'a self,
+        names: &'a [&'a str],
+        now: Timestamp,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ScheduledMessage>, Error>> {
+        Box::pin(async move {
+            let now = millis(now);
+            let rows = sqlx::query(&self.inner.statements.claim_due)
+                .bind(now)
+                .bind(now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(names)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            let mut due: Vec<ScheduledMessage> = rows
+                .iter()
+                .map(|row| outbox_entry(row).map(scheduled_message))
+                .collect::<Result<_, _>>()?;
+            due.sort_by_key(|s| s.due);
+            Ok(due)
+        })
+    }
+
+    fn retry_scheduled<'a>(
+        &'a self,
+        id: MessageId,
+        at: Option<Timestamp>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            sqlx::query(&self.inner.statements.retry_scheduled)
+                .bind(id.as_uuid())
+                .bind(at.map_or(PARKED_AT, millis))
+                .execute(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn scheduled_rows(&self, limit: u64) -> BoxFuture<'_, Result<ScheduledRows, Error>> {
+        Box::pin(async move {
+            let (pending, parked): (i64, i64) =
+                sqlx::query_as(&self.inner.statements.scheduled_rows)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_one(&self.inner.pool)
+                    .await
+                    .map_err(adapter_error)?;
+            Ok(ScheduledRows {
+                pending: pending.max(0) as u64,
+                parked: parked.max(0) as u64,
+            })
+        })
+    }
 }
 
 /// An error that means the connection itself is gone (not the query):
@@ -819,6 +931,51 @@ impl DatabaseTransaction for PgTransaction {
                 .await
                 .map_err(adapter_error)?;
             Ok(())
+        })
+    }
+
+    fn schedule<'a>(
+        &'a mut self,
+        messages: &'a [ScheduledMessage],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let due: Vec<i64> = messages
+                .iter()
+                .map(|s| millis(s.due).min(PARKED_AT - 1))
+                .collect();
+            OutboxColumns::new(messages.iter().map(|s| &s.message))?
+                .bind(sqlx::query(&self.db.statements.schedule))
+                .bind(due)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn cancel_scheduled<'a>(&'a mut self, id: MessageId) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(&self.db.statements.cancel_scheduled)
+                .bind(id.as_uuid())
+                .execute(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn remove_scheduled<'a>(
+        &'a mut self,
+        ids: &'a [MessageId],
+    ) -> BoxFuture<'a, Result<Vec<MessageId>, Error>> {
+        Box::pin(async move {
+            let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+            let removed: Vec<(Uuid,)> = sqlx::query_as(&self.db.statements.remove_scheduled)
+                .bind(ids)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            Ok(removed.into_iter().map(|(id,)| id.into()).collect())
         })
     }
 

@@ -50,6 +50,25 @@ where
     })
 }
 
+/// The next time of a parked scheduled message: never.
+pub(crate) const PARKED_AT: i64 = i64::MAX;
+
+/// A time as the scheduled messages' columns keep it.
+pub(crate) fn millis(t: crate::message::Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A claimed row, read as an outbox row whose position is its due time.
+pub(crate) fn scheduled_message(
+    entry: crate::outbox::OutboxEntry,
+) -> crate::schedule::ScheduledMessage {
+    crate::schedule::ScheduledMessage {
+        message: entry.message,
+        due: crate::message::Timestamp::from_millis(entry.position.max(0) as u64),
+        attempts: entry.attempts,
+    }
+}
+
 /// Whether running the transaction again can succeed: a serialization
 /// failure or a deadlock (Postgres SQLSTATE 40001, 40P01), a busy or locked
 /// database (SQLite). Asked of the database that reported the error: some

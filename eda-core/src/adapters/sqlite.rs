@@ -86,14 +86,18 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::RedactedUrl;
-use super::sql::{Tables, adapter_error, connect_error, is_sqlite_busy, quote_ident, stored};
-use crate::adapter::{Adapter, Database, DatabaseTransaction};
+use super::sql::{
+    PARKED_AT, Tables, adapter_error, connect_error, is_sqlite_busy, millis, quote_ident,
+    scheduled_message, stored,
+};
+use crate::adapter::{Adapter, Database, DatabaseTransaction, ScheduledRows};
 use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::{Backlog, OutboxEntry, OutboxStore};
 use crate::outbox::{ExternalMessage, OutboxWrite};
 use crate::retry::Backoff;
+use crate::schedule::ScheduledMessage;
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 use crate::trace_context::TraceContext;
 
@@ -176,6 +180,13 @@ struct Statements {
     aggregates: String,
     insert_aggregate: String,
     update_aggregate: String,
+    /// Scheduled messages.
+    schedule: String,
+    cancel_scheduled: String,
+    remove_scheduled: String,
+    claim_due: String,
+    retry_scheduled: String,
+    scheduled_rows: String,
 }
 
 impl Statements {
@@ -184,8 +195,31 @@ impl Statements {
         let inbox = tables.name("inbox");
         let lease = tables.name("relay_lease");
         let aggregates = tables.name("aggregates");
+        let scheduled = tables.name("scheduled");
         let now = format!("strftime('{TIMESTAMP_FORMAT}', 'now')");
         Statements {
+            // Times in milliseconds since the epoch, from the service's
+            // clock; `next_at` is when it is tried next (its due time, then
+            // a claim's lease or a retry's; PARKED_AT when parked).
+            schedule: format!(
+                "INSERT INTO {scheduled} (message_id, name, payload, correlation_id, causation_id,                  created_at, due_at, next_at, trace_context)                  SELECT json_extract(value, '$.m'), json_extract(value, '$.n'),                  json_extract(value, '$.p'), json_extract(value, '$.c'), json_extract(value, '$.k'),                  json_extract(value, '$.t'), json_extract(value, '$.w'), json_extract(value, '$.w'),                  json_extract(value, '$.x')                  FROM json_each(?1) ORDER BY key"
+            ),
+            cancel_scheduled: format!(
+                "DELETE FROM {scheduled} WHERE message_id = ?1 AND attempts = 0"
+            ),
+            remove_scheduled: format!(
+                "DELETE FROM {scheduled} WHERE message_id IN (SELECT value FROM json_each(?1))                  RETURNING message_id"
+            ),
+            // The columns of an outbox row, with the due time for its
+            // position. One statement: SQLite has one writer, so two
+            // instances never claim the same row.
+            claim_due: format!(
+                "UPDATE {scheduled} SET next_at = ?2, attempts = attempts + 1                  WHERE message_id IN (SELECT message_id FROM {scheduled} WHERE next_at <= ?1                  AND name IN (SELECT value FROM json_each(?4)) ORDER BY next_at LIMIT ?3)                  RETURNING due_at, message_id, name, payload, correlation_id, causation_id,                  created_at, attempts, trace_context"
+            ),
+            retry_scheduled: format!("UPDATE {scheduled} SET next_at = ?2 WHERE message_id = ?1"),
+            scheduled_rows: format!(
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {scheduled} LIMIT ?1)),                  (SELECT count(*) FROM {scheduled} WHERE next_at = {PARKED_AT})"
+            ),
             load_aggregate: format!(
                 "SELECT version, body FROM {aggregates} WHERE aggregate = ?1 AND id = ?2"
             ),
@@ -309,6 +343,9 @@ struct OutboxRow<'a> {
     /// To dispatch (`write_events` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     d: Option<bool>,
+    /// When it is due (`schedule` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    w: Option<u64>,
 }
 
 impl<'a> OutboxRow<'a> {
@@ -323,6 +360,7 @@ impl<'a> OutboxRow<'a> {
             x: m.trace.to_column(),
             u: None,
             d: None,
+            w: None,
         })
     }
 }
@@ -350,6 +388,8 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
     let (unsent, outbox_table) = index_on(tables, "outbox_unsent", "outbox");
     let (handled, inbox_table) = index_on(tables, "inbox_handled_at", "inbox");
     let (undispatched, _) = index_on(tables, "outbox_undispatched", "outbox");
+    let scheduled = tables.name("scheduled");
+    let (scheduled_next, scheduled_table) = index_on(tables, "scheduled_next_at", "scheduled");
     vec![
         vec![
             // AUTOINCREMENT: a position is never reused, even after the last
@@ -419,6 +459,25 @@ fn migrations(tables: &Tables) -> Vec<Vec<String>> {
         vec![format!(
             "ALTER TABLE {outbox} ADD COLUMN trace_context TEXT"
         )],
+        // 6: scheduled messages, until they are delivered; a claim reads
+        // only the due ones, through the index on when each is tried next.
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {scheduled} (
+                message_id TEXT PRIMARY KEY NOT NULL,
+                name TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                correlation_id TEXT NOT NULL,
+                causation_id TEXT,
+                created_at INTEGER NOT NULL,
+                due_at INTEGER NOT NULL,
+                next_at INTEGER NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                trace_context TEXT
+            )"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {scheduled_next} ON {scheduled_table} (next_at)"),
+        ],
     ]
 }
 
@@ -867,6 +926,64 @@ impl Database for SqliteDatabase {
                 .collect()
         })
     }
+
+    fn claim_due<'a>(
+        &'a self,
+        names: &'a [&'a str],
+        now: Timestamp,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ScheduledMessage>, Error>> {
+        Box::pin(async move {
+            let names = serde_json::to_string(names).map_err(Error::database)?;
+            let now = millis(now);
+            let rows = sqlx::query(&self.inner.statements.claim_due)
+                .bind(now)
+                .bind(now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(names)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            let mut due: Vec<ScheduledMessage> = rows
+                .iter()
+                .map(|row| outbox_entry(row).map(scheduled_message))
+                .collect::<Result<_, _>>()?;
+            due.sort_by_key(|s| s.due);
+            Ok(due)
+        })
+    }
+
+    fn retry_scheduled<'a>(
+        &'a self,
+        id: MessageId,
+        at: Option<Timestamp>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            sqlx::query(&self.inner.statements.retry_scheduled)
+                .bind(id.as_uuid().hyphenated().to_string())
+                .bind(at.map_or(PARKED_AT, millis))
+                .execute(&self.inner.pool)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn scheduled_rows(&self, limit: u64) -> BoxFuture<'_, Result<ScheduledRows, Error>> {
+        Box::pin(async move {
+            let (pending, parked): (i64, i64) =
+                sqlx::query_as(&self.inner.statements.scheduled_rows)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_one(&self.inner.pool)
+                    .await
+                    .map_err(adapter_error)?;
+            Ok(ScheduledRows {
+                pending: pending.max(0) as u64,
+                parked: parked.max(0) as u64,
+            })
+        })
+    }
 }
 
 struct SqliteTransaction {
@@ -941,6 +1058,64 @@ impl DatabaseTransaction for SqliteTransaction {
                 .await
                 .map_err(adapter_error)?;
             Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn schedule<'a>(
+        &'a mut self,
+        messages: &'a [ScheduledMessage],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let rows: Vec<OutboxRow<'_>> = messages
+                .iter()
+                .map(|s| {
+                    OutboxRow::new(&s.message).map(|row| OutboxRow {
+                        w: Some(s.due.as_millis().min(i64::MAX as u64 - 1)),
+                        ..row
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let rows = serde_json::to_string(&rows).map_err(Error::database)?;
+            sqlx::query(&self.db.statements.schedule)
+                .bind(rows)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            Ok(())
+        })
+    }
+
+    fn cancel_scheduled<'a>(&'a mut self, id: MessageId) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(&self.db.statements.cancel_scheduled)
+                .bind(id.as_uuid().hyphenated().to_string())
+                .execute(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn remove_scheduled<'a>(
+        &'a mut self,
+        ids: &'a [MessageId],
+    ) -> BoxFuture<'a, Result<Vec<MessageId>, Error>> {
+        Box::pin(async move {
+            let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+            let ids = serde_json::to_string(&ids).map_err(Error::database)?;
+            let removed: Vec<(String,)> = sqlx::query_as(&self.db.statements.remove_scheduled)
+                .bind(ids)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(adapter_error)?;
+            removed
+                .into_iter()
+                .map(|(id,)| {
+                    Uuid::parse_str(&id)
+                        .map(MessageId::from)
+                        .map_err(Error::database)
+                })
+                .collect()
         })
     }
 

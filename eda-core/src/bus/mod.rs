@@ -28,6 +28,7 @@ mod incoming;
 mod journal;
 mod metrics;
 mod retry;
+mod scheduler;
 mod trace;
 
 pub use builder::BusBuilder;
