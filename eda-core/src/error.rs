@@ -95,6 +95,30 @@ pub enum Error {
         backend: &'static str,
     },
 
+    /// A process manager was started for a key that has one already
+    /// (running, or ended).
+    #[error("process {process} {key} was started already{}", if *ended { " (and has ended)" } else { "" })]
+    ProcessStarted {
+        /// The process's name.
+        process: &'static str,
+        /// The correlation key (`Debug`).
+        key: String,
+        /// Whether it has ended.
+        ended: bool,
+    },
+
+    /// A message for a process that is not running, of a process declared
+    /// `#[process(missing = "error")]`.
+    #[error("no running process {process} {key}: it {}", if *ended { "has ended" } else { "was never started" })]
+    NoProcess {
+        /// The process's name.
+        process: &'static str,
+        /// The correlation key (`Debug`).
+        key: String,
+        /// Whether it has ended (or never started).
+        ended: bool,
+    },
+
     /// The database in use does not do what was asked: an adapter that
     /// does not implement that part of [`backend`](crate::backend).
     #[error("{what} are not supported by this database adapter")]

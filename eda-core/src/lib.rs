@@ -63,6 +63,7 @@ mod inbox;
 mod layer;
 mod message;
 mod outbox;
+mod process;
 mod registry;
 mod relay;
 mod repository;
@@ -97,6 +98,7 @@ pub use message::{
     AnyEvent, Command, Envelope, Event, Message, MessageId, MessageKind, Metadata, Timestamp,
 };
 pub use outbox::ExternalMessage;
+pub use process::{Lookup, OnMissing, Process, ProcessKey, ProcessMap, ProcessState, Processes};
 pub use relay::{OutboxRelay, RelayMetrics, RelayOptions};
 pub use repository::{Find, Finder, Repository, RepositoryError};
 pub use retry::RetryPolicy;
@@ -109,7 +111,7 @@ pub use wiring::{HandlerRef, Location, WiringError, WiringProblem};
 
 #[cfg(feature = "macros")]
 pub use eda_macros::{
-    Aggregate, Command, Event, UnitOfWork, command_handler, event_handler, repository,
+    Aggregate, Command, Event, ProcessState, UnitOfWork, command_handler, event_handler, repository,
 };
 
 pub mod backend {

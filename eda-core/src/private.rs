@@ -49,3 +49,5 @@ pub use crate::message::{Message, MessageId, MessageKind};
 pub use crate::repository::{Find, FinderVTable, Repository, RepositoryVTable};
 pub use crate::uow::{UowField, UowTransaction};
 pub use crate::{Command as CommandTrait, Event as EventTrait, UnitOfWork as UnitOfWorkTrait};
+
+pub use crate::process::{OnMissing, ProcessKey, ProcessState as ProcessStateTrait};

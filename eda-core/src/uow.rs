@@ -884,6 +884,35 @@ impl<'a, A: Aggregate> Aggregates<'a, A> {
     pub fn seen(&self) -> impl Iterator<Item = &A> + '_ {
         self.map.seen()
     }
+
+    /// The aggregate with this id, tracked (loaded once) but not lent
+    /// mutably: where it is in the map.
+    pub(crate) async fn track_id(&mut self, id: &A::Id) -> Result<Option<usize>, Error> {
+        self.tx.check_active()?;
+        Ok(match self.map.position(id) {
+            Some(i) => Some(i),
+            None => self
+                .tx
+                .load::<A>(id)
+                .await?
+                .map(|aggregate| self.map.track(aggregate)),
+        })
+    }
+
+    /// A tracked aggregate, to read.
+    pub(crate) fn tracked(&self, i: usize) -> &A {
+        &self.map.tracked[i].aggregate
+    }
+
+    /// A tracked aggregate, lent mutably (saved on commit).
+    pub(crate) fn into_mut(self, i: usize) -> &'a mut A {
+        self.map.lend_mut(i)
+    }
+
+    /// A tracked aggregate, to read.
+    pub(crate) fn into_ref(self, i: usize) -> &'a A {
+        &self.map.tracked[i].aggregate
+    }
 }
 
 /// Only eda implements [`UowField`]: a unit of work's fields are identity

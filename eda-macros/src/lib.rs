@@ -10,6 +10,7 @@ mod aggregate;
 mod ctxt;
 mod handler;
 mod message;
+mod process;
 mod repository;
 mod uow;
 
@@ -59,6 +60,31 @@ pub fn derive_command(input: TokenStream) -> TokenStream {
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     message::expand(input, Kind::Event)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Derives `ProcessState`: the state of a process manager, kept per
+/// correlation key (see `eda_core::ProcessMap`).
+///
+/// Options: `name = "service.process"` (required: where its states are
+/// stored), `key = Type` (the correlation key; default `String`),
+/// `missing = "ignore"` (the default: a message for a process that is not
+/// running is logged and ignored) or `missing = "error"` (the handler
+/// fails with `Error::NoProcess`).
+///
+/// ```
+/// use eda_core::{MessageId, ProcessState};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, ProcessState)]
+/// #[process(name = "shop.payment", key = String)]
+/// pub struct Payment { pub timeout: MessageId }
+/// ```
+#[proc_macro_derive(ProcessState, attributes(process))]
+pub fn derive_process_state(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    process::expand(input)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
