@@ -144,6 +144,24 @@ pub struct ConfigError {
     problem: String,
 }
 
+impl ConfigError {
+    /// A variable of the service's own (not one the host reads) with a
+    /// value it cannot use: `ConfigError::new("ORDER_TIMEOUT_MS", "expected
+    /// milliseconds, got \"soon\"")` displays as
+    /// `ORDER_TIMEOUT_MS: expected milliseconds, got "soon"`.
+    pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            variable,
+            problem: problem.into(),
+        }
+    }
+
+    /// The variable.
+    pub fn variable(&self) -> &'static str {
+        self.variable
+    }
+}
+
 impl HostConfig {
     /// The configuration of the service `service` (its name: the default
     /// queue, schema and SQLite file), listening on `port` unless `PORT`

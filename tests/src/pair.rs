@@ -175,6 +175,8 @@ pub struct PairBooks {
     pub cancelled: usize,
     /// Cancelled for a product nobody stocks.
     pub unknown_sku: usize,
+    /// Cancelled because allocation did not answer in time.
+    pub timed_out: usize,
     /// Units allocated to confirmed orders.
     pub units_confirmed: u64,
     /// Units purchased.
@@ -253,11 +255,16 @@ pub fn check_pair_books(
                 books.cancelled += 1;
                 let reason = order.reason.as_deref().unwrap_or_default();
                 assert!(
-                    reason.starts_with("out of stock") || reason.starts_with("unknown sku"),
+                    reason.starts_with("out of stock")
+                        || reason.starts_with("unknown sku")
+                        || reason == "timeout",
                     "order {id} cancelled for {reason:?}"
                 );
                 if reason.starts_with("unknown sku") {
                     books.unknown_sku += 1;
+                }
+                if reason == "timeout" {
+                    books.timed_out += 1;
                 }
                 assert_eq!(
                     cancellations, 1,
@@ -348,9 +355,12 @@ pub fn check_pair_books(
     books
 }
 
+/// A consumer's task.
+type Consumer = tokio::task::JoinHandle<Result<(), eda_core::Error>>;
+
 /// Both example services' buses in this process, on an in-process broker,
-/// in memory, each with its consumer and its outbox relay: the pair as the
-/// fast tests run it.
+/// in memory, each with its consumer, its outbox relay and its scheduler:
+/// the pair as the fast tests run it.
 pub struct InProcessPair {
     /// The broker both share.
     pub broker: eda_core::adapters::in_process::InProcessBroker,
@@ -362,17 +372,37 @@ pub struct InProcessPair {
     pub orders_db: eda_core::InMemoryDatabase,
     /// Orders' bus (the handlers of the crate `orders`).
     pub orders_bus: eda_core::MessageBus,
+    /// Allocation's place on the broker, and its consumer while it runs
+    /// (with what stops it alone).
+    allocation_service: eda_core::adapters::in_process::InProcessService,
+    allocation_consumer: Option<(tokio::sync::watch::Sender<bool>, Consumer)>,
     stop: tokio::sync::watch::Sender<bool>,
-    consumers: Vec<tokio::task::JoinHandle<Result<(), eda_core::Error>>>,
+    consumers: Vec<Consumer>,
+    schedulers: Vec<tokio::task::JoinHandle<()>>,
     relays: Vec<eda_core::OutboxRelay>,
 }
 
 impl InProcessPair {
     /// Starts the pair; `consumer` gives each service's consumer options
-    /// from its queue's name.
+    /// from its queue's name. Orders time out after the default 30 s.
     pub fn start(
         consumer: impl Fn(&str) -> eda_core::entrypoints::ConsumerOptions,
         relay: eda_core::RelayOptions,
+    ) -> InProcessPair {
+        Self::start_with_timeout(
+            consumer,
+            relay,
+            orders::service_layer::DEFAULT_ORDER_TIMEOUT,
+        )
+    }
+
+    /// The same, with orders cancelled after `order_timeout` without an
+    /// answer from allocation. Each service's scheduler looks for due
+    /// messages every 20 ms.
+    pub fn start_with_timeout(
+        consumer: impl Fn(&str) -> eda_core::entrypoints::ConsumerOptions,
+        relay: eda_core::RelayOptions,
+        order_timeout: std::time::Duration,
     ) -> InProcessPair {
         use allocation::adapters::notifications::{FakeNotifier, Notifications};
         use eda_core::{InMemoryDatabase, MessageBus, OutboxRelay};
@@ -388,21 +418,37 @@ impl InProcessPair {
         let orders_bus = MessageBus::builder()
             .scope("orders")
             .adapter(orders_db.clone())
+            .adapter(orders::service_layer::OrderTimeout(order_timeout))
             .build()
             .unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stop_signal = stopped.clone();
         let mut consumers = Vec::new();
         let mut relays = Vec::new();
+        let mut schedulers = Vec::new();
+        let mut allocation_service = None;
         for (queue, db, bus) in [
             ("allocation", &allocation_db, &allocation_bus),
             ("orders", &orders_db, &orders_bus),
         ] {
             let service = broker.service(consumer(queue));
             service.declare_topology(bus);
-            let mut stopped = stopped.clone();
-            consumers.push(tokio::spawn(service.consumer(bus.clone()).run(
+            if queue == "orders" {
+                let mut stopped = stopped.clone();
+                consumers.push(tokio::spawn(service.consumer(bus.clone()).run(
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                )));
+            }
+            let mut stopped_too = stop_signal.clone();
+            schedulers.push(tokio::spawn(bus.scheduler(
+                eda_core::SchedulerOptions {
+                    poll: std::time::Duration::from_millis(20),
+                    ..eda_core::SchedulerOptions::default()
+                },
                 async move {
-                    let _ = stopped.wait_for(|s| *s).await;
+                    let _ = stopped_too.wait_for(|s| *s).await;
                 },
             )));
             relays.push(OutboxRelay::spawn(
@@ -410,19 +456,54 @@ impl InProcessPair {
                 service.publisher(),
                 relay.clone(),
             ));
+            if queue == "allocation" {
+                allocation_service = Some(service);
+            }
         }
-        InProcessPair {
+        let mut pair = InProcessPair {
             broker,
             allocation_db,
             allocation_bus,
             orders_db,
             orders_bus,
+            allocation_service: allocation_service.expect("allocation is one of the two"),
+            allocation_consumer: None,
             stop,
             consumers,
+            schedulers,
             relays,
+        };
+        pair.resume_allocation();
+        pair
+    }
+
+    /// Stops allocation's consumer (allocation is away): what is published
+    /// for it waits in its queue. Its bus, relay and scheduler go on.
+    pub async fn pause_allocation(&mut self) {
+        if let Some((stop, consumer)) = self.allocation_consumer.take() {
+            let _ = stop.send(true);
+            consumer.await.unwrap().unwrap();
         }
     }
 
+    /// Starts allocation's consumer again (it is started with the pair).
+    pub fn resume_allocation(&mut self) {
+        if self.allocation_consumer.is_some() {
+            return;
+        }
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let mut all_stopped = self.stop.subscribe();
+        let consumer = self
+            .allocation_service
+            .consumer(self.allocation_bus.clone())
+            .run(async move {
+                tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => {}
+                    _ = all_stopped.wait_for(|s| *s) => {}
+                }
+            });
+        self.allocation_consumer = Some((stop, tokio::spawn(consumer)));
+    }
     /// A queue of an observer (a third service), bound to `name`.
     pub fn observe(&self, queue: &str, name: &str) {
         self.broker.declare_exchange("eda.events");
@@ -431,10 +512,14 @@ impl InProcessPair {
     }
 
     /// Stops the consumers (each must end well) and the relays.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
+        self.pause_allocation().await;
         let _ = self.stop.send(true);
         for consumer in self.consumers {
             consumer.await.unwrap().unwrap();
+        }
+        for scheduler in self.schedulers {
+            scheduler.await.unwrap();
         }
         for relay in self.relays {
             relay.shutdown().await;

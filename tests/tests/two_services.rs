@@ -157,6 +157,131 @@ async fn the_pair_settles_every_order_on_the_in_process_broker() {
     }
 }
 
+/// Issue 15: allocation is away while orders are placed; each order is
+/// cancelled for `timeout` once its timeout is due (the scheduled
+/// `ExpireOrder` of its fulfilment); allocation comes back, allocates from
+/// the `OrderPlaced` waiting in its queue, and releases it again on the
+/// `OrderCancelled` or the `AllocationRefused` orders answers each late
+/// `Allocated` with. Then the books: every order cancelled once, for
+/// `timeout`; nothing allocated, nothing oversold, all stock back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_time_out_while_allocation_is_away_on_the_in_process_broker() {
+    let timeout = Duration::from_millis(300);
+    let plan = Plan::new(&unique_name("away"), 3, 30, 40, 11);
+    let fast = |queue: &str| {
+        ConsumerOptions::new(queue)
+            .retry_delays([Duration::from_millis(20), Duration::from_millis(50)])
+    };
+    let relay_options = RelayOptions {
+        poll: Duration::from_millis(10),
+        ..RelayOptions::default()
+    };
+    let mut pair = InProcessPair::start_with_timeout(fast, relay_options, timeout);
+    pair.observe("observer.cancelled", "orders.order_cancelled");
+    pair.observe("observer.allocated", "allocation.allocated");
+    pair.observe("observer.refused", "orders.allocation_refused");
+    for (sku, units) in &plan.stock {
+        pair.allocation_bus
+            .handle(CreateBatch::new(Plan::batchref(sku), sku, *units, None))
+            .await
+            .unwrap();
+    }
+    pair.pause_allocation().await;
+
+    let placed = Instant::now();
+    let mut acknowledged = BTreeSet::new();
+    for (orderid, lines) in &plan.orders {
+        let lines = lines.iter().map(|(s, q)| OrderLine::new(s, *q)).collect();
+        pair.orders_bus
+            .handle(PlaceOrder::new(orderid, lines))
+            .await
+            .unwrap();
+        acknowledged.insert(orderid.clone());
+    }
+    let mut snapshot = Snapshot::default();
+    let margin = Duration::from_secs(5);
+    loop {
+        read_memory(&pair.orders_db, &pair.allocation_db, &mut snapshot).await;
+        let timed_out = snapshot
+            .orders
+            .values()
+            .filter(|o| o.status == "cancelled" && o.reason.as_deref() == Some("timeout"))
+            .count();
+        if timed_out == acknowledged.len() {
+            break;
+        }
+        assert!(
+            placed.elapsed() < timeout + margin,
+            "{timed_out} of {} cancelled for timeout within {:?}: {}",
+            acknowledged.len(),
+            timeout + margin,
+            snapshot.unsettled()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let all_cancelled_after = placed.elapsed();
+    assert!(snapshot.allocations.is_empty(), "allocation was away");
+
+    pair.resume_allocation();
+    let broker = pair.broker.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    loop {
+        observe_in_process(&broker, &mut snapshot);
+        while broker.take("observer.refused").is_some() {
+            refused += 1;
+        }
+        read_memory(&pair.orders_db, &pair.allocation_db, &mut snapshot).await;
+        // Settled once allocation caught up with its queue (before, nothing
+        // is allocated yet, and the pair looks settled).
+        let idle = ["allocation", "orders"].iter().all(|q| broker.is_empty(q));
+        if idle && snapshot.settled(&acknowledged) && !snapshot.allocated_events.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled in 60 s: {}",
+            snapshot.unsettled()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    observe_in_process(&broker, &mut snapshot);
+    while broker.take("observer.refused").is_some() {
+        refused += 1;
+    }
+    read_memory(&pair.orders_db, &pair.allocation_db, &mut snapshot).await;
+    for queue in ["allocation.dlq", "orders.dlq"] {
+        let dead: Vec<_> = std::iter::from_fn(|| broker.take(queue))
+            .map(|m| (m.message.name, m.error))
+            .collect();
+        assert!(dead.is_empty(), "dead-lettered in {queue}: {dead:#?}");
+    }
+    let attempted: BTreeSet<String> = plan.orders.iter().map(|(o, _)| o.clone()).collect();
+    let books = check_pair_books(&plan, &attempted, &acknowledged, &snapshot);
+    assert_eq!(books.timed_out, plan.orders.len(), "{books:?}");
+    assert_eq!(books.confirmed, 0);
+    // Allocation allocated lines late, and orders refused each of them.
+    let late: usize = snapshot.allocated_events.len();
+    assert!(late > 0, "allocation allocated nothing after it came back");
+    assert!(
+        refused >= late,
+        "{refused} refusals for {late} late allocations"
+    );
+    println!(
+        "FIGURES {}",
+        json!({
+            "scenario": "in-process timeout",
+            "orders": books.orders,
+            "timeout_ms": timeout.as_millis(),
+            "all_cancelled_after_ms": all_cancelled_after.as_millis(),
+            "late_allocations": late,
+            "refused": refused,
+        })
+    );
+    pair.stop().await;
+}
+
 fn observe_in_process(broker: &InProcessBroker, snapshot: &mut Snapshot) {
     for queue in ["observer.cancelled", "observer.allocated"] {
         while let Some(m) = broker.take(queue) {
@@ -356,7 +481,19 @@ impl Pair {
         acknowledged: &BTreeSet<String>,
         within: Duration,
     ) -> PairBooks {
-        let mut snapshot = Snapshot::default();
+        self.books_after(Snapshot::default(), plan, attempted, acknowledged, within)
+            .await
+    }
+
+    /// The same, going on from what `snapshot` observed already.
+    async fn books_after(
+        &self,
+        mut snapshot: Snapshot,
+        plan: &Plan,
+        attempted: &BTreeSet<String>,
+        acknowledged: &BTreeSet<String>,
+        within: Duration,
+    ) -> PairBooks {
         let deadline = Instant::now() + within;
         loop {
             self.read(&mut snapshot).await;
@@ -373,6 +510,55 @@ impl Pair {
         tokio::time::sleep(Duration::from_millis(500)).await;
         self.read(&mut snapshot).await;
         check_pair_books(plan, attempted, acknowledged, &snapshot)
+    }
+
+    /// Waits until `count` orders are cancelled for `timeout`, failing at
+    /// `deadline`.
+    async fn all_timed_out(&self, snapshot: &mut Snapshot, count: usize, deadline: Instant) {
+        loop {
+            self.read(snapshot).await;
+            let timed_out = snapshot
+                .orders
+                .values()
+                .filter(|o| o.status == "cancelled" && o.reason.as_deref() == Some("timeout"))
+                .count();
+            if timed_out == count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{timed_out} of {count} orders cancelled for timeout by the deadline: {}",
+                snapshot.unsettled()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until allocation has handled each of `orders` orders'
+    /// `OrderPlaced` and `OrderCancelled` (before that, after it was away,
+    /// nothing is allocated yet, and the pair would look settled).
+    async fn allocation_caught_up(&self, orders: usize) {
+        let orders = orders as f64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let calls = handler_calls(&scrape_metrics(self.allocation()).await);
+            let handled = |message: &str| {
+                calls
+                    .get(&(message.to_owned(), "ok".to_owned()))
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            if handled("orders.order_placed") >= orders
+                && handled("orders.order_cancelled") >= orders
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "allocation did not catch up: {calls:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn stop(self) {
@@ -493,6 +679,171 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
     assert_eq!(
         consumed(&allocation_scrape, "orders.order_placed", "dead_lettered"),
         0.0
+    );
+    pair.stop().await;
+}
+
+/// Issue 15, both binaries on RabbitMQ and Postgres: allocation is stopped
+/// while orders are placed; orders cancels each for `timeout` once its
+/// `ORDER_TIMEOUT_MS` is due (its scheduler delivers the `ExpireOrder` its
+/// fulfilment scheduled), and `GET /orders/{id}` says why; allocation is
+/// started again, allocates from the `OrderPlaced` waiting in its queue,
+/// and releases it on the `OrderCancelled`, or on the `AllocationRefused`
+/// with which orders answers each late `Allocated`. Then the books: every
+/// order cancelled once, for `timeout`; nothing held, nothing oversold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_time_out_while_allocation_is_stopped_over_rabbitmq() {
+    let _shared = PAIRS.read().await;
+    let timeout = Duration::from_secs(2);
+    let timeout_ms = timeout.as_millis().to_string();
+    let Some(mut pair) = Pair::start_with(&[("ORDER_TIMEOUT_MS", &timeout_ms)]).await else {
+        return;
+    };
+    let refused_queue = pair.world.observe("orders.allocation_refused").await;
+    let plan = Plan::new(&unique_name("away"), 3, 30, 60, 13);
+    stock(&pair, &plan).await;
+    // Allocation goes away; its queue keeps what orders publishes.
+    let allocation = pair.allocation.take().expect("allocation runs");
+    assert_eq!(allocation.terminate().await, 0);
+
+    let placed_at = Instant::now();
+    let placed = HttpLoad::new(&pair.orders().base)
+        .post("/orders", plan.requests(), 8)
+        .await
+        .unwrap();
+    assert_eq!(
+        placed.acknowledged, placed.attempted,
+        "every order answered 201"
+    );
+    let mut snapshot = Snapshot::default();
+    pair.all_timed_out(
+        &mut snapshot,
+        placed.acknowledged.len(),
+        placed_at + timeout + Duration::from_secs(10),
+    )
+    .await;
+    let all_cancelled_after = placed_at.elapsed();
+    let (status, body) = pair
+        .orders()
+        .get(&format!("/orders/{}", plan.orders[0].0))
+        .await;
+    assert_eq!(
+        (status, &body["status"], &body["reason"]),
+        (200, &json!("cancelled"), &json!("timeout")),
+        "{body}"
+    );
+
+    pair.restart_allocation().await;
+    pair.allocation_caught_up(plan.orders.len()).await;
+    let books = pair
+        .books_after(
+            snapshot,
+            &plan,
+            &placed.attempted,
+            &placed.acknowledged,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(books.timed_out, plan.orders.len(), "{books:?}");
+    assert_eq!(books.confirmed, 0, "{books:?}");
+    let refused: BTreeSet<String> = pair
+        .world
+        .drain(&refused_queue)
+        .await
+        .iter()
+        .map(|m| m.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "allocation allocated lines after it came back, and orders refused them"
+    );
+    println!(
+        "FIGURES {}",
+        json!({
+            "scenario": "rabbitmq timeout",
+            "orders": books.orders,
+            "timeout_ms": timeout.as_millis(),
+            "all_cancelled_after_ms": all_cancelled_after.as_millis(),
+            "refused": refused.len(),
+            "duplicate_deliveries": books.duplicates,
+        })
+    );
+    pair.stop().await;
+}
+
+/// Issue 15: orders is killed (SIGKILL) after it scheduled its orders'
+/// timeouts and before they are due, and stays down past them; started
+/// again, it delivers what fell due while it was down, at once: every order
+/// cancelled for `timeout`, once. Then allocation comes back, and the
+/// books balance as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_due_while_orders_was_killed_are_delivered_when_it_restarts() {
+    let _shared = PAIRS.read().await;
+    let timeout = Duration::from_secs(2);
+    let timeout_ms = timeout.as_millis().to_string();
+    let Some(mut pair) = Pair::start_with(&[("ORDER_TIMEOUT_MS", &timeout_ms)]).await else {
+        return;
+    };
+    let plan = Plan::new(&unique_name("killed"), 3, 30, 30, 17);
+    stock(&pair, &plan).await;
+    let allocation = pair.allocation.take().expect("allocation runs");
+    assert_eq!(allocation.terminate().await, 0);
+
+    let placed_at = Instant::now();
+    let placed = HttpLoad::new(&pair.orders().base)
+        .post("/orders", plan.requests(), 8)
+        .await
+        .unwrap();
+    assert_eq!(
+        placed.acknowledged, placed.attempted,
+        "every order answered 201"
+    );
+    pair.orders.take().expect("orders runs").kill().await;
+    let killed_after = placed_at.elapsed();
+    assert!(
+        killed_after < timeout,
+        "killed before any timeout was due ({killed_after:?})"
+    );
+    tokio::time::sleep(timeout + Duration::from_secs(1)).await;
+    let mut snapshot = Snapshot::default();
+    pair.read(&mut snapshot).await;
+    assert!(
+        snapshot.orders.values().all(|o| o.status == "pending"),
+        "nothing cancelled while orders was down"
+    );
+
+    pair.restart_orders().await;
+    let restarted = Instant::now();
+    pair.all_timed_out(
+        &mut snapshot,
+        placed.acknowledged.len(),
+        restarted + Duration::from_secs(10),
+    )
+    .await;
+    let cancelled_after_restart = restarted.elapsed();
+
+    pair.restart_allocation().await;
+    pair.allocation_caught_up(plan.orders.len()).await;
+    let books = pair
+        .books_after(
+            snapshot,
+            &plan,
+            &placed.attempted,
+            &placed.acknowledged,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(books.timed_out, plan.orders.len(), "{books:?}");
+    println!(
+        "FIGURES {}",
+        json!({
+            "scenario": "rabbitmq timeout after a sigkill",
+            "orders": books.orders,
+            "timeout_ms": timeout.as_millis(),
+            "killed_after_ms": killed_after.as_millis(),
+            "cancelled_after_restart_ms": cancelled_after_restart.as_millis(),
+            "duplicate_deliveries": books.duplicates,
+        })
     );
     pair.stop().await;
 }

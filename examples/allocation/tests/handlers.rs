@@ -9,7 +9,7 @@ use allocation::domain::model::Product;
 use allocation::service_layer::STOCK_ADDRESS;
 use allocation::views::{self, Allocation};
 use chrono::NaiveDate;
-use contracts::{OrderCancelled, OrderLine, OrderPlaced};
+use contracts::{AllocationRefused, OrderCancelled, OrderLine, OrderPlaced};
 use eda_core::{CommandError, Envelope, InMemoryDatabase, MessageBus, Metadata};
 use serde_json::json;
 
@@ -650,10 +650,44 @@ mod orders {
         assert_eq!(s.product("LAMP").version_number, version, "not written");
     }
 
+    #[tokio::test]
+    async fn a_refused_allocation_is_released_and_only_it() {
+        let s = bootstrap();
+        s.add_batch("b1", "LAMP", 10).await;
+        s.add_batch("b2", "CHAIR", 10).await;
+        s.receive(placed("o1", &[("LAMP", 2), ("CHAIR", 3)])).await;
+        s.receive(placed("o2", &[("LAMP", 4)])).await;
+        let refused = AllocationRefused {
+            orderid: "o1".into(),
+            sku: "LAMP".into(),
+            qty: 2,
+            batchref: "b1".into(),
+        };
+
+        s.receive(refused.clone()).await;
+        assert_eq!(
+            (s.available("LAMP", "b1"), s.available("CHAIR", "b2")),
+            (6, 7),
+            "o1's LAMP released; its CHAIR and o2's LAMP kept"
+        );
+        // Delivered again, or after the order's cancellation released it:
+        // nothing more.
+        s.receive(refused).await;
+        assert_eq!(s.available("LAMP", "b1"), 6);
+        assert_eq!(
+            views::allocations("o1", &s.bus).await.unwrap(),
+            [Allocation::new("CHAIR", "b2")]
+        );
+    }
+
     #[test]
     fn the_queue_takes_the_orders_events() {
         let consumed = bootstrap().bus.consumed_message_names();
-        for name in ["orders.order_placed", "orders.order_cancelled"] {
+        for name in [
+            "orders.order_placed",
+            "orders.order_cancelled",
+            "orders.allocation_refused",
+        ] {
             assert!(consumed.contains(&name), "{name} missing from {consumed:?}");
         }
     }

@@ -12,6 +12,7 @@
 //! |---|---|---|---|
 //! | [`OrderPlaced`] (`orders.order_placed`) | orders | allocation | allocate every line of a new order |
 //! | [`OrderCancelled`] (`orders.order_cancelled`) | orders | allocation | release the stock an order no longer needs |
+//! | [`AllocationRefused`] (`orders.allocation_refused`) | orders | allocation | release a line allocated after its order was cancelled |
 //! | [`Allocated`] (`allocation.allocated`) | allocation | orders | record the batch of a line; the order is confirmed once every line has one |
 //! | [`AllocationFailed`] (`allocation.allocation_failed`) | allocation | orders | cancel the order, with the reason |
 //!
@@ -34,7 +35,7 @@ pub mod allocation;
 pub mod orders;
 
 pub use allocation::{Allocated, AllocationFailed, FailureReason};
-pub use orders::{OrderCancelled, OrderLine, OrderPlaced};
+pub use orders::{AllocationRefused, OrderCancelled, OrderLine, OrderPlaced};
 
 #[cfg(test)]
 mod tests {
@@ -49,6 +50,7 @@ mod tests {
     fn names_and_shapes_are_stable() {
         assert_eq!(OrderPlaced::NAME, "orders.order_placed");
         assert_eq!(OrderCancelled::NAME, "orders.order_cancelled");
+        assert_eq!(AllocationRefused::NAME, "orders.allocation_refused");
         assert_eq!(Allocated::NAME, "allocation.allocated");
         assert_eq!(AllocationFailed::NAME, "allocation.allocation_failed");
         let shapes = [
@@ -70,6 +72,15 @@ mod tests {
                     "reason": "out of stock: LAMP",
                     "lines": [{"sku": "LAMP", "qty": 2}],
                 }),
+            ),
+            (
+                serde_json::to_value(AllocationRefused {
+                    orderid: "o1".into(),
+                    sku: "LAMP".into(),
+                    qty: 2,
+                    batchref: "b1".into(),
+                }),
+                json!({"orderid": "o1", "sku": "LAMP", "qty": 2, "batchref": "b1"}),
             ),
             (
                 serde_json::to_value(Allocated {

@@ -1,5 +1,5 @@
 //! What the orders service tells the others: an order was placed, an order
-//! was cancelled.
+//! was cancelled, an allocation came for an order that no longer wants it.
 
 use eda_core::Event;
 use serde::{Deserialize, Serialize};
@@ -50,4 +50,22 @@ pub struct OrderCancelled {
     pub reason: String,
     /// Its lines, as placed.
     pub lines: Vec<OrderLine>,
+}
+
+/// An allocation came for an order that orders had cancelled already (it
+/// timed out while allocation was away, say): orders refuses it, and
+/// allocation deallocates the line. Published by orders for each such
+/// [`Allocated`](crate::Allocated); deallocating a line that is not
+/// allocated (any more) changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(name = "orders.allocation_refused", external)]
+pub struct AllocationRefused {
+    /// The order.
+    pub orderid: String,
+    /// The product of the line.
+    pub sku: String,
+    /// How many units.
+    pub qty: u32,
+    /// The batch allocation had allocated it to.
+    pub batchref: String,
 }

@@ -10,13 +10,21 @@
 //! 3. Once every line is allocated the order is confirmed; at the first
 //!    failure it is cancelled, which raises `contracts::OrderCancelled`, and
 //!    allocation releases the lines it had allocated.
+//! 4. An order allocation has not answered for within
+//!    [`OrderTimeout`](service_layer::OrderTimeout) (`ORDER_TIMEOUT_MS`) is
+//!    cancelled with the reason `timeout`: its fulfilment, a process
+//!    manager ([`service_layer::fulfilment`]), scheduled an `ExpireOrder`
+//!    when it was placed. An allocation that arrives for a cancelled order
+//!    is refused (`contracts::AllocationRefused`), and allocation releases
+//!    it.
 //!
 //! The modules:
 //!
 //! - [`domain`]: the `Order` aggregate, the `PlaceOrder` command and its
 //!   error. It knows eda only through the message and aggregate traits and
 //!   derives.
-//! - [`service_layer`]: the unit of work and the handlers.
+//! - [`service_layer`]: the unit of work, the fulfilment process and the
+//!   handlers.
 //! - [`views`]: reading an order for the HTTP API.
 //!
 //! There is no repository and no table: an `Order` serializes, and eda
@@ -30,11 +38,16 @@
 //! use eda_core::{Envelope, InMemoryDatabase, MessageBus};
 //! use orders::domain::commands::PlaceOrder;
 //! use orders::domain::model::Status;
+//! use orders::service_layer::OrderTimeout;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let db = InMemoryDatabase::new();
-//! let bus = MessageBus::builder().adapter(db.clone()).scope("orders").build()?;
+//! let bus = MessageBus::builder()
+//!     .adapter(db.clone())
+//!     .adapter(OrderTimeout::default())
+//!     .scope("orders")
+//!     .build()?;
 //! bus.handle(PlaceOrder::new("o1", vec![OrderLine::new("LAMP", 2)])).await?;
 //! assert_eq!(db.outbox()[0].name, "orders.order_placed");
 //!

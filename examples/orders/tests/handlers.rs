@@ -3,9 +3,10 @@
 
 use contracts::{Allocated, AllocationFailed, FailureReason, OrderLine};
 use eda_core::{CommandError, Envelope, Event, InMemoryDatabase, MessageBus, Metadata};
-use orders::domain::commands::PlaceOrder;
+use orders::domain::commands::{ExpireOrder, PlaceOrder};
 use orders::domain::errors::OrderError;
 use orders::domain::model::{Order, Status};
+use orders::service_layer::OrderTimeout;
 use serde_json::json;
 
 /// A bus on the in-memory database, and the database to look at.
@@ -19,6 +20,7 @@ fn bootstrap() -> Service {
     let bus = MessageBus::builder()
         .adapter(db.clone())
         .scope("orders")
+        .adapter(orders::service_layer::OrderTimeout::default())
         .build()
         .expect("the orders service is wired");
     Service { bus, db }
@@ -198,7 +200,7 @@ mod allocation_answers {
     }
 
     #[tokio::test]
-    async fn a_second_failure_and_a_late_allocation_change_nothing_more() {
+    async fn a_second_failure_changes_nothing_and_a_late_allocation_is_refused() {
         let s = bootstrap();
         s.place("o1", &[("LAMP", 2), ("CHAIR", 1), ("SOFA", 1)])
             .await
@@ -211,14 +213,18 @@ mod allocation_answers {
         let order = s.order("o1");
         assert_eq!(order.status(), Status::Cancelled);
         assert_eq!(order.reason(), Some("unknown sku: LAMP"));
-        assert_eq!(
-            order.lines()[2].batchref.as_deref(),
-            Some("b9"),
-            "recorded; allocation releases it"
-        );
+        assert_eq!(order.lines()[2].batchref, None, "refused, not recorded");
         assert_eq!(
             s.published(),
-            ["orders.order_placed", "orders.order_cancelled"]
+            [
+                "orders.order_placed",
+                "orders.order_cancelled",
+                "orders.allocation_refused"
+            ]
+        );
+        assert_eq!(
+            s.outbox()[2].1,
+            json!({"orderid": "o1", "sku": "SOFA", "qty": 1, "batchref": "b9"})
         );
     }
 
@@ -289,6 +295,133 @@ mod allocation_answers {
             s.published(),
             ["orders.order_placed", "orders.order_cancelled"]
         );
+    }
+}
+
+/// The order's fulfilment: its timeout is scheduled when it is placed,
+/// cancelled when allocation answers first, and cancels a pending order
+/// when it is due.
+mod timeout {
+    use std::time::Duration;
+
+    use eda_core::SchedulerOptions;
+    use eda_core::backend::Database;
+
+    use super::*;
+
+    fn with_timeout(timeout: Duration) -> Service {
+        let db = InMemoryDatabase::new();
+        let bus = MessageBus::builder()
+            .adapter(db.clone())
+            .adapter(OrderTimeout(timeout))
+            .scope("orders")
+            .build()
+            .expect("the orders service is wired");
+        Service { bus, db }
+    }
+
+    async fn pending_timeouts(s: &Service) -> u64 {
+        s.db.scheduled_rows(100).await.unwrap().pending
+    }
+
+    #[tokio::test]
+    async fn a_pending_order_is_cancelled_for_timeout_when_it_is_due() {
+        let s = with_timeout(Duration::ZERO);
+        s.place("o1", &[("LAMP", 2), ("CHAIR", 1)]).await.unwrap();
+        s.allocated("o1", "LAMP", "b1").await;
+        assert_eq!(pending_timeouts(&s).await, 1);
+
+        let delivered = s.bus.deliver_due(&SchedulerOptions::default()).await;
+        assert_eq!(delivered.unwrap(), 1);
+
+        let order = s.order("o1");
+        assert_eq!(order.status(), Status::Cancelled);
+        assert_eq!(order.reason(), Some("timeout"));
+        assert_eq!(
+            s.outbox()[1],
+            (
+                "orders.order_cancelled".to_owned(),
+                json!({
+                    "orderid": "o1",
+                    "reason": "timeout",
+                    "lines": [{"sku": "LAMP", "qty": 2}, {"sku": "CHAIR", "qty": 1}],
+                })
+            )
+        );
+        // Allocation answers late: refused, for allocation to release it.
+        s.allocated("o1", "CHAIR", "b2").await;
+        assert_eq!(s.order("o1").status(), Status::Cancelled);
+        assert_eq!(
+            s.published(),
+            [
+                "orders.order_placed",
+                "orders.order_cancelled",
+                "orders.allocation_refused"
+            ]
+        );
+        assert_eq!(pending_timeouts(&s).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_order_s_timeout_is_cancelled() {
+        let s = with_timeout(Duration::ZERO);
+        s.place("o1", &[("LAMP", 2)]).await.unwrap();
+        s.allocated("o1", "LAMP", "b1").await;
+        assert_eq!(s.order("o1").status(), Status::Confirmed);
+        assert_eq!(
+            pending_timeouts(&s).await,
+            0,
+            "cancelled with the confirmation"
+        );
+        assert_eq!(
+            s.bus
+                .deliver_due(&SchedulerOptions::default())
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(s.order("o1").status(), Status::Confirmed);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_order_s_timeout_is_cancelled() {
+        let s = with_timeout(Duration::ZERO);
+        s.place("o1", &[("LAMP", 2)]).await.unwrap();
+        s.failed("o1", "LAMP", FailureReason::OutOfStock).await;
+        assert_eq!(pending_timeouts(&s).await, 0);
+        assert_eq!(s.order("o1").reason(), Some("out of stock: LAMP"));
+    }
+
+    #[tokio::test]
+    async fn an_order_is_not_cancelled_before_its_timeout() {
+        let s = with_timeout(Duration::from_secs(3600));
+        s.place("o1", &[("LAMP", 2)]).await.unwrap();
+        assert_eq!(
+            s.bus
+                .deliver_due(&SchedulerOptions::default())
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(s.order("o1").status(), Status::Pending);
+        assert_eq!(pending_timeouts(&s).await, 1);
+    }
+
+    /// A timeout that comes after the order ended (delivered while the
+    /// order was being confirmed) changes nothing.
+    #[tokio::test]
+    async fn a_late_timeout_changes_nothing() {
+        let s = with_timeout(Duration::from_secs(3600));
+        s.place("o1", &[("LAMP", 2)]).await.unwrap();
+        s.allocated("o1", "LAMP", "b1").await;
+        s.bus
+            .handle(ExpireOrder {
+                orderid: "o1".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(s.order("o1").status(), Status::Confirmed);
+        assert_eq!(s.published(), ["orders.order_placed"]);
     }
 }
 

@@ -13,6 +13,7 @@ use tower::ServiceExt;
 fn app() -> (axum::Router, MessageBus) {
     let bus = MessageBus::builder()
         .scope("orders")
+        .adapter(orders::service_layer::OrderTimeout::default())
         .adapter(InMemoryDatabase::new())
         .build()
         .expect("wiring");

@@ -16,6 +16,7 @@ use eda_core::{CommandError, Envelope, Event, MessageBus, Metadata};
 use orders::domain::commands::PlaceOrder;
 use orders::domain::errors::OrderError;
 use orders::domain::model::{Line, Order, Status};
+use orders::service_layer::OrderTimeout;
 use orders::service_layer::unit_of_work::OrdersUow;
 use orders::views;
 
@@ -37,7 +38,9 @@ impl Store {
     }
 
     fn bus(&self) -> MessageBus {
-        let builder = MessageBus::builder().scope("orders");
+        let builder = MessageBus::builder()
+            .scope("orders")
+            .adapter(OrderTimeout::default());
         match self {
             Store::Postgres(pg) => builder.adapter(pg.db.clone()),
             Store::Sqlite(file) => builder.adapter(file.db.clone()),

@@ -2,7 +2,7 @@
 //! `handlers.py`). The bus finds them by their attributes; nothing calls them
 //! directly.
 
-use contracts::{AllocationFailed, FailureReason, OrderCancelled, OrderPlaced};
+use contracts::{AllocationFailed, AllocationRefused, FailureReason, OrderCancelled, OrderPlaced};
 use eda_core::{Causation, CommandError, command_handler, event_handler};
 
 use crate::adapters::notifications::{NotificationError, Notifications};
@@ -148,6 +148,20 @@ async fn release_cancelled_order(event: &OrderCancelled, cause: &Causation) -> H
     let command = DeallocateOrder {
         orderid: event.orderid.clone(),
         skus: event.lines.iter().map(|l| l.sku.clone()).collect(),
+    };
+    cause.send(command).await?;
+    Ok(())
+}
+
+/// Deallocates a line that orders refused: it was allocated after its
+/// order had been cancelled (the order timed out while this service was
+/// away). Through `DeallocateOrder`, caused by the refusal (once however
+/// often it is delivered); a line no longer allocated changes nothing.
+#[event_handler]
+async fn release_refused_allocation(event: &AllocationRefused, cause: &Causation) -> Handled<()> {
+    let command = DeallocateOrder {
+        orderid: event.orderid.clone(),
+        skus: vec![event.sku.clone()],
     };
     cause.send(command).await?;
     Ok(())

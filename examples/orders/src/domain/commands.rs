@@ -1,4 +1,5 @@
-//! Commands: what the outside world asks the orders service to do.
+//! Commands: what the outside world asks the orders service to do, and
+//! what the service schedules for itself.
 
 use contracts::OrderLine;
 use eda_core::Command;
@@ -26,4 +27,16 @@ impl PlaceOrder {
             lines,
         }
     }
+}
+
+/// Cancels the order if it is still pending: allocation did not answer for
+/// every line in time. Scheduled by `PlaceOrder`'s handler for
+/// [`OrderTimeout`](crate::service_layer::OrderTimeout) after the order
+/// was placed (and cancelled when the order is confirmed or cancelled
+/// first); handled in-process only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Command)]
+#[command(name = "orders.expire_order", output = ())]
+pub struct ExpireOrder {
+    /// The order.
+    pub orderid: String,
 }

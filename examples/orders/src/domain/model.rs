@@ -1,20 +1,22 @@
 //! The model: an order is placed pending, then confirmed when allocation
-//! has allocated every line, or cancelled when it could not allocate one.
+//! has allocated every line, or cancelled when it could not allocate one,
+//! or when allocation did not answer in time.
 //!
 //! ```text
 //!            Allocated (every line)
 //! Pending ────────────────────────▶ Confirmed
 //!    │
-//!    │ AllocationFailed (the first)
+//!    │ AllocationFailed (the first), or the timeout (`expire`)
 //!    ▼
-//! Cancelled ── raises OrderCancelled, so that allocation releases the rest
+//! Cancelled ── raises OrderCancelled, so that allocation releases the rest;
+//!              an Allocated that comes later raises AllocationRefused
 //! ```
 
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
-use contracts::{FailureReason, OrderCancelled, OrderLine, OrderPlaced};
+use contracts::{AllocationRefused, FailureReason, OrderCancelled, OrderLine, OrderPlaced};
 use eda_core::{Aggregate, Events};
 use serde::{Deserialize, Serialize};
 
@@ -193,14 +195,24 @@ impl Order {
 
     /// Allocation allocated the line of `sku` to `batchref` (again, after
     /// a reallocation: the latest batch is kept). A pending order whose
-    /// lines all have a batch is confirmed. A cancelled order records the
-    /// batch too, and stays cancelled (allocation releases it when it
-    /// handles the cancellation). Returns `false`, changing nothing, when
-    /// the order has no line of `sku`.
+    /// lines all have a batch is confirmed. A cancelled order refuses it:
+    /// it raises [`AllocationRefused`], for allocation to deallocate the
+    /// line (the order was cancelled before the allocation arrived: it
+    /// timed out, or another line failed), and records nothing. Returns
+    /// `false`, changing nothing, when the order has no line of `sku`.
     pub fn record_allocation(&mut self, sku: &str, batchref: &str) -> bool {
         let Some(line) = self.lines.iter_mut().find(|l| l.sku == sku) else {
             return false;
         };
+        if self.status == Status::Cancelled {
+            self.events.raise(AllocationRefused {
+                orderid: self.orderid.clone(),
+                sku: sku.to_owned(),
+                qty: line.qty,
+                batchref: batchref.to_owned(),
+            });
+            return true;
+        }
         line.batchref = Some(batchref.to_owned());
         if self.status == Status::Pending && self.lines.iter().all(|l| l.batchref.is_some()) {
             self.status = Status::Confirmed;
@@ -214,10 +226,25 @@ impl Order {
     /// failure for a confirmed or cancelled order, or for a SKU the order
     /// does not hold, changes nothing. Returns whether it cancelled.
     pub fn record_failure(&mut self, sku: &str, reason: FailureReason) -> bool {
-        if self.status != Status::Pending || !self.lines.iter().any(|l| l.sku == sku) {
+        if !self.lines.iter().any(|l| l.sku == sku) {
             return false;
         }
-        let reason = format!("{reason}: {sku}");
+        self.cancel(format!("{reason}: {sku}"))
+    }
+
+    /// Allocation did not answer for every line in time: a pending order is
+    /// cancelled with the reason `timeout`, raising [`OrderCancelled`]
+    /// (allocation releases what it allocated, when it handles it). A
+    /// confirmed or cancelled order is left as it is. Returns whether it
+    /// cancelled.
+    pub fn expire(&mut self) -> bool {
+        self.cancel(TIMEOUT.to_owned())
+    }
+
+    fn cancel(&mut self, reason: String) -> bool {
+        if self.status != Status::Pending {
+            return false;
+        }
         self.status = Status::Cancelled;
         self.reason = Some(reason.clone());
         self.events.raise(OrderCancelled {
@@ -232,6 +259,10 @@ impl Order {
         true
     }
 }
+
+/// The reason of an order cancelled because allocation did not answer in
+/// time.
+pub const TIMEOUT: &str = "timeout";
 
 #[cfg(test)]
 mod tests {
@@ -377,13 +408,52 @@ mod tests {
     }
 
     #[test]
-    fn a_cancelled_order_records_a_late_allocation_and_stays_cancelled() {
+    fn a_cancelled_order_refuses_a_late_allocation() {
         let mut order = pending();
         order.record_failure("CHAIR", FailureReason::OutOfStock);
         order.events.clear();
         assert!(order.record_allocation("LAMP", "b1"));
         assert_eq!(order.status(), Status::Cancelled);
-        assert_eq!(order.lines()[0].batchref.as_deref(), Some("b1"));
+        assert_eq!(order.lines()[0].batchref, None);
+        assert_eq!(
+            order.events.last::<AllocationRefused>(),
+            Some(&AllocationRefused {
+                orderid: "o1".into(),
+                sku: "LAMP".into(),
+                qty: 2,
+                batchref: "b1".into(),
+            })
+        );
+        assert_eq!(order.events.len(), 1);
+    }
+
+    #[test]
+    fn a_pending_order_expires_once() {
+        let mut order = pending();
+        order.record_allocation("LAMP", "b1");
+        assert!(order.expire());
+        assert_eq!(order.status(), Status::Cancelled);
+        assert_eq!(order.reason(), Some(TIMEOUT));
+        assert_eq!(
+            order.events.last::<OrderCancelled>(),
+            Some(&OrderCancelled {
+                orderid: "o1".into(),
+                reason: "timeout".into(),
+                lines: lines(&[("LAMP", 2), ("CHAIR", 1)]),
+            })
+        );
+        assert!(!order.expire());
+        assert!(!order.record_failure("CHAIR", FailureReason::OutOfStock));
+        assert_eq!(order.events.len(), 1);
+    }
+
+    #[test]
+    fn a_confirmed_order_does_not_expire() {
+        let mut order = pending();
+        order.record_allocation("LAMP", "b1");
+        order.record_allocation("CHAIR", "b2");
+        assert!(!order.expire());
+        assert_eq!(order.status(), Status::Confirmed);
         assert!(order.events.is_empty());
     }
 

@@ -1,10 +1,11 @@
 //! The unit of work of the orders handlers.
 
-use eda_core::{IdentityMap, UnitOfWork, UowTransaction};
+use eda_core::{IdentityMap, ProcessMap, UnitOfWork, UowTransaction};
 
 use crate::domain::model::Order;
+use crate::service_layer::fulfilment::Fulfilment;
 
-/// One transaction over the orders.
+/// One transaction over the orders and their fulfilments.
 ///
 /// The bus begins one for each handler that takes `&mut OrdersUow`;
 /// handlers reach the orders through `uow.orders()` and end with
@@ -18,4 +19,5 @@ pub struct OrdersUow {
     #[uow(transaction)]
     tx: UowTransaction,
     orders: IdentityMap<Order>,
+    fulfilments: ProcessMap<Fulfilment>,
 }
