@@ -186,7 +186,7 @@ impl fmt::Display for WiringProblem {
                 documents: false,
             } => write!(
                 f,
-                "handler {handler} works on {aggregate}, which has no repository for {backend}: add `#[repository] impl Repository for …` with `type Connection = {backend}` (and link its crate)"
+                "handler {handler} works on {aggregate}, which has no repository for {backend}, a database that keeps no aggregate without one: add `#[repository] impl Repository for …` with `type Connection = {backend}` (and link its crate), or use a database that keeps aggregates and processes as documents (eda's Postgres, SQLite and in-memory ones do)"
             ),
             WiringProblem::DuplicateAggregateName { name, types } => write!(
                 f,

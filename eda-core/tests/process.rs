@@ -362,3 +362,27 @@ async fn postgres() {
     concurrent(pg.db.clone(), "meet-postgres", true).await;
     pg.drop_schema().await;
 }
+
+#[path = "common/minimal.rs"]
+mod minimal;
+
+/// A process on a database that cannot store it (no aggregate store, no
+/// repository for it) stops `build()`, naming each handler that uses it,
+/// at its file and line.
+#[test]
+fn a_database_that_cannot_keep_processes_stops_build() {
+    let error = MessageBus::builder()
+        .scope(module_path!())
+        .adapter(minimal::Minimal)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("process_test.trip"), "{error}");
+    assert!(error.contains("process_test.strict"), "{error}");
+    assert!(error.contains("eda-core/tests/process.rs:"), "{error}");
+    assert!(error.contains("booked"), "{error}");
+    assert!(
+        error.contains("keeps aggregates and processes as documents"),
+        "{error}"
+    );
+}

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use eda_core::backend::{BoxFuture, Database, DatabaseTransaction, OutboxStore};
+use eda_core::backend::{Database, OutboxStore};
 use eda_core::prelude::*;
 use eda_core::testing::{TestPostgres, TestSqlite};
 use eda_core::{Adapter, Error, MessageId, RetryPolicy, SchedulerOptions, Timestamp};
@@ -431,58 +431,13 @@ async fn sqlite_survives_a_restart() {
     s.cleanup().await;
 }
 
-mod minimal {
+#[path = "common/minimal.rs"]
+mod minimal;
+
+mod without_scheduling {
     use super::*;
 
-    /// A database of the user's that keeps no scheduled messages (it implements
-    /// only what a database must).
-    #[derive(Clone)]
-    struct Minimal;
-
-    struct MinimalTransaction;
-
-    impl Adapter for Minimal {
-        fn as_database(&self) -> Option<&dyn Database> {
-            Some(self)
-        }
-    }
-
-    impl Database for Minimal {
-        fn describe(&self) -> String {
-            "minimal".into()
-        }
-        fn connection_type(&self) -> (std::any::TypeId, &'static str) {
-            (std::any::TypeId::of::<()>(), "()")
-        }
-        fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
-            Box::pin(async { Ok(Box::new(MinimalTransaction) as Box<dyn DatabaseTransaction>) })
-        }
-    }
-
-    impl DatabaseTransaction for MinimalTransaction {
-        fn connection(&mut self) -> &mut (dyn std::any::Any + Send) {
-            self
-        }
-        fn write_outbox<'a>(
-            &'a mut self,
-            _: &'a [eda_core::ExternalMessage],
-        ) -> BoxFuture<'a, Result<(), Error>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn record_inbox<'a>(
-            &'a mut self,
-            _: MessageId,
-            _: &'a str,
-        ) -> BoxFuture<'a, Result<bool, Error>> {
-            Box::pin(async { Ok(true) })
-        }
-        fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-            Box::pin(async { Ok(()) })
-        }
-    }
+    use crate::minimal::Minimal;
 
     #[derive(UnitOfWork)]
     struct Plain {
