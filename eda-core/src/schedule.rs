@@ -45,7 +45,8 @@ impl ScheduledMessage {
         })
     }
 
-    /// Its id: what [`cancel_scheduled`](crate::UowTransaction) takes.
+    /// Its id: what a unit of work's `cancel_scheduled` takes (the derive
+    /// of [`UnitOfWork`](macro@crate::UnitOfWork) writes it).
     pub fn id(&self) -> MessageId {
         self.message.metadata.message_id
     }

@@ -117,13 +117,17 @@ pub fn derive_aggregate(input: TokenStream) -> TokenStream {
 
 /// Derives `UnitOfWork` for a struct whose fields are its transaction
 /// (`#[uow(transaction)]`, or any field of type `UowTransaction`), the identity
-/// maps of its repositories (`IdentityMap<Aggregate>`), adapters
-/// (`Arc<Adapter>`), and fields built with `Default` (`#[uow(skip)]`).
+/// maps of its repositories (`IdentityMap<Aggregate>`), process managers
+/// (`ProcessMap<State>`), adapters (`Arc<Adapter>`), and fields built with
+/// `Default` (`#[uow(skip)]`).
 ///
 /// It also generates inherent `commit` and `rollback` methods, and an
 /// accessor per field, public and named like the field (which can stay
 /// private):
-/// `uow.products().get(&sku)`.
+/// `uow.products().get(&sku)`. With a transaction, also `raise` (an event
+/// of the unit of work itself), and `schedule(msg, delay)`,
+/// `schedule_at(msg, time)` and `cancel_scheduled(id)`: messages
+/// delivered later, kept in the same transaction.
 ///
 /// ```
 /// use eda_core::{Aggregate, Events, IdentityMap, UowTransaction, UnitOfWork};
