@@ -481,3 +481,55 @@ mod without_scheduling {
         assert_eq!(bus.deliver_due(&options()).await.unwrap(), 0);
     }
 }
+
+/// A claim never takes more than its limit, however its plan was cached:
+/// a connection that polled the empty, analyzed table (a schedule that sat
+/// idle) keeps a generic plan; with the claim's subquery as `IN (..)` that
+/// plan ran the subquery again for each row, claiming more rows than asked
+/// (and taking seconds over thousands of due rows).
+#[tokio::test]
+async fn a_claim_takes_at_most_its_limit_after_an_idle_schedule_on_postgres() {
+    let Some(pg) = TestPostgres::start_with(
+        eda_core::adapters::postgres::PostgresOptions::default().max_connections(1),
+    )
+    .await
+    else {
+        return;
+    };
+    let db = pg.db.clone();
+    let bus = bus(&db);
+    let names = ["schedule_test.expire"];
+    eda_core::sqlx::query("ANALYZE eda_scheduled")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    // Idle polls: past the fifth, Postgres may keep a generic plan.
+    for _ in 0..10 {
+        let none = db
+            .claim_due(&names, Timestamp::now(), Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
+    // A burst falls due: 300 processes, each scheduling an `Expire` now.
+    for i in 0..300 {
+        bus.handle(Start {
+            id: format!("burst-{i}"),
+            delay_ms: 0,
+            fail: false,
+        })
+        .await
+        .unwrap();
+    }
+    let mut claimed = 0;
+    for _ in 0..3 {
+        let batch = db
+            .claim_due(&names, Timestamp::now(), Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        assert!(batch.len() <= 10, "a claim of 10 took {}", batch.len());
+        claimed += batch.len();
+    }
+    assert_eq!(claimed, 30);
+    pg.drop_schema().await;
+}

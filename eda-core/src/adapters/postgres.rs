@@ -153,7 +153,11 @@ impl Statements {
             // clock; `next_at` is when it is tried next (its due time, then
             // a claim's lease or a retry's; PARKED_AT when parked).
             schedule: format!(
-                "INSERT INTO {scheduled} (message_id, name, payload, correlation_id, causation_id,                  created_at, trace_context, due_at, next_at)                  SELECT m, n, p, c, k, t, x, w, w                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[],                  $7::text[], $8::int8[]) AS x(m, n, p, c, k, t, x, w)"
+                "INSERT INTO {scheduled} (message_id, name, payload, correlation_id, causation_id, \
+                 created_at, trace_context, due_at, next_at) \
+                 SELECT m, n, p, c, k, t, x, w, w \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[], \
+                 $7::text[], $8::int8[]) AS x(m, n, p, c, k, t, x, w)"
             ),
             cancel_scheduled: format!(
                 "DELETE FROM {scheduled} WHERE message_id = $1 AND attempts = 0"
@@ -164,13 +168,23 @@ impl Statements {
             // The columns of an outbox row, with the due time for its
             // position. SKIP LOCKED: two instances claiming at once take
             // different rows (and a row a transaction is cancelling is
-            // left alone).
+            // left alone). `= ANY(ARRAY(..))`, not `IN (..)`: the subquery
+            // runs once whatever the plan; with `IN`, a generic plan cached
+            // while the table was empty ran it again for each row, and a
+            // claim over 10,000 due rows took seconds (and more rows than
+            // its limit).
             claim_due: format!(
-                "UPDATE {scheduled} SET next_at = $2, attempts = attempts + 1                  WHERE message_id IN (SELECT message_id FROM {scheduled} WHERE next_at <= $1                  AND name = ANY($4) ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED)                  RETURNING due_at, message_id, name, payload, correlation_id, causation_id,                  created_at, attempts, trace_context"
+                "UPDATE {scheduled} SET next_at = $2, attempts = attempts + 1 \
+                 WHERE message_id = ANY(ARRAY(SELECT message_id FROM {scheduled} \
+                 WHERE next_at <= $1 AND name = ANY($4) ORDER BY next_at LIMIT $3 \
+                 FOR UPDATE SKIP LOCKED)) \
+                 RETURNING due_at, message_id, name, payload, correlation_id, causation_id, \
+                 created_at, attempts, trace_context"
             ),
             retry_scheduled: format!("UPDATE {scheduled} SET next_at = $2 WHERE message_id = $1"),
             scheduled_rows: format!(
-                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {scheduled} LIMIT $1) AS counted),                  (SELECT count(*) FROM {scheduled} WHERE next_at = {PARKED_AT})"
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {scheduled} LIMIT $1) AS counted), \
+                 (SELECT count(*) FROM {scheduled} WHERE next_at = {PARKED_AT})"
             ),
             load_aggregate: format!(
                 "SELECT version, body FROM {aggregates} WHERE aggregate = $1 AND id = $2"

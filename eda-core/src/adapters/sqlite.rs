@@ -202,23 +202,35 @@ impl Statements {
             // clock; `next_at` is when it is tried next (its due time, then
             // a claim's lease or a retry's; PARKED_AT when parked).
             schedule: format!(
-                "INSERT INTO {scheduled} (message_id, name, payload, correlation_id, causation_id,                  created_at, due_at, next_at, trace_context)                  SELECT json_extract(value, '$.m'), json_extract(value, '$.n'),                  json_extract(value, '$.p'), json_extract(value, '$.c'), json_extract(value, '$.k'),                  json_extract(value, '$.t'), json_extract(value, '$.w'), json_extract(value, '$.w'),                  json_extract(value, '$.x')                  FROM json_each(?1) ORDER BY key"
+                "INSERT INTO {scheduled} (message_id, name, payload, correlation_id, causation_id, \
+                 created_at, due_at, next_at, trace_context) \
+                 SELECT json_extract(value, '$.m'), json_extract(value, '$.n'), \
+                 json_extract(value, '$.p'), json_extract(value, '$.c'), json_extract(value, '$.k'), \
+                 json_extract(value, '$.t'), json_extract(value, '$.w'), json_extract(value, '$.w'), \
+                 json_extract(value, '$.x') \
+                 FROM json_each(?1) ORDER BY key"
             ),
             cancel_scheduled: format!(
                 "DELETE FROM {scheduled} WHERE message_id = ?1 AND attempts = 0"
             ),
             remove_scheduled: format!(
-                "DELETE FROM {scheduled} WHERE message_id IN (SELECT value FROM json_each(?1))                  RETURNING message_id"
+                "DELETE FROM {scheduled} WHERE message_id IN (SELECT value FROM json_each(?1)) \
+                 RETURNING message_id"
             ),
             // The columns of an outbox row, with the due time for its
             // position. One statement: SQLite has one writer, so two
             // instances never claim the same row.
             claim_due: format!(
-                "UPDATE {scheduled} SET next_at = ?2, attempts = attempts + 1                  WHERE message_id IN (SELECT message_id FROM {scheduled} WHERE next_at <= ?1                  AND name IN (SELECT value FROM json_each(?4)) ORDER BY next_at LIMIT ?3)                  RETURNING due_at, message_id, name, payload, correlation_id, causation_id,                  created_at, attempts, trace_context"
+                "UPDATE {scheduled} SET next_at = ?2, attempts = attempts + 1 \
+                 WHERE message_id IN (SELECT message_id FROM {scheduled} WHERE next_at <= ?1 \
+                 AND name IN (SELECT value FROM json_each(?4)) ORDER BY next_at LIMIT ?3) \
+                 RETURNING due_at, message_id, name, payload, correlation_id, causation_id, \
+                 created_at, attempts, trace_context"
             ),
             retry_scheduled: format!("UPDATE {scheduled} SET next_at = ?2 WHERE message_id = ?1"),
             scheduled_rows: format!(
-                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {scheduled} LIMIT ?1)),                  (SELECT count(*) FROM {scheduled} WHERE next_at = {PARKED_AT})"
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {scheduled} LIMIT ?1)), \
+                 (SELECT count(*) FROM {scheduled} WHERE next_at = {PARKED_AT})"
             ),
             load_aggregate: format!(
                 "SELECT version, body FROM {aggregates} WHERE aggregate = ?1 AND id = ?2"
@@ -229,10 +241,12 @@ impl Statements {
             // A conflict on the key inserts nothing: the caller says
             // `AlreadyExists`.
             insert_aggregate: format!(
-                "INSERT INTO {aggregates} (aggregate, id, version, body) VALUES (?1, ?2, ?3, ?4)                  ON CONFLICT DO NOTHING"
+                "INSERT INTO {aggregates} (aggregate, id, version, body) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT DO NOTHING"
             ),
             update_aggregate: format!(
-                "UPDATE {aggregates} SET version = ?3, body = ?4                  WHERE aggregate = ?1 AND id = ?2 AND version = ?5"
+                "UPDATE {aggregates} SET version = ?3, body = ?4 \
+                 WHERE aggregate = ?1 AND id = ?2 AND version = ?5"
             ),
             // One statement for any number of messages: they arrive as one
             // JSON array, in order.
