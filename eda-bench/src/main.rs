@@ -14,6 +14,10 @@
 //!   against the transactions alone; then paced at half eda's rate for the
 //!   latency;
 //! - `consume`: events waiting in a queue, consumed with the inbox;
+//! - `schedule`: scheduled messages on Postgres: the relay and an idle
+//!   scheduler round with 100,000 pending against none, how late the
+//!   scheduler delivers, and many due at once against a hand-written
+//!   claim-handle-delete loop;
 //! - `all`: each of them in a process of its own (so that each one's peak
 //!   RSS is its own), one table.
 
@@ -43,12 +47,15 @@ pub(crate) struct Args {
     otel: bool,
 }
 
-const SCENARIOS: [&str; 5] = ["dispatch", "database", "durable", "relay", "consume"];
+const SCENARIOS: [&str; 6] = [
+    "dispatch", "database", "durable", "relay", "consume", "schedule",
+];
 
 const USAGE: &str =
     "usage: eda-bench <scenario> [--n N] [--concurrency C] [--rounds R] [--rate PER_SEC] [--json]
-scenarios: dispatch, database, durable, relay, consume, all (each in its own process)
-  --n            operations per run (messages for consume)
+scenarios: dispatch, database, durable, relay, consume, schedule, all (each in its own process)
+  --n            operations per run (messages for consume; outbox rows per relay
+                 run and commands due at once for schedule)
   --concurrency  workers (handlers at once for consume)
   --rounds       interleaved rounds of eda and its baselines
   --rate         durable: the paced run's rate (default: half eda's measured rate)
@@ -248,6 +255,7 @@ fn main() -> ExitCode {
                 "durable" => scenarios::durable::run(&args).await,
                 "consume" => scenarios::consume::run(&args).await,
                 "relay" => scenarios::relay::run(&args).await,
+                "schedule" => scenarios::schedule::run(&args).await,
                 other => Err(format!("unknown scenario {other}\n{USAGE}")),
             }
         })
@@ -286,6 +294,7 @@ mod tests {
         assert!(!a.json);
         assert_eq!(args("consume -c 0").unwrap().concurrency, Some(1));
         assert_eq!(args("all").unwrap().scenario, "all");
+        assert_eq!(args("schedule").unwrap().scenario, "schedule");
     }
 
     #[test]

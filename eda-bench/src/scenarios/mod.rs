@@ -5,4 +5,5 @@ pub(crate) mod database;
 pub(crate) mod dispatch;
 pub(crate) mod durable;
 pub(crate) mod relay;
+pub(crate) mod schedule;
 pub(crate) mod stock;
