@@ -208,9 +208,7 @@ impl InMemoryDatabase {
             staged: Vec::new(),
             inbox: Vec::new(),
             outbox: Vec::new(),
-            scheduled: Vec::new(),
-            cancelled: Vec::new(),
-            removed: Vec::new(),
+            schedule: None,
         })
     }
 }
@@ -311,11 +309,57 @@ struct MemoryTransaction {
     staged: Vec<Staged>,
     inbox: Vec<(MessageId, String)>,
     outbox: Vec<ExternalMessage>,
+    /// What it changes of the scheduled messages; boxed, and made only
+    /// when it changes any: most transactions do not.
+    schedule: Option<Box<ScheduleChanges>>,
+}
+
+/// A transaction's changes to the scheduled messages.
+#[derive(Default)]
+struct ScheduleChanges {
     scheduled: Vec<ScheduledMessage>,
     /// Cancelled: still not claimed at commit, or the commit conflicts.
     cancelled: Vec<MessageId>,
     /// Delivered: removed at commit, claimed or not.
     removed: Vec<MessageId>,
+}
+
+impl ScheduleChanges {
+    /// Checks the cancellations, then applies everything.
+    fn apply(self, data: &mut Data) -> Result<(), Error> {
+        for id in &self.cancelled {
+            // Claimed since: its delivery has begun.
+            if data
+                .scheduled
+                .get(id)
+                .is_none_or(|(row, _)| row.attempts > 0)
+            {
+                return Err(RepositoryError::Conflict {
+                    aggregate: "scheduled message",
+                    id: id.to_string(),
+                    expected: 0,
+                }
+                .into());
+            }
+        }
+        for id in self.cancelled.iter().chain(&self.removed) {
+            data.unschedule(*id);
+        }
+        for row in self.scheduled {
+            let id = row.id();
+            let at = row.due.as_millis();
+            data.unschedule(id);
+            data.scheduled.insert(id, (row, at));
+            data.schedule.insert((at, id));
+        }
+        Ok(())
+    }
+}
+
+impl MemoryTransaction {
+    fn schedule_changes(&mut self) -> &mut ScheduleChanges {
+        self.schedule.get_or_insert_with(Default::default)
+    }
 }
 
 /// An aggregate to save at commit.
@@ -354,9 +398,7 @@ impl MemoryTransaction {
         if self.staged.is_empty()
             && self.inbox.is_empty()
             && self.outbox.is_empty()
-            && self.scheduled.is_empty()
-            && self.cancelled.is_empty()
-            && self.removed.is_empty()
+            && self.schedule.is_none()
         {
             self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
             return Ok(());
@@ -374,30 +416,9 @@ impl MemoryTransaction {
                 }
                 .into());
             }
-            for id in &self.cancelled {
-                // Claimed since: its delivery has begun.
-                if data
-                    .scheduled
-                    .get(id)
-                    .is_none_or(|(row, _)| row.attempts > 0)
-                {
-                    return Err(RepositoryError::Conflict {
-                        aggregate: "scheduled message",
-                        id: id.to_string(),
-                        expected: 0,
-                    }
-                    .into());
-                }
-            }
-            for id in self.cancelled.iter().chain(&self.removed) {
-                data.unschedule(*id);
-            }
-            for row in self.scheduled {
-                let id = row.id();
-                let at = row.due.as_millis();
-                data.unschedule(id);
-                data.scheduled.insert(id, (row, at));
-                data.schedule.insert((at, id));
+            if let Some(changes) = self.schedule {
+                // Its checks fail before it applies anything.
+                changes.apply(&mut data)?;
             }
             for staged in self.staged {
                 data.tables
@@ -448,13 +469,18 @@ impl DatabaseTransaction for MemoryTransaction {
         &'a mut self,
         messages: &'a [ScheduledMessage],
     ) -> BoxFuture<'a, Result<(), Error>> {
-        self.scheduled.extend_from_slice(messages);
+        self.schedule_changes()
+            .scheduled
+            .extend_from_slice(messages);
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn cancel_scheduled<'a>(&'a mut self, id: MessageId) -> BoxFuture<'a, Result<bool, Error>> {
-        let pending = !self.cancelled.contains(&id)
-            && !self.removed.contains(&id)
+        let staged = self
+            .schedule
+            .as_ref()
+            .is_some_and(|c| c.cancelled.contains(&id) || c.removed.contains(&id));
+        let pending = !staged
             && self
                 .db
                 .data()
@@ -462,7 +488,7 @@ impl DatabaseTransaction for MemoryTransaction {
                 .get(&id)
                 .is_some_and(|(row, _)| row.attempts == 0);
         if pending {
-            self.cancelled.push(id);
+            self.schedule_changes().cancelled.push(id);
         }
         Box::pin(std::future::ready(Ok(pending)))
     }
@@ -473,12 +499,15 @@ impl DatabaseTransaction for MemoryTransaction {
     ) -> BoxFuture<'a, Result<Vec<MessageId>, Error>> {
         let present: Vec<MessageId> = {
             let data = self.db.data();
+            let removed = self.schedule.as_ref().map(|c| &c.removed);
             ids.iter()
-                .filter(|id| data.scheduled.contains_key(id) && !self.removed.contains(id))
+                .filter(|id| {
+                    data.scheduled.contains_key(id) && !removed.is_some_and(|r| r.contains(id))
+                })
                 .copied()
                 .collect()
         };
-        self.removed.extend_from_slice(&present);
+        self.schedule_changes().removed.extend_from_slice(&present);
         Box::pin(std::future::ready(Ok(present)))
     }
 
