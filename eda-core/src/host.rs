@@ -1197,7 +1197,12 @@ async fn export_metrics(figures: Arc<Figures>, stop: impl Future<Output = ()>) {
     }
 
     let backlog = Arc::new(std::sync::Mutex::new(None::<Backlog>));
-    let inbox = Arc::new(AtomicU64::new(0));
+    // Rows the database counts: the inbox's, the scheduled messages', the
+    // parked ones'.
+    const INBOX: usize = 0;
+    const SCHEDULED: usize = 1;
+    const PARKED: usize = 2;
+    let counted = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let gauge =
         |name: &'static str, unit: &'static str, description: &'static str, read: ObserveGauge| {
             let (figures, backlog) = (figures.clone(), backlog.clone());
@@ -1236,35 +1241,34 @@ async fn export_metrics(figures: Arc<Figures>, stop: impl Future<Output = ()>) {
         Box::new(|_, b| b.map_or(0.0, |b| b.age().as_secs_f64())),
     );
 
-    {
-        let inbox = inbox.clone();
-        meter
-            .u64_observable_gauge("eda.inbox.rows")
-            .with_unit("{row}")
-            .with_description("Messages remembered as handled, per handler.")
-            .with_callback(move |observer| observer.observe(inbox.load(Ordering::Relaxed), &[]))
-            .build();
-    }
-    let scheduled = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-    for (i, name, description) in [
+    // Counted by the database every 5 s (below), read at each export.
+    for (i, name, unit, description) in [
         (
-            0,
+            INBOX,
+            "eda.inbox.rows",
+            "{row}",
+            "Messages remembered as handled, per handler.",
+        ),
+        (
+            SCHEDULED,
             "eda.scheduled.rows",
+            "{message}",
             "Scheduled messages waiting to be delivered.",
         ),
         (
-            1,
+            PARKED,
             "eda.scheduled.parked",
+            "{message}",
             "Scheduled messages parked: their delivery failed as often as the scheduler tries.",
         ),
     ] {
-        let scheduled = scheduled.clone();
+        let counted = counted.clone();
         meter
             .u64_observable_gauge(name)
-            .with_unit("{message}")
+            .with_unit(unit)
             .with_description(description)
             .with_callback(move |observer| {
-                observer.observe(scheduled[i].load(Ordering::Relaxed), &[])
+                observer.observe(counted[i].load(Ordering::Relaxed), &[])
             })
             .build();
     }
@@ -1274,13 +1278,13 @@ async fn export_metrics(figures: Arc<Figures>, stop: impl Future<Output = ()>) {
                 *backlog.lock().unwrap_or_else(|e| e.into_inner()) = Some(read);
             }
             if let Ok(rows) = figures.db.inbox_rows().await {
-                inbox.store(rows, Ordering::Relaxed);
+                counted[INBOX].store(rows, Ordering::Relaxed);
             }
             if let Some(db) = figures.bus.database()
                 && let Ok(rows) = db.scheduled_rows(INBOX_ROWS_COUNTED).await
             {
-                scheduled[0].store(rows.pending, Ordering::Relaxed);
-                scheduled[1].store(rows.parked, Ordering::Relaxed);
+                counted[SCHEDULED].store(rows.pending, Ordering::Relaxed);
+                counted[PARKED].store(rows.parked, Ordering::Relaxed);
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }

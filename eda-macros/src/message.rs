@@ -42,14 +42,8 @@ fn parse_attrs(input: &DeriveInput, kind: Kind, cx: &mut Ctxt) -> Attrs {
     {
         let result = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("name") {
-                let name: LitStr = meta.value()?.parse()?;
+                let name = parse_name(&meta, "message", "allocation.allocated")?;
                 let value = name.value();
-                if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(syn::Error::new_spanned(
-                        &name,
-                        "a message name is a non-empty string without spaces, e.g. \"allocation.allocated\"",
-                    ));
-                }
                 // The name is the AMQP routing key and `type` property: short
                 // strings, of at most 255 bytes.
                 if value.len() > 255 {
@@ -85,6 +79,25 @@ fn parse_attrs(input: &DeriveInput, kind: Kind, cx: &mut Ctxt) -> Attrs {
         }
     }
     attrs
+}
+
+/// The value of `name = "…"`: a non-empty string without spaces or
+/// control characters (an error at it otherwise, naming `what` it names and
+/// an `example`).
+pub(crate) fn parse_name(
+    meta: &syn::meta::ParseNestedMeta<'_>,
+    what: &str,
+    example: &str,
+) -> syn::Result<LitStr> {
+    let name: LitStr = meta.value()?.parse()?;
+    let value = name.value();
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(syn::Error::new_spanned(
+            &name,
+            format!("a {what} name is a non-empty string without spaces, e.g. \"{example}\""),
+        ));
+    }
+    Ok(name)
 }
 
 /// `ChangeBatchQuantity` → `change_batch_quantity`.

@@ -6,6 +6,7 @@ use syn::spanned::Spanned;
 use syn::{DeriveInput, LitStr, Type};
 
 use crate::ctxt::Ctxt;
+use crate::message::parse_name;
 
 struct Attrs {
     name: Option<LitStr>,
@@ -22,15 +23,7 @@ fn parse_attrs(input: &DeriveInput, cx: &mut Ctxt) -> Attrs {
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("process")) {
         let result = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("name") {
-                let name: LitStr = meta.value()?.parse()?;
-                let value = name.value();
-                if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(syn::Error::new_spanned(
-                        &name,
-                        "a process name is a non-empty string without spaces, e.g. \"orders.fulfilment\"",
-                    ));
-                }
-                attrs.name = Some(name);
+                attrs.name = Some(parse_name(&meta, "process", "orders.fulfilment")?);
             } else if meta.path.is_ident("key") {
                 attrs.key = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("missing") {

@@ -683,6 +683,32 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
     pair.stop().await;
 }
 
+/// The pair with orders cancelled after `timeout` without an answer, the
+/// plan's stock, allocation stopped (SIGTERM: its queue keeps what orders
+/// publishes), and then the plan's orders placed over HTTP, each answered
+/// 201: the pair, the orders, when the first was sent. `None`: skipped (no
+/// Postgres or RabbitMQ outside CI).
+async fn placed_while_allocation_is_away(
+    timeout: Duration,
+    plan: &Plan,
+) -> Option<(Pair, eda_tests::Outcome, Instant)> {
+    let timeout_ms = timeout.as_millis().to_string();
+    let mut pair = Pair::start_with(&[("ORDER_TIMEOUT_MS", &timeout_ms)]).await?;
+    stock(&pair, plan).await;
+    let allocation = pair.allocation.take().expect("allocation runs");
+    assert_eq!(allocation.terminate().await, 0);
+    let placed_at = Instant::now();
+    let placed = HttpLoad::new(&pair.orders().base)
+        .post("/orders", plan.requests(), 8)
+        .await
+        .unwrap();
+    assert_eq!(
+        placed.acknowledged, placed.attempted,
+        "every order answered 201"
+    );
+    Some((pair, placed, placed_at))
+}
+
 /// Issue 15, both binaries on RabbitMQ and Postgres: allocation is stopped
 /// while orders are placed; orders cancels each for `timeout` once its
 /// `ORDER_TIMEOUT_MS` is due (its scheduler delivers the `ExpireOrder` its
@@ -695,26 +721,12 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
 async fn orders_time_out_while_allocation_is_stopped_over_rabbitmq() {
     let _shared = PAIRS.read().await;
     let timeout = Duration::from_secs(2);
-    let timeout_ms = timeout.as_millis().to_string();
-    let Some(mut pair) = Pair::start_with(&[("ORDER_TIMEOUT_MS", &timeout_ms)]).await else {
+    let plan = Plan::new(&unique_name("away"), 3, 30, 60, 13);
+    let Some((mut pair, placed, placed_at)) = placed_while_allocation_is_away(timeout, &plan).await
+    else {
         return;
     };
     let refused_queue = pair.world.observe("orders.allocation_refused").await;
-    let plan = Plan::new(&unique_name("away"), 3, 30, 60, 13);
-    stock(&pair, &plan).await;
-    // Allocation goes away; its queue keeps what orders publishes.
-    let allocation = pair.allocation.take().expect("allocation runs");
-    assert_eq!(allocation.terminate().await, 0);
-
-    let placed_at = Instant::now();
-    let placed = HttpLoad::new(&pair.orders().base)
-        .post("/orders", plan.requests(), 8)
-        .await
-        .unwrap();
-    assert_eq!(
-        placed.acknowledged, placed.attempted,
-        "every order answered 201"
-    );
     let mut snapshot = Snapshot::default();
     pair.all_timed_out(
         &mut snapshot,
@@ -780,24 +792,11 @@ async fn orders_time_out_while_allocation_is_stopped_over_rabbitmq() {
 async fn timeouts_due_while_orders_was_killed_are_delivered_when_it_restarts() {
     let _shared = PAIRS.read().await;
     let timeout = Duration::from_secs(2);
-    let timeout_ms = timeout.as_millis().to_string();
-    let Some(mut pair) = Pair::start_with(&[("ORDER_TIMEOUT_MS", &timeout_ms)]).await else {
+    let plan = Plan::new(&unique_name("killed"), 3, 30, 30, 17);
+    let Some((mut pair, placed, placed_at)) = placed_while_allocation_is_away(timeout, &plan).await
+    else {
         return;
     };
-    let plan = Plan::new(&unique_name("killed"), 3, 30, 30, 17);
-    stock(&pair, &plan).await;
-    let allocation = pair.allocation.take().expect("allocation runs");
-    assert_eq!(allocation.terminate().await, 0);
-
-    let placed_at = Instant::now();
-    let placed = HttpLoad::new(&pair.orders().base)
-        .post("/orders", plan.requests(), 8)
-        .await
-        .unwrap();
-    assert_eq!(
-        placed.acknowledged, placed.attempted,
-        "every order answered 201"
-    );
     pair.orders.take().expect("orders runs").kill().await;
     let killed_after = placed_at.elapsed();
     assert!(

@@ -152,28 +152,17 @@ impl MessageBus {
                 (row, local)
             })
             .collect();
-        let written = if journal {
-            let rows: Vec<OutboxWrite> = released
-                .iter()
-                .filter(|(r, _)| r.publish || r.dispatch)
-                .map(|(r, _)| r.clone())
-                .collect();
-            if rows.is_empty() {
-                Ok(())
-            } else {
-                tx.write_events(&rows).await
-            }
+        // As a commit writes its events: a database without a journal
+        // writes the ones to publish (`write_events`' default).
+        let rows: Vec<OutboxWrite> = released
+            .iter()
+            .filter(|(r, _)| r.publish || r.dispatch)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let written = if rows.is_empty() {
+            Ok(())
         } else {
-            let rows: Vec<ExternalMessage> = released
-                .iter()
-                .filter(|(r, _)| r.publish)
-                .map(|(r, _)| r.message.clone())
-                .collect();
-            if rows.is_empty() {
-                Ok(())
-            } else {
-                tx.write_outbox(&rows).await
-            }
+            tx.write_events(&rows).await
         };
         match written {
             Ok(()) => tx.commit().await?,
