@@ -38,6 +38,19 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A broker's queue cannot serve the service as configured: it exists
+    /// with arguments other than the service declares (which a broker
+    /// cannot change in place), or the options would let the broker drop
+    /// a message before the service's own attempts are spent. Reported at
+    /// start, and not retried: an operator must act.
+    #[error("queue `{queue}`: {problem}")]
+    Topology {
+        /// The queue.
+        queue: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
+
     /// `commit` or `rollback` was called on a unit of work whose transaction
     /// already ended.
     #[error("the unit of work's transaction is already {0}")]

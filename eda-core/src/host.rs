@@ -31,13 +31,15 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `DATABASE_URL` | `postgres://…` or `sqlite:…` | `sqlite://<service>.db` (a file in the working directory) |
-//! | `AMQP_URL` | `amqp://…`: RabbitMQ | unset: a broker in the process |
+//! | `AMQP_URL` | `amqp://…`: RabbitMQ; a cluster's nodes separated by commas (`amqp://…@mq1/%2f,amqp://…@mq2/%2f`): any that answers, another when it dies | unset: a broker in the process |
 //! | `PORT` | the HTTP port | the service's |
 //! | `EDA_EXCHANGE` | the topic exchange | `eda.events` |
 //! | `EDA_QUEUE` | the service queue (its dead-letter queue is `<queue>.dlq`) | the service's name |
 //! | `DATABASE_SCHEMA` | the Postgres schema of the service's tables and of eda's outbox and inbox (created if needed) | the service's name: two services on one database never share eda's tables |
 //! | `EDA_RETRY_DELAYS_MS` | delays before the retries of a failed message, comma-separated milliseconds | `1000,5000,30000` |
 //! | `EDA_MAX_ATTEMPTS` | attempts at a message before it is dead-lettered | `5` |
+//! | `EDA_QUEUE_TYPE` | `quorum` or `classic`: the type of the queues declared on RabbitMQ (an existing queue keeps its type, with a warning) | `quorum` |
+//! | `EDA_DELIVERY_LIMIT` | how many times a quorum service queue delivers a message never settled (its consumer died) before dead-lettering it; at least `EDA_MAX_ATTEMPTS` | `20` (or `EDA_MAX_ATTEMPTS`, if more) |
 //! | `EDA_MAX_MESSAGE_BYTES` | larger messages are dead-lettered unread | `1048576` (1 MiB) |
 //! | `EDA_RETENTION_SECONDS` | inbox rows (a message redelivered later is handled again) and published outbox rows older than this are deleted, every half of it (at most hourly) | `604800` (7 days) |
 //!
@@ -60,7 +62,7 @@ use tokio::sync::watch;
 
 use crate::adapters::in_process::{InProcessBroker, InProcessService};
 use crate::adapters::postgres::{PostgresDatabase, PostgresOptions};
-use crate::adapters::rabbitmq::{RabbitMq, RabbitMqOptions};
+use crate::adapters::rabbitmq::{QueueType, RabbitMq, RabbitMqOptions};
 use crate::adapters::redact_url;
 use crate::adapters::sqlite::SqliteDatabase;
 use crate::bus::{BusBuilder, MessageBus};
@@ -102,6 +104,10 @@ pub struct ConsumerConfig {
     pub max_attempts: Option<u32>,
     /// The largest message read; larger ones are dead-lettered.
     pub max_message_bytes: Option<usize>,
+    /// The type of the queues declared on RabbitMQ.
+    pub queue_type: Option<QueueType>,
+    /// The delivery limit of a quorum service queue.
+    pub delivery_limit: Option<u32>,
 }
 
 /// A service's configuration, as the host reads it from the environment.
@@ -196,11 +202,21 @@ impl HostConfig {
         };
         let broker = match var("AMQP_URL") {
             None => BrokerConfig::InProcess,
-            Some(url) if url.starts_with("amqp://") => BrokerConfig::RabbitMq(url),
+            // One URL, or a cluster's nodes separated by commas.
+            Some(url)
+                if url
+                    .split(',')
+                    .all(|node| node.trim().starts_with("amqp://")) =>
+            {
+                BrokerConfig::RabbitMq(url)
+            }
             Some(url) => {
                 return Err(ConfigError {
                     variable: "AMQP_URL",
-                    problem: format!("expected amqp://…, got {}", redact_url(&url)),
+                    problem: format!(
+                        "expected amqp://… (or several, separated by commas), got {}",
+                        redact_url(&url)
+                    ),
                 });
             }
         };
@@ -230,10 +246,32 @@ impl HostConfig {
                     .transpose()?,
                 max_attempts: positive(&var, "EDA_MAX_ATTEMPTS")?,
                 max_message_bytes: positive(&var, "EDA_MAX_MESSAGE_BYTES")?,
+                queue_type: var("EDA_QUEUE_TYPE")
+                    .map(|v| {
+                        v.parse().map_err(|problem| ConfigError {
+                            variable: "EDA_QUEUE_TYPE",
+                            problem,
+                        })
+                    })
+                    .transpose()?,
+                delivery_limit: positive(&var, "EDA_DELIVERY_LIMIT")?,
             },
             retention: positive(&var, "EDA_RETENTION_SECONDS")?
                 .map_or(DEFAULT_RETENTION, Duration::from_secs),
         })
+    }
+
+    /// The RabbitMQ options of the broker at `url`: the consumer's, and
+    /// the queues' type and delivery limit.
+    pub fn rabbitmq_options(&self, url: &str) -> RabbitMqOptions {
+        let mut options = RabbitMqOptions::from_consumer(url, self.consumer_options());
+        if let Some(queue_type) = self.consumer.queue_type {
+            options = options.queue_type(queue_type);
+        }
+        if let Some(limit) = self.consumer.delivery_limit {
+            options = options.delivery_limit(limit);
+        }
+        options
     }
 
     /// The service's queue and its consumer's settings, on either broker.
@@ -495,12 +533,9 @@ impl Host {
         let db = connect_database(config, postgres_tables, sqlite_tables).await?;
         let broker = match &config.broker {
             BrokerConfig::RabbitMq(url) => Broker::RabbitMq(
-                RabbitMq::connect(RabbitMqOptions::from_consumer(
-                    url,
-                    config.consumer_options(),
-                ))
-                .await
-                .map_err(HostError::Broker)?,
+                RabbitMq::connect(config.rabbitmq_options(url))
+                    .await
+                    .map_err(HostError::Broker)?,
             ),
             BrokerConfig::InProcess => {
                 Broker::InProcess(InProcessBroker::new().service(config.consumer_options()))
@@ -1401,6 +1436,8 @@ mod tests {
                 retry_delays: Some(vec![Duration::from_millis(200), Duration::from_millis(500)]),
                 max_attempts: Some(3),
                 max_message_bytes: Some(65536),
+                queue_type: None,
+                delivery_limit: None,
             }
         );
         let options = c.consumer_options();
@@ -1443,6 +1480,42 @@ mod tests {
             BrokerConfig::RabbitMq("amqp://guest:guest@mq:5672/%2f".into())
         );
         assert_eq!((c.port, c.exchange.as_str()), (9000, "shop.events"));
+    }
+
+    /// A cluster's nodes in one variable, the queues' type and delivery
+    /// limit; passwords hidden in all of them.
+    #[test]
+    fn a_cluster_and_its_queues_are_configured() {
+        let nodes = "amqp://app:hunter2@mq1:5672/%2f, amqp://app:hunter2@mq2:5672/%2f";
+        let c = config(&[
+            ("AMQP_URL", nodes),
+            ("EDA_QUEUE_TYPE", "Classic"),
+            ("EDA_DELIVERY_LIMIT", "7"),
+        ])
+        .unwrap();
+        assert_eq!(c.broker, BrokerConfig::RabbitMq(nodes.into()));
+        assert_eq!(c.consumer.queue_type, Some(QueueType::Classic));
+        assert_eq!(c.consumer.delivery_limit, Some(7));
+        let options = c.rabbitmq_options(nodes);
+        assert_eq!(
+            options.url(),
+            "amqp://app:***@mq1:5672/%2f,amqp://app:***@mq2:5672/%2f"
+        );
+        assert_eq!(options.effective_delivery_limit(), 7);
+        let text = c.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("mq2"), "{text}");
+        // The default: quorum, a limit of 20 or the attempts if more.
+        let c = config(&[("AMQP_URL", nodes), ("EDA_MAX_ATTEMPTS", "30")]).unwrap();
+        assert_eq!(c.rabbitmq_options(nodes).effective_delivery_limit(), 30);
+        for (variable, value) in [
+            ("EDA_QUEUE_TYPE", "mirrored"),
+            ("EDA_DELIVERY_LIMIT", "0"),
+            ("AMQP_URL", "amqp://mq1/%2f,http://mq2"),
+        ] {
+            let err = config(&[(variable, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{variable}: expected")), "{err}");
+        }
     }
 
     #[test]

@@ -537,6 +537,7 @@ impl Handling {
             published_by: message.published_by.as_deref(),
             payload: &message.message.payload,
             failed_before: message.attempts,
+            unsettled_before: 0,
             trace: &message.message.trace,
             system: "eda.in_process",
         };

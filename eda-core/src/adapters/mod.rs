@@ -24,8 +24,16 @@ pub mod sqlite;
 /// assert_eq!(redact_url("postgres://app:s3cr3t@db:5432/shop"), "postgres://app:***@db:5432/shop");
 /// assert_eq!(redact_url("postgres://db/shop?user=app&password=s3cr3t"), "postgres://db/shop?user=app&password=***");
 /// assert_eq!(redact_url("sqlite://allocation.db"), "sqlite://allocation.db");
+/// assert_eq!(
+///     redact_url("amqp://app:s3cr3t@mq1/%2f,amqp://app:s3cr3t@mq2/%2f"),
+///     "amqp://app:***@mq1/%2f,amqp://app:***@mq2/%2f"
+/// );
 /// ```
 pub fn redact_url(url: &str) -> String {
+    // A list of URLs (a cluster's nodes: `amqp://…,amqp://…`), each hidden.
+    if url.contains(',') && url.split(',').all(|part| part.contains("://")) {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;

@@ -22,6 +22,36 @@
 //!   reason and the attempt count in their headers (`x-eda-error`,
 //!   `x-eda-attempts`).
 //!
+//! **Queue types.** Every queue above is a [quorum](QueueType) queue unless
+//! the options ask for classic ones ([`RabbitMqOptions::queue_type`],
+//! `EDA_QUEUE_TYPE` on the host): replicated across a cluster, the only
+//! replicated type on RabbitMQ 4. Nothing declared needs a plugin, and
+//! every queue is durable (RabbitMQ 4.3 refuses transient ones). A queue
+//! that exists as the other type is used as it is, with a warning at start
+//! that says how to move it; a queue that exists with other arguments (a
+//! retry queue with another delay, another delivery limit) stops the
+//! service at start with an [`Error::Topology`] that quotes the broker and
+//! says what to change, rather than a consumer that reconnects forever.
+//!
+//! **The delivery limit.** A quorum service queue is declared with an
+//! explicit `x-delivery-limit` ([`RabbitMqOptions::delivery_limit`], 20 by
+//! default, never below the consumer's attempts) and dead-letters, at
+//! least once, into the service's dead-letter queue: past the limit the
+//! broker moves a message there (`x-first-death-reason: delivery_limit`),
+//! it never drops one. The consumer reaches the limit first: a delivery
+//! that was never settled (its consumer died, or lost the broker, while
+//! handling it) counts as a failed attempt, from the queue's
+//! `x-delivery-count`, and once the attempts are spent the message is
+//! dead-lettered by the consumer, unhandled, with the reason. A failure
+//! the consumer sees (an error, a panic) never counts against the limit:
+//! the message is acknowledged once its copy is in a retry queue.
+//!
+//! **A cluster.** The URL may list the nodes of a cluster, separated by
+//! commas. Connections (the relay's and the consumer's share one) go to
+//! the first node that accepts one; when a connection breaks, the next one
+//! starts with the following node. What was in flight is redelivered and
+//! deduplicated by the inbox, as after a broker's restart.
+//!
 //! Messages are persistent (delivery mode 2) and carry their metadata in
 //! AMQP properties: `message_id` (the event's id), `type` (its name),
 //! `content_type` `application/json`, `correlation_id`, `timestamp`,
@@ -66,7 +96,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 
-use super::{RedactedUrl, redact_url};
+use super::RedactedUrl;
 use crate::adapter::Adapter;
 use crate::bus::MessageBus;
 use crate::entrypoints::ConsumerOptions;
@@ -92,34 +122,164 @@ pub const ERROR_HEADER: &str = "x-eda-error";
 /// settings, and the [`ConsumerOptions`] every broker shares.
 #[derive(Clone)]
 pub struct RabbitMqOptions {
-    url: RedactedUrl,
+    nodes: Vec<RedactedUrl>,
     pub(crate) consumer: ConsumerOptions,
     pub(crate) prefetch: u16,
     pub(crate) reconnect: (Duration, Duration),
+    queue_type: QueueType,
+    delivery_limit: Option<u32>,
+}
+
+/// The type of the queues eda declares: the service queue, its retry
+/// queues, its dead-letter queue, the record of its bindings and the
+/// exchange's parking queue.
+///
+/// Quorum is the default for new queues: a quorum queue is replicated to
+/// the nodes of a cluster and survives the loss of a minority of them
+/// (on RabbitMQ 4, classic queues are never replicated). Classic is for a
+/// single broker where replication buys nothing, or a queue that exists
+/// already as classic.
+///
+/// A queue's type cannot change once it exists. A service that finds its
+/// queue of the other type keeps using it as it is and says so at start,
+/// at WARN, with what to do (see the [module](self)).
+///
+/// ```
+/// use eda_core::adapters::rabbitmq::QueueType;
+///
+/// assert_eq!("classic".parse::<QueueType>(), Ok(QueueType::Classic));
+/// assert_eq!(QueueType::default().to_string(), "quorum");
+/// assert!("mirrored".parse::<QueueType>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum QueueType {
+    /// Replicated (Raft) queues, `x-queue-type: quorum`.
+    #[default]
+    Quorum,
+    /// A node's own queue, the broker's default type.
+    Classic,
+}
+
+impl QueueType {
+    /// `quorum` or `classic`, as RabbitMQ names them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+
+    fn other(self) -> QueueType {
+        match self {
+            QueueType::Quorum => QueueType::Classic,
+            QueueType::Classic => QueueType::Quorum,
+        }
+    }
+}
+
+impl fmt::Display for QueueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "quorum" => Ok(QueueType::Quorum),
+            "classic" => Ok(QueueType::Classic),
+            _ => Err(format!("expected quorum or classic, got {s:?}")),
+        }
+    }
+}
+
+/// A quorum service queue's delivery limit when none is set: RabbitMQ 4's
+/// default, or the consumer's attempts if they are more.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// How long one node is given to accept a connection before the next one
+/// is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a queue is for: its arguments follow.
+#[derive(Clone, Copy)]
+enum Role {
+    Service,
+    Retry(Duration),
+    DeadLetter,
+    /// `<queue>.bindings`.
+    Record,
+    /// `<exchange>.unrouted`.
+    Unrouted,
 }
 
 impl fmt::Debug for RabbitMqOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitMqOptions")
-            .field("url", &self.url)
+            .field("nodes", &self.nodes)
             .field("consumer", &self.consumer)
             .field("prefetch", &self.prefetch)
             .field("reconnect", &self.reconnect)
+            .field("queue_type", &self.queue_type)
+            .field("delivery_limit", &self.delivery_limit)
             .finish()
     }
 }
 
 impl RabbitMqOptions {
-    /// The broker at `url`, for the service whose queue is `queue`. Defaults:
-    /// those of [`ConsumerOptions::new`], prefetch 32, reconnection after
-    /// 100 ms to 5 s.
+    /// The broker at `url`, for the service whose queue is `queue`.
+    ///
+    /// `url` may list the nodes of a cluster, separated by commas
+    /// (`amqp://u:p@mq1:5672/%2f,amqp://u:p@mq2:5672/%2f`): a connection
+    /// goes to the first that accepts it (each is given 5 s), and when it
+    /// breaks the next connection starts with the following node.
+    ///
+    /// Defaults: those of [`ConsumerOptions::new`], prefetch 32,
+    /// reconnection after 100 ms to 5 s, [quorum](QueueType) queues with a
+    /// delivery limit of [`DEFAULT_DELIVERY_LIMIT`] (or the consumer's
+    /// attempts, if they are more).
     pub fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
+        let url: String = url.into();
         RabbitMqOptions {
-            url: RedactedUrl(url.into()),
+            nodes: url
+                .split(',')
+                .map(str::trim)
+                .filter(|node| !node.is_empty())
+                .map(|node| RedactedUrl(node.to_owned()))
+                .collect(),
             consumer: ConsumerOptions::new(queue),
             prefetch: 32,
             reconnect: (Duration::from_millis(100), Duration::from_secs(5)),
+            queue_type: QueueType::default(),
+            delivery_limit: None,
         }
+    }
+
+    /// The type of the queues the service declares (quorum by default).
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// The delivery limit of a quorum service queue (`x-delivery-limit`):
+    /// how many times the broker delivers a message that is never settled
+    /// (the consumer died or lost its connection while handling it) before
+    /// it dead-letters it, to the dead-letter queue. It must be at least
+    /// the consumer's [attempts](Self::max_attempts): the consumer counts
+    /// such deliveries as failed attempts, and dead-letters the message
+    /// itself, with the reason, when they are spent, before the broker
+    /// would. [`RabbitMq::connect`] refuses a lower limit.
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = Some(limit);
+        self
+    }
+
+    /// The delivery limit a quorum service queue is declared with: the one
+    /// set, or [`DEFAULT_DELIVERY_LIMIT`] (the attempts, if more).
+    pub fn effective_delivery_limit(&self) -> u32 {
+        self.delivery_limit
+            .unwrap_or_else(|| DEFAULT_DELIVERY_LIMIT.max(self.consumer.max_attempts))
     }
 
     /// The broker at `url`, for the service these [`ConsumerOptions`]
@@ -210,9 +370,85 @@ impl RabbitMqOptions {
             .collect()
     }
 
-    /// The URL, password hidden.
+    /// The URL (the nodes', separated by commas), passwords hidden.
     pub fn url(&self) -> String {
-        self.url.to_string()
+        self.nodes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// What cannot work, found before the broker is asked: no URL, or a
+    /// delivery limit below the consumer's attempts.
+    fn check(&self) -> Result<(), Error> {
+        if self.nodes.is_empty() {
+            return Err(Error::Connect {
+                url: String::new(),
+                source: "no RabbitMQ URL".into(),
+            });
+        }
+        let limit = self.effective_delivery_limit();
+        if self.queue_type == QueueType::Quorum && limit < self.consumer.max_attempts {
+            return Err(Error::Topology {
+                queue: self.consumer.queue.clone(),
+                problem: format!(
+                    "its delivery limit ({limit}) is below the consumer's attempts ({}): the \
+                     broker would dead-letter a message that kills its consumer before the \
+                     service has spent its attempts; raise the limit (EDA_DELIVERY_LIMIT) to \
+                     at least the attempts (EDA_MAX_ATTEMPTS)",
+                    self.consumer.max_attempts
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The arguments of a queue of `role` and type `kind`.
+    fn arguments(&self, role: Role, kind: QueueType) -> FieldTable {
+        let o = &self.consumer;
+        let quorum = kind == QueueType::Quorum;
+        let mut args = FieldTable::default();
+        if quorum {
+            args.insert("x-queue-type".into(), long_string("quorum"));
+        }
+        // Dead-lettered at least once (quorum): the broker keeps the
+        // message until the queue it goes to has it, which needs the
+        // overflow that refuses publishes rather than dropping the oldest.
+        let dead_letter_to = |args: &mut FieldTable, queue: String| {
+            args.insert("x-dead-letter-exchange".into(), long_string(""));
+            args.insert("x-dead-letter-routing-key".into(), long_string(queue));
+            if quorum {
+                args.insert(
+                    "x-dead-letter-strategy".into(),
+                    long_string("at-least-once"),
+                );
+                args.insert("x-overflow".into(), long_string("reject-publish"));
+            }
+        };
+        match role {
+            Role::Service if quorum => {
+                dead_letter_to(&mut args, o.dead_letter_queue());
+                args.insert(
+                    "x-delivery-limit".into(),
+                    AMQPValue::LongLongInt(i64::from(self.effective_delivery_limit())),
+                );
+            }
+            Role::Retry(delay) => {
+                dead_letter_to(&mut args, o.queue.clone());
+                args.insert(
+                    "x-message-ttl".into(),
+                    AMQPValue::LongLongInt(delay.as_millis() as i64),
+                );
+            }
+            // A classic record keeps one message (as before quorum queues);
+            // a quorum one is drained whole at each start.
+            Role::Record if !quorum => {
+                args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+            }
+            Role::Service | Role::DeadLetter | Role::Record | Role::Unrouted => {}
+        }
+        args
     }
 }
 
@@ -226,6 +462,8 @@ pub struct RabbitMq {
 struct Shared {
     options: RabbitMqOptions,
     connection: Mutex<Option<Arc<Connection>>>,
+    /// The node the next connection tries first.
+    next_node: std::sync::atomic::AtomicUsize,
     /// The topology's warnings were logged.
     warned: std::sync::atomic::AtomicBool,
 }
@@ -240,18 +478,17 @@ impl fmt::Debug for RabbitMq {
 
 impl Adapter for RabbitMq {}
 
-pub(crate) fn amqp_error(url: &str, e: lapin::Error) -> Error {
-    Error::Broker(format!("{}: {e}", redact_url(url)).into())
-}
-
 impl RabbitMq {
     /// Connects and declares the exchange. An error names the URL, with its
-    /// password hidden.
+    /// password hidden; options that cannot work (a delivery limit below
+    /// the attempts) are refused before the broker is asked.
     pub async fn connect(options: RabbitMqOptions) -> Result<Self, Error> {
+        options.check()?;
         let rabbitmq = RabbitMq {
             inner: Arc::new(Shared {
                 options,
                 connection: Mutex::new(None),
+                next_node: std::sync::atomic::AtomicUsize::new(0),
                 warned: std::sync::atomic::AtomicBool::new(false),
             }),
         };
@@ -270,7 +507,7 @@ impl RabbitMq {
     }
 
     fn error(&self, e: lapin::Error) -> Error {
-        amqp_error(&self.inner.options.url.0, e)
+        Error::Broker(format!("{}: {e}", self.inner.options.url()).into())
     }
 
     /// A new channel, on the current connection or, if it broke, on a new
@@ -285,19 +522,47 @@ impl RabbitMq {
                 Err(e) => tracing::debug!(error = %e, "channel failed, reconnecting"),
             }
         }
-        // Named after the service queue: visible as such in the broker's
-        // tools (and closable alone, as the fault tests do).
-        let properties = ConnectionProperties::default()
-            .with_connection_name(self.inner.options.consumer.queue.as_str().into());
-        let connection = Connection::connect(&self.inner.options.url.0, properties)
-            .await
-            .map_err(|e| self.error(e))?;
+        let connection = self.connect_any().await?;
         let channel = connection
             .create_channel()
             .await
             .map_err(|e| self.error(e))?;
         *current = Some(Arc::new(connection));
         Ok(channel)
+    }
+
+    /// A connection to the first node that accepts one, starting with the
+    /// node after the one connected last (so that a dead node is not the
+    /// first tried again).
+    async fn connect_any(&self) -> Result<Connection, Error> {
+        use std::sync::atomic::Ordering;
+        let nodes = &self.inner.options.nodes;
+        let first = self.inner.next_node.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for k in 0..nodes.len() {
+            let i = (first + k) % nodes.len();
+            let node = &nodes[i];
+            // Named after the service queue: visible as such in the
+            // broker's tools (and closable alone, as the fault tests do).
+            let properties = ConnectionProperties::default()
+                .with_connection_name(self.inner.options.consumer.queue.as_str().into());
+            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&node.0, properties))
+                .await
+            {
+                Ok(Ok(connection)) => {
+                    self.inner
+                        .next_node
+                        .store((i + 1) % nodes.len(), Ordering::Relaxed);
+                    if nodes.len() > 1 {
+                        tracing::info!(node = %node, "connected to RabbitMQ");
+                    }
+                    return Ok(connection);
+                }
+                Ok(Err(e)) => failures.push(format!("{node}: {e}")),
+                Err(_) => failures.push(format!("{node}: no answer in {CONNECT_TIMEOUT:?}")),
+            }
+        }
+        Err(Error::Broker(failures.join("; ").into()))
     }
 
     /// A channel in confirm mode.
@@ -327,44 +592,25 @@ impl RabbitMq {
 
     /// Declares the exchange, the service queue bound to the topology's
     /// names (and unbound from the stale ones), its retry queues and its
-    /// dead-letter queue. Idempotent.
+    /// dead-letter queue. Idempotent. Returns the service queue's type
+    /// (the one found, if it existed as the other).
     pub(crate) async fn declare_service_topology(
         &self,
         channel: &Channel,
         topology: &Topology,
-    ) -> Result<(), Error> {
+    ) -> Result<QueueType, Error> {
         let options = &self.inner.options;
         let o = &options.consumer;
         topology.log_once(&o.queue, &self.inner.warned);
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
         self.declare_exchange(channel).await?;
-        for queue in [o.queue.clone(), o.dead_letter_queue()] {
-            channel
-                .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-                .await
-                .map_err(|e| self.error(e))?;
-        }
+        // The dead-letter queue first: the service queue's (quorum)
+        // dead-lettering goes there.
+        self.declare_queue(&o.dead_letter_queue(), Role::DeadLetter)
+            .await?;
+        let service = self.declare_queue(&o.queue, Role::Service).await?;
         for delay in &o.retry_delays {
-            let mut args = FieldTable::default();
-            args.insert(
-                "x-message-ttl".into(),
-                AMQPValue::LongLongInt(delay.as_millis() as i64),
-            );
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString("".into()),
-            );
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(o.queue.as_str().into()),
-            );
-            channel
-                .queue_declare(options.retry_queue(*delay).as_str().into(), durable, args)
-                .await
-                .map_err(|e| self.error(e))?;
+            self.declare_queue(&options.retry_queue(*delay), Role::Retry(*delay))
+                .await?;
         }
         for name in topology.bindings() {
             channel
@@ -378,7 +624,97 @@ impl RabbitMq {
                 .await
                 .map_err(|e| self.error(e))?;
         }
-        self.remove_stale_bindings(channel, topology).await
+        self.remove_stale_bindings(channel, topology).await?;
+        Ok(service)
+    }
+
+    /// Declares a queue of the configured type, on a channel of its own
+    /// (a refusal closes the channel). A queue that exists as the other
+    /// type is kept as it is, with a warning; one that exists with other
+    /// arguments is an [`Error::Topology`].
+    async fn declare_queue(&self, queue: &str, role: Role) -> Result<QueueType, Error> {
+        let options = &self.inner.options;
+        let wanted = options.queue_type;
+        let refused = match self
+            .try_declare(queue, options.arguments(role, wanted))
+            .await?
+        {
+            None => return Ok(wanted),
+            Some(refused) => refused,
+        };
+        // Refused: it exists, as the other type (the broker names the
+        // first argument that differs, not always the type) or with other
+        // arguments. The other type's declaration tells which.
+        let found = wanted.other();
+        match self
+            .try_declare(queue, options.arguments(role, found))
+            .await?
+        {
+            None => {
+                tracing::warn!(
+                    queue,
+                    found = %found,
+                    configured = %wanted,
+                    "the queue exists as a {found} queue, and a queue's type cannot change: \
+                     it is used as it is. To move it to {wanted}, stop the service's \
+                     instances, let the queue empty (or move its messages), delete it, and \
+                     start again; or set EDA_QUEUE_TYPE={found} to silence this"
+                );
+                Ok(found)
+            }
+            // Of the other type, and with other arguments than it would
+            // have: the second refusal names what differs.
+            Some(again) if refused.contains("'x-queue-type'") => Err(self.mismatch(queue, &again)),
+            Some(_) => Err(self.mismatch(queue, &refused)),
+        }
+    }
+
+    /// Declares a durable queue: `None` if done, `Some(the broker's words)`
+    /// if it refused (the queue exists with other arguments).
+    async fn try_declare(&self, queue: &str, args: FieldTable) -> Result<Option<String>, Error> {
+        let channel = self.channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await;
+        match declared {
+            Ok(_) => {
+                let _ = channel.close(200, "declared".into()).await;
+                Ok(None)
+            }
+            Err(e) => match e.kind() {
+                lapin::ErrorKind::ProtocolError(amqp)
+                    if matches!(
+                        amqp.kind(),
+                        lapin::protocol::AMQPErrorKind::Soft(
+                            lapin::protocol::AMQPSoftError::PRECONDITIONFAILED
+                        )
+                    ) =>
+                {
+                    Ok(Some(amqp.get_message().to_string()))
+                }
+                _ => Err(self.error(e)),
+            },
+        }
+    }
+
+    fn mismatch(&self, queue: &str, refused: &str) -> Error {
+        Error::Topology {
+            queue: queue.to_owned(),
+            problem: format!(
+                "it exists with other arguments than this service declares, and a queue's \
+                 arguments cannot change (the broker said: {refused}). Configure the service \
+                 as the queue was declared (EDA_DELIVERY_LIMIT for x-delivery-limit, \
+                 EDA_RETRY_DELAYS_MS for a retry queue's x-message-ttl, EDA_QUEUE_TYPE), or \
+                 delete the queue once it is empty so that it is declared again"
+            ),
+        }
     }
 
     /// Unbinds what the queue no longer needs, and records what it is bound
@@ -395,27 +731,24 @@ impl RabbitMq {
     ) -> Result<(), Error> {
         let o = &self.inner.options.consumer;
         let record = o.bindings_queue();
-        let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
-        channel
-            .queue_declare(
-                record.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await
-            .map_err(|e| self.error(e))?;
-        let previous = channel
+        self.declare_queue(&record, Role::Record).await?;
+        // Every record there (one, unless a start crashed between writing
+        // the new one and taking the old), unacknowledged until the new
+        // one is written.
+        let mut previous = Vec::new();
+        let mut before: Vec<String> = Vec::new();
+        while let Some(message) = channel
             .basic_get(record.as_str().into(), BasicGetOptions { no_ack: false })
             .await
-            .map_err(|e| self.error(e))?;
-        let before: Vec<String> = previous
-            .as_ref()
-            .and_then(|m| serde_json::from_slice(&m.delivery.data).ok())
-            .unwrap_or_default();
+            .map_err(|e| self.error(e))?
+        {
+            if let Ok(names) = serde_json::from_slice::<Vec<String>>(&message.delivery.data) {
+                before.extend(names);
+            }
+            previous.push(message);
+        }
+        before.sort();
+        before.dedup();
         for name in topology.stale(before.iter().map(String::as_str)) {
             channel
                 .queue_unbind(
@@ -445,10 +778,9 @@ impl RabbitMq {
             )
             .await
             .map_err(|e| self.error(e))?;
-        // The queue holds one message: the new one replaces the old, which
-        // is acknowledged only now, so that a crash in between loses
-        // neither.
-        if let Some(previous) = previous {
+        // The new record replaces the old, which is acknowledged only now,
+        // so that a crash in between loses neither.
+        for previous in previous {
             previous
                 .delivery
                 .ack(BasicAckOptions::default())
@@ -699,17 +1031,7 @@ impl Publisher for RabbitMqPublisher {
             let channel = self.channel().await?;
             let o = &self.rabbitmq.inner.options.consumer;
             let queue = o.unrouted_queue();
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| self.rabbitmq.error(e))?;
+            self.rabbitmq.declare_queue(&queue, Role::Unrouted).await?;
             let mut confirms = Vec::with_capacity(messages.len());
             for message in messages {
                 let mut properties = properties(message).with_app_id(short(&o.queue));

@@ -319,6 +319,10 @@ pub(crate) struct Received<'a> {
     pub(crate) payload: &'a [u8],
     /// How many times handling it failed before.
     pub(crate) failed_before: u32,
+    /// How many times it was delivered before and never settled (its
+    /// consumer died, or lost its connection, while handling it), as the
+    /// broker counts them: failed attempts too.
+    pub(crate) unsettled_before: u32,
     /// The trace it continues (see [`TraceContext`]).
     pub(crate) trace: &'a TraceContext,
     /// The broker, as OpenTelemetry's `messaging.system` names it.
@@ -335,13 +339,26 @@ pub(crate) struct Policy<'a> {
 
 /// The verdict on one delivery: handled (or an own event), to retry, or to
 /// dead-letter at once (too large, no usable id, a message this service
-/// does not take, unknown or malformed) or after its last attempt. A
-/// handler that panics is a failure like any other.
+/// does not take, unknown or malformed, or one whose attempts were spent by
+/// deliveries never settled) or after its last attempt. A handler that
+/// panics is a failure like any other.
 pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Received<'_>) -> Verdict {
+    let failed_before = d.failed_before.saturating_add(d.unsettled_before);
     let refuse = |reason: String| Verdict::DeadLetter {
-        attempts: d.failed_before,
+        attempts: failed_before,
         reason,
     };
+    // A message that killed its consumer each time it was handled (or was
+    // in flight whenever the connection broke) is not handled again once
+    // its attempts are spent: dead-lettered here, with the reason, before
+    // the broker's delivery limit would.
+    if d.unsettled_before > 0 && failed_before >= policy.max_attempts {
+        return refuse(format!(
+            "delivered {} times and never settled: its consumer stopped or lost the \
+             broker while handling it, each time",
+            d.unsettled_before
+        ));
+    }
     if d.payload.len() > policy.max_message_bytes {
         return refuse(format!(
             "message too large: {} bytes, the limit is {}",
@@ -397,7 +414,7 @@ pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Received<'
         }
         Err(join) => format!("handler of `{}` was cancelled: {join}", d.name),
     };
-    after_failure(d.failed_before, policy.max_attempts, reason)
+    after_failure(failed_before, policy.max_attempts, reason)
 }
 
 /// A task that is aborted when its handle is dropped.

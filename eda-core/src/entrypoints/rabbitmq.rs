@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::adapters::rabbitmq::{
-    ATTEMPTS_HEADER, ERROR_HEADER, RabbitMq, long_string, metadata, short, trace_context,
+    ATTEMPTS_HEADER, ERROR_HEADER, QueueType, RabbitMq, long_string, metadata, short, trace_context,
 };
 use crate::bus::MessageBus;
 use crate::entrypoints::{self, ConsumerMetrics, Counted, Verdict, retry_delay, verdict};
@@ -95,6 +95,12 @@ impl RabbitMqConsumer {
         loop {
             match self.session(shutdown.as_mut()).await {
                 Ok(()) => return Ok(()),
+                // A queue that cannot serve as configured stays so until an
+                // operator acts: said once, not retried forever.
+                Err(e @ Error::Topology { .. }) => {
+                    tracing::error!(error = %e, "consumer cannot start");
+                    return Err(e);
+                }
                 Err(e) => {
                     self.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
                     let delay = backoff.next_delay();
@@ -117,7 +123,8 @@ impl RabbitMqConsumer {
         let channel = self.rabbitmq.channel().await?;
         let publish = self.rabbitmq.confirm_channel().await?;
         let topology = self.rabbitmq.topology(&self.bus);
-        self.rabbitmq
+        let queue_type = self
+            .rabbitmq
             .declare_service_topology(&channel, &topology)
             .await?;
         let bindings = topology.bindings();
@@ -158,6 +165,7 @@ impl RabbitMqConsumer {
                                 rabbitmq: self.rabbitmq.clone(),
                                 publish: publish.clone(),
                                 metrics: self.metrics.clone(),
+                                queue_type,
                             };
                             in_flight.spawn(async move {
                                 handling.handle(delivery).await;
@@ -195,15 +203,27 @@ struct Handling {
     rabbitmq: RabbitMq,
     publish: Channel,
     metrics: Arc<ConsumerMetrics>,
+    /// The service queue's type: a quorum queue counts deliveries.
+    queue_type: QueueType,
 }
+
+/// The header a quorum queue sets on each delivery: how many times it was
+/// delivered before and not settled.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// How many times the message failed before, from its header: 0 when it is
 /// missing, negative or of another type, `u32::MAX` at most.
 fn attempts(properties: &BasicProperties) -> u32 {
+    count_header(properties, ATTEMPTS_HEADER)
+}
+
+/// A count in a header: 0 when it is missing, negative or of another type,
+/// `u32::MAX` at most.
+fn count_header(properties: &BasicProperties, header: &str) -> u32 {
     match properties
         .headers()
         .as_ref()
-        .and_then(|h| h.inner().get(ATTEMPTS_HEADER))
+        .and_then(|h| h.inner().get(header))
     {
         Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, u32::MAX as i64) as u32,
         Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
@@ -276,6 +296,11 @@ impl Handling {
             published_by: delivery.properties.app_id().as_ref().map(|s| s.as_str()),
             payload: &delivery.data,
             failed_before: attempts(&delivery.properties),
+            // Only a quorum queue counts (anyone could publish the header).
+            unsettled_before: match self.queue_type {
+                QueueType::Quorum => count_header(&delivery.properties, DELIVERY_COUNT_HEADER),
+                QueueType::Classic => 0,
+            },
             trace: &trace,
             system: "rabbitmq",
         };
@@ -292,7 +317,19 @@ impl Handling {
         attempts: u32,
         reason: &str,
     ) -> Result<(), Error> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        // The delivery count was this queue's; the copy starts afresh
+        // wherever it goes (a quorum queue sets its own, a classic one
+        // would keep it).
+        let mut headers: FieldTable = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| {
+                let mut h = h.inner().clone();
+                h.remove(DELIVERY_COUNT_HEADER);
+                h.into()
+            })
+            .unwrap_or_default();
         headers.insert(
             ATTEMPTS_HEADER.into(),
             AMQPValue::LongLongInt(i64::from(attempts)),
