@@ -4,6 +4,7 @@
 //! commands ([`HttpLoad`]) and the check that nothing was lost or doubled
 //! ([`World::check_books`]).
 
+pub mod cluster;
 pub mod pair;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -91,6 +92,8 @@ pub struct World {
     /// The service's queue (and the prefix of its retry and dead-letter
     /// queues).
     pub queue: String,
+    /// The broker's URL (a cluster's nodes, separated by commas).
+    pub amqp: String,
     broker: tokio::sync::Mutex<Option<(Connection, Channel)>>,
     observers: Mutex<Vec<String>>,
     neighbours: Mutex<Vec<Neighbour>>,
@@ -100,6 +103,12 @@ impl World {
     /// Connects to Postgres and RabbitMQ, or skips (`None`), or under
     /// `CI=true` fails naming the missing service.
     pub async fn new() -> Option<Self> {
+        Self::on_broker(amqp_url()).await
+    }
+
+    /// The same on the RabbitMQ at `amqp` (a cluster's nodes, separated by
+    /// commas): the services started in this world get it as `AMQP_URL`.
+    pub async fn on_broker(amqp: String) -> Option<Self> {
         let url = postgres_url();
         let pool = match PgPool::connect(&url).await {
             Ok(pool) => pool,
@@ -112,7 +121,6 @@ impl World {
                 );
             }
         };
-        let amqp = amqp_url();
         let broker = match connect(&amqp).await {
             Ok(broker) => broker,
             Err(e) => return service_missing("RabbitMQ", &amqp, &e, "rabbitmq-server -detached"),
@@ -123,6 +131,7 @@ impl World {
             schema: name.clone(),
             exchange: format!("{name}.events"),
             queue: name,
+            amqp,
             broker: tokio::sync::Mutex::new(Some(broker)),
             observers: Mutex::new(Vec::new()),
             neighbours: Mutex::new(Vec::new()),
@@ -158,7 +167,7 @@ impl World {
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match connect(&amqp_url()).await {
+            match connect(&self.amqp).await {
                 Ok((connection, channel)) => {
                     *broker = Some((connection, channel.clone()));
                     return channel;
@@ -173,7 +182,7 @@ impl World {
 
     /// A durable queue bound to `routing_key` on the service's exchange, as
     /// another service would consume its events (it survives a broker
-    /// restart).
+    /// restart, and a quorum queue, the loss of a cluster's node).
     pub async fn observe(&self, routing_key: &str) -> String {
         let queue = format!("{}.observer.{routing_key}", self.queue);
         let channel = self.channel().await;
@@ -181,8 +190,13 @@ impl World {
             durable: true,
             ..Default::default()
         };
+        let mut quorum = FieldTable::default();
+        quorum.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
         channel
-            .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+            .queue_declare(queue.as_str().into(), durable, quorum)
             .await
             .unwrap();
         channel
@@ -422,8 +436,18 @@ impl World {
     }
 }
 
+/// A connection to the first node of `url` (nodes separated by commas)
+/// that accepts one.
 async fn connect(url: &str) -> Result<(Connection, Channel), lapin::Error> {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let mut nodes = url.split(',').map(str::trim).peekable();
+    let connection = loop {
+        let node = nodes.next().expect("at least one URL");
+        match Connection::connect(node, ConnectionProperties::default()).await {
+            Ok(connection) => break connection,
+            Err(e) if nodes.peek().is_none() => return Err(e),
+            Err(_) => {}
+        }
+    };
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -507,7 +531,7 @@ impl Service {
         command
             .env("DATABASE_URL", postgres_url())
             .env("DATABASE_SCHEMA", &names.schema)
-            .env("AMQP_URL", amqp_url())
+            .env("AMQP_URL", &world.amqp)
             .env("EDA_EXCHANGE", &world.exchange)
             .env("EDA_QUEUE", &names.queue)
             .env("PORT", "0")
