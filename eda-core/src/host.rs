@@ -40,6 +40,7 @@
 //! | `EDA_MAX_ATTEMPTS` | attempts at a message before it is dead-lettered | `5` |
 //! | `EDA_QUEUE_TYPE` | `quorum` or `classic`: the type of the queues declared on RabbitMQ (an existing queue keeps its type, with a warning) | `quorum` |
 //! | `EDA_DELIVERY_LIMIT` | how many times a quorum service queue delivers a message never settled (its consumer died) before dead-lettering it; at least `EDA_MAX_ATTEMPTS` | `20` (or `EDA_MAX_ATTEMPTS`, if more) |
+//! | `EDA_ORDERED_PARTITIONS` | how many ordered partitions (`<queue>.ordered.<i>`) take the messages whose type declares an ordering key; change it only with them empty | `8` |
 //! | `EDA_MAX_MESSAGE_BYTES` | larger messages are dead-lettered unread | `1048576` (1 MiB) |
 //! | `EDA_RETENTION_SECONDS` | inbox rows (a message redelivered later is handled again) and published outbox rows older than this are deleted, every half of it (at most hourly) | `604800` (7 days) |
 //!
@@ -108,6 +109,8 @@ pub struct ConsumerConfig {
     pub queue_type: Option<QueueType>,
     /// The delivery limit of a quorum service queue.
     pub delivery_limit: Option<u32>,
+    /// How many ordered partitions the service has on RabbitMQ.
+    pub ordered_partitions: Option<u32>,
 }
 
 /// A service's configuration, as the host reads it from the environment.
@@ -255,6 +258,7 @@ impl HostConfig {
                     })
                     .transpose()?,
                 delivery_limit: positive(&var, "EDA_DELIVERY_LIMIT")?,
+                ordered_partitions: positive(&var, "EDA_ORDERED_PARTITIONS")?,
             },
             retention: positive(&var, "EDA_RETENTION_SECONDS")?
                 .map_or(DEFAULT_RETENTION, Duration::from_secs),
@@ -270,6 +274,9 @@ impl HostConfig {
         }
         if let Some(limit) = self.consumer.delivery_limit {
             options = options.delivery_limit(limit);
+        }
+        if let Some(partitions) = self.consumer.ordered_partitions {
+            options = options.ordered_partitions(partitions);
         }
         options
     }
@@ -1438,6 +1445,7 @@ mod tests {
                 max_message_bytes: Some(65536),
                 queue_type: None,
                 delivery_limit: None,
+                ordered_partitions: None,
             }
         );
         let options = c.consumer_options();
@@ -1491,6 +1499,7 @@ mod tests {
             ("AMQP_URL", nodes),
             ("EDA_QUEUE_TYPE", "Classic"),
             ("EDA_DELIVERY_LIMIT", "7"),
+            ("EDA_ORDERED_PARTITIONS", "4"),
         ])
         .unwrap();
         assert_eq!(c.broker, BrokerConfig::RabbitMq(nodes.into()));
@@ -1502,6 +1511,7 @@ mod tests {
             "amqp://app:***@mq1:5672/%2f,amqp://app:***@mq2:5672/%2f"
         );
         assert_eq!(options.effective_delivery_limit(), 7);
+        assert_eq!(options.partition_queues().len(), 4);
         let text = c.to_string();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("mq2"), "{text}");

@@ -21,6 +21,28 @@ pub trait Message: fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'st
     /// routing key on the broker and the `type` of a serialised message, so it
     /// must not change when the Rust type is renamed or moved.
     const NAME: &'static str;
+
+    /// Whether messages of this type are handled in order per
+    /// [key](Self::ordering_key) (`key = field` in the derive).
+    const ORDERED: bool = false;
+
+    /// The message's ordering key (the derive's `key = field`: that
+    /// field, as a string): messages with the same key are handled one
+    /// after another, in the order they were published, by every service
+    /// that consumes them (on RabbitMQ, through the service's ordered
+    /// partitions: see the `rabbitmq` adapter).
+    fn ordering_key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Reads the ordering key of a message from its JSON.
+pub(crate) type KeyFn = fn(&[u8]) -> Option<String>;
+
+/// The ordering key of a message of type `M` from its JSON, if it is
+/// ordered and decodes.
+pub(crate) fn ordering_key_of<M: Message>(payload: &[u8]) -> Option<String> {
+    serde_json::from_slice::<M>(payload).ok()?.ordering_key()
 }
 
 /// A request to change the state of the service. It has exactly one handler,

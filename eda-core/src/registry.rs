@@ -111,6 +111,9 @@ pub struct MessageInfo {
     pub external: bool,
     pub module: &'static str,
     pub location: Location,
+    /// How to read the ordering key of a message of this type from its
+    /// JSON, if it is ordered.
+    pub ordering_key: Option<crate::message::KeyFn>,
 }
 
 impl MessageInfo {
@@ -130,6 +133,11 @@ impl MessageInfo {
             external,
             module,
             location: Location { file, line },
+            ordering_key: if M::ORDERED {
+                Some(crate::message::ordering_key_of::<M> as crate::message::KeyFn)
+            } else {
+                None
+            },
         }
     }
 }

@@ -26,6 +26,8 @@ struct Attrs {
     output: Option<Type>,
     error: Option<Type>,
     external: bool,
+    /// `key = field`: the ordering key.
+    key: Option<syn::Ident>,
 }
 
 fn parse_attrs(input: &DeriveInput, kind: Kind, cx: &mut Ctxt) -> Attrs {
@@ -34,6 +36,7 @@ fn parse_attrs(input: &DeriveInput, kind: Kind, cx: &mut Ctxt) -> Attrs {
         output: None,
         error: None,
         external: false,
+        key: None,
     };
     for attr in input
         .attrs
@@ -62,10 +65,20 @@ fn parse_attrs(input: &DeriveInput, kind: Kind, cx: &mut Ctxt) -> Attrs {
                 attrs.error = Some(meta.value()?.parse()?);
             } else if kind == Kind::Event && meta.path.is_ident("external") {
                 attrs.external = true;
+            } else if meta.path.is_ident("key") {
+                let value = meta.value()?;
+                attrs.key = Some(value.parse().map_err(|e: syn::Error| {
+                    syn::Error::new(
+                        e.span(),
+                        "expected the name of the field that is the ordering key, e.g. `key = sku`",
+                    )
+                })?);
             } else {
                 let expected = match kind {
-                    Kind::Command => "`name = \"…\"`, `output = Type` or `error = Type`",
-                    Kind::Event => "`name = \"…\"` or `external`",
+                    Kind::Command => {
+                        "`name = \"…\"`, `output = Type`, `error = Type` or `key = field`"
+                    }
+                    Kind::Event => "`name = \"…\"`, `external` or `key = field`",
                 };
                 return Err(meta.error(format_args!(
                     "unknown {} option: expected {expected}",
@@ -188,9 +201,20 @@ pub(crate) fn expand(input: DeriveInput, kind: Kind) -> syn::Result<TokenStream>
     let line = quote_spanned!(span=> ::core::line!());
     let file = quote_spanned!(span=> ::core::file!());
 
+    // Spanned at the field's name: no such field, or one that is not
+    // `Display`, is an error there.
+    let ordering = attrs.key.as_ref().map(|field| {
+        quote_spanned! {field.span()=>
+            const ORDERED: bool = true;
+            fn ordering_key(&self) -> ::core::option::Option<::std::string::String> {
+                ::core::option::Option::Some(::std::string::ToString::to_string(&self.#field))
+            }
+        }
+    });
     Ok(quote! {
         impl #p::Message for #ident {
             const NAME: &'static str = #name;
+            #ordering
         }
         #kind_impl
         const _: () = {

@@ -52,6 +52,39 @@
 //! starts with the following node. What was in flight is redelivered and
 //! deduplicated by the inbox, as after a broker's restart.
 //!
+//! **Order per key.** A message type that declares an ordering key
+//! (`#[command(name = "…", key = sku)]`, `#[event(…, key = orderid)]`) is
+//! published to its key's slot: the routing key `<name>.k<slot>`
+//! ([`ordering_slot`]: FNV-1a of the key, modulo [`ORDERING_SLOTS`]), with
+//! the key in the header `x-eda-key`. A service that consumes it binds each
+//! slot to one of its **ordered partitions** `<queue>.ordered.<i>`
+//! ([`RabbitMqOptions::ordered_partitions`], 8 by default): durable
+//! classic queues with a single active consumer, so that one instance at a
+//! time consumes a partition, one message after another, while the
+//! partitions (and so the keys) proceed in parallel. The messages of a key
+//! are handled in the order the relay published them: the order their
+//! units of work committed in the publishing service.
+//!
+//! - A failure is retried **in place**, after the retry delays, while the
+//!   messages behind it in its partition wait (a retry queue would let
+//!   them overtake it); after the last attempt the message is
+//!   dead-lettered, and the next message of its key is handled: a gap in
+//!   the key's sequence, never a swap.
+//! - An instance that dies or stops returns what it took and had not
+//!   handled to its place, and another instance's consumer takes over
+//!   from there (a partition's channel is closed, not cancelled first, so
+//!   that the broker returns those messages before it activates the next
+//!   consumer).
+//! - The partitions are classic queues whatever the service's queue
+//!   type: a quorum queue (RabbitMQ 3.10, this project's broker) hands the
+//!   messages a stopped consumer held back *after* the ones behind them
+//!   (the test `a_keys_messages_stay_in_order_when_an_instance_stops`
+//!   fails with quorum partitions), so a partition is not replicated: the
+//!   loss of its node stops its keys until the node is back (its messages
+//!   are on disk).
+//! - A message published without a key (by a version whose type had none)
+//!   still reaches the service queue, unordered.
+//!
 //! Messages are persistent (delivery mode 2) and carry their metadata in
 //! AMQP properties: `message_id` (the event's id), `type` (its name),
 //! `content_type` `application/json`, `correlation_id`, `timestamp`,
@@ -117,6 +150,38 @@ pub const TIMESTAMP_HEADER: &str = "x-eda-timestamp-ms";
 pub const ATTEMPTS_HEADER: &str = "x-eda-attempts";
 /// Header: why the message was dead-lettered (or retried).
 pub const ERROR_HEADER: &str = "x-eda-error";
+/// Header: the ordering key of a message whose type declares one.
+pub const KEY_HEADER: &str = "x-eda-key";
+
+/// How many slots the ordering keys are hashed into: a message with a key
+/// is published with the routing key `<name>.k<slot>`, and a consuming
+/// service binds each slot to one of its ordered partitions. Part of the
+/// wire format: every service of an exchange must agree on it.
+pub const ORDERING_SLOTS: u32 = 64;
+
+/// The slot of an ordering key: FNV-1a (64 bits) of its UTF-8 bytes,
+/// modulo [`ORDERING_SLOTS`]. Stable across versions and platforms, since
+/// publishers and consumers built apart must agree.
+///
+/// ```
+/// use eda_core::adapters::rabbitmq::{ORDERING_SLOTS, ordering_slot};
+///
+/// assert_eq!(ordering_slot("sku-1"), ordering_slot("sku-1"));
+/// assert!(ordering_slot("sku-2") < ORDERING_SLOTS);
+/// ```
+pub fn ordering_slot(key: &str) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(ORDERING_SLOTS)) as u32
+}
+
+/// The routing key of the slot `slot` of the message `name`.
+pub fn slot_routing_key(name: &str, slot: u32) -> String {
+    format!("{name}.k{slot}")
+}
 
 /// Where the broker is and how the service uses it: the connection's
 /// settings, and the [`ConsumerOptions`] every broker shares.
@@ -128,6 +193,7 @@ pub struct RabbitMqOptions {
     pub(crate) reconnect: (Duration, Duration),
     queue_type: QueueType,
     delivery_limit: Option<u32>,
+    pub(crate) partitions: u32,
 }
 
 /// The type of the queues eda declares: the service queue, its retry
@@ -212,6 +278,8 @@ enum Role {
     Record,
     /// `<exchange>.unrouted`.
     Unrouted,
+    /// `<queue>.ordered.<i>`.
+    Partition,
 }
 
 impl fmt::Debug for RabbitMqOptions {
@@ -223,6 +291,7 @@ impl fmt::Debug for RabbitMqOptions {
             .field("reconnect", &self.reconnect)
             .field("queue_type", &self.queue_type)
             .field("delivery_limit", &self.delivery_limit)
+            .field("partitions", &self.partitions)
             .finish()
     }
 }
@@ -253,7 +322,31 @@ impl RabbitMqOptions {
             reconnect: (Duration::from_millis(100), Duration::from_secs(5)),
             queue_type: QueueType::default(),
             delivery_limit: None,
+            partitions: 8,
         }
+    }
+
+    /// How many ordered partitions the service has (8 by default, 1 to
+    /// [`ORDERING_SLOTS`]): the queues `<queue>.ordered.<i>` of the
+    /// messages whose type declares an ordering key. Each is consumed by
+    /// one instance at a time (single active consumer), one message after
+    /// another; different partitions proceed in parallel. Change it only
+    /// with the partitions empty: a slot moves to another partition.
+    pub fn ordered_partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions.clamp(1, ORDERING_SLOTS);
+        self
+    }
+
+    /// The ordered partition `i`: `<queue>.ordered.<i>`.
+    pub fn partition_queue(&self, i: u32) -> String {
+        format!("{}.ordered.{i}", self.consumer.queue)
+    }
+
+    /// The ordered partitions' queues.
+    pub fn partition_queues(&self) -> Vec<String> {
+        (0..self.partitions)
+            .map(|i| self.partition_queue(i))
+            .collect()
     }
 
     /// The type of the queues the service declares (quorum by default).
@@ -446,9 +539,24 @@ impl RabbitMqOptions {
             Role::Record if !quorum => {
                 args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
             }
+            // One instance at a time, in order: classic whatever the
+            // service's type, because a quorum queue (RabbitMQ 3.10 to
+            // 3.12 at least) gives a message its dead consumer held back
+            // after the ones behind it, and the order is lost.
+            Role::Partition => {
+                args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            }
             Role::Service | Role::DeadLetter | Role::Record | Role::Unrouted => {}
         }
         args
+    }
+
+    /// The type a queue of `role` is declared as.
+    fn type_of(&self, role: Role) -> QueueType {
+        match role {
+            Role::Partition => QueueType::Classic,
+            _ => self.queue_type,
+        }
     }
 }
 
@@ -613,19 +721,39 @@ impl RabbitMq {
                 .await?;
         }
         for name in topology.bindings() {
-            channel
-                .queue_bind(
-                    o.queue.as_str().into(),
-                    o.exchange.as_str().into(),
-                    name.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| self.error(e))?;
+            self.bind(channel, &o.queue, name).await?;
+        }
+        // The ordered messages' slots, each to its partition (the name
+        // itself stays bound to the service queue: a message published
+        // without a key, by a version that had none, is still taken).
+        let ordered = ordered_names(topology);
+        if !ordered.is_empty() {
+            for queue in options.partition_queues() {
+                self.declare_queue(&queue, Role::Partition).await?;
+            }
+            for name in &ordered {
+                for slot in 0..ORDERING_SLOTS {
+                    let queue = options.partition_queue(slot % options.partitions);
+                    self.bind(channel, &queue, &slot_routing_key(name, slot))
+                        .await?;
+                }
+            }
         }
         self.remove_stale_bindings(channel, topology).await?;
         Ok(service)
+    }
+
+    async fn bind(&self, channel: &Channel, queue: &str, routing_key: &str) -> Result<(), Error> {
+        channel
+            .queue_bind(
+                queue.into(),
+                self.inner.options.consumer.exchange.as_str().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// Declares a queue of the configured type, on a channel of its own
@@ -634,7 +762,7 @@ impl RabbitMq {
     /// arguments is an [`Error::Topology`].
     async fn declare_queue(&self, queue: &str, role: Role) -> Result<QueueType, Error> {
         let options = &self.inner.options;
-        let wanted = options.queue_type;
+        let wanted = options.type_of(role);
         let refused = match self
             .try_declare(queue, options.arguments(role, wanted))
             .await?
@@ -919,6 +1047,16 @@ pub fn header_string(properties: &BasicProperties, name: &str) -> Option<String>
     }
 }
 
+/// The names the topology binds whose type declares an ordering key.
+pub(crate) fn ordered_names(topology: &Topology) -> Vec<String> {
+    topology
+        .bindings()
+        .iter()
+        .filter(|name| crate::bus::is_ordered(name))
+        .cloned()
+        .collect()
+}
+
 pub(crate) fn long_string(s: impl Into<String>) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.into()))
 }
@@ -968,18 +1106,37 @@ impl Publisher for RabbitMqPublisher {
             // Their order holds: lapin queues a message's frames, and gives
             // it its delivery tag, on the first poll of `basic_publish`,
             // and `in_order` polls them in order.
-            let sends = messages.iter().map(|message| {
-                channel.basic_publish(
-                    short(exchange),
-                    short(&message.name),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &message.payload,
-                    properties(message).with_app_id(short(service)),
-                )
-            });
+            // A message with an ordering key goes to its key's slot.
+            let routed: Vec<(String, BasicProperties)> = messages
+                .iter()
+                .map(|message| {
+                    let properties = properties(message).with_app_id(short(service));
+                    match crate::bus::ordering_key(&message.name, &message.payload) {
+                        None => (message.name.clone(), properties),
+                        Some(key) => {
+                            let mut headers = properties.headers().clone().unwrap_or_default();
+                            let routing_key = slot_routing_key(&message.name, ordering_slot(&key));
+                            headers.insert(KEY_HEADER.into(), long_string(key));
+                            (routing_key, properties.with_headers(headers))
+                        }
+                    }
+                })
+                .collect();
+            let sends = messages
+                .iter()
+                .zip(routed)
+                .map(|(message, (routing_key, properties))| {
+                    channel.basic_publish(
+                        short(exchange),
+                        short(&routing_key),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &message.payload,
+                        properties,
+                    )
+                });
             let mut confirms = Vec::with_capacity(messages.len());
             let mut error = None;
             for sent in in_order(sends.collect()).await {

@@ -39,6 +39,28 @@ impl MessageRegistration {
 
 inventory::collect!(MessageRegistration);
 
+/// The ordering key of a message by its name and JSON: `None` for a type
+/// not linked into this binary, not ordered, or whose body does not decode.
+pub(crate) fn ordering_key(name: &str, payload: &[u8]) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static KEYS: OnceLock<HashMap<&'static str, crate::message::KeyFn>> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        inventory::iter::<MessageRegistration>
+            .into_iter()
+            .filter_map(|r| Some((r.info.name, r.info.ordering_key?)))
+            .collect()
+    });
+    keys.get(name).and_then(|key| key(payload))
+}
+
+/// Whether the message `name` (linked into this binary) is ordered.
+pub(crate) fn is_ordered(name: &str) -> bool {
+    inventory::iter::<MessageRegistration>
+        .into_iter()
+        .any(|r| r.info.name == name && r.info.ordering_key.is_some())
+}
+
 impl MessageBus {
     /// Handles a message that arrived from outside the service (a broker):
     /// decodes it by name and handles it as a command or an event.

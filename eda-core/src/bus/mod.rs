@@ -34,7 +34,7 @@ mod trace;
 pub use builder::BusBuilder;
 pub use dispatch::{EventHandlerFailure, Report};
 pub use incoming::MessageRegistration;
-pub(crate) use incoming::{dispatch_command, dispatch_event};
+pub(crate) use incoming::{dispatch_command, dispatch_event, is_ordered, ordering_key};
 pub use metrics::BusMetrics;
 use metrics::Metrics;
 

@@ -37,7 +37,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::adapters::rabbitmq::{
-    ATTEMPTS_HEADER, ERROR_HEADER, QueueType, RabbitMq, long_string, metadata, short, trace_context,
+    ATTEMPTS_HEADER, ERROR_HEADER, QueueType, RabbitMq, long_string, metadata, ordered_names,
+    short, trace_context,
 };
 use crate::bus::MessageBus;
 use crate::entrypoints::{self, ConsumerMetrics, Counted, Verdict, retry_delay, verdict};
@@ -144,6 +145,28 @@ impl RabbitMqConsumer {
             .await
             .map_err(amqp)?;
         tracing::info!(queue = %options.consumer.queue, bindings = ?bindings, "consuming");
+
+        // The ordered partitions: each consumed one message after another.
+        let handling = Handling {
+            bus: self.bus.clone(),
+            rabbitmq: self.rabbitmq.clone(),
+            publish: publish.clone(),
+            metrics: self.metrics.clone(),
+            queue_type,
+        };
+        let (stop_partitions, partitions_stop) = tokio::sync::watch::channel(false);
+        let mut partitions = JoinSet::new();
+        if !ordered_names(&topology).is_empty() {
+            for queue in options.partition_queues() {
+                let channel = self.rabbitmq.channel().await?;
+                partitions.spawn(partition(
+                    handling.clone(),
+                    channel,
+                    queue,
+                    partitions_stop.clone(),
+                ));
+            }
+        }
         self.metrics.consuming.store(true, Ordering::SeqCst);
 
         let permits = Arc::new(Semaphore::new(options.consumer.concurrency));
@@ -152,6 +175,13 @@ impl RabbitMqConsumer {
             tokio::select! {
                 _ = shutdown.as_mut() => break Ok(()),
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                Some(ended) = partitions.join_next(), if !partitions.is_empty() => {
+                    break Err(match ended {
+                        Ok(Err(e)) => e,
+                        Ok(Ok(())) => Error::Broker("an ordered partition's consumer ended".into()),
+                        Err(e) => Error::Broker(format!("an ordered partition's consumer failed: {e}").into()),
+                    });
+                }
                 permit = permits.clone().acquire_owned() => {
                     let permit = permit.expect("the semaphore is never closed");
                     let next = tokio::select! {
@@ -160,13 +190,7 @@ impl RabbitMqConsumer {
                     };
                     match next {
                         Some(Ok(delivery)) => {
-                            let handling = Handling {
-                                bus: self.bus.clone(),
-                                rabbitmq: self.rabbitmq.clone(),
-                                publish: publish.clone(),
-                                metrics: self.metrics.clone(),
-                                queue_type,
-                            };
+                            let handling = handling.clone();
                             in_flight.spawn(async move {
                                 handling.handle(delivery).await;
                                 drop(permit);
@@ -183,13 +207,16 @@ impl RabbitMqConsumer {
         let _ = channel
             .basic_cancel(short(&tag), BasicCancelOptions::default())
             .await;
+        let _ = stop_partitions.send(true);
         let drained = tokio::time::timeout(options.consumer.shutdown_grace, async {
             while in_flight.join_next().await.is_some() {}
+            while partitions.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             tracing::warn!("in-flight messages did not finish in time; they return to the broker");
             in_flight.abort_all();
+            partitions.abort_all();
         }
         let _ = channel.close(200, "bye".into()).await;
         let _ = publish.close(200, "bye".into()).await;
@@ -197,7 +224,67 @@ impl RabbitMqConsumer {
     }
 }
 
+/// Consumes one ordered partition: one message at a time, each settled
+/// (handled, or dead-lettered after its attempts, retried in place) before
+/// the next is taken, so that the messages of a key are handled in the
+/// order they were published. `Ok` once `stop` is set; `Err` when the
+/// channel failed.
+async fn partition(
+    handling: Handling,
+    channel: Channel,
+    queue: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let amqp = |e: lapin::Error| Error::Broker(format!("{queue}: {e}").into());
+    channel
+        .basic_qos(
+            handling.rabbitmq.options().prefetch,
+            BasicQosOptions::default(),
+        )
+        .await
+        .map_err(amqp)?;
+    let tag = format!("{queue}-{}", MessageId::new());
+    let mut consumer = channel
+        .basic_consume(
+            short(&queue),
+            short(&tag),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp)?;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            next = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)) => next,
+        };
+        match next {
+            Some(Ok(delivery)) => handling.handle_in_order(delivery, &mut stop).await,
+            Some(Err(e)) => return Err(amqp(e)),
+            None => {
+                return Err(Error::Broker(
+                    format!("{queue}: the broker cancelled the consumer").into(),
+                ));
+            }
+        }
+    }
+    // Closed, not cancelled first: the broker returns what this consumer
+    // took and did not handle to its place, and only then makes another
+    // instance's consumer active (a cancel would make it active while
+    // those are still out, and it would take the ones behind them).
+    let _ = channel.close(200, "bye".into()).await;
+    Ok(())
+}
+
+/// Resolves once `stop` is set (its guard dropped here: not held across
+/// the caller's awaits).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
 /// What handling one delivery needs.
+#[derive(Clone)]
 struct Handling {
     bus: MessageBus,
     rabbitmq: RabbitMq,
@@ -286,7 +373,87 @@ impl Handling {
         }
     }
 
+    /// Handles a delivery of an ordered partition: a failure is retried
+    /// here, after the retry delay, while the messages behind it wait (a
+    /// retry queue would let them overtake it); after the last attempt it
+    /// is dead-lettered, and the next message of its key is handled. At
+    /// shutdown, a message waiting for its retry returns to the queue, at
+    /// its place.
+    async fn handle_in_order(
+        &self,
+        delivery: Delivery,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
+        let _in_flight = self.metrics.in_flight_guard();
+        let mut failed_here = 0;
+        loop {
+            let verdict = self.verdict_after(&delivery, failed_here).await;
+            let settled = match &verdict {
+                Verdict::Ack | Verdict::Own => Ok(()),
+                Verdict::Retry { attempts, reason } => {
+                    failed_here += 1;
+                    self.metrics.count(name(&delivery), Counted::Retried);
+                    let delay =
+                        retry_delay(&self.rabbitmq.options().consumer.retry_delays, *attempts);
+                    tracing::warn!(
+                        attempts,
+                        reason,
+                        ?delay,
+                        "ordered message failed, retrying in place (the messages behind it wait)"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = stopped(stop) => {
+                            let _ = delivery
+                                .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                                .await;
+                            return;
+                        }
+                    }
+                }
+                Verdict::DeadLetter { attempts, reason } => {
+                    tracing::error!(
+                        attempts,
+                        reason,
+                        "ordered message dead-lettered; the next of its key follows"
+                    );
+                    let queue = self.rabbitmq.options().consumer().dead_letter_queue();
+                    self.forward(&delivery, &queue, *attempts, reason)
+                        .await
+                        .map(|()| self.metrics.count(name(&delivery), Counted::DeadLettered))
+                }
+            };
+            match settled {
+                Ok(()) => {
+                    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                        tracing::warn!(error = %e, "could not acknowledge; the message will be redelivered");
+                    } else if matches!(verdict, Verdict::Ack) {
+                        self.metrics.count(name(&delivery), Counted::Handled);
+                    } else if matches!(verdict, Verdict::Own) {
+                        self.metrics.own_events.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not forward the message; returning it to the queue");
+                    let _ = delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            }
+            return;
+        }
+    }
+
     async fn verdict(&self, delivery: &Delivery) -> Verdict {
+        self.verdict_after(delivery, 0).await
+    }
+
+    /// The verdict, counting `failed_here` failures of this delivery (an
+    /// ordered partition retries in place) after those of its header.
+    async fn verdict_after(&self, delivery: &Delivery, failed_here: u32) -> Verdict {
         let options = self.rabbitmq.options();
         let policy = options.consumer.policy();
         let trace = trace_context(&delivery.properties);
@@ -295,7 +462,7 @@ impl Handling {
             metadata: metadata(&delivery.properties),
             published_by: delivery.properties.app_id().as_ref().map(|s| s.as_str()),
             payload: &delivery.data,
-            failed_before: attempts(&delivery.properties),
+            failed_before: attempts(&delivery.properties).saturating_add(failed_here),
             // Only a quorum queue counts (anyone could publish the header).
             unsettled_before: match self.queue_type {
                 QueueType::Quorum => count_header(&delivery.properties, DELIVERY_COUNT_HEADER),
