@@ -275,9 +275,6 @@ impl HostConfig {
         if let Some(limit) = self.consumer.delivery_limit {
             options = options.delivery_limit(limit);
         }
-        if let Some(partitions) = self.consumer.ordered_partitions {
-            options = options.ordered_partitions(partitions);
-        }
         options
     }
 
@@ -293,6 +290,9 @@ impl HostConfig {
         }
         if let Some(bytes) = tuning.max_message_bytes {
             options = options.max_message_bytes(bytes);
+        }
+        if let Some(partitions) = tuning.ordered_partitions {
+            options = options.ordered_partitions(partitions);
         }
         options
     }
@@ -1511,7 +1511,7 @@ mod tests {
             "amqp://app:***@mq1:5672/%2f,amqp://app:***@mq2:5672/%2f"
         );
         assert_eq!(options.effective_delivery_limit(), 7);
-        assert_eq!(options.partition_queues().len(), 4);
+        assert_eq!(options.consumer().partition_queues().len(), 4);
         let text = c.to_string();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("mq2"), "{text}");

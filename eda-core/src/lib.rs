@@ -138,6 +138,10 @@ pub mod backend {
     //! - The outbox relay's side: [`OutboxStore`] (the unsent rows of a
     //!   database) and [`Publisher`] (a broker), with [`OutboxEntry`],
     //!   [`Delivery`] and [`OutboxWrite`].
+    //! - A broker's order per key: a message whose type declares an
+    //!   ordering key goes to its key's slot ([`ordering_slot`],
+    //!   [`slot_routing_key`], [`ORDERING_SLOTS`]), and each consuming
+    //!   service binds the slots to its ordered partitions.
     //! - Scheduled messages: [`DatabaseTransaction::schedule`] keeps them
     //!   with the commit, [`Database::claim_due`] gives the due ones to the
     //!   bus's scheduler ([`ScheduledMessage`], [`ScheduledRows`]). A database
@@ -151,6 +155,7 @@ pub mod backend {
     pub use crate::relay::{Delivery, Publisher};
     pub use crate::schedule::ScheduledMessage;
     pub use crate::store::{AggregateStorage, AggregateType, Save, Stored, key};
+    pub use crate::topology::{ORDERING_SLOTS, ordering_slot, slot_routing_key};
 }
 
 /// The README's examples are compiled and run as doctests, so that they

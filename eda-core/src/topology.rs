@@ -128,6 +128,8 @@ pub struct Topology {
     bindings: Vec<String>,
     warnings: Vec<TopologyWarning>,
     known: Vec<&'static str>,
+    /// The bindings whose type declares an ordering key.
+    ordered: Vec<String>,
 }
 
 impl Topology {
@@ -141,6 +143,7 @@ impl Topology {
         bindings: Option<&[String]>,
         mut known: Vec<&'static str>,
         why_not_consumed: impl Fn(&str) -> &'static str,
+        is_ordered: impl Fn(&str) -> bool,
     ) -> Self {
         let bindings: Vec<String> = match bindings {
             None => consumed.iter().map(|n| (*n).to_owned()).collect(),
@@ -166,11 +169,19 @@ impl Topology {
         };
         known.sort_unstable();
         known.dedup();
+        let ordered = bindings.iter().filter(|n| is_ordered(n)).cloned().collect();
         Topology {
             bindings,
             warnings,
             known,
+            ordered,
         }
+    }
+
+    /// The names bound whose type declares an ordering key: consumed from
+    /// the ordered partitions.
+    pub(crate) fn ordered(&self) -> &[String] {
+        &self.ordered
     }
 
     /// The names the service queue is bound to (the routing keys on a
@@ -237,4 +248,34 @@ pub(crate) fn events_going_nowhere<'a>(
     });
     found.dedup();
     found
+}
+
+/// How many slots the ordering keys are hashed into: a message with a key
+/// is published with the routing key `<name>.k<slot>`, and a consuming
+/// service binds each slot to one of its ordered partitions. Part of the
+/// wire format: every service of an exchange must agree on it.
+pub const ORDERING_SLOTS: u32 = 64;
+
+/// The slot of an ordering key: FNV-1a (64 bits) of its UTF-8 bytes,
+/// modulo [`ORDERING_SLOTS`]. Stable across versions and platforms, since
+/// publishers and consumers built apart must agree.
+///
+/// ```
+/// use eda_core::backend::{ORDERING_SLOTS, ordering_slot};
+///
+/// assert_eq!(ordering_slot("sku-1"), ordering_slot("sku-1"));
+/// assert!(ordering_slot("sku-2") < ORDERING_SLOTS);
+/// ```
+pub fn ordering_slot(key: &str) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(ORDERING_SLOTS)) as u32
+}
+
+/// The routing key of the slot `slot` of the message `name`.
+pub fn slot_routing_key(name: &str, slot: u32) -> String {
+    format!("{name}.k{slot}")
 }

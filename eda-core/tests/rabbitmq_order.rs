@@ -15,9 +15,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use eda_core::adapters::postgres::{PostgresDatabase, PostgresOptions};
-use eda_core::adapters::rabbitmq::{
-    KEY_HEADER, ORDERING_SLOTS, RabbitMq, RabbitMqOptions, header_string, ordering_slot,
-};
+use eda_core::adapters::rabbitmq::{KEY_HEADER, RabbitMq, RabbitMqOptions, header_string};
+use eda_core::backend::{ORDERING_SLOTS, ordering_slot};
 use eda_core::prelude::*;
 use eda_core::testing::{TestPostgres, TestRabbitMq, amqp_url};
 use eda_core::{Error, ExternalMessage, Metadata};
@@ -468,4 +467,120 @@ async fn a_failing_step_holds_its_key_until_it_succeeds_or_is_dead_lettered() {
         assert_eq!(declared.message_count(), 0, "{queue}");
     }
     rmq.cleanup().await;
+}
+
+/// The same on the in-process broker, which routes and consumes ordered
+/// messages as RabbitMQ does (slots, partitions, one active consumer per
+/// partition, failures retried in place): two instances, the first stopped
+/// mid-stream; a step that fails twice, one that always fails.
+mod in_process {
+    use super::*;
+    use eda_core::adapters::in_process::InProcessBroker;
+    use eda_core::entrypoints::ConsumerOptions;
+
+    struct Consuming {
+        stop: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), Error>>,
+        metrics: std::sync::Arc<eda_core::entrypoints::ConsumerMetrics>,
+    }
+
+    async fn consume(
+        service: &eda_core::adapters::in_process::InProcessService,
+        bus: &MessageBus,
+    ) -> Consuming {
+        let consumer = service.consumer(bus.clone());
+        let metrics = consumer.metrics();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(consumer.run(async {
+            let _ = stopped.await;
+        }));
+        while !metrics.consuming() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Consuming {
+            stop,
+            task,
+            metrics,
+        }
+    }
+
+    impl Consuming {
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            self.task.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keys_messages_are_handled_in_order_across_a_stop_and_failures() {
+        // Few keys: a partition's next message is often the same key's
+        // next step, which a second consumer of the partition would take
+        // at the same time.
+        const KEYS: u32 = 6;
+        const STEPS: u32 = 200;
+        let broker = InProcessBroker::new();
+        let options = ConsumerOptions::new("order_test")
+            .ordered_partitions(4)
+            .retry_delays([Duration::from_millis(20)])
+            .max_attempts(3);
+        let service = broker.service(options.clone());
+        let db = InMemoryDatabase::new();
+        let failing = || {
+            let failing = Failing::default();
+            failing.0.lock().unwrap().extend([
+                (("key-0".to_owned(), 50), 2),
+                (("key-1".to_owned(), 50), u32::MAX),
+            ]);
+            failing
+        };
+        let pace = Duration::from_micros(200);
+        let first = paced(db.clone(), failing(), pace);
+        let second = paced(db.clone(), failing(), pace);
+        let first_running = consume(&service, &first).await;
+        let second_running = consume(&service, &second).await;
+
+        let keys: Vec<String> = (0..KEYS).map(|k| format!("key-{k}")).collect();
+        let messages =
+            steps((1..=STEPS).flat_map(|seq| keys.iter().map(move |k| (k.clone(), seq))));
+        let (deliveries, error) = service.publisher().publish(&messages).await;
+        assert!(error.is_none());
+        assert!(
+            deliveries
+                .iter()
+                .all(|d| matches!(d, eda_core::backend::Delivery::Confirmed))
+        );
+        assert!(
+            broker.is_empty("order_test"),
+            "keyed steps go to the partitions, not the service queue"
+        );
+
+        let total = || {
+            keys.iter()
+                .filter_map(|k| db.get::<Seen>(k.as_str()))
+                .map(|s| s.seqs.len())
+                .sum::<usize>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while total() < (KEYS * STEPS / 3) as usize {
+            assert!(Instant::now() < deadline, "only {} handled", total());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        first_running.stop().await;
+        while total() < (KEYS * STEPS) as usize - 1 {
+            assert!(Instant::now() < deadline, "only {} handled", total());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for key in &keys {
+            let seen = db.get::<Seen>(key.as_str()).unwrap();
+            let expected: Vec<u32> = (1..=STEPS).filter(|s| key != "key-1" || *s != 50).collect();
+            assert_eq!(
+                seen.seqs, expected,
+                "{key}: in order (key-1's 50th dead-lettered)"
+            );
+            assert_eq!(seen.swapped, u32::from(key == "key-1"), "{key}");
+        }
+        assert_eq!(broker.len(&options.dead_letter_queue()), 1);
+        assert!(second_running.metrics.handled() > 0);
+        second_running.stop().await;
+    }
 }

@@ -63,14 +63,16 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::bus::MessageBus;
+use crate::bus::ordering_key;
 use crate::entrypoints::{
-    self, ConsumerMetrics, ConsumerOptions, Counted, Verdict, retry_delay, verdict,
+    self, ConsumerMetrics, ConsumerOptions, Counted, Verdict, in_order, retry_delay, stopped,
+    verdict,
 };
 use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::outbox::ExternalMessage;
 use crate::relay::{Delivery, Publisher};
-use crate::topology::Topology;
+use crate::topology::{ORDERING_SLOTS, Topology, ordering_slot, slot_routing_key};
 
 /// A message in the broker: what an AMQP delivery carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +109,9 @@ struct Queue {
     /// One permit per message made ready: competing consumers each take
     /// one.
     notify: Arc<Notify>,
+    /// Held by the consumer that is active on an ordered partition (a
+    /// single active consumer, as on RabbitMQ): the others wait for it.
+    active: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -295,6 +300,10 @@ impl InProcessBroker {
     fn notify(&self, queue: &str) -> Option<Arc<Notify>> {
         self.state().queues.get(queue).map(|q| q.notify.clone())
     }
+
+    fn active(&self, queue: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.state().queues.get(queue).map(|q| q.active.clone())
+    }
 }
 
 fn not_found(what: &str, name: &str) -> Error {
@@ -343,6 +352,24 @@ impl InProcessService {
                 .bind(&o.queue, &o.exchange, name)
                 .expect("declared just above");
         }
+        // The ordered messages' slots, each to its partition.
+        let ordered = topology.ordered();
+        if !ordered.is_empty() {
+            for queue in o.partition_queues() {
+                broker.declare_queue(&queue);
+            }
+            for name in ordered {
+                for slot in 0..ORDERING_SLOTS {
+                    broker
+                        .bind(
+                            &o.partition_of_slot(slot),
+                            &o.exchange,
+                            &slot_routing_key(name, slot),
+                        )
+                        .expect("declared just above");
+                }
+            }
+        }
         let bound: Vec<String> = broker
             .bindings(&o.queue)
             .into_iter()
@@ -382,7 +409,11 @@ impl Publisher for InProcessService {
         let mut deliveries = Vec::with_capacity(messages.len());
         let mut error = None;
         for message in messages {
-            let message = InProcessMessage::new(message.clone(), Some(&self.options.queue));
+            let mut message = InProcessMessage::new(message.clone(), Some(&self.options.queue));
+            // A message with an ordering key goes to its key's slot.
+            if let Some(key) = ordering_key(&message.message.name, &message.message.payload) {
+                message.routing_key = slot_routing_key(&message.message.name, ordering_slot(&key));
+            }
             match self.broker.publish(&self.options.exchange, message) {
                 Ok(true) => deliveries.push(Delivery::Confirmed),
                 Ok(false) => deliveries.push(Delivery::Unroutable),
@@ -449,6 +480,22 @@ impl InProcessConsumer {
         tracing::info!(queue = %o.queue, "consuming (in-process)");
         self.metrics.consuming.store(true, Ordering::SeqCst);
 
+        // The ordered partitions: each consumed one message after another,
+        // by one consumer at a time.
+        let (stop_partitions, partitions_stop) = tokio::sync::watch::channel(false);
+        let mut partitions = JoinSet::new();
+        if !self.service.topology(&self.bus).ordered().is_empty() {
+            for queue in o.partition_queues() {
+                let handling = Handling {
+                    bus: self.bus.clone(),
+                    broker: broker.clone(),
+                    options: o.clone(),
+                    metrics: self.metrics.clone(),
+                };
+                partitions.spawn(handling.partition(queue, partitions_stop.clone()));
+            }
+        }
+
         let permits = Arc::new(Semaphore::new(o.concurrency));
         // What is being handled, to return to the queue if the shutdown
         // aborts it (shared with the handling task, not copied).
@@ -496,14 +543,18 @@ impl InProcessConsumer {
             });
         }
         self.metrics.consuming.store(false, Ordering::SeqCst);
+        let _ = stop_partitions.send(true);
         let drained = tokio::time::timeout(o.shutdown_grace, async {
             while tasks.join_next().await.is_some() {}
+            while partitions.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             tracing::warn!("in-flight messages did not finish in time; they return to the queue");
             tasks.abort_all();
+            partitions.abort_all();
             while tasks.join_next().await.is_some() {}
+            while partitions.join_next().await.is_some() {}
         }
         let unfinished: Vec<InProcessMessage> = in_flight
             .lock()
@@ -527,21 +578,79 @@ struct Handling {
 }
 
 impl Handling {
-    async fn handle(self, message: Arc<InProcessMessage>) {
-        let _in_flight = self.metrics.in_flight_guard();
-        let o = &self.options;
-        let policy = o.policy();
+    /// Consumes the ordered partition `queue` once this consumer is its
+    /// active one: one message at a time, a failure retried in place. At
+    /// `stop`, a message waiting for its retry returns to the head of the
+    /// queue, and another consumer of the service becomes active.
+    async fn partition(self, queue: String, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let (Some(active), Some(notify)) = (self.broker.active(&queue), self.broker.notify(&queue))
+        else {
+            return;
+        };
+        let _active = tokio::select! {
+            active = active.lock_owned() => active,
+            _ = stopped(&mut stop) => return,
+        };
+        loop {
+            let message = loop {
+                let notified = notify.notified();
+                if let Some(message) = self.broker.take(&queue) {
+                    break Some(message);
+                }
+                tokio::select! {
+                    biased;
+                    _ = stopped(&mut stop) => break None,
+                    _ = notified => {}
+                }
+            };
+            let Some(message) = message else { return };
+            let _in_flight = self.metrics.in_flight_guard();
+            let attempt = |failed_here| self.verdict(&message, failed_here);
+            let name = &message.message.name;
+            match in_order(
+                attempt,
+                &self.options.retry_delays,
+                &self.metrics,
+                name,
+                &mut stop,
+            )
+            .await
+            {
+                Some(verdict) => self.settle(&message, verdict),
+                None => {
+                    self.broker.requeue(&queue, message);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn verdict(&self, message: &InProcessMessage, failed_here: u32) -> Verdict {
         let delivery = entrypoints::Received {
             name: &message.message.name,
             metadata: Ok(message.message.metadata),
             published_by: message.published_by.as_deref(),
             payload: &message.message.payload,
-            failed_before: message.attempts,
+            failed_before: message.attempts.saturating_add(failed_here),
             unsettled_before: 0,
             trace: &message.message.trace,
             system: "eda.in_process",
         };
-        match verdict(&self.bus, &policy, delivery).await {
+        verdict(&self.bus, &self.options.policy(), delivery).await
+    }
+
+    async fn handle(self, message: Arc<InProcessMessage>) {
+        let _in_flight = self.metrics.in_flight_guard();
+        let verdict = self.verdict(&message, 0).await;
+        self.settle(&message, verdict);
+    }
+
+    /// Acts on the verdict: counts it, or sends the message to be retried
+    /// (after the delay, as a retry queue would) or to the dead-letter
+    /// queue.
+    fn settle(&self, message: &InProcessMessage, verdict: Verdict) {
+        let o = &self.options;
+        match verdict {
             Verdict::Ack => {
                 self.metrics.count(&message.message.name, Counted::Handled);
             }
@@ -559,7 +668,7 @@ impl Handling {
                     routing_key: queue.clone(),
                     attempts,
                     error: Some(reason),
-                    ..Arc::unwrap_or_clone(message)
+                    ..message.clone()
                 };
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
@@ -574,7 +683,7 @@ impl Handling {
                     routing_key: o.dead_letter_queue(),
                     attempts,
                     error: Some(reason),
-                    ..Arc::unwrap_or_clone(message)
+                    ..message.clone()
                 };
                 let _ = self.broker.publish("", dead);
             }

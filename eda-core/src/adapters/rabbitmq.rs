@@ -55,10 +55,10 @@
 //! **Order per key.** A message type that declares an ordering key
 //! (`#[command(name = "…", key = sku)]`, `#[event(…, key = orderid)]`) is
 //! published to its key's slot: the routing key `<name>.k<slot>`
-//! ([`ordering_slot`]: FNV-1a of the key, modulo [`ORDERING_SLOTS`]), with
+//! ([`ordering_slot`](crate::backend::ordering_slot): FNV-1a of the key, modulo 64), with
 //! the key in the header `x-eda-key`. A service that consumes it binds each
 //! slot to one of its **ordered partitions** `<queue>.ordered.<i>`
-//! ([`RabbitMqOptions::ordered_partitions`], 8 by default): durable
+//! ([`ConsumerOptions::ordered_partitions`], 8 by default): durable
 //! classic queues with a single active consumer, so that one instance at a
 //! time consumes a partition, one message after another, while the
 //! partitions (and so the keys) proceed in parallel. The messages of a key
@@ -139,6 +139,7 @@ use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::ExternalMessage;
 use crate::relay::{Delivery, Publisher};
 use crate::topology::Topology;
+use crate::topology::{ORDERING_SLOTS, ordering_slot, slot_routing_key};
 use crate::trace_context::TraceContext;
 
 /// Header: the id of the message that caused this one.
@@ -153,36 +154,6 @@ pub const ERROR_HEADER: &str = "x-eda-error";
 /// Header: the ordering key of a message whose type declares one.
 pub const KEY_HEADER: &str = "x-eda-key";
 
-/// How many slots the ordering keys are hashed into: a message with a key
-/// is published with the routing key `<name>.k<slot>`, and a consuming
-/// service binds each slot to one of its ordered partitions. Part of the
-/// wire format: every service of an exchange must agree on it.
-pub const ORDERING_SLOTS: u32 = 64;
-
-/// The slot of an ordering key: FNV-1a (64 bits) of its UTF-8 bytes,
-/// modulo [`ORDERING_SLOTS`]. Stable across versions and platforms, since
-/// publishers and consumers built apart must agree.
-///
-/// ```
-/// use eda_core::adapters::rabbitmq::{ORDERING_SLOTS, ordering_slot};
-///
-/// assert_eq!(ordering_slot("sku-1"), ordering_slot("sku-1"));
-/// assert!(ordering_slot("sku-2") < ORDERING_SLOTS);
-/// ```
-pub fn ordering_slot(key: &str) -> u32 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % u64::from(ORDERING_SLOTS)) as u32
-}
-
-/// The routing key of the slot `slot` of the message `name`.
-pub fn slot_routing_key(name: &str, slot: u32) -> String {
-    format!("{name}.k{slot}")
-}
-
 /// Where the broker is and how the service uses it: the connection's
 /// settings, and the [`ConsumerOptions`] every broker shares.
 #[derive(Clone)]
@@ -193,7 +164,6 @@ pub struct RabbitMqOptions {
     pub(crate) reconnect: (Duration, Duration),
     queue_type: QueueType,
     delivery_limit: Option<u32>,
-    pub(crate) partitions: u32,
 }
 
 /// The type of the queues eda declares: the service queue, its retry
@@ -291,7 +261,6 @@ impl fmt::Debug for RabbitMqOptions {
             .field("reconnect", &self.reconnect)
             .field("queue_type", &self.queue_type)
             .field("delivery_limit", &self.delivery_limit)
-            .field("partitions", &self.partitions)
             .finish()
     }
 }
@@ -322,31 +291,13 @@ impl RabbitMqOptions {
             reconnect: (Duration::from_millis(100), Duration::from_secs(5)),
             queue_type: QueueType::default(),
             delivery_limit: None,
-            partitions: 8,
         }
     }
 
-    /// How many ordered partitions the service has (8 by default, 1 to
-    /// [`ORDERING_SLOTS`]): the queues `<queue>.ordered.<i>` of the
-    /// messages whose type declares an ordering key. Each is consumed by
-    /// one instance at a time (single active consumer), one message after
-    /// another; different partitions proceed in parallel. Change it only
-    /// with the partitions empty: a slot moves to another partition.
-    pub fn ordered_partitions(mut self, partitions: u32) -> Self {
-        self.partitions = partitions.clamp(1, ORDERING_SLOTS);
-        self
-    }
-
-    /// The ordered partition `i`: `<queue>.ordered.<i>`.
-    pub fn partition_queue(&self, i: u32) -> String {
-        format!("{}.ordered.{i}", self.consumer.queue)
-    }
-
-    /// The ordered partitions' queues.
-    pub fn partition_queues(&self) -> Vec<String> {
-        (0..self.partitions)
-            .map(|i| self.partition_queue(i))
-            .collect()
+    /// How many ordered partitions the service has
+    /// ([`ConsumerOptions::ordered_partitions`]).
+    pub fn ordered_partitions(self, partitions: u32) -> Self {
+        self.consumer_with(|c| c.ordered_partitions(partitions))
     }
 
     /// The type of the queues the service declares (quorum by default).
@@ -726,14 +677,14 @@ impl RabbitMq {
         // The ordered messages' slots, each to its partition (the name
         // itself stays bound to the service queue: a message published
         // without a key, by a version that had none, is still taken).
-        let ordered = ordered_names(topology);
+        let ordered = topology.ordered();
         if !ordered.is_empty() {
-            for queue in options.partition_queues() {
+            for queue in o.partition_queues() {
                 self.declare_queue(&queue, Role::Partition).await?;
             }
-            for name in &ordered {
+            for name in ordered {
                 for slot in 0..ORDERING_SLOTS {
-                    let queue = options.partition_queue(slot % options.partitions);
+                    let queue = o.partition_of_slot(slot);
                     self.bind(channel, &queue, &slot_routing_key(name, slot))
                         .await?;
                 }
@@ -1045,16 +996,6 @@ pub fn header_string(properties: &BasicProperties, name: &str) -> Option<String>
         AMQPValue::LongUInt(n) => Some(n.to_string()),
         other => Some(format!("{other:?}")),
     }
-}
-
-/// The names the topology binds whose type declares an ordering key.
-pub(crate) fn ordered_names(topology: &Topology) -> Vec<String> {
-    topology
-        .bindings()
-        .iter()
-        .filter(|name| crate::bus::is_ordered(name))
-        .cloned()
-        .collect()
 }
 
 pub(crate) fn long_string(s: impl Into<String>) -> AMQPValue {

@@ -54,13 +54,6 @@ pub(crate) fn ordering_key(name: &str, payload: &[u8]) -> Option<String> {
     keys.get(name).and_then(|key| key(payload))
 }
 
-/// Whether the message `name` (linked into this binary) is ordered.
-pub(crate) fn is_ordered(name: &str) -> bool {
-    inventory::iter::<MessageRegistration>
-        .into_iter()
-        .any(|r| r.info.name == name && r.info.ordering_key.is_some())
-}
-
 impl MessageBus {
     /// Handles a message that arrived from outside the service (a broker):
     /// decodes it by name and handles it as a command or an event.

@@ -34,7 +34,7 @@ mod trace;
 pub use builder::BusBuilder;
 pub use dispatch::{EventHandlerFailure, Report};
 pub use incoming::MessageRegistration;
-pub(crate) use incoming::{dispatch_command, dispatch_event, is_ordered, ordering_key};
+pub(crate) use incoming::{dispatch_command, dispatch_event, ordering_key};
 pub use metrics::BusMetrics;
 use metrics::Metrics;
 
@@ -150,6 +150,12 @@ impl MessageBus {
             bindings,
             self.inner.messages.keys().copied().collect(),
             |name| self.why_not_consumed(name),
+            |name| {
+                self.inner
+                    .messages
+                    .get(name)
+                    .is_some_and(|m| m.info.ordering_key.is_some())
+            },
         )
     }
 

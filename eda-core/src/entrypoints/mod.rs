@@ -39,6 +39,7 @@ pub struct ConsumerOptions {
     pub(crate) max_message_bytes: usize,
     pub(crate) bindings: Option<Vec<String>>,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) partitions: u32,
 }
 
 impl ConsumerOptions {
@@ -60,7 +61,37 @@ impl ConsumerOptions {
             max_message_bytes: 1 << 20,
             bindings: None,
             shutdown_grace: Duration::from_secs(10),
+            partitions: 8,
         }
+    }
+
+    /// How many ordered partitions the service has (8 by default, 1 to
+    /// [`ORDERING_SLOTS`](crate::backend::ORDERING_SLOTS)): the queues
+    /// `<queue>.ordered.<i>` of the messages whose type declares an
+    /// ordering key. Each is consumed by one instance at a time, one
+    /// message after another; different partitions proceed in parallel.
+    /// Change it only with the partitions empty: a slot moves to another
+    /// partition.
+    pub fn ordered_partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions.clamp(1, crate::topology::ORDERING_SLOTS);
+        self
+    }
+
+    /// The ordered partition `i`: `<queue>.ordered.<i>`.
+    pub fn partition_queue(&self, i: u32) -> String {
+        format!("{}.ordered.{i}", self.queue)
+    }
+
+    /// The ordered partitions' queues.
+    pub fn partition_queues(&self) -> Vec<String> {
+        (0..self.partitions)
+            .map(|i| self.partition_queue(i))
+            .collect()
+    }
+
+    /// The partition that takes the slot `slot`.
+    pub(crate) fn partition_of_slot(&self, slot: u32) -> String {
+        self.partition_queue(slot % self.partitions)
     }
 
     /// The topic exchange.
@@ -415,6 +446,53 @@ pub(crate) async fn verdict(bus: &MessageBus, policy: &Policy<'_>, d: Received<'
         Err(join) => format!("handler of `{}` was cancelled: {join}", d.name),
     };
     after_failure(failed_before, policy.max_attempts, reason)
+}
+
+/// The verdict on a delivery of an ordered partition, a failure retried in
+/// place: `attempt(failed_here)` gives the verdict of one more attempt; a
+/// [`Verdict::Retry`] waits for its delay (the messages behind it in the
+/// partition wait too: a retry queue would let them overtake it) and
+/// attempts again, until the message is handled or its last attempt
+/// dead-letters it (the next message of its key then follows: a gap,
+/// never a swap). `None` when `stop` is set while it waits.
+pub(crate) async fn in_order<F, Fut>(
+    mut attempt: F,
+    delays: &[Duration],
+    metrics: &ConsumerMetrics,
+    name: &str,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Verdict>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Verdict>,
+{
+    let mut failed_here = 0;
+    loop {
+        match attempt(failed_here).await {
+            Verdict::Retry { attempts, reason } => {
+                failed_here += 1;
+                metrics.count(name, Counted::Retried);
+                let delay = retry_delay(delays, attempts);
+                tracing::warn!(
+                    attempts,
+                    reason,
+                    ?delay,
+                    "ordered message failed, retrying in place (the messages behind it wait)"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(stop) => return None,
+                }
+            }
+            settled => return Some(settled),
+        }
+    }
+}
+
+/// Resolves once `stop` is set (its guard dropped here, not held across
+/// the caller's awaits).
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// A task that is aborted when its handle is dropped.

@@ -33,15 +33,16 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::adapters::rabbitmq::{
-    ATTEMPTS_HEADER, ERROR_HEADER, QueueType, RabbitMq, long_string, metadata, ordered_names,
-    short, trace_context,
+    ATTEMPTS_HEADER, ERROR_HEADER, QueueType, RabbitMq, long_string, metadata, short, trace_context,
 };
 use crate::bus::MessageBus;
-use crate::entrypoints::{self, ConsumerMetrics, Counted, Verdict, retry_delay, verdict};
+use crate::entrypoints::{
+    self, ConsumerMetrics, Counted, Verdict, in_order, retry_delay, stopped, verdict,
+};
 use crate::error::Error;
 use crate::message::MessageId;
 use crate::retry::Backoff;
@@ -154,10 +155,10 @@ impl RabbitMqConsumer {
             metrics: self.metrics.clone(),
             queue_type,
         };
-        let (stop_partitions, partitions_stop) = tokio::sync::watch::channel(false);
+        let (stop_partitions, partitions_stop) = watch::channel(false);
         let mut partitions = JoinSet::new();
-        if !ordered_names(&topology).is_empty() {
-            for queue in options.partition_queues() {
+        if !topology.ordered().is_empty() {
+            for queue in options.consumer.partition_queues() {
                 let channel = self.rabbitmq.channel().await?;
                 partitions.spawn(partition(
                     handling.clone(),
@@ -233,7 +234,7 @@ async fn partition(
     handling: Handling,
     channel: Channel,
     queue: String,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let amqp = |e: lapin::Error| Error::Broker(format!("{queue}: {e}").into());
     channel
@@ -275,12 +276,6 @@ async fn partition(
     // those are still out, and it would take the ones behind them).
     let _ = channel.close(200, "bye".into()).await;
     Ok(())
-}
-
-/// Resolves once `stop` is set (its guard dropped here: not held across
-/// the caller's awaits).
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// What handling one delivery needs.
@@ -330,23 +325,50 @@ fn name(delivery: &Delivery) -> &str {
 impl Handling {
     async fn handle(self, delivery: Delivery) {
         let _in_flight = self.metrics.in_flight_guard();
-        let verdict = self.verdict(&delivery).await;
+        let verdict = self.verdict_after(&delivery, 0).await;
+        self.settle(&delivery, verdict).await;
+    }
+
+    /// Handles a delivery of an ordered partition: a failure is retried
+    /// here (see [`in_order`]); at shutdown, a message waiting for its
+    /// retry returns to the queue, at its place.
+    async fn handle_in_order(&self, delivery: Delivery, stop: &mut watch::Receiver<bool>) {
+        let _in_flight = self.metrics.in_flight_guard();
+        let delays = &self.rabbitmq.options().consumer.retry_delays;
+        let attempt = |failed_here| self.verdict_after(&delivery, failed_here);
+        match in_order(attempt, delays, &self.metrics, name(&delivery), stop).await {
+            Some(verdict) => self.settle(&delivery, verdict).await,
+            None => {
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Acts on the verdict: acknowledges, or sends a copy to a retry queue
+    /// or the dead-letter queue (confirmed) and then acknowledges; returns
+    /// the delivery to the queue if the copy could not be sent.
+    async fn settle(&self, delivery: &Delivery, verdict: Verdict) {
         let settled = match &verdict {
             Verdict::Ack | Verdict::Own => Ok(()),
             Verdict::Retry { attempts, reason } => {
                 let options = self.rabbitmq.options();
                 let delay = retry_delay(&options.consumer.retry_delays, *attempts);
                 tracing::warn!(attempts, reason, ?delay, "message failed, retrying");
-                self.forward(&delivery, &options.retry_queue(delay), *attempts, reason)
+                self.forward(delivery, &options.retry_queue(delay), *attempts, reason)
                     .await
-                    .map(|()| self.metrics.count(name(&delivery), Counted::Retried))
+                    .map(|()| self.metrics.count(name(delivery), Counted::Retried))
             }
             Verdict::DeadLetter { attempts, reason } => {
                 tracing::error!(attempts, reason, "message dead-lettered");
                 let queue = self.rabbitmq.options().consumer().dead_letter_queue();
-                self.forward(&delivery, &queue, *attempts, reason)
+                self.forward(delivery, &queue, *attempts, reason)
                     .await
-                    .map(|()| self.metrics.count(name(&delivery), Counted::DeadLettered))
+                    .map(|()| self.metrics.count(name(delivery), Counted::DeadLettered))
             }
         };
         match settled {
@@ -356,7 +378,7 @@ impl Handling {
                     // the inbox makes that harmless.
                     tracing::warn!(error = %e, "could not acknowledge; the message will be redelivered");
                 } else if matches!(verdict, Verdict::Ack) {
-                    self.metrics.count(name(&delivery), Counted::Handled);
+                    self.metrics.count(name(delivery), Counted::Handled);
                 } else if matches!(verdict, Verdict::Own) {
                     self.metrics.own_events.fetch_add(1, Ordering::Relaxed);
                 }
@@ -371,84 +393,6 @@ impl Handling {
                     .await;
             }
         }
-    }
-
-    /// Handles a delivery of an ordered partition: a failure is retried
-    /// here, after the retry delay, while the messages behind it wait (a
-    /// retry queue would let them overtake it); after the last attempt it
-    /// is dead-lettered, and the next message of its key is handled. At
-    /// shutdown, a message waiting for its retry returns to the queue, at
-    /// its place.
-    async fn handle_in_order(
-        &self,
-        delivery: Delivery,
-        stop: &mut tokio::sync::watch::Receiver<bool>,
-    ) {
-        let _in_flight = self.metrics.in_flight_guard();
-        let mut failed_here = 0;
-        loop {
-            let verdict = self.verdict_after(&delivery, failed_here).await;
-            let settled = match &verdict {
-                Verdict::Ack | Verdict::Own => Ok(()),
-                Verdict::Retry { attempts, reason } => {
-                    failed_here += 1;
-                    self.metrics.count(name(&delivery), Counted::Retried);
-                    let delay =
-                        retry_delay(&self.rabbitmq.options().consumer.retry_delays, *attempts);
-                    tracing::warn!(
-                        attempts,
-                        reason,
-                        ?delay,
-                        "ordered message failed, retrying in place (the messages behind it wait)"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => continue,
-                        _ = stopped(stop) => {
-                            let _ = delivery
-                                .nack(BasicNackOptions { requeue: true, ..Default::default() })
-                                .await;
-                            return;
-                        }
-                    }
-                }
-                Verdict::DeadLetter { attempts, reason } => {
-                    tracing::error!(
-                        attempts,
-                        reason,
-                        "ordered message dead-lettered; the next of its key follows"
-                    );
-                    let queue = self.rabbitmq.options().consumer().dead_letter_queue();
-                    self.forward(&delivery, &queue, *attempts, reason)
-                        .await
-                        .map(|()| self.metrics.count(name(&delivery), Counted::DeadLettered))
-                }
-            };
-            match settled {
-                Ok(()) => {
-                    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                        tracing::warn!(error = %e, "could not acknowledge; the message will be redelivered");
-                    } else if matches!(verdict, Verdict::Ack) {
-                        self.metrics.count(name(&delivery), Counted::Handled);
-                    } else if matches!(verdict, Verdict::Own) {
-                        self.metrics.own_events.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not forward the message; returning it to the queue");
-                    let _ = delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
-                }
-            }
-            return;
-        }
-    }
-
-    async fn verdict(&self, delivery: &Delivery) -> Verdict {
-        self.verdict_after(delivery, 0).await
     }
 
     /// The verdict, counting `failed_here` failures of this delivery (an
