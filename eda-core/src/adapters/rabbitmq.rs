@@ -55,7 +55,7 @@
 //! **Order per key.** A message type that declares an ordering key
 //! (`#[command(name = "…", key = sku)]`, `#[event(…, key = orderid)]`) is
 //! published to its key's slot: the routing key `<name>.k<slot>`
-//! ([`ordering_slot`](crate::backend::ordering_slot): FNV-1a of the key, modulo 64), with
+//! ([`ordering_slot`]: FNV-1a of the key, modulo 64), with
 //! the key in the header `x-eda-key`. A service that consumes it binds each
 //! slot to one of its **ordered partitions** `<queue>.ordered.<i>`
 //! ([`ConsumerOptions::ordered_partitions`], 8 by default): durable
