@@ -235,6 +235,7 @@ impl TestRabbitMq {
                 c.bindings_queue(),
             ]);
             queues.extend(o.retry_queues());
+            queues.extend(c.partition_queues());
         }
         let o = self.rabbitmq.options().consumer();
         queues.push(o.unrouted_queue());

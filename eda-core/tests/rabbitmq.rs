@@ -638,8 +638,16 @@ async fn shutdown_lets_in_flight_messages_finish_and_returns_the_rest() {
         &[(0, "one")],
         "the message in flight finished"
     );
+    // A quorum queue takes returned messages back asynchronously, once it
+    // learns that their channel closed: waited for, then counted.
+    let queue = rmq.options().consumer().queue_name().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while queue_len(&channel, &queue).await < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        queue_len(&channel, rmq.options().consumer().queue_name()).await,
+        queue_len(&channel, &queue).await,
         2,
         "the others went back to the queue"
     );

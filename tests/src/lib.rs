@@ -180,9 +180,11 @@ impl World {
         }
     }
 
-    /// A durable queue bound to `routing_key` on the service's exchange, as
-    /// another service would consume its events (it survives a broker
-    /// restart, and a quorum queue, the loss of a cluster's node).
+    /// A durable queue bound to `routing_key` on the service's exchange, and
+    /// to its ordering slots (`<routing_key>.*`: where a message whose type
+    /// declares an ordering key is published), as another service would
+    /// consume its events (it survives a broker restart, and a quorum
+    /// queue, the loss of a cluster's node).
     pub async fn observe(&self, routing_key: &str) -> String {
         let queue = format!("{}.observer.{routing_key}", self.queue);
         let channel = self.channel().await;
@@ -199,16 +201,18 @@ impl World {
             .queue_declare(queue.as_str().into(), durable, quorum)
             .await
             .unwrap();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                self.exchange.as_str().into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        for pattern in [routing_key.to_owned(), format!("{routing_key}.*")] {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.exchange.as_str().into(),
+                    pattern.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
         self.observers.lock().unwrap().push(queue.clone());
         queue
     }
@@ -421,6 +425,8 @@ impl World {
                 .iter()
                 .map(|suffix| format!("{queue}{suffix}")),
             );
+            // Its ordered partitions (the default count).
+            queues.extend(eda_core::entrypoints::ConsumerOptions::new(queue).partition_queues());
         }
         let channel = self.channel().await;
         queues.extend(self.observers.lock().unwrap().iter().cloned());

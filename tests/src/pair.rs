@@ -4,6 +4,7 @@
 //! the books that must balance.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 use serde_json::json;
 
@@ -375,11 +376,44 @@ pub struct InProcessPair {
     /// Allocation's place on the broker, and its consumer while it runs
     /// (with what stops it alone).
     allocation_service: eda_core::adapters::in_process::InProcessService,
+    /// What allocation handled from the broker, in order.
+    pub allocation_handled: Handled,
     allocation_consumer: Option<(tokio::sync::watch::Sender<bool>, Consumer)>,
     stop: tokio::sync::watch::Sender<bool>,
     consumers: Vec<Consumer>,
     schedulers: Vec<tokio::task::JoinHandle<()>>,
     relays: Vec<eda_core::OutboxRelay>,
+}
+
+/// The messages from the broker that allocation handled, in the order
+/// their handler calls ended, with their correlation id (an order's
+/// `OrderPlaced` and `OrderCancelled` share their order's): a layer of
+/// allocation's bus in the in-process pair.
+#[derive(Clone, Default)]
+pub struct Handled(std::sync::Arc<Mutex<Vec<(eda_core::MessageId, &'static str)>>>);
+
+impl Handled {
+    /// What was handled so far, in order.
+    pub fn calls(&self) -> Vec<(eda_core::MessageId, &'static str)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl eda_core::Layer for Handled {
+    async fn call(
+        &self,
+        call: eda_core::HandlerCall<'_>,
+        next: eda_core::Next<'_>,
+    ) -> eda_core::Outcome {
+        let outcome = next.run().await;
+        if call.is_incoming() && outcome.is_ok() && !outcome.is_duplicate() {
+            self.0
+                .lock()
+                .unwrap()
+                .push((call.metadata().correlation_id, call.message()));
+        }
+        outcome
+    }
 }
 
 impl InProcessPair {
@@ -408,10 +442,12 @@ impl InProcessPair {
         use eda_core::{InMemoryDatabase, MessageBus, OutboxRelay};
         let broker = eda_core::adapters::in_process::InProcessBroker::new();
         let allocation_db = InMemoryDatabase::new();
+        let handled = Handled::default();
         let allocation_bus = MessageBus::builder()
             .scope("allocation")
             .adapter(allocation_db.clone())
             .adapter(Notifications::new(FakeNotifier::new()))
+            .layer(handled.clone())
             .build()
             .unwrap();
         let orders_db = InMemoryDatabase::new();
@@ -467,6 +503,7 @@ impl InProcessPair {
             orders_db,
             orders_bus,
             allocation_service: allocation_service.expect("allocation is one of the two"),
+            allocation_handled: handled,
             allocation_consumer: None,
             stop,
             consumers,
@@ -504,11 +541,16 @@ impl InProcessPair {
             });
         self.allocation_consumer = Some((stop, tokio::spawn(consumer)));
     }
-    /// A queue of an observer (a third service), bound to `name`.
+    /// A queue of an observer (a third service), bound to `name` and to
+    /// its ordering slots (`<name>.*`: where a message whose type declares
+    /// an ordering key is published).
     pub fn observe(&self, queue: &str, name: &str) {
         self.broker.declare_exchange("eda.events");
         self.broker.declare_queue(queue);
         self.broker.bind(queue, "eda.events", name).unwrap();
+        self.broker
+            .bind(queue, "eda.events", &format!("{name}.*"))
+            .unwrap();
     }
 
     /// Stops the consumers (each must end well) and the relays.

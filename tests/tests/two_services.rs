@@ -282,6 +282,102 @@ async fn orders_time_out_while_allocation_is_away_on_the_in_process_broker() {
     pair.stop().await;
 }
 
+/// Issue 16: an order's `OrderPlaced` and its `OrderCancelled` (its timeout
+/// is due almost at once) wait together in allocation's queue while
+/// allocation is away, interleaved with the other orders' events; once
+/// back, with 8 handlers at once, allocation handles each order's
+/// `OrderPlaced` before its `OrderCancelled`: the contracts order both by
+/// `orderid`, and the in-process broker keeps that order as RabbitMQ does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orders_events_reach_allocation_in_order_on_the_in_process_broker() {
+    let plan = Plan::new(&unique_name("ordered"), 3, 30, 60, 12);
+    let fast = |queue: &str| {
+        ConsumerOptions::new(queue)
+            .retry_delays([Duration::from_millis(20), Duration::from_millis(50)])
+            .ordered_partitions(4)
+    };
+    let relay_options = RelayOptions {
+        poll: Duration::from_millis(5),
+        ..RelayOptions::default()
+    };
+    let mut pair = InProcessPair::start_with_timeout(fast, relay_options, Duration::from_millis(1));
+    for (sku, units) in &plan.stock {
+        pair.allocation_bus
+            .handle(CreateBatch::new(Plan::batchref(sku), sku, *units, None))
+            .await
+            .unwrap();
+    }
+    pair.pause_allocation().await;
+    for (orderid, lines) in &plan.orders {
+        let lines = lines.iter().map(|(s, q)| OrderLine::new(s, *q)).collect();
+        pair.orders_bus
+            .handle(PlaceOrder::new(orderid, lines))
+            .await
+            .unwrap();
+        // Each order's timeout falls due among the next orders' placements.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut snapshot = Snapshot::default();
+    loop {
+        read_memory(&pair.orders_db, &pair.allocation_db, &mut snapshot).await;
+        let cancelled = snapshot
+            .orders
+            .values()
+            .filter(|o| o.status == "cancelled")
+            .count();
+        if cancelled == plan.orders.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{cancelled} cancelled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pair.resume_allocation();
+    let events = ["orders.order_placed", "orders.order_cancelled"];
+    let calls = loop {
+        let calls = pair.allocation_handled.calls();
+        let seen = calls
+            .iter()
+            .filter(|(_, name)| events.contains(name))
+            .count();
+        if seen >= 2 * plan.orders.len() {
+            break calls;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "allocation handled {seen} of them"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut by_order: BTreeMap<eda_core::MessageId, Vec<&str>> = BTreeMap::new();
+    for (correlation_id, name) in &calls {
+        if events.contains(name) {
+            by_order.entry(*correlation_id).or_default().push(name);
+        }
+    }
+    assert_eq!(by_order.len(), plan.orders.len());
+    let swapped: Vec<_> = by_order
+        .values()
+        .filter(|names| **names != events)
+        .collect();
+    assert!(
+        swapped.is_empty(),
+        "{} of {} orders' events handled out of order: {swapped:?}",
+        swapped.len(),
+        by_order.len()
+    );
+    println!(
+        "FIGURES {}",
+        json!({
+            "scenario": "in-process order per key",
+            "orders": plan.orders.len(),
+            "events": calls.len(),
+            "swapped": swapped.len(),
+        })
+    );
+    pair.stop().await;
+}
+
 fn observe_in_process(broker: &InProcessBroker, snapshot: &mut Snapshot) {
     for queue in ["observer.cancelled", "observer.allocated"] {
         while let Some(m) = broker.take(queue) {

@@ -1,5 +1,9 @@
 //! What the orders service tells the others: an order was placed, an order
 //! was cancelled, an allocation came for an order that no longer wants it.
+//!
+//! Each is ordered by its order (`key = orderid`): a service that consumes
+//! them handles an order's `OrderPlaced` before its `OrderCancelled`, in
+//! every instance, while different orders proceed in parallel.
 
 use eda_core::Event;
 use serde::{Deserialize, Serialize};
@@ -29,7 +33,7 @@ impl OrderLine {
 /// answering [`Allocated`](crate::Allocated) or
 /// [`AllocationFailed`](crate::AllocationFailed) per line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
-#[event(name = "orders.order_placed", external)]
+#[event(name = "orders.order_placed", external, key = orderid)]
 pub struct OrderPlaced {
     /// The order.
     pub orderid: String,
@@ -42,7 +46,7 @@ pub struct OrderPlaced {
 /// had allocated to the order. It carries the lines so that allocation
 /// knows which products to look at without keeping orders of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
-#[event(name = "orders.order_cancelled", external)]
+#[event(name = "orders.order_cancelled", external, key = orderid)]
 pub struct OrderCancelled {
     /// The order.
     pub orderid: String,
@@ -58,7 +62,7 @@ pub struct OrderCancelled {
 /// [`Allocated`](crate::Allocated); deallocating a line that is not
 /// allocated (any more) changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
-#[event(name = "orders.allocation_refused", external)]
+#[event(name = "orders.allocation_refused", external, key = orderid)]
 pub struct AllocationRefused {
     /// The order.
     pub orderid: String,
