@@ -13,7 +13,14 @@
 //!   (outbox relay to RabbitMQ), against commit-then-publish by hand, and
 //!   against the transactions alone; then paced at half eda's rate for the
 //!   latency;
+//! - `relay`: the outbox relay draining committed rows to RabbitMQ, against
+//!   publishing them by hand with confirms;
 //! - `consume`: events waiting in a queue, consumed with the inbox;
+//! - `relay` and `consume` run each round on classic queues and on quorum
+//!   ones: a row per type, and one of quorum's rate against classic's;
+//! - `ordered`: eda's consumer on messages with an ordering key (50 keys,
+//!   the ordered partitions) against the same messages without one (the
+//!   service queue), in the same run;
 //! - `schedule`: scheduled messages on Postgres: the relay and an idle
 //!   scheduler round with 100,000 pending against none, how late the
 //!   scheduler delivers, and many due at once against a hand-written
@@ -47,17 +54,19 @@ pub(crate) struct Args {
     otel: bool,
 }
 
-const SCENARIOS: [&str; 6] = [
-    "dispatch", "database", "durable", "relay", "consume", "schedule",
+const SCENARIOS: [&str; 7] = [
+    "dispatch", "database", "durable", "relay", "consume", "ordered", "schedule",
 ];
 
 const USAGE: &str =
     "usage: eda-bench <scenario> [--n N] [--concurrency C] [--rounds R] [--rate PER_SEC] [--json]
-scenarios: dispatch, database, durable, relay, consume, schedule, all (each in its own process)
-  --n            operations per run (messages for consume; outbox rows per relay
+scenarios: dispatch, database, durable, relay, consume, ordered, schedule, all (each in its
+           own process)
+  --n            operations per run (messages for consume and ordered; outbox rows per relay
                  run and commands due at once for schedule)
-  --concurrency  workers (handlers at once for consume)
-  --rounds       interleaved rounds of eda and its baselines
+  --concurrency  workers (handlers at once for consume, and ordered's unordered side)
+  --rounds       interleaved rounds of eda and its baselines (relay and consume:
+                 each round on classic queues, then quorum ones, or the reverse)
   --rate         durable: the paced run's rate (default: half eda's measured rate)
   --no-subscriber  install no tracing subscriber (by default one logs warnings to
                  stderr, as a service would: without one, tracing hands every
@@ -254,6 +263,7 @@ fn main() -> ExitCode {
                 "database" => scenarios::database::run(&args).await,
                 "durable" => scenarios::durable::run(&args).await,
                 "consume" => scenarios::consume::run(&args).await,
+                "ordered" => scenarios::ordered::run(&args).await,
                 "relay" => scenarios::relay::run(&args).await,
                 "schedule" => scenarios::schedule::run(&args).await,
                 other => Err(format!("unknown scenario {other}\n{USAGE}")),
@@ -295,6 +305,7 @@ mod tests {
         assert_eq!(args("consume -c 0").unwrap().concurrency, Some(1));
         assert_eq!(args("all").unwrap().scenario, "all");
         assert_eq!(args("schedule").unwrap().scenario, "schedule");
+        assert_eq!(args("ordered").unwrap().scenario, "ordered");
     }
 
     #[test]

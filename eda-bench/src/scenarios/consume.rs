@@ -16,6 +16,15 @@
 //! type, timestamps) before each run, untimed. A run is timed from when its
 //! consumer consumes (after eda's has declared its topology, and the
 //! baseline's opened its channel) until the last message was acknowledged.
+//!
+//! **Queue types.** All of it runs twice in each round, on classic queues
+//! and on quorum ones: eda with [`RabbitMqOptions::queue_type`] (its service,
+//! retry and dead-letter queues of that type, with its arguments), the
+//! baseline's queue declared with `x-queue-type: quorum` or without it.
+//! Each type has its row (`consume/classic`, `consume/quorum`: eda against
+//! the baseline on the same type), and `consume/quorum vs classic` gives
+//! eda's rate on quorum queues as a ratio of its rate on classic ones
+//! (the goal: ≥ 0.7). The rounds alternate which type goes first.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -23,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use eda_core::adapters::rabbitmq::properties;
+use eda_core::adapters::rabbitmq::{QueueType, RabbitMqOptions, properties};
 use eda_core::prelude::*;
 use eda_core::sqlx::{self, PgConnection, PgPool};
 use eda_core::testing::{TestPostgres, TestRabbitMq, amqp_url};
@@ -34,7 +43,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, oneshot};
@@ -217,7 +226,7 @@ async fn fill(channel: &Channel, queue: &str, first: u64, n: u64) -> Result<(), 
     Ok(())
 }
 
-async fn queue_len(channel: &Channel, queue: &str) -> Result<u64, String> {
+pub(crate) async fn queue_len(channel: &Channel, queue: &str) -> Result<u64, String> {
     let q = channel
         .queue_declare(
             queue.into(),
@@ -242,31 +251,70 @@ async fn count(pool: &PgPool, sql: &str, first: u64, n: u64) -> Result<u64, Stri
     Ok(c as u64)
 }
 
+/// The queues of one type (of [`KINDS`], in order): eda's (with its retry
+/// and dead-letter queues) and the baseline's.
+struct Lane {
+    rmq: TestRabbitMq,
+    baseline_queue: String,
+}
+
+/// The arguments a hand-written service declares its queue of `kind`
+/// with: `x-queue-type: quorum`, or none (classic, the broker's default).
+pub(crate) fn queue_arguments(kind: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    if kind == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    args
+}
+
+/// Quorum queues must be durable, non-exclusive and not auto-deleted: so
+/// are both types here.
+pub(crate) fn queue_options() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// The queue types measured, in the order of their lanes.
+pub(crate) const KINDS: [QueueType; 2] = [QueueType::Classic, QueueType::Quorum];
+
+/// Classic first in odd rounds, quorum first in even ones: a drift of the
+/// machine over the run weighs on both types alike.
+pub(crate) fn lane_order(round: u64) -> [usize; 2] {
+    if round % 2 == 1 { [0, 1] } else { [1, 0] }
+}
+
 struct Bench {
     pool: PgPool,
     bus: MessageBus,
-    rmq: TestRabbitMq,
+    /// Classic, then quorum.
+    lanes: Vec<Lane>,
     connection: Arc<Connection>,
     /// Fills the queues (confirm mode) and counts their messages.
     admin: Channel,
-    baseline_queue: String,
     prefetch: u16,
     concurrency: usize,
     next_seq: u64,
 }
 
 impl Bench {
-    async fn eda(&mut self, label: &str, n: u64) -> Result<(f64, Usage), String> {
+    async fn eda(&mut self, lane: usize, label: &str, n: u64) -> Result<(f64, Usage), String> {
         let first = self.next_seq;
         self.next_seq += n;
-        let queue = self.rmq.options().consumer().queue_name().to_owned();
+        let rmq = &self.lanes[lane].rmq;
+        let queue = rmq.options().consumer().queue_name().to_owned();
         fill(&self.admin, &queue, first, n).await?;
         let inbox_before: i64 = sqlx::query_scalar("SELECT count(*) FROM eda_inbox")
             .fetch_one(&self.pool)
             .await
             .map_err(err)?;
 
-        let consumer = self.rmq.rabbitmq.consumer(self.bus.clone());
+        let consumer = rmq.rabbitmq.consumer(self.bus.clone());
         let metrics = consumer.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(consumer.run(async move {
@@ -308,11 +356,7 @@ impl Bench {
             .await
             .map_err(err)?;
         let left = queue_len(&self.admin, &queue).await?;
-        let dead = queue_len(
-            &self.admin,
-            &self.rmq.options().consumer().dead_letter_queue(),
-        )
-        .await?;
+        let dead = queue_len(&self.admin, &rmq.options().consumer().dead_letter_queue()).await?;
         if rows != n || (inbox - inbox_before) as u64 != n || left != 0 || dead != 0 {
             return Err(format!(
                 "{label}: {rows} rows and {} inbox rows for {n} messages; {left} left in the \
@@ -323,16 +367,17 @@ impl Bench {
         Ok((n as f64 / (end - started).as_secs_f64(), cpu))
     }
 
-    async fn baseline(&mut self, label: &str, n: u64) -> Result<(f64, Usage), String> {
+    async fn baseline(&mut self, lane: usize, label: &str, n: u64) -> Result<(f64, Usage), String> {
         let first = self.next_seq;
         self.next_seq += n;
-        fill(&self.admin, &self.baseline_queue, first, n).await?;
+        let baseline_queue = &self.lanes[lane].baseline_queue;
+        fill(&self.admin, baseline_queue, first, n).await?;
         let handled = Arc::new(AtomicU64::new(0));
         let consuming = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(consume_by_hand(
             self.connection.clone(),
             self.pool.clone(),
-            self.baseline_queue.clone(),
+            baseline_queue.clone(),
             n,
             (self.prefetch, self.concurrency),
             consuming.clone(),
@@ -367,7 +412,7 @@ impl Bench {
             n,
         )
         .await?;
-        let left = queue_len(&self.admin, &self.baseline_queue).await?;
+        let left = queue_len(&self.admin, baseline_queue).await?;
         if rows != n || left != 0 {
             return Err(format!(
                 "{label}: {rows} rows for {n} messages; {left} left in the queue"
@@ -380,7 +425,7 @@ impl Bench {
 /// When `consuming()` turned true (polled every millisecond): the timed
 /// part of a run starts once a consumer consumes, after its set-up (eda's
 /// declares its topology, the baseline only opens a channel).
-async fn started(consuming: impl Fn() -> bool) -> Result<Instant, String> {
+pub(crate) async fn started(consuming: impl Fn() -> bool) -> Result<Instant, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !consuming() {
         if Instant::now() > deadline {
@@ -399,11 +444,6 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     let Some(pg) = TestPostgres::start().await else {
         return Err("PostgreSQL is not reachable (see DATABASE_URL)".into());
     };
-    let Some(rmq) =
-        TestRabbitMq::start_with(|o| o.prefetch(prefetch).concurrency(concurrency)).await
-    else {
-        return Err("RabbitMQ is not reachable (see AMQP_URL)".into());
-    };
     for sql in [
         "CREATE TABLE bench_placed (seq BIGINT PRIMARY KEY, sku TEXT NOT NULL, qty BIGINT NOT NULL)",
         "CREATE TABLE bench_placed_baseline (LIKE bench_placed INCLUDING ALL)",
@@ -416,7 +456,6 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         .adapter(pg.db.clone())
         .build()
         .map_err(err)?;
-    rmq.rabbitmq.declare_topology(&bus).await.map_err(err)?;
 
     let connection = Arc::new(
         Connection::connect(&amqp_url(), ConnectionProperties::default())
@@ -428,80 +467,252 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(err)?;
-    let baseline_queue = format!("{}.baseline", rmq.options().consumer().queue_name());
-    admin
-        .queue_declare(
-            baseline_queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(err)?;
-
     let mut bench = Bench {
         pool: pg.pool().clone(),
         bus,
-        rmq,
+        lanes: Vec::new(),
         connection,
         admin,
-        baseline_queue,
         prefetch,
         concurrency,
         next_seq: 0,
     };
-    let warm = (n / 10).clamp(100, 1000);
-    bench.baseline("warm-up baseline", warm).await?;
-    bench.eda("warm-up eda", warm).await?;
-    let (mut edas, mut baselines) = (Vec::new(), Vec::new());
-    let mut eda_rss: f64 = 0.0;
-    for round in 1..=rounds {
-        baselines.push(
-            bench
-                .baseline(&format!("baseline {round}/{rounds}"), n)
-                .await?,
-        );
-        reset_peak_rss();
-        edas.push(bench.eda(&format!("eda {round}/{rounds}"), n).await?);
-        eda_rss = eda_rss.max(peak_rss_mb());
-    }
+    let declared = declare_lanes(&mut bench).await;
+    let measured = match declared {
+        Ok(()) => measure(&mut bench, n, rounds).await,
+        Err(e) => Err(e),
+    };
 
     let Bench {
-        rmq,
+        lanes,
         admin,
-        baseline_queue,
         connection,
         ..
     } = bench;
-    let _ = admin
-        .queue_delete(baseline_queue.as_str().into(), Default::default())
-        .await;
+    for lane in lanes {
+        let _ = admin
+            .queue_delete(lane.baseline_queue.as_str().into(), Default::default())
+            .await;
+        lane.rmq.cleanup().await;
+    }
     let _ = connection.close(200, "done".into()).await;
-    rmq.cleanup().await;
     pg.drop_schema().await;
+    let [classic, quorum] = measured?;
 
     let rate = |runs: &[(f64, Usage)]| median(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
     let cpu_of = |runs: &[(f64, Usage)]| Usage::mean(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
-    let (eda, baseline) = (rate(&edas), rate(&baselines));
-    Ok(vec![Row {
-        scenario: "consume".into(),
+    let row = |m: &Measured| {
+        let (eda, baseline) = (rate(&m.edas), rate(&m.baselines));
+        Row {
+            scenario: format!("consume/{}", m.kind),
+            n,
+            concurrency,
+            eda_per_sec: eda,
+            baseline_per_sec: baseline,
+            ratio_vs_baseline: eda / baseline,
+            peak_rss_mb: process_peak_rss_mb(),
+            eda_peak_rss_mb: Some(m.eda_rss),
+            note: format!(
+                "{} queues (eda: RabbitMqOptions::queue_type(QueueType::{:?}); baseline: its queue declared \
+                 {}); prefetch {prefetch}; baseline: lapin consume, a task per delivery \
+                 ({concurrency} at a time), inbox INSERT … ON CONFLICT DO NOTHING + row INSERT \
+                 in one sqlx transaction, then ack; median of {rounds} interleaved rounds. CPU: \
+                 baseline {}; eda {}",
+                m.kind,
+                m.kind,
+                if m.kind == QueueType::Quorum {
+                    "with x-queue-type: quorum"
+                } else {
+                    "without x-queue-type"
+                },
+                cpu_of(&m.baselines).brief(),
+                cpu_of(&m.edas).brief()
+            ),
+            ..Row::default()
+        }
+    };
+    let rates = |runs: &[(f64, Usage)]| runs.iter().map(|r| r.0).collect::<Vec<_>>();
+    Ok(vec![
+        row(&classic),
+        row(&quorum),
+        quorum_vs_classic(
+            "consume",
+            n,
+            concurrency,
+            (&rates(&quorum.edas), &rates(&classic.edas)),
+            (&rates(&quorum.baselines), &rates(&classic.baselines)),
+            Some(classic.eda_rss.max(quorum.eda_rss)),
+        ),
+    ])
+}
+
+/// What one queue type's runs measured.
+struct Measured {
+    kind: QueueType,
+    edas: Vec<(f64, Usage)>,
+    baselines: Vec<(f64, Usage)>,
+    /// The peak RSS over eda's runs.
+    eda_rss: f64,
+}
+
+/// A classic lane and a quorum lane, each with eda's topology declared and
+/// the baseline's queue; pushed as they are made, for the clean-up to find
+/// them whatever fails.
+async fn declare_lanes(bench: &mut Bench) -> Result<(), String> {
+    let (prefetch, concurrency) = (bench.prefetch, bench.concurrency);
+    for kind in KINDS {
+        let Some(rmq) = TestRabbitMq::start_with(|o: RabbitMqOptions| {
+            o.prefetch(prefetch)
+                .concurrency(concurrency)
+                .queue_type(kind)
+        })
+        .await
+        else {
+            return Err("RabbitMQ is not reachable (see AMQP_URL)".into());
+        };
+        let baseline_queue = format!("{}.baseline", rmq.options().consumer().queue_name());
+        bench.lanes.push(Lane {
+            rmq,
+            baseline_queue: baseline_queue.clone(),
+        });
+        let rmq = &bench.lanes.last().expect("just pushed").rmq;
+        rmq.rabbitmq
+            .declare_topology(&bench.bus)
+            .await
+            .map_err(err)?;
+        bench
+            .admin
+            .queue_declare(
+                baseline_queue.as_str().into(),
+                queue_options(),
+                queue_arguments(kind),
+            )
+            .await
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The warm-ups, then `rounds` rounds of baseline and eda on each type.
+async fn measure(bench: &mut Bench, n: u64, rounds: u64) -> Result<[Measured; 2], String> {
+    let mut measured = KINDS.map(|kind| Measured {
+        kind,
+        edas: Vec::new(),
+        baselines: Vec::new(),
+        eda_rss: 0.0,
+    });
+    let warm = (n / 10).clamp(100, 1000);
+    for (lane, kind) in KINDS.into_iter().enumerate() {
+        bench
+            .baseline(lane, &format!("warm-up baseline ({kind})"), warm)
+            .await?;
+        bench
+            .eda(lane, &format!("warm-up eda ({kind})"), warm)
+            .await?;
+    }
+    for round in 1..=rounds {
+        for lane in lane_order(round) {
+            let m = &mut measured[lane];
+            let kind = m.kind;
+            m.baselines.push(
+                bench
+                    .baseline(lane, &format!("baseline {kind} {round}/{rounds}"), n)
+                    .await?,
+            );
+            reset_peak_rss();
+            m.edas.push(
+                bench
+                    .eda(lane, &format!("eda {kind} {round}/{rounds}"), n)
+                    .await?,
+            );
+            m.eda_rss = m.eda_rss.max(peak_rss_mb());
+        }
+    }
+    Ok(measured)
+}
+
+/// The row `<scenario>/quorum vs classic`: eda's rate on quorum queues
+/// (`eda/s`) against its rate on classic ones (`baseline/s`), the medians'
+/// ratio; each round's own ratio and the baseline's in the note. `eda` and
+/// `baseline` are (quorum, classic) rates, round by round.
+pub(crate) fn quorum_vs_classic(
+    scenario: &str,
+    n: u64,
+    concurrency: usize,
+    eda: (&[f64], &[f64]),
+    baseline: (&[f64], &[f64]),
+    eda_rss: Option<f64>,
+) -> Row {
+    let per_round = |(quorum, classic): (&[f64], &[f64])| {
+        quorum
+            .iter()
+            .zip(classic)
+            .map(|(q, c)| format!("{:.2}", q / c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (quorum, classic) = (median(eda.0), median(eda.1));
+    let (b_quorum, b_classic) = (median(baseline.0), median(baseline.1));
+    Row {
+        scenario: format!("{scenario}/quorum vs classic"),
         n,
         concurrency,
-        eda_per_sec: eda,
-        baseline_per_sec: baseline,
-        ratio_vs_baseline: eda / baseline,
+        eda_per_sec: quorum,
+        baseline_per_sec: classic,
+        ratio_vs_baseline: quorum / classic,
         peak_rss_mb: process_peak_rss_mb(),
-        eda_peak_rss_mb: Some(eda_rss),
+        eda_peak_rss_mb: eda_rss,
         note: format!(
-            "prefetch {prefetch}; baseline: lapin consume, a task per delivery ({concurrency} at \
-             a time), inbox INSERT … ON CONFLICT DO NOTHING + row INSERT in one sqlx \
-             transaction, then ack; median of {rounds} interleaved rounds. CPU: baseline {}; \
-             eda {}",
-            cpu_of(&baselines).brief(),
-            cpu_of(&edas).brief()
+            "eda on quorum queues (eda/s) against eda on classic ones (baseline/s), the ratio of \
+             the medians (goal: ≥ 0.7); each round's ratio: {}. By hand, the same: quorum \
+             {b_quorum:.0}/s, classic {b_classic:.0}/s, ratio {:.2} (rounds: {})",
+            per_round(eda),
+            b_quorum / b_classic,
+            per_round(baseline),
         ),
         ..Row::default()
-    }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_baseline_declares_the_queue_type() {
+        assert!(queue_arguments(QueueType::Classic).inner().is_empty());
+        let quorum = queue_arguments(QueueType::Quorum);
+        assert_eq!(
+            quorum.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        let options = queue_options();
+        assert!(options.durable && !options.exclusive && !options.auto_delete);
+    }
+
+    #[test]
+    fn rounds_alternate_the_first_type() {
+        assert_eq!(KINDS, [QueueType::Classic, QueueType::Quorum]);
+        assert_eq!(lane_order(1), [0, 1]);
+        assert_eq!(lane_order(2), [1, 0]);
+        assert_eq!(lane_order(3), [0, 1]);
+    }
+
+    #[test]
+    fn quorum_against_classic() {
+        let row = quorum_vs_classic(
+            "consume",
+            10,
+            8,
+            (&[80.0, 90.0], &[100.0, 100.0]),
+            (&[50.0, 70.0], &[100.0, 100.0]),
+            Some(20.0),
+        );
+        assert_eq!(row.scenario, "consume/quorum vs classic");
+        assert_eq!(row.eda_per_sec, 85.0);
+        assert_eq!(row.baseline_per_sec, 100.0);
+        assert!((row.ratio_vs_baseline - 0.85).abs() < 1e-9);
+        assert!(row.note.contains("each round's ratio: 0.80, 0.90."));
+        assert!(row.note.contains("ratio 0.60 (rounds: 0.50, 0.70)"));
+    }
 }

@@ -4,6 +4,7 @@ pub(crate) mod consume;
 pub(crate) mod database;
 pub(crate) mod dispatch;
 pub(crate) mod durable;
+pub(crate) mod ordered;
 pub(crate) mod relay;
 pub(crate) mod schedule;
 pub(crate) mod stock;
