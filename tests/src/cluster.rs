@@ -316,6 +316,23 @@ impl Cluster {
         .await
     }
 
+    /// The leader of the quorum queue `queue` once there is one that
+    /// `accept` takes (a new one, after its leader was killed, say):
+    /// polled every 50 ms, for up to a minute (then a panic).
+    pub async fn wait_for_leader(&self, queue: &str, accept: impl Fn(usize) -> bool) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.leader_of(queue).await {
+                Ok(leader) if accept(leader) => return leader,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "no acceptable leader of {queue} within 60 s: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The node that holds the leader of the quorum queue `queue` (in the
     /// vhost `/`), as `rabbitmq-queues quorum_status` on the first running
     /// node that answers reports it: the member in state `leader` (of the

@@ -582,6 +582,17 @@ impl Service {
         }
     }
 
+    /// Stock enough for every order: `count` new skus with one batch of a
+    /// million units each; their names.
+    pub async fn stock(&self, count: usize) -> Vec<String> {
+        let skus: Vec<String> = (0..count).map(|_| unique_name("sku")).collect();
+        for sku in &skus {
+            self.add_batch(&format!("{sku}-batch"), sku, 1_000_000, None)
+                .await;
+        }
+        skus
+    }
+
     /// POSTs JSON; the status and the JSON answer (`Null` if none).
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self

@@ -51,21 +51,6 @@ fn delivery_count(properties: &BasicProperties) -> Option<i64> {
     }
 }
 
-/// Polls the cluster for the queue's leader until `accept` takes it.
-async fn leader(cluster: &Cluster, queue: &str, accept: impl Fn(usize) -> bool) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match cluster.leader_of(queue).await {
-            Ok(leader) if accept(leader) => return leader,
-            other => assert!(
-                Instant::now() < deadline,
-                "no acceptable leader of {queue} within 60 s: {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_keeps_its_messages_when_its_leader_crashes() {
     let started = Instant::now();
@@ -115,7 +100,7 @@ async fn a_quorum_queue_keeps_its_messages_when_its_leader_crashes() {
     }
     let expected: BTreeSet<String> = (0..MESSAGES).map(|k| format!("message {k:03}")).collect();
 
-    let old_leader = leader(&cluster, &queue, |_| true).await;
+    let old_leader = cluster.wait_for_leader(&queue, |_| true).await;
     eprintln!("leader of {queue}: node {old_leader}");
 
     // Some messages taken, not acknowledged, on a connection to the leader.
@@ -134,7 +119,7 @@ async fn a_quorum_queue_keeps_its_messages_when_its_leader_crashes() {
     let kill_time = t.elapsed();
     assert!(!cluster.is_running(old_leader));
     let t = Instant::now();
-    let new_leader = leader(&cluster, &queue, |l| l != old_leader).await;
+    let new_leader = cluster.wait_for_leader(&queue, |l| l != old_leader).await;
     let election_time = t.elapsed();
     assert!(cluster.is_running(new_leader));
     eprintln!(

@@ -13,36 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use eda_core::testing::unique_name;
 use eda_tests::cluster::Cluster;
 use eda_tests::{HttpLoad, Service, World, orders, publish_allocations};
 use serde_json::json;
-
-/// Stock enough for every order: `count` skus with one big batch each.
-async fn stock(service: &Service, count: usize) -> Vec<String> {
-    let skus: Vec<String> = (0..count).map(|_| unique_name("sku")).collect();
-    for sku in &skus {
-        service
-            .add_batch(&format!("{sku}-batch"), sku, 1_000_000, None)
-            .await;
-    }
-    skus
-}
-
-/// The node leading `queue`, once there is one (`accept`ed).
-async fn leader(cluster: &Cluster, queue: &str, accept: impl Fn(usize) -> bool) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match cluster.leader_of(queue).await {
-            Ok(leader) if accept(leader) => return leader,
-            other => assert!(
-                Instant::now() < deadline,
-                "no leader of {queue} within 60 s: {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_leading_the_service_queue_dies_mid_stream_and_nothing_is_lost() {
@@ -54,17 +27,17 @@ async fn the_node_leading_the_service_queue_dies_mid_stream_and_nothing_is_lost(
     };
     let service = Service::start(&world).await;
     let observer = world.observe("allocation.allocated").await;
-    let skus = stock(&service, 16).await;
+    let skus = service.stock(16).await;
     let queued = publish_allocations(&world, &orders("amqp", 500, &skus)).await;
     let load = HttpLoad::new(&service.base);
     let stream = load.run(orders("http", 1500, &skus), 8);
 
     load.when_sent(500).await;
-    let killed = leader(&cluster, &world.queue, |_| true).await;
+    let killed = cluster.wait_for_leader(&world.queue, |_| true).await;
     cluster.kill_node(killed).await.unwrap();
     let killed_at = load.sent();
     let killed_time = Instant::now();
-    let new_leader = leader(&cluster, &world.queue, |l| l != killed).await;
+    let new_leader = cluster.wait_for_leader(&world.queue, |l| l != killed).await;
     let election = killed_time.elapsed();
 
     let outcome = stream.await.unwrap().merge(queued);
