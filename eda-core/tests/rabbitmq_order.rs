@@ -184,6 +184,14 @@ async fn committed(pool: &eda_core::sqlx::PgPool) -> BTreeMap<String, Seen> {
         .collect()
 }
 
+/// How many steps of `keys` an in-memory database has committed.
+fn handled(db: &InMemoryDatabase, keys: &[String]) -> usize {
+    keys.iter()
+        .filter_map(|k| db.get::<Seen>(k.as_str()))
+        .map(|s| s.seqs.len())
+        .sum()
+}
+
 const CHILD: &str = "EDA_ORDER_CHILD";
 
 /// Not a test on its own: the first instance of the main test below, in a
@@ -368,12 +376,7 @@ async fn a_keys_messages_stay_in_order_when_an_instance_stops() {
         let rabbitmq = rmq.rabbitmq.clone();
         tokio::spawn(async move { publish(&rabbitmq, &messages).await })
     };
-    let total = || {
-        keys.iter()
-            .filter_map(|k| db.get::<Seen>(k.as_str()))
-            .map(|s| s.seqs.len())
-            .sum::<usize>()
-    };
+    let total = || handled(&db, &keys);
     let deadline = Instant::now() + Duration::from_secs(60);
     while total() < (KEYS * STEPS / 3) as usize {
         assert!(Instant::now() < deadline, "only {} handled", total());
@@ -554,12 +557,7 @@ mod in_process {
             "keyed steps go to the partitions, not the service queue"
         );
 
-        let total = || {
-            keys.iter()
-                .filter_map(|k| db.get::<Seen>(k.as_str()))
-                .map(|s| s.seqs.len())
-                .sum::<usize>()
-        };
+        let total = || handled(&db, &keys);
         let deadline = Instant::now() + Duration::from_secs(60);
         while total() < (KEYS * STEPS / 3) as usize {
             assert!(Instant::now() < deadline, "only {} handled", total());

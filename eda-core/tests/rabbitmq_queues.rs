@@ -194,6 +194,15 @@ async fn queue_len(channel: &Channel, queue: &str) -> u32 {
         .message_count()
 }
 
+/// Takes (and acknowledges) the head of `queue`, which must have one.
+async fn take(channel: &Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("a message in {queue}"))
+}
+
 /// Takes the head of `queue` and returns it to the queue (as a consumer
 /// that died would), `times` times: a quorum queue counts each.
 async fn return_unsettled(channel: &Channel, queue: &str, times: usize) {
@@ -359,14 +368,7 @@ async fn deliveries_never_settled_spend_the_attempts() {
     })
     .await;
     assert_eq!(calls(&bus), 0, "not handled again");
-    let dead = channel
-        .basic_get(
-            c.dead_letter_queue().as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-        .expect("in the dead-letter queue");
+    let dead = take(&channel, &c.dead_letter_queue()).await;
     let reason = header_string(&dead.delivery.properties, ERROR_HEADER).unwrap();
     assert!(reason.contains("delivered 3 times"), "{reason}");
     assert!(reason.contains("never settled"), "{reason}");
@@ -404,14 +406,7 @@ async fn past_the_delivery_limit_the_broker_dead_letters_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(queue_len(&channel, c.queue_name()).await, 0);
-    let dead = channel
-        .basic_get(
-            c.dead_letter_queue().as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let dead = take(&channel, &c.dead_letter_queue()).await;
     let death = header_string(&dead.delivery.properties, "x-first-death-reason");
     assert_eq!(death.as_deref(), Some("delivery_limit"));
     rmq.cleanup().await;

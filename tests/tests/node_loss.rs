@@ -45,8 +45,9 @@ async fn the_node_leading_the_service_queue_dies_mid_stream_and_nothing_is_lost(
         .check_books(&observer, &outcome, Duration::from_secs(90))
         .await;
     books.assert_read_model();
+    // `check_books` asserted the books (nothing acknowledged lost, each
+    // order allocated once, one event per order).
     let settled = killed_time.elapsed();
-    assert_eq!(books.lost, 0);
 
     // Still serving, on the surviving nodes: a new order is allocated and
     // its event published.

@@ -779,6 +779,29 @@ async fn the_pair_settles_every_order_over_rabbitmq() {
     pair.stop().await;
 }
 
+/// Allocation is started again once every order timed out; it catches
+/// up with its queue; then the books, every order cancelled for `timeout`.
+async fn allocation_back(
+    pair: &mut Pair,
+    snapshot: Snapshot,
+    plan: &Plan,
+    placed: &eda_tests::Outcome,
+) -> PairBooks {
+    pair.restart_allocation().await;
+    pair.allocation_caught_up(plan.orders.len()).await;
+    let books = pair
+        .books_after(
+            snapshot,
+            plan,
+            &placed.attempted,
+            &placed.acknowledged,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(books.timed_out, plan.orders.len(), "{books:?}");
+    books
+}
+
 /// The pair with orders cancelled after `timeout` without an answer, the
 /// plan's stock, allocation stopped (SIGTERM: its queue keeps what orders
 /// publishes), and then the plan's orders placed over HTTP, each answered
@@ -841,18 +864,7 @@ async fn orders_time_out_while_allocation_is_stopped_over_rabbitmq() {
         "{body}"
     );
 
-    pair.restart_allocation().await;
-    pair.allocation_caught_up(plan.orders.len()).await;
-    let books = pair
-        .books_after(
-            snapshot,
-            &plan,
-            &placed.attempted,
-            &placed.acknowledged,
-            Duration::from_secs(60),
-        )
-        .await;
-    assert_eq!(books.timed_out, plan.orders.len(), "{books:?}");
+    let books = allocation_back(&mut pair, snapshot, &plan, &placed).await;
     assert_eq!(books.confirmed, 0, "{books:?}");
     let refused: BTreeSet<String> = pair
         .world
@@ -917,18 +929,7 @@ async fn timeouts_due_while_orders_was_killed_are_delivered_when_it_restarts() {
     .await;
     let cancelled_after_restart = restarted.elapsed();
 
-    pair.restart_allocation().await;
-    pair.allocation_caught_up(plan.orders.len()).await;
-    let books = pair
-        .books_after(
-            snapshot,
-            &plan,
-            &placed.attempted,
-            &placed.acknowledged,
-            Duration::from_secs(60),
-        )
-        .await;
-    assert_eq!(books.timed_out, plan.orders.len(), "{books:?}");
+    let books = allocation_back(&mut pair, snapshot, &plan, &placed).await;
     println!(
         "FIGURES {}",
         json!({

@@ -63,7 +63,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::bus::MessageBus;
-use crate::bus::ordering_key;
+use crate::bus::keyed_route;
 use crate::entrypoints::{
     self, ConsumerMetrics, ConsumerOptions, Counted, Verdict, in_order, retry_delay, stopped,
     verdict,
@@ -72,7 +72,7 @@ use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::outbox::ExternalMessage;
 use crate::relay::{Delivery, Publisher};
-use crate::topology::{ORDERING_SLOTS, Topology, ordering_slot, slot_routing_key};
+use crate::topology::{ORDERING_SLOTS, Topology, slot_routing_key};
 
 /// A message in the broker: what an AMQP delivery carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,6 +340,11 @@ impl InProcessService {
     /// consumes (and unbound from what it no longer does), and the
     /// dead-letter queue.
     pub fn declare_topology(&self, bus: &MessageBus) {
+        self.declare(bus);
+    }
+
+    /// Declares the topology of `bus`, and returns it.
+    fn declare(&self, bus: &MessageBus) -> Topology {
         let o = &self.options;
         let topology = self.topology(bus);
         topology.log_once(&o.queue, &self.warned);
@@ -382,6 +387,7 @@ impl InProcessService {
                 tracing::info!(queue = %o.queue, name, "removed a binding this service no longer needs");
             }
         }
+        topology
     }
 
     /// The outbox relay's publisher: mandatory publishing to the exchange,
@@ -411,8 +417,8 @@ impl Publisher for InProcessService {
         for message in messages {
             let mut message = InProcessMessage::new(message.clone(), Some(&self.options.queue));
             // A message with an ordering key goes to its key's slot.
-            if let Some(key) = ordering_key(&message.message.name, &message.message.payload) {
-                message.routing_key = slot_routing_key(&message.message.name, ordering_slot(&key));
+            if let Some(route) = keyed_route(&message.message.name, &message.message.payload) {
+                message.routing_key = route.routing_key;
             }
             match self.broker.publish(&self.options.exchange, message) {
                 Ok(true) => deliveries.push(Delivery::Confirmed),
@@ -473,7 +479,7 @@ impl InProcessConsumer {
         let mut shutdown = pin!(shutdown);
         let o = self.service.options.clone();
         let broker = self.service.broker.clone();
-        self.service.declare_topology(&self.bus);
+        let topology = self.service.declare(&self.bus);
         let notify = broker
             .notify(&o.queue)
             .expect("the queue was declared just above");
@@ -484,7 +490,7 @@ impl InProcessConsumer {
         // by one consumer at a time.
         let (stop_partitions, partitions_stop) = tokio::sync::watch::channel(false);
         let mut partitions = JoinSet::new();
-        if !self.service.topology(&self.bus).ordered().is_empty() {
+        if !topology.ordered().is_empty() {
             for queue in o.partition_queues() {
                 let handling = Handling {
                     bus: self.bus.clone(),

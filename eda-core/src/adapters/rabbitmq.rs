@@ -55,7 +55,7 @@
 //! **Order per key.** A message type that declares an ordering key
 //! (`#[command(name = "…", key = sku)]`, `#[event(…, key = orderid)]`) is
 //! published to its key's slot: the routing key `<name>.k<slot>`
-//! ([`ordering_slot`]: FNV-1a of the key, modulo 64), with
+//! ([`ordering_slot`](crate::backend::ordering_slot): FNV-1a of the key, modulo 64), with
 //! the key in the header `x-eda-key`. A service that consumes it binds each
 //! slot to one of its **ordered partitions** `<queue>.ordered.<i>`
 //! ([`ConsumerOptions::ordered_partitions`], 8 by default): durable
@@ -131,7 +131,7 @@ use tokio::sync::Mutex;
 
 use super::RedactedUrl;
 use crate::adapter::Adapter;
-use crate::bus::MessageBus;
+use crate::bus::{KeyedRoute, MessageBus, keyed_route};
 use crate::entrypoints::ConsumerOptions;
 use crate::error::Error;
 use crate::future::BoxFuture;
@@ -139,7 +139,7 @@ use crate::message::{MessageId, Metadata, Timestamp};
 use crate::outbox::ExternalMessage;
 use crate::relay::{Delivery, Publisher};
 use crate::topology::Topology;
-use crate::topology::{ORDERING_SLOTS, ordering_slot, slot_routing_key};
+use crate::topology::{ORDERING_SLOTS, slot_routing_key};
 use crate::trace_context::TraceContext;
 
 /// Header: the id of the message that caused this one.
@@ -998,6 +998,13 @@ pub fn header_string(properties: &BasicProperties, name: &str) -> Option<String>
     }
 }
 
+/// `properties` with one more header.
+fn with_header(properties: BasicProperties, name: &str, value: AMQPValue) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(name.into(), value);
+    properties.with_headers(headers)
+}
+
 pub(crate) fn long_string(s: impl Into<String>) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.into()))
 }
@@ -1047,37 +1054,28 @@ impl Publisher for RabbitMqPublisher {
             // Their order holds: lapin queues a message's frames, and gives
             // it its delivery tag, on the first poll of `basic_publish`,
             // and `in_order` polls them in order.
-            // A message with an ordering key goes to its key's slot.
-            let routed: Vec<(String, BasicProperties)> = messages
-                .iter()
-                .map(|message| {
-                    let properties = properties(message).with_app_id(short(service));
-                    match crate::bus::ordering_key(&message.name, &message.payload) {
-                        None => (message.name.clone(), properties),
-                        Some(key) => {
-                            let mut headers = properties.headers().clone().unwrap_or_default();
-                            let routing_key = slot_routing_key(&message.name, ordering_slot(&key));
-                            headers.insert(KEY_HEADER.into(), long_string(key));
-                            (routing_key, properties.with_headers(headers))
-                        }
-                    }
-                })
-                .collect();
-            let sends = messages
-                .iter()
-                .zip(routed)
-                .map(|(message, (routing_key, properties))| {
-                    channel.basic_publish(
-                        short(exchange),
+            // A message with an ordering key goes to its key's slot, with
+            // its key.
+            let sends = messages.iter().map(|message| {
+                let properties = properties(message).with_app_id(short(service));
+                let (routing_key, properties) = match keyed_route(&message.name, &message.payload) {
+                    None => (short(&message.name), properties),
+                    Some(KeyedRoute { key, routing_key }) => (
                         short(&routing_key),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &message.payload,
-                        properties,
-                    )
-                });
+                        with_header(properties, KEY_HEADER, long_string(key)),
+                    ),
+                };
+                channel.basic_publish(
+                    short(exchange),
+                    routing_key,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &message.payload,
+                    properties,
+                )
+            });
             let mut confirms = Vec::with_capacity(messages.len());
             let mut error = None;
             for sent in in_order(sends.collect()).await {
@@ -1132,10 +1130,11 @@ impl Publisher for RabbitMqPublisher {
             self.rabbitmq.declare_queue(&queue, Role::Unrouted).await?;
             let mut confirms = Vec::with_capacity(messages.len());
             for message in messages {
-                let mut properties = properties(message).with_app_id(short(&o.queue));
-                let mut headers = properties.headers().clone().unwrap_or_default();
-                headers.insert(ERROR_HEADER.into(), long_string(reason));
-                properties = properties.with_headers(headers);
+                let properties = with_header(
+                    properties(message).with_app_id(short(&o.queue)),
+                    ERROR_HEADER,
+                    long_string(reason),
+                );
                 let confirm = channel
                     .basic_publish(
                         short(""),

@@ -7,6 +7,7 @@ use crate::error::{CommandError, Error, IncomingError};
 use crate::future::BoxFuture;
 use crate::message::{Command, Envelope, Event, Message, MessageKind, Metadata};
 use crate::registry::MessageInfo;
+use crate::topology::{ordering_slot, slot_routing_key};
 
 /// How a message of one type is run when it arrives from outside.
 pub(crate) type DispatchFn =
@@ -39,9 +40,26 @@ impl MessageRegistration {
 
 inventory::collect!(MessageRegistration);
 
-/// The ordering key of a message by its name and JSON: `None` for a type
-/// not linked into this binary, not ordered, or whose body does not decode.
-pub(crate) fn ordering_key(name: &str, payload: &[u8]) -> Option<String> {
+/// Where a broker publishes a message whose type declares an ordering
+/// key: to its key's slot.
+pub(crate) struct KeyedRoute {
+    /// The key (RabbitMQ carries it in `x-eda-key`).
+    pub(crate) key: String,
+    /// `<name>.k<slot>`.
+    pub(crate) routing_key: String,
+}
+
+/// The route of a message by its name and JSON: `None` (its name is its
+/// routing key) for a type not linked into this binary, not ordered, or
+/// whose body does not decode.
+pub(crate) fn keyed_route(name: &str, payload: &[u8]) -> Option<KeyedRoute> {
+    let key = ordering_key(name, payload)?;
+    let routing_key = slot_routing_key(name, ordering_slot(&key));
+    Some(KeyedRoute { key, routing_key })
+}
+
+/// The ordering key of a message by its name and JSON.
+fn ordering_key(name: &str, payload: &[u8]) -> Option<String> {
     use std::collections::HashMap;
     use std::sync::OnceLock;
     static KEYS: OnceLock<HashMap<&'static str, crate::message::KeyFn>> = OnceLock::new();

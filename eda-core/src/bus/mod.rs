@@ -34,7 +34,7 @@ mod trace;
 pub use builder::BusBuilder;
 pub use dispatch::{EventHandlerFailure, Report};
 pub use incoming::MessageRegistration;
-pub(crate) use incoming::{dispatch_command, dispatch_event, ordering_key};
+pub(crate) use incoming::{KeyedRoute, dispatch_command, dispatch_event, keyed_route};
 pub use metrics::BusMetrics;
 use metrics::Metrics;
 
