@@ -110,8 +110,17 @@ pub enum CallOutcome {
     Conflict,
     /// The message was handled before (inbox): nothing ran.
     Duplicate,
+    /// The framework could not run it. Boxed, like [`EventOutcome`]'s
+    /// failure: an outcome is returned in registers.
+    Failed(Box<Error>),
+}
+
+impl CallOutcome {
     /// The framework could not run it.
-    Failed(Error),
+    #[cold]
+    fn failed(e: Error) -> Self {
+        CallOutcome::Failed(Box::new(e))
+    }
 }
 
 impl CallOutcome {
@@ -134,22 +143,33 @@ pub enum EventOutcome {
     Done,
     /// The message was handled before (inbox): nothing ran.
     Duplicate,
-    /// It failed.
-    Failed {
-        /// Why.
-        error: String,
-        /// Whether its unit of work had committed (it is not run again).
-        committed: bool,
-    },
+    /// It failed. Boxed: an outcome is a word, returned in a register by
+    /// every handler call (a `String` in it made the caller read it back
+    /// from memory the callee had just written in pieces, which the CPU
+    /// cannot forward: a stall on every call).
+    Failed(Box<EventFailed>),
+}
+
+/// How an event handler failed.
+#[derive(Debug)]
+pub struct EventFailed {
+    /// Why.
+    pub error: String,
+    /// Whether its unit of work had committed (it is not run again).
+    pub committed: bool,
 }
 
 impl EventOutcome {
+    /// It failed.
+    #[cold]
+    pub fn failed(error: String, committed: bool) -> Self {
+        EventOutcome::Failed(Box::new(EventFailed { error, committed }))
+    }
+
     /// The framework could not run it.
+    #[cold]
     pub fn framework(e: Error) -> Self {
-        EventOutcome::Failed {
-            error: e.to_string(),
-            committed: false,
-        }
+        Self::failed(e.to_string(), false)
     }
 }
 
@@ -682,13 +702,13 @@ where
         let params = &this.params;
         let mut slots = match params.slots(prepared, &ctx).await {
             Ok(slots) => slots,
-            Err(e) => return CallOutcome::Failed(e),
+            Err(e) => return CallOutcome::failed(e),
         };
         if ctx.incoming {
             match Box::pin(inbox::record(params.transaction(&mut slots), &ctx)).await {
                 Ok(true) => {}
                 Ok(false) => return CallOutcome::Duplicate,
-                Err(e) => return CallOutcome::Failed(e),
+                Err(e) => return CallOutcome::failed(e),
             }
         }
         let result = this
@@ -901,6 +921,6 @@ fn finish_event(
     let (committed, _) = end(error.is_none(), tx, changes, events, ctx);
     match error {
         None => EventOutcome::Done,
-        Some(error) => EventOutcome::Failed { error, committed },
+        Some(error) => EventOutcome::failed(error, committed),
     }
 }

@@ -108,6 +108,7 @@ impl MessageId {
     /// thread-local generator seeded from the OS: `Uuid::now_v7` asks the OS
     /// for randomness on every id, which costs more than the rest of the
     /// dispatch of a message.
+    #[inline]
     pub fn at(timestamp: Timestamp) -> Self {
         // The layout of RFC 9562, section 5.7, built in one integer (what
         // `uuid::Builder` does byte by byte, at six times the cost):
@@ -248,6 +249,7 @@ pub struct Timestamp(u64);
 
 impl Timestamp {
     /// Now.
+    #[inline]
     pub fn now() -> Self {
         Timestamp(now_millis())
     }
@@ -328,6 +330,7 @@ pub struct Metadata {
 
 impl Metadata {
     /// The metadata of a message that starts a conversation.
+    #[inline]
     pub fn new() -> Self {
         let timestamp = Timestamp::now();
         let id = MessageId::at(timestamp);
@@ -341,6 +344,7 @@ impl Metadata {
 
     /// The metadata of a message raised while handling the message with this
     /// metadata.
+    #[inline]
     pub fn caused_by(&self) -> Self {
         let timestamp = Timestamp::now();
         Metadata {

@@ -197,7 +197,7 @@ impl MessageBus {
             CallOutcome::Duplicate => Err(CommandError::Bus(Error::AlreadyHandled(
                 envelope.metadata.message_id,
             ))),
-            CallOutcome::Failed(e) => Err(CommandError::Bus(e)),
+            CallOutcome::Failed(e) => Err(CommandError::Bus(*e)),
         };
         // Events committed by the handler are processed even when it failed
         // afterwards: their state is saved, so they must not be lost.
@@ -265,8 +265,8 @@ impl MessageBus {
                 match ran {
                     // A duplicate was handled, by an earlier delivery.
                     (EventOutcome::Done | EventOutcome::Duplicate, _) => report.handled += 1,
-                    (EventOutcome::Failed { error, .. }, attempts) => {
-                        self.event_handler_failed(handler, event, attempts, error, report);
+                    (EventOutcome::Failed(failed), attempts) => {
+                        self.event_handler_failed(handler, event, attempts, failed.error, report);
                     }
                 }
             }
@@ -463,13 +463,7 @@ impl Attempt for EventAttempt<'_> {
     }
 
     fn retryable(&self, outcome: &EventOutcome) -> bool {
-        matches!(
-            outcome,
-            EventOutcome::Failed {
-                committed: false,
-                ..
-            }
-        )
+        matches!(outcome, EventOutcome::Failed(failed) if !failed.committed)
     }
 
     fn retrying(&self, outcome: &EventOutcome, attempt: u32, delay: Duration) {
@@ -478,7 +472,8 @@ impl Attempt for EventAttempt<'_> {
             .metrics
             .event_handler_retries
             .fetch_add(1, Ordering::Relaxed);
-        if let EventOutcome::Failed { error, .. } = outcome {
+        if let EventOutcome::Failed(failed) = outcome {
+            let error = &failed.error;
             tracing::debug!(
                 event = self.event.name(),
                 handler = self.handler.id,
