@@ -398,6 +398,24 @@ impl UowTransaction {
     #[doc(hidden)]
     pub async fn __commit(&mut self) -> Result<(), Error> {
         self.check_active()?;
+        if !self.events.is_empty() || self.scheduled.is_some() {
+            // Boxed: what writing them keeps across its awaits (the outbox,
+            // the trace, each step's `Result`) made this future 400 bytes,
+            // carried by every handler's future that commits, and copied
+            // into its box on every call, even when there was nothing to
+            // write (a command's future was then mostly this).
+            return Box::pin(self.commit_writing()).await;
+        }
+        let result = match std::mem::replace(&mut self.backend, Backend::Ended) {
+            Backend::Database(tx) => tx.commit().await,
+            Backend::Ended => Err(Error::TransactionFinished("ended")),
+        };
+        self.ended(result)
+    }
+
+    /// The commit of a transaction that raised events or scheduled
+    /// messages: writes them, and commits.
+    async fn commit_writing(&mut self) -> Result<(), Error> {
         let mut outbox = Vec::new();
         let mut unencodable = None;
         for event in &mut self.events {
@@ -468,6 +486,13 @@ impl UowTransaction {
             }
             Backend::Ended => Err(Error::TransactionFinished("ended")),
         };
+        self.ended(result)
+    }
+
+    /// After the database's commit: committed, or rolled back with its
+    /// events discarded.
+    #[inline]
+    fn ended(&mut self, result: Result<(), Error>) -> Result<(), Error> {
         match result {
             Ok(()) => {
                 self.state = State::Committed;

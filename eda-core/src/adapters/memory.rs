@@ -205,10 +205,7 @@ impl InMemoryDatabase {
         Box::new(MemoryTransaction {
             db: self.clone(),
             connection: NoConnection,
-            staged: Vec::new(),
-            inbox: Vec::new(),
-            outbox: Vec::new(),
-            schedule: None,
+            changes: None,
         })
     }
 }
@@ -306,12 +303,18 @@ impl Database for InMemoryDatabase {
 struct MemoryTransaction {
     db: InMemoryDatabase,
     connection: NoConnection,
+    /// What it writes; boxed, and made at its first write: a transaction
+    /// that writes nothing is two words, and ends with nothing to drop.
+    changes: Option<Box<Changes>>,
+}
+
+/// What a transaction writes at commit.
+#[derive(Default)]
+struct Changes {
     staged: Vec<Staged>,
     inbox: Vec<(MessageId, String)>,
     outbox: Vec<ExternalMessage>,
-    /// What it changes of the scheduled messages; boxed, and made only
-    /// when it changes any: most transactions do not.
-    schedule: Option<Box<ScheduleChanges>>,
+    schedule: ScheduleChanges,
 }
 
 /// A transaction's changes to the scheduled messages.
@@ -357,8 +360,12 @@ impl ScheduleChanges {
 }
 
 impl MemoryTransaction {
+    fn changes(&mut self) -> &mut Changes {
+        self.changes.get_or_insert_with(Default::default)
+    }
+
     fn schedule_changes(&mut self) -> &mut ScheduleChanges {
-        self.schedule.get_or_insert_with(Default::default)
+        &mut self.changes().schedule
     }
 }
 
@@ -395,41 +402,41 @@ impl Staged {
 
 impl MemoryTransaction {
     fn commit_now(self) -> Result<(), Error> {
-        if self.staged.is_empty()
-            && self.inbox.is_empty()
-            && self.outbox.is_empty()
-            && self.schedule.is_none()
-        {
+        let Some(changes) = self.changes else {
             self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
             return Ok(());
-        }
+        };
+        let Changes {
+            staged,
+            inbox,
+            outbox,
+            schedule,
+        } = *changes;
         let wrote_outbox = {
             let mut data = self.db.data();
-            for staged in &self.staged {
+            for staged in &staged {
                 staged.check(&data)?;
             }
-            if self.inbox.iter().any(|k| data.inbox.contains(k)) {
+            if inbox.iter().any(|k| data.inbox.contains(k)) {
                 // Another transaction handled the same message meanwhile.
                 return Err(RepositoryError::AlreadyExists {
                     aggregate: "inbox",
-                    id: format!("{:?}", self.inbox),
+                    id: format!("{inbox:?}"),
                 }
                 .into());
             }
-            if let Some(changes) = self.schedule {
-                // Its checks fail before it applies anything.
-                changes.apply(&mut data)?;
-            }
-            for staged in self.staged {
+            // Its checks fail before it applies anything.
+            schedule.apply(&mut data)?;
+            for staged in staged {
                 data.tables
                     .entry(staged.type_id)
                     .or_default()
                     .insert(staged.key, staged.row);
             }
-            data.inbox.extend(self.inbox);
+            data.inbox.extend(inbox);
             self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
-            let wrote_outbox = !self.outbox.is_empty();
-            data.outbox.extend(self.outbox);
+            let wrote_outbox = !outbox.is_empty();
+            data.outbox.extend(outbox);
             wrote_outbox
         };
         if wrote_outbox {
@@ -448,7 +455,7 @@ impl DatabaseTransaction for MemoryTransaction {
         &'a mut self,
         messages: &'a [ExternalMessage],
     ) -> BoxFuture<'a, Result<(), Error>> {
-        self.outbox.extend_from_slice(messages);
+        self.changes().outbox.extend_from_slice(messages);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -458,9 +465,13 @@ impl DatabaseTransaction for MemoryTransaction {
         handler: &'a str,
     ) -> BoxFuture<'a, Result<bool, Error>> {
         let key = (id, handler.to_owned());
-        let new = !(self.inbox.contains(&key) || self.db.data().inbox.contains(&key));
+        let staged = self
+            .changes
+            .as_ref()
+            .is_some_and(|c| c.inbox.contains(&key));
+        let new = !(staged || self.db.data().inbox.contains(&key));
         if new {
-            self.inbox.push(key);
+            self.changes().inbox.push(key);
         }
         Box::pin(std::future::ready(Ok(new)))
     }
@@ -476,10 +487,9 @@ impl DatabaseTransaction for MemoryTransaction {
     }
 
     fn cancel_scheduled<'a>(&'a mut self, id: MessageId) -> BoxFuture<'a, Result<bool, Error>> {
-        let staged = self
-            .schedule
-            .as_ref()
-            .is_some_and(|c| c.cancelled.contains(&id) || c.removed.contains(&id));
+        let staged = self.changes.as_ref().is_some_and(|c| {
+            c.schedule.cancelled.contains(&id) || c.schedule.removed.contains(&id)
+        });
         let pending = !staged
             && self
                 .db
@@ -499,7 +509,7 @@ impl DatabaseTransaction for MemoryTransaction {
     ) -> BoxFuture<'a, Result<Vec<MessageId>, Error>> {
         let present: Vec<MessageId> = {
             let data = self.db.data();
-            let removed = self.schedule.as_ref().map(|c| &c.removed);
+            let removed = self.changes.as_ref().map(|c| &c.schedule.removed);
             ids.iter()
                 .filter(|id| {
                     data.scheduled.contains_key(id) && !removed.is_some_and(|r| r.contains(id))
@@ -546,7 +556,7 @@ impl DatabaseTransaction for MemoryTransaction {
 
     fn save_aggregate<'a>(&'a mut self, save: Save<'a>) -> BoxFuture<'a, Result<(), Error>> {
         let aggregate_type = save.aggregate_type();
-        self.staged.push(Staged {
+        self.changes().staged.push(Staged {
             type_id: aggregate_type.type_id(),
             name: aggregate_type.name(),
             key: save.key().to_owned(),
