@@ -41,7 +41,7 @@ use crate::error::{CommandError, Error};
 use crate::future::BoxFuture;
 use crate::inbox;
 use crate::message::{AnyEvent, Command, Event};
-use crate::uow::{UnitOfWork, UowTransaction};
+use crate::uow::{Begun, UnitOfWork, UowTransaction};
 
 /// The queue of events waiting for their handlers.
 pub(crate) type EventQueue = VecDeque<Box<dyn AnyEvent>>;
@@ -346,7 +346,7 @@ impl<T: Send + Sync + 'static> Param for Dep<T> {
 
 /// How a unit of work is built around its transaction, from what it
 /// prepared (`P`).
-type Assemble<U, P> = fn(Option<UowTransaction>, &P, &Context<'_>) -> Result<U, Error>;
+type Assemble<U, P> = fn(Option<Begun>, &P, &Context<'_>) -> Result<U, Error>;
 
 /// A unit of work parameter (`uow: &mut ShopUow`).
 pub struct Uow<U, P> {
@@ -886,7 +886,9 @@ fn end(
         }
     }
     let committed = tx.is_committed();
-    enqueue(events, tx.take_committed_events());
+    if let Some(committed) = tx.take_committed_events() {
+        enqueue(events, committed);
+    }
     (committed, tx.conflicted())
 }
 

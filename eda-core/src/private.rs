@@ -47,7 +47,7 @@ pub use crate::dependency::Dependency;
 pub use crate::error::Error;
 pub use crate::message::{Message, MessageId, MessageKind};
 pub use crate::repository::{Find, FinderVTable, Repository, RepositoryVTable};
-pub use crate::uow::{UowField, UowTransaction};
+pub use crate::uow::{Begun, UowField, UowTransaction};
 pub use crate::{Command as CommandTrait, Event as EventTrait, UnitOfWork as UnitOfWorkTrait};
 
 pub use crate::process::{OnMissing, ProcessKey, ProcessState as ProcessStateTrait};

@@ -74,7 +74,7 @@ pub trait UnitOfWork: Sized + Send + 'static {
     /// Builds it around its transaction (begun when it has one).
     #[doc(hidden)]
     fn __assemble(
-        tx: Option<UowTransaction>,
+        tx: Option<Begun>,
         prepared: &Self::__Prepared,
         ctx: &Context<'_>,
     ) -> Result<Self, Error>;
@@ -169,6 +169,11 @@ impl<T: Adapter> UowField for Arc<T> {
     fn __discard(&mut self) {}
 }
 
+/// A database transaction begun for a unit of work (two words: handed to
+/// the unit of work's derive in registers).
+#[doc(hidden)]
+pub struct Begun(Box<dyn DatabaseTransaction>);
+
 enum Backend {
     Database(Box<dyn DatabaseTransaction>),
     Ended,
@@ -215,15 +220,27 @@ impl fmt::Debug for UowTransaction {
 }
 
 impl UowTransaction {
+    /// Begins the database's transaction, for a unit of work that
+    /// [`__begun`](Self::__begun) then builds around it.
     #[doc(hidden)]
-    pub async fn __begin(ctx: &Context<'_>) -> Result<Self, Error> {
+    pub async fn __begin(ctx: &Context<'_>) -> Result<Begun, Error> {
         let db = ctx.services.database().ok_or(Error::NoDatabase)?;
-        let backend = Backend::Database(match db.begin_now() {
+        Ok(Begun(match db.begin_now() {
             Some(begun) => begun?,
             None => db.begin().await?,
-        });
-        Ok(UowTransaction {
-            backend,
+        }))
+    }
+
+    /// The transaction of a unit of work, around the database's, built
+    /// where the unit of work is (its derive calls this): not built
+    /// beforehand and then copied in, which made the CPU wait on every
+    /// unit of work (a copy read back, in other pieces than it was
+    /// written in, before the writes had landed).
+    #[doc(hidden)]
+    #[inline]
+    pub fn __begun(begun: Begun, ctx: &Context<'_>) -> Self {
+        UowTransaction {
+            backend: Backend::Database(begun.0),
             services: ctx.services.clone(),
             metadata: *ctx.metadata,
             events: Vec::new(),
@@ -231,7 +248,7 @@ impl UowTransaction {
             state: State::Active,
             conflict: false,
             dispatches: ctx.dispatches,
-        })
+        }
     }
 
     /// The connection of this transaction, if the database's connection type
@@ -526,12 +543,14 @@ impl UowTransaction {
         }
     }
 
-    /// The events of a committed transaction, for the bus.
-    pub(crate) fn take_committed_events(&mut self) -> Vec<Box<dyn AnyEvent>> {
-        if self.state == State::Committed {
-            std::mem::take(&mut self.events)
+    /// The events of a committed transaction, for the bus; `None` when
+    /// there are none (nothing moved or dropped).
+    #[inline]
+    pub(crate) fn take_committed_events(&mut self) -> Option<Vec<Box<dyn AnyEvent>>> {
+        if self.state == State::Committed && !self.events.is_empty() {
+            Some(std::mem::take(&mut self.events))
         } else {
-            Vec::new()
+            None
         }
     }
 

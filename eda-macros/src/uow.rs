@@ -136,7 +136,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             let ty = quote_spanned!(ty_span=> #p::UowTransaction);
             quote! {
                 let #name: #ty = match tx {
-                    ::core::option::Option::Some(tx) => tx,
+                    ::core::option::Option::Some(tx) => #p::UowTransaction::__begun(tx, ctx),
                     ::core::option::Option::None => return ::core::result::Result::Err(#p::Error::NoDatabase),
                 };
             }
@@ -352,7 +352,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             }
 
             fn __assemble(
-                tx: ::core::option::Option<#p::UowTransaction>,
+                tx: ::core::option::Option<#p::Begun>,
                 prepared: &Self::__Prepared,
                 ctx: &#p::Context<'_>,
             ) -> ::core::result::Result<Self, #p::Error> {

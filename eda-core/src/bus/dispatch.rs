@@ -134,6 +134,11 @@ impl MessageBus {
         };
         self.process_events(Some(&event), &mut queue, &mut report, incoming)
             .await;
+        if queue.capacity() == 0 {
+            // Its handlers raised nothing: it owns nothing (see
+            // `run_command`).
+            std::mem::forget(queue);
+        }
         report
     }
 
@@ -206,6 +211,11 @@ impl MessageBus {
             // state of the event loop in its future (which every caller's
             // future embeds and copies).
             Box::pin(self.process_events(None, &mut queue, report, false)).await;
+        } else if queue.capacity() == 0 {
+            // It never held an event, so it owns nothing: dropping it would
+            // be two calls (one per half of the ring) for nothing, on most
+            // commands.
+            std::mem::forget(queue);
         }
         result
     }
