@@ -56,19 +56,22 @@ pub(crate) fn enqueue(queue: &mut EventQueue, events: Vec<Box<dyn AnyEvent>>) {
     }
 }
 
-/// One call of a command handler, type-erased.
+/// One call of a command handler, type-erased. (Where its output goes is
+/// an argument of its own: a fat pointer in a struct is written as two
+/// words and read back as one 16-byte load, which waits for the writes to
+/// land; as an argument it stays in registers.)
 #[doc(hidden)]
 pub struct CommandCall<'a> {
-    pub ctx: Context<'a>,
+    /// Lent, not copied: the caller keeps it across the call's attempts.
+    pub ctx: &'a Context<'a>,
     pub message: &'a (dyn Any + Send + Sync),
-    pub out: &'a mut (dyn Any + Send),
     pub events: &'a mut EventQueue,
 }
 
 /// One call of an event handler, type-erased.
 #[doc(hidden)]
 pub struct EventCall<'a> {
-    pub ctx: Context<'a>,
+    pub ctx: &'a Context<'a>,
     pub event: &'a (dyn Any + Send + Sync),
     pub events: &'a mut EventQueue,
 }
@@ -185,8 +188,12 @@ pub trait CommandHandlerFn: Send + Sync + 'static {
 /// A command handler with what its parameters resolved when the bus was
 /// built.
 pub trait PreparedCommand: Send + Sync {
-    /// Runs the handler once.
-    fn call<'a>(&'a self, call: CommandCall<'a>) -> BoxFuture<'a, CallOutcome>;
+    /// Runs the handler once; its result goes to `out`.
+    fn call<'a>(
+        &'a self,
+        call: CommandCall<'a>,
+        out: &'a mut (dyn Any + Send),
+    ) -> BoxFuture<'a, CallOutcome>;
 }
 
 /// An event handler, type-erased: what a registration points at.
@@ -565,6 +572,7 @@ type RunCommand<M, Ps, H> = for<'a> fn(
     &'a TypedCommand<M, Ps, H>,
     &'a <Ps as Params>::Prepared,
     CommandCall<'a>,
+    &'a mut (dyn Any + Send),
 ) -> BoxFuture<'a, CallOutcome>;
 
 /// How an event handler's call is run.
@@ -604,8 +612,12 @@ where
     Ps: Params,
     H: Send + Sync + 'static,
 {
-    fn call<'a>(&'a self, call: CommandCall<'a>) -> BoxFuture<'a, CallOutcome> {
-        (self.typed.run)(self.typed, &self.prepared, call)
+    fn call<'a>(
+        &'a self,
+        call: CommandCall<'a>,
+        out: &'a mut (dyn Any + Send),
+    ) -> BoxFuture<'a, CallOutcome> {
+        (self.typed.run)(self.typed, &self.prepared, call, out)
     }
 }
 
@@ -676,6 +688,7 @@ fn run_command<'a, C, O, E, R, RE, M, Ps, H>(
     this: &'a TypedCommand<M, Ps, H>,
     prepared: &'a Ps::Prepared,
     call: CommandCall<'a>,
+    out: &'a mut (dyn Any + Send),
 ) -> BoxFuture<'a, CallOutcome>
 where
     C: Command<Output = O, Error = E>,
@@ -692,7 +705,6 @@ where
     let CommandCall {
         ctx,
         message,
-        out,
         events,
     } = call;
     let message = message
@@ -700,36 +712,35 @@ where
         .expect("the bus calls a handler with the command it registered for");
     Box::pin(async move {
         let params = &this.params;
-        let mut slots = match params.slots(prepared, &ctx).await {
+        let mut slots = match params.slots(prepared, ctx).await {
             Ok(slots) => slots,
             Err(e) => return CallOutcome::failed(e),
         };
         if ctx.incoming {
-            match Box::pin(inbox::record(params.transaction(&mut slots), &ctx)).await {
+            match Box::pin(inbox::record(params.transaction(&mut slots), ctx)).await {
                 Ok(true) => {}
                 Ok(false) => return CallOutcome::Duplicate,
                 Err(e) => return CallOutcome::failed(e),
             }
         }
-        let result = this
+        let returned = this
             .handler
             .call(this.message.arg(message), &mut slots)
             .await
-            .split()
-            .map_err(RE::into_command_error);
-        let failed = result.is_err();
+            .split();
+        let failed = returned.is_err();
         if let Some(slot) = out.downcast_mut::<Option<Result<C::Output, CommandError<C::Error>>>>()
         {
-            *slot = Some(result);
+            // Each variant written into the slot itself: a whole `Result`
+            // made first was copied in, read back just after it was
+            // written in other pieces (a wait for the writes to land).
+            match returned {
+                Ok(output) => *slot = Some(Ok(output)),
+                Err(e) => *slot = Some(Err(RE::into_command_error(e))),
+            }
         }
         let changes = params.changes(&slots);
-        finish_command(
-            failed,
-            params.transaction(&mut slots),
-            changes,
-            events,
-            &ctx,
-        )
+        finish_command(failed, params.transaction(&mut slots), changes, events, ctx)
     })
 }
 
@@ -773,12 +784,12 @@ where
         .expect("the bus calls a handler with the event it registered for");
     Box::pin(async move {
         let params = &this.params;
-        let mut slots = match params.slots(prepared, &ctx).await {
+        let mut slots = match params.slots(prepared, ctx).await {
             Ok(slots) => slots,
             Err(e) => return EventOutcome::framework(e),
         };
         if ctx.incoming {
-            match Box::pin(inbox::record(params.transaction(&mut slots), &ctx)).await {
+            match Box::pin(inbox::record(params.transaction(&mut slots), ctx)).await {
                 Ok(true) => {}
                 Ok(false) => return EventOutcome::Duplicate,
                 Err(e) => return EventOutcome::framework(e),
@@ -790,7 +801,7 @@ where
             .await
             .into_error();
         let changes = params.changes(&slots);
-        finish_event(error, params.transaction(&mut slots), changes, events, &ctx)
+        finish_event(error, params.transaction(&mut slots), changes, events, ctx)
     })
 }
 

@@ -88,7 +88,12 @@ impl MessageBus {
         &self,
         command: C,
     ) -> Result<C::Output, CommandError<C::Error>> {
-        self.handle_envelope(Envelope::new(command)).await
+        // Made here, where it is kept: handed to `handle_envelope` it was
+        // copied just after its metadata was written, and the copy waited
+        // for those writes to land.
+        let envelope = Envelope::new(command);
+        let mut report = Report::default();
+        self.run_command(&envelope, &mut report, false).await
     }
 
     /// Handles a command with the given metadata (e.g. caused by another
@@ -184,6 +189,14 @@ impl MessageBus {
             entry,
             envelope,
             incoming,
+            ctx: Context {
+                services: &self.inner.services,
+                bus: self,
+                metadata: &envelope.metadata,
+                incoming,
+                dispatches: true,
+                handler: entry.id,
+            },
             layers: self.layers(),
             out: None,
             queue: &mut queue,
@@ -263,6 +276,14 @@ impl MessageBus {
                     handler,
                     event,
                     incoming,
+                    ctx: Context {
+                        services: &self.inner.services,
+                        bus: self,
+                        metadata: event.metadata(),
+                        incoming,
+                        dispatches: true,
+                        handler: handler.id,
+                    },
                     layers: self.layers(),
                     queue,
                 };
@@ -346,6 +367,8 @@ struct CommandAttempt<'a, C: Command> {
     entry: &'a Prepared<CommandHandlerRegistration, dyn PreparedCommand>,
     envelope: &'a Envelope<C>,
     incoming: bool,
+    /// What each run is given (the same for every attempt: lent to it).
+    ctx: Context<'a>,
     layers: &'a [Arc<dyn AnyLayer>],
     /// The handler's result, written by the last run.
     out: Option<Result<C::Output, CommandError<C::Error>>>,
@@ -358,19 +381,14 @@ impl<C: Command> Attempt for CommandAttempt<'_, C> {
     #[inline]
     fn run(&mut self, attempt: u32) -> BoxFuture<'_, CallOutcome> {
         self.out = None;
-        let call = self.entry.prepared.call(CommandCall {
-            ctx: Context {
-                services: &self.bus.inner.services,
-                bus: self.bus,
-                metadata: &self.envelope.metadata,
-                incoming: self.incoming,
-                dispatches: true,
-                handler: self.entry.id,
+        let call = self.entry.prepared.call(
+            CommandCall {
+                ctx: &self.ctx,
+                message: &self.envelope.message,
+                events: self.queue,
             },
-            message: &self.envelope.message,
-            out: &mut self.out,
-            events: self.queue,
-        });
+            &mut self.out,
+        );
         if self.layers.is_empty() {
             return call;
         }
@@ -432,6 +450,8 @@ struct EventAttempt<'a> {
     handler: &'a Prepared<EventHandlerRegistration, dyn PreparedEvent>,
     event: &'a dyn AnyEvent,
     incoming: bool,
+    /// What each run is given (the same for every attempt: lent to it).
+    ctx: Context<'a>,
     layers: &'a [Arc<dyn AnyLayer>],
     queue: &'a mut EventQueue,
 }
@@ -442,14 +462,7 @@ impl Attempt for EventAttempt<'_> {
     #[inline]
     fn run(&mut self, attempt: u32) -> BoxFuture<'_, EventOutcome> {
         let call = self.handler.prepared.call(EventCall {
-            ctx: Context {
-                services: &self.bus.inner.services,
-                bus: self.bus,
-                metadata: self.event.metadata(),
-                incoming: self.incoming,
-                dispatches: true,
-                handler: self.handler.id,
-            },
+            ctx: &self.ctx,
             event: self.event.as_any(),
             events: self.queue,
         });
