@@ -95,7 +95,7 @@ impl Services {
         self.finders
             .get(&(TypeId::of::<A>(), TypeId::of::<F>()))
             .and_then(|v| v.downcast_ref::<FinderVTable<A, F>>())
-            .ok_or(Error::FinderMissing {
+            .ok_or_else(|| Error::FinderMissing {
                 aggregate: A::NAME,
                 finder: std::any::type_name::<F>(),
                 backend: self

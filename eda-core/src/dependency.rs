@@ -60,7 +60,7 @@ impl<T: Adapter> Dependency for T {
         prepared
             .as_deref()
             .map(DepSlot::Lent)
-            .ok_or(Error::MissingAdapter(std::any::type_name::<T>()))
+            .ok_or_else(|| Error::MissingAdapter(std::any::type_name::<T>()))
     }
     fn __require(requirements: &mut Requirements) {
         requirements.adapter::<T>();

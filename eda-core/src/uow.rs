@@ -155,7 +155,7 @@ impl<T: Adapter> UowField for Arc<T> {
     fn __begin(prepared: &Option<Arc<T>>, _: &Context<'_>) -> Result<Self, Error> {
         prepared
             .clone()
-            .ok_or(Error::MissingAdapter(std::any::type_name::<T>()))
+            .ok_or_else(|| Error::MissingAdapter(std::any::type_name::<T>()))
     }
     fn __require(requirements: &mut Requirements) {
         requirements.adapter::<T>();
@@ -224,7 +224,10 @@ impl UowTransaction {
     /// [`__begun`](Self::__begun) then builds around it.
     #[doc(hidden)]
     pub async fn __begin(ctx: &Context<'_>) -> Result<Begun, Error> {
-        let db = ctx.services.database().ok_or(Error::NoDatabase)?;
+        // Not `ok_or`: that makes the error (and drops it) on every begin.
+        let Some(db) = ctx.services.database() else {
+            return Err(Error::NoDatabase);
+        };
         Ok(Begun(match db.begin_now() {
             Some(begun) => begun?,
             None => db.begin().await?,

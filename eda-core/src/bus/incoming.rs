@@ -44,6 +44,7 @@ inventory::collect!(MessageRegistration);
 /// key: to its key's slot.
 pub(crate) struct KeyedRoute {
     /// The key (RabbitMQ carries it in `x-eda-key`).
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
     pub(crate) key: String,
     /// `<name>.k<slot>`.
     pub(crate) routing_key: String,

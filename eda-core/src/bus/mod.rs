@@ -33,8 +33,10 @@ mod trace;
 
 pub use builder::BusBuilder;
 pub use dispatch::{EventHandlerFailure, Report};
+#[cfg(feature = "rabbitmq")]
+pub(crate) use incoming::KeyedRoute;
 pub use incoming::MessageRegistration;
-pub(crate) use incoming::{KeyedRoute, dispatch_command, dispatch_event, keyed_route};
+pub(crate) use incoming::{dispatch_command, dispatch_event, keyed_route};
 pub use metrics::BusMetrics;
 use metrics::Metrics;
 
