@@ -25,6 +25,9 @@
 //! Runs on the calling task (`--concurrency 1`, the default) or on `C`
 //! tasks of the multi-threaded runtime; 21 interleaved rounds (each takes
 //! milliseconds, and a few noisy ones would move a median of 5), median kept.
+//! Each round's own ratio is reported too (median, lowest, highest): eda
+//! and its baseline run next to each other in a round, so a machine that
+//! slows down for a while moves both.
 
 use std::any::{Any, TypeId};
 use std::collections::{HashMap, VecDeque};
@@ -465,6 +468,19 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         ));
     }
 
+    // Each round's own ratio too: eda and the baseline ran one after the
+    // other in it, so a machine that slows down for a while (a shared VM)
+    // moves both, where it can move one median and not the other.
+    let per_round = |eda: &[f64], base: &[f64]| {
+        let ratios: Vec<f64> = eda.iter().zip(base).map(|(e, b)| e / b).collect();
+        let (low, high) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+        format!(
+            "each round's own ratio: median {:.2} [{low:.2}-{high:.2}]",
+            median(&ratios)
+        )
+    };
     let row = |scenario: &str, eda: &[f64], base: &[f64], note: &str| Row {
         scenario: scenario.into(),
         n,
@@ -474,7 +490,10 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         ratio_vs_baseline: median(eda) / median(base),
         peak_rss_mb: process_peak_rss_mb(),
         eda_peak_rss_mb: Some(eda_rss),
-        note: format!("{note}; median of {rounds} interleaved rounds"),
+        note: format!(
+            "{note}; median of {rounds} interleaved rounds; {}",
+            per_round(eda, base)
+        ),
         ..Row::default()
     };
     Ok(vec![
