@@ -285,12 +285,17 @@ pub trait Param: Send + Sync + 'static {
     type Arg<'s>;
     /// Resolves what it can once, when the bus is built.
     fn prepare(&self, adapters: &Adapters<'_>) -> Self::Prepared;
-    /// Resolves the parameter for one call.
-    fn slot<'c>(
+    /// Resolves the parameter for one call, into `out`: where the call
+    /// keeps it (not returned, then moved there: a unit of work is written
+    /// once, in its place).
+    fn slot<'c, 'o>(
         &'c self,
         prepared: &'c Self::Prepared,
         ctx: &'c Context<'_>,
-    ) -> impl Future<Output = Result<Self::Slot<'c>, Error>> + Send + 'c;
+        out: &'o mut Option<Self::Slot<'c>>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'o
+    where
+        'c: 'o;
     /// The argument, from the slot.
     fn arg<'s>(slot: &'s mut Self::Slot<'_>) -> Self::Arg<'s>;
     /// The transaction of a unit of work.
@@ -333,12 +338,16 @@ impl<T: Send + Sync + 'static> Param for Dep<T> {
     fn prepare(&self, adapters: &Adapters<'_>) -> Option<Arc<T>> {
         (self.prepare)(adapters)
     }
-    fn slot<'c>(
+    fn slot<'c, 'o>(
         &'c self,
         prepared: &'c Option<Arc<T>>,
         ctx: &'c Context<'_>,
-    ) -> impl Future<Output = Result<DepSlot<'c, T>, Error>> + Send + 'c {
-        std::future::ready((self.resolve)(prepared, ctx))
+        out: &'o mut Option<DepSlot<'c, T>>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'o
+    where
+        'c: 'o,
+    {
+        std::future::ready((self.resolve)(prepared, ctx).map(|slot| *out = Some(slot)))
     }
     fn arg<'s>(slot: &'s mut DepSlot<'_, T>) -> &'s T {
         match slot {
@@ -353,7 +362,7 @@ impl<T: Send + Sync + 'static> Param for Dep<T> {
 
 /// How a unit of work is built around its transaction, from what it
 /// prepared (`P`).
-type Assemble<U, P> = fn(Option<Begun>, &P, &Context<'_>) -> Result<U, Error>;
+type Assemble<U, P> = fn(Option<Begun>, &P, &Context<'_>, &mut Option<U>) -> Result<(), Error>;
 
 /// A unit of work parameter (`uow: &mut ShopUow`).
 pub struct Uow<U, P> {
@@ -388,18 +397,22 @@ impl<U: Send + 'static, P: Send + Sync + 'static> Param for Uow<U, P> {
         (self.prepare)(adapters)
     }
     #[allow(clippy::manual_async_fn)] // `Send` is part of the signature
-    fn slot<'c>(
+    fn slot<'c, 'o>(
         &'c self,
         prepared: &'c P,
         ctx: &'c Context<'_>,
-    ) -> impl Future<Output = Result<U, Error>> + Send + 'c {
+        out: &'o mut Option<U>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'o
+    where
+        'c: 'o,
+    {
         async move {
             let tx = if self.transaction {
                 Some(UowTransaction::__begin(ctx).await?)
             } else {
                 None
             };
-            (self.assemble)(tx, prepared, ctx)
+            (self.assemble)(tx, prepared, ctx, out)
         }
     }
     fn arg(slot: &mut U) -> &mut U {
@@ -421,16 +434,21 @@ impl<U: Send + 'static, P: Send + Sync + 'static> Param for Uow<U, P> {
 pub trait Params: Send + Sync + 'static {
     /// What they resolve once, when the bus is built.
     type Prepared: Send + Sync + 'static;
-    /// The slots of one call.
+    /// The slots of one call (each `None` until it is resolved).
     type Slots<'c>: Send + 'c;
     /// Resolves what they can once, when the bus is built.
     fn prepare(&self, adapters: &Adapters<'_>) -> Self::Prepared;
-    /// Resolves every parameter (begins the unit of work).
-    fn slots<'c>(
+    /// The slots of a call, none resolved yet.
+    fn unresolved<'c>(&self) -> Self::Slots<'c>;
+    /// Resolves every parameter (begins the unit of work) into `slots`.
+    fn slots<'c, 'o>(
         &'c self,
         prepared: &'c Self::Prepared,
         ctx: &'c Context<'_>,
-    ) -> impl Future<Output = Result<Self::Slots<'c>, Error>> + Send + 'c;
+        slots: &'o mut Self::Slots<'c>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'o
+    where
+        'c: 'o;
     /// The transaction of the unit of work, if a parameter is one.
     fn transaction<'s>(&self, slots: &'s mut Self::Slots<'_>) -> Option<&'s mut UowTransaction>;
     /// How many aggregates its unit of work would save.
@@ -497,18 +515,29 @@ macro_rules! arity {
         #[allow(unused_variables)]
         impl<$($p: Param),*> Params for ($($p,)*) {
             type Prepared = ($($p::Prepared,)*);
-            type Slots<'c> = ($($p::Slot<'c>,)*);
+            type Slots<'c> = ($(Option<$p::Slot<'c>>,)*);
             #[allow(clippy::unused_unit)]
             fn prepare(&self, adapters: &Adapters<'_>) -> Self::Prepared {
                 ($(self.$i.prepare(adapters),)*)
             }
+            #[allow(clippy::unused_unit)]
+            fn unresolved<'c>(&self) -> Self::Slots<'c> {
+                ($(None::<$p::Slot<'c>>,)*)
+            }
             #[allow(clippy::manual_async_fn)]
-            fn slots<'c>(
+            fn slots<'c, 'o>(
                 &'c self,
                 prepared: &'c Self::Prepared,
                 ctx: &'c Context<'_>,
-            ) -> impl Future<Output = Result<Self::Slots<'c>, Error>> + Send + 'c {
-                async move { Ok(($(self.$i.slot(&prepared.$i, ctx).await?,)*)) }
+                slots: &'o mut Self::Slots<'c>,
+            ) -> impl Future<Output = Result<(), Error>> + Send + 'o
+            where
+                'c: 'o,
+            {
+                async move {
+                    $(self.$i.slot(&prepared.$i, ctx, &mut slots.$i).await?;)*
+                    Ok(())
+                }
             }
             fn transaction<'s>(
                 &self,
@@ -517,12 +546,12 @@ macro_rules! arity {
                 let tx: Option<&'s mut UowTransaction> = None;
                 $(let tx = match tx {
                     Some(tx) => Some(tx),
-                    None => self.$i.transaction(&mut slots.$i),
+                    None => slots.$i.as_mut().and_then(|slot| self.$i.transaction(slot)),
                 };)*
                 tx
             }
             fn changes(&self, slots: &Self::Slots<'_>) -> usize {
-                0 $(+ self.$i.changes(&slots.$i))*
+                0 $(+ slots.$i.as_ref().map_or(0, |slot| self.$i.changes(slot)))*
             }
             fn require(&self, requirements: &mut Requirements) {
                 $(self.$i.require(requirements);)*
@@ -538,9 +567,13 @@ macro_rules! arity {
             fn call<'s, 'c>(
                 &'s self,
                 message: M::Arg<'s>,
-                slots: &'s mut ($($p::Slot<'c>,)*),
+                slots: &'s mut ($(Option<$p::Slot<'c>>,)*),
             ) -> Self::Future<'s> {
-                $call::call(self, message, $($p::arg(&mut slots.$i),)*)
+                $call::call(
+                    self,
+                    message,
+                    $($p::arg(slots.$i.as_mut().expect("the bus resolves every parameter first")),)*
+                )
             }
         }
     };
@@ -712,10 +745,10 @@ where
         .expect("the bus calls a handler with the command it registered for");
     Box::pin(async move {
         let params = &this.params;
-        let mut slots = match params.slots(prepared, ctx).await {
-            Ok(slots) => slots,
-            Err(e) => return CallOutcome::failed(e),
-        };
+        let mut slots = params.unresolved();
+        if let Err(e) = params.slots(prepared, ctx, &mut slots).await {
+            return CallOutcome::failed(e);
+        }
         if ctx.incoming {
             match Box::pin(inbox::record(params.transaction(&mut slots), ctx)).await {
                 Ok(true) => {}
@@ -784,10 +817,10 @@ where
         .expect("the bus calls a handler with the event it registered for");
     Box::pin(async move {
         let params = &this.params;
-        let mut slots = match params.slots(prepared, ctx).await {
-            Ok(slots) => slots,
-            Err(e) => return EventOutcome::framework(e),
-        };
+        let mut slots = params.unresolved();
+        if let Err(e) = params.slots(prepared, ctx, &mut slots).await {
+            return EventOutcome::framework(e);
+        }
         if ctx.incoming {
             match Box::pin(inbox::record(params.transaction(&mut slots), ctx)).await {
                 Ok(true) => {}

@@ -71,13 +71,15 @@ pub trait UnitOfWork: Sized + Send + 'static {
     /// Resolves, once, what its fields take from the bus.
     #[doc(hidden)]
     fn __prepare(adapters: &Adapters<'_>) -> Self::__Prepared;
-    /// Builds it around its transaction (begun when it has one).
+    /// Builds it around its transaction (begun when it has one), into
+    /// `out`: written in place, not returned and moved.
     #[doc(hidden)]
     fn __assemble(
         tx: Option<Begun>,
         prepared: &Self::__Prepared,
         ctx: &Context<'_>,
-    ) -> Result<Self, Error>;
+        out: &mut Option<Self>,
+    ) -> Result<(), Error>;
     #[doc(hidden)]
     fn __require(requirements: &mut Requirements);
     #[doc(hidden)]

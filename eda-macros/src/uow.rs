@@ -355,12 +355,14 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                 tx: ::core::option::Option<#p::Begun>,
                 prepared: &Self::__Prepared,
                 ctx: &#p::Context<'_>,
-            ) -> ::core::result::Result<Self, #p::Error> {
+                out: &mut ::core::option::Option<Self>,
+            ) -> ::core::result::Result<(), #p::Error> {
                 let _ = prepared;
                 #tx_take
                 #(#member_begin)*
                 #(#skipped_init)*
-                ::core::result::Result::Ok(#ident { #(#all_names),* })
+                *out = ::core::option::Option::Some(#ident { #(#all_names),* });
+                ::core::result::Result::Ok(())
             }
 
             fn __require(requirements: &mut #p::Requirements) {

@@ -171,7 +171,9 @@ impl MessageBus {
         // not one of the bus's handlers).
         let uow = handler::uow::<U, _>();
         let prepared = uow.prepare(&Adapters::new(&self.inner.services.adapters));
-        uow.slot(&prepared, &ctx).await
+        let mut begun = None;
+        uow.slot(&prepared, &ctx, &mut begun).await?;
+        Ok(begun.expect("a unit of work's slot is filled when it resolves"))
     }
 
     pub(crate) async fn run_command<C: Command>(
