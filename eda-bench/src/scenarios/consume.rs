@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use eda_core::adapters::rabbitmq::{QueueType, RabbitMqOptions, properties};
+use eda_core::adapters::rabbitmq::{QueueType, RabbitMq, RabbitMqOptions, properties};
 use eda_core::prelude::*;
 use eda_core::sqlx::{self, PgConnection, PgPool};
 use eda_core::testing::{TestPostgres, TestRabbitMq, amqp_url};
@@ -314,35 +314,7 @@ impl Bench {
             .await
             .map_err(err)?;
 
-        let consumer = rmq.rabbitmq.consumer(self.bus.clone());
-        let metrics = consumer.metrics();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(consumer.run(async move {
-            let _ = stopped.await;
-        }));
-        let consuming = metrics.clone();
-        let started = started(move || consuming.consuming()).await?;
-        let before = cpu::sample();
-        let (handled, problems) = (metrics.clone(), metrics.clone());
-        let end = drive::wait_for(
-            label,
-            n,
-            Duration::from_secs(300),
-            move || handled.handled(),
-            move || {
-                (problems.retried() + problems.dead_lettered() > 0).then(|| {
-                    format!(
-                        "{} retried, {} dead-lettered",
-                        problems.retried(),
-                        problems.dead_lettered()
-                    )
-                })
-            },
-        )
-        .await?;
-        let cpu = cpu::sample().since(&before, n);
-        let _ = stop.send(());
-        task.await.map_err(err)?.map_err(err)?;
+        let (rate, cpu) = consume_n(&rmq.rabbitmq, self.bus.clone(), label, n).await?;
 
         let rows = count(
             &self.pool,
@@ -364,7 +336,7 @@ impl Bench {
                 inbox - inbox_before
             ));
         }
-        Ok((n as f64 / (end - started).as_secs_f64(), cpu))
+        Ok((rate, cpu))
     }
 
     async fn baseline(&mut self, lane: usize, label: &str, n: u64) -> Result<(f64, Usage), String> {
@@ -420,6 +392,48 @@ impl Bench {
         }
         Ok((n as f64 / (end - started).as_secs_f64(), cpu))
     }
+}
+
+/// Runs eda's consumer on `bus` until it has handled `n` messages, then
+/// stops it: the rate from the moment it consumed, and the CPU it took. An
+/// error if a message is retried or dead-lettered, or after five minutes.
+pub(crate) async fn consume_n(
+    rabbitmq: &RabbitMq,
+    bus: MessageBus,
+    label: &str,
+    n: u64,
+) -> Result<(f64, Usage), String> {
+    let consumer = rabbitmq.consumer(bus);
+    let metrics = consumer.metrics();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(consumer.run(async move {
+        let _ = stopped.await;
+    }));
+    let consuming = metrics.clone();
+    let started = started(move || consuming.consuming()).await?;
+    let before = cpu::sample();
+    let (handled, problems) = (metrics.clone(), metrics);
+    let end = drive::wait_for(
+        label,
+        n,
+        Duration::from_secs(300),
+        move || handled.handled(),
+        move || {
+            (problems.retried() + problems.dead_lettered() > 0).then(|| {
+                format!(
+                    "{} retried, {} dead-lettered",
+                    problems.retried(),
+                    problems.dead_lettered()
+                )
+            })
+        },
+    )
+    .await;
+    let cpu = cpu::sample().since(&before, n);
+    // Stopped whether the wait succeeded or not.
+    let _ = stop.send(());
+    task.await.map_err(err)?.map_err(err)?;
+    Ok((n as f64 / (end? - started).as_secs_f64(), cpu))
 }
 
 /// When `consuming()` turned true (polled every millisecond): the timed

@@ -32,7 +32,6 @@
 //! time, which bounds the ordered rate.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use eda_core::adapters::rabbitmq::{QueueType, RabbitMqOptions};
 use eda_core::backend::{Delivery, Publisher, ordering_slot};
@@ -42,13 +41,11 @@ use eda_core::testing::{TestPostgres, TestRabbitMq};
 use eda_core::{ExternalMessage, Metadata};
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
-use super::consume::{queue_len, started};
+use super::consume::{consume_n, queue_len};
 use super::stock::err;
 use crate::Args;
-use crate::cpu::{self, Usage};
-use crate::drive;
+use crate::cpu::Usage;
 use crate::report::{Row, median, peak_rss_mb, process_peak_rss_mb, reset_peak_rss};
 
 /// The distinct ordering keys, round-robin over the messages.
@@ -203,36 +200,7 @@ impl Bench {
         }
         let inbox_before = inbox_rows(&self.pool).await?;
 
-        let consumer = s.rmq.rabbitmq.consumer(s.bus.clone());
-        let metrics = consumer.metrics();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(consumer.run(async move {
-            let _ = stopped.await;
-        }));
-        let consuming = metrics.clone();
-        let started = started(move || consuming.consuming()).await?;
-        let before = cpu::sample();
-        let (handled, problems) = (metrics.clone(), metrics.clone());
-        let end = drive::wait_for(
-            label,
-            n,
-            Duration::from_secs(300),
-            move || handled.handled(),
-            move || {
-                (problems.retried() + problems.dead_lettered() > 0).then(|| {
-                    format!(
-                        "{} retried, {} dead-lettered",
-                        problems.retried(),
-                        problems.dead_lettered()
-                    )
-                })
-            },
-        )
-        .await;
-        let cpu = cpu::sample().since(&before, n);
-        let _ = stop.send(());
-        task.await.map_err(err)?.map_err(err)?;
-        let end = end?;
+        let (rate, cpu) = consume_n(&s.rmq.rabbitmq, s.bus.clone(), label, n).await?;
 
         let rows: i64 =
             sqlx::query_scalar("SELECT count(*) FROM bench_steps WHERE seq >= $1 AND seq < $2")
@@ -262,7 +230,7 @@ impl Bench {
                  its queues (service, partitions, dead letters)"
             ));
         }
-        Ok((n as f64 / (end - started).as_secs_f64(), cpu))
+        Ok((rate, cpu))
     }
 }
 
