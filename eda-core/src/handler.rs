@@ -46,6 +46,16 @@ use crate::uow::{Begun, UnitOfWork, UowTransaction};
 /// The queue of events waiting for their handlers.
 pub(crate) type EventQueue = VecDeque<Box<dyn AnyEvent>>;
 
+/// Drops a queue. One that never held an event owns nothing and is not
+/// dropped: that would be two calls (one per half of its ring) for
+/// nothing, after most messages.
+#[inline]
+pub(crate) fn discard(queue: EventQueue) {
+    if queue.capacity() == 0 {
+        std::mem::forget(queue);
+    }
+}
+
 /// Appends committed events to the queue, without copying when it is empty.
 pub(crate) fn enqueue(queue: &mut EventQueue, events: Vec<Box<dyn AnyEvent>>) {
     if events.is_empty() {

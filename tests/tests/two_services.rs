@@ -82,17 +82,11 @@ async fn the_pair_settles_every_order_on_the_in_process_broker() {
     let broker = pair.broker.clone();
     let InProcessPair {
         allocation_db,
-        allocation_bus,
         orders_db,
         orders_bus,
         ..
     } = &pair;
-    for (sku, units) in &plan.stock {
-        allocation_bus
-            .handle(CreateBatch::new(Plan::batchref(sku), sku, *units, None))
-            .await
-            .unwrap();
-    }
+    stock_in_process(&pair, &plan).await;
     // Eight clients place the orders.
     let next = Arc::new(AtomicUsize::new(0));
     let plan = Arc::new(plan);
@@ -180,12 +174,7 @@ async fn orders_time_out_while_allocation_is_away_on_the_in_process_broker() {
     pair.observe("observer.cancelled", "orders.order_cancelled");
     pair.observe("observer.allocated", "allocation.allocated");
     pair.observe("observer.refused", "orders.allocation_refused");
-    for (sku, units) in &plan.stock {
-        pair.allocation_bus
-            .handle(CreateBatch::new(Plan::batchref(sku), sku, *units, None))
-            .await
-            .unwrap();
-    }
+    stock_in_process(&pair, &plan).await;
     pair.pause_allocation().await;
 
     let placed = Instant::now();
@@ -301,12 +290,7 @@ async fn an_orders_events_reach_allocation_in_order_on_the_in_process_broker() {
         ..RelayOptions::default()
     };
     let mut pair = InProcessPair::start_with_timeout(fast, relay_options, Duration::from_millis(1));
-    for (sku, units) in &plan.stock {
-        pair.allocation_bus
-            .handle(CreateBatch::new(Plan::batchref(sku), sku, *units, None))
-            .await
-            .unwrap();
-    }
+    stock_in_process(&pair, &plan).await;
     pair.pause_allocation().await;
     for (orderid, lines) in &plan.orders {
         let lines = lines.iter().map(|(s, q)| OrderLine::new(s, *q)).collect();
@@ -376,6 +360,16 @@ async fn an_orders_events_reach_allocation_in_order_on_the_in_process_broker() {
         })
     );
     pair.stop().await;
+}
+
+/// Allocation's batches of the plan, on the in-process pair.
+async fn stock_in_process(pair: &InProcessPair, plan: &Plan) {
+    for (sku, units) in &plan.stock {
+        pair.allocation_bus
+            .handle(CreateBatch::new(Plan::batchref(sku), sku, *units, None))
+            .await
+            .unwrap();
+    }
 }
 
 fn observe_in_process(broker: &InProcessBroker, snapshot: &mut Snapshot) {

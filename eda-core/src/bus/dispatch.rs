@@ -139,11 +139,7 @@ impl MessageBus {
         };
         self.process_events(Some(&event), &mut queue, &mut report, incoming)
             .await;
-        if queue.capacity() == 0 {
-            // Its handlers raised nothing: it owns nothing (see
-            // `run_command`).
-            std::mem::forget(queue);
-        }
+        handler::discard(queue);
         report
     }
 
@@ -190,7 +186,6 @@ impl MessageBus {
             bus: self,
             entry,
             envelope,
-            incoming,
             ctx: Context {
                 services: &self.inner.services,
                 bus: self,
@@ -226,12 +221,8 @@ impl MessageBus {
             // state of the event loop in its future (which every caller's
             // future embeds and copies).
             Box::pin(self.process_events(None, &mut queue, report, false)).await;
-        } else if queue.capacity() == 0 {
-            // It never held an event, so it owns nothing: dropping it would
-            // be two calls (one per half of the ring) for nothing, on most
-            // commands.
-            std::mem::forget(queue);
         }
+        handler::discard(queue);
         result
     }
 
@@ -277,7 +268,6 @@ impl MessageBus {
                     bus: self,
                     handler,
                     event,
-                    incoming,
                     ctx: Context {
                         services: &self.inner.services,
                         bus: self,
@@ -368,7 +358,6 @@ struct CommandAttempt<'a, C: Command> {
     bus: &'a MessageBus,
     entry: &'a Prepared<CommandHandlerRegistration, dyn PreparedCommand>,
     envelope: &'a Envelope<C>,
-    incoming: bool,
     /// What each run is given (the same for every attempt: lent to it).
     ctx: Context<'a>,
     layers: &'a [Arc<dyn AnyLayer>],
@@ -400,7 +389,7 @@ impl<C: Command> Attempt for CommandAttempt<'_, C> {
             handler: self.entry.id,
             metadata: &self.envelope.metadata,
             attempt,
-            incoming: self.incoming,
+            incoming: self.ctx.incoming,
         };
         let layers = self.layers;
         Box::pin(async move {
@@ -451,7 +440,6 @@ struct EventAttempt<'a> {
     bus: &'a MessageBus,
     handler: &'a Prepared<EventHandlerRegistration, dyn PreparedEvent>,
     event: &'a dyn AnyEvent,
-    incoming: bool,
     /// What each run is given (the same for every attempt: lent to it).
     ctx: Context<'a>,
     layers: &'a [Arc<dyn AnyLayer>],
@@ -477,7 +465,7 @@ impl Attempt for EventAttempt<'_> {
             handler: self.handler.id,
             metadata: self.event.metadata(),
             attempt,
-            incoming: self.incoming,
+            incoming: self.ctx.incoming,
         };
         let layers = self.layers;
         Box::pin(async move {
