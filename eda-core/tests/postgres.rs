@@ -121,6 +121,21 @@ pub struct AddThenDisconnect {
     pub id: String,
 }
 
+/// Adds one, and says which server process (`pg_backend_pid`) ran it.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "pgtest.add_on_backend", output = i32)]
+pub struct AddOnBackend {
+    pub id: String,
+}
+
+/// Writes to the counter's row by hand, on the unit of work's connection,
+/// then fails without committing.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "pgtest.write_then_fail")]
+pub struct WriteThenFail {
+    pub id: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "pgtest.added", external)]
 pub struct Added {
@@ -205,13 +220,48 @@ async fn add_then_disconnect(cmd: AddThenDisconnect, uow: &mut CounterUow) -> Ha
     Ok(uow.commit().await?)
 }
 
+#[command_handler]
+async fn add_on_backend(cmd: AddOnBackend, uow: &mut CounterUow) -> Handled<i32> {
+    let counter = uow.counters().get(&cmd.id).await?.ok_or("no counter")?;
+    counter.value += 1;
+    let value = counter.value;
+    counter.events.raise(Added { id: cmd.id, value });
+    let conn = uow
+        .tx
+        .connection::<PgConnection>()
+        .expect("a Postgres transaction");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    uow.commit().await?;
+    Ok(pid)
+}
+
+#[command_handler]
+async fn write_then_fail(cmd: WriteThenFail, uow: &mut CounterUow) -> Handled<()> {
+    let conn = uow
+        .tx
+        .connection::<PgConnection>()
+        .expect("a Postgres transaction");
+    sqlx::query("UPDATE counters SET value = value + 100 WHERE id = $1")
+        .bind(&cmd.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Err("refused after writing".into())
+}
+
 struct Service {
     pg: TestPostgres,
     bus: MessageBus,
 }
 
 async fn service_with(retry: RetryPolicy) -> Option<Service> {
-    let pg = TestPostgres::start().await?;
+    service_on(TestPostgres::start().await?, retry).await
+}
+
+async fn service_on(pg: TestPostgres, retry: RetryPolicy) -> Option<Service> {
     sqlx::query("CREATE TABLE counters (id TEXT PRIMARY KEY, value BIGINT NOT NULL, version BIGINT NOT NULL)")
         .execute(pg.pool())
         .await
@@ -442,6 +492,107 @@ async fn a_connection_lost_before_commit_fails_the_command_and_writes_nothing() 
         .unwrap();
     assert_eq!(value, 1);
     s.pg.drop_schema().await;
+}
+
+#[tokio::test]
+async fn units_of_work_one_after_another_run_on_one_connection_without_leaking_a_transaction() {
+    // Kept far longer than this test's pauses between commands, however
+    // loaded the machine: only the lease (a second) changes the connection.
+    let Some(pg) = TestPostgres::start_with(
+        PostgresOptions::default().keep_idle_connections(Duration::from_secs(10)),
+    )
+    .await
+    else {
+        return;
+    };
+    let s = service_on(pg, RetryPolicy::never()).await.unwrap();
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let started = std::time::Instant::now();
+    // The backend of each command that committed, and whether one that
+    // failed ran just before it (its connection went back to the pool with
+    // its rollback: the next one may take any).
+    let mut backends = Vec::new();
+    let mut after_failure = false;
+    for i in 0..20 {
+        let backend = s.bus.handle(AddOnBackend { id: "a".into() }).await.unwrap();
+        backends.push((backend, after_failure));
+        after_failure = false;
+        // A unit of work that wrote and failed, and one that changed an
+        // aggregate and failed: both roll back, and the next one does not
+        // run inside what they left.
+        if i % 5 == 0 {
+            let err = s
+                .bus
+                .handle(WriteThenFail { id: "a".into() })
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("refused after writing"), "{err}");
+            s.bus
+                .handle(Add {
+                    id: "a".into(),
+                    by: 1000,
+                    fail: true,
+                })
+                .await
+                .unwrap_err();
+            after_failure = true;
+        }
+    }
+    let changes = backends
+        .windows(2)
+        .filter(|w| !w[1].1 && w[0].0 != w[1].0)
+        .count();
+    let leases = started.elapsed().as_secs() as usize;
+    assert!(
+        changes <= leases,
+        "each unit of work took the connection the one before committed on, but for one \
+         change a second at most: {changes} changes in {leases} s: {backends:?}"
+    );
+    assert_eq!(s.counter("a").await, Some((20, 20)), "only the commits");
+    assert_eq!(s.outbox().await.len(), 20);
+    s.pg.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_connection_kept_for_the_next_unit_of_work_goes_back_to_the_pool_when_idle() {
+    let Some(pg) = TestPostgres::start_with(
+        PostgresOptions::default()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(2)),
+    )
+    .await
+    else {
+        return;
+    };
+    sqlx::query("CREATE TABLE counters (id TEXT PRIMARY KEY, value BIGINT NOT NULL, version BIGINT NOT NULL)")
+        .execute(pg.pool())
+        .await
+        .unwrap();
+    let bus = MessageBus::builder()
+        .scope(module_path!())
+        .adapter(pg.db.clone())
+        .adapter(Race {
+            barrier: Barrier::new(2),
+            runs: Default::default(),
+        })
+        .build()
+        .expect("wiring");
+    bus.handle(Create { id: "a".into() }).await.unwrap();
+    bus.handle(AddOnBackend { id: "a".into() }).await.unwrap();
+    // Code of the application's own takes every connection of the pool,
+    // the one eda keeps for its next unit of work included: it gets it
+    // back well within the pool's acquire timeout.
+    let first = pg.pool().acquire().await.expect("a first connection");
+    let second = pg
+        .pool()
+        .acquire()
+        .await
+        .expect("the connection eda kept went back to the pool");
+    drop((first, second));
+    // Closing the pool does not wait for eda either.
+    tokio::time::timeout(Duration::from_secs(2), pg.drop_schema())
+        .await
+        .expect("the pool closed");
 }
 
 #[tokio::test]
