@@ -9,11 +9,17 @@
 //!   transaction: `UPDATE … SET qty = qty - 1` and the outbox `INSERT`.
 //! - baseline, read-modify-write: what eda does, by hand: `SELECT` the
 //!   row, `UPDATE … WHERE version = $expected`, `INSERT` the outbox row.
+//! - baseline, read-modify-write on kept connections (`database/kept`): the
+//!   same, on connections kept by hand between transactions, as eda's
+//!   Postgres adapter keeps them (sqlx pings a connection given back to its
+//!   pool: one more round trip).
 //! - eda on a document (`database/document`): the same command on the stock
 //!   kept by eda's aggregate store (its JSON and version, no repository),
 //!   against the read-modify-write baseline.
 //!
 //! The variants run in interleaved rounds; the median of each is kept.
+
+use std::sync::Arc;
 
 use eda_core::prelude::*;
 use eda_core::sqlx::{self, PgPool};
@@ -69,6 +75,13 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             async move { stock::read_modify_write(&pool, i).await }
         }
     };
+    let kept_by_hand = Arc::new(stock::KeptByHand::new(pool.clone()));
+    let kept = |kept: Arc<stock::KeptByHand>| {
+        move |i| {
+            let kept = kept.clone();
+            async move { kept.read_modify_write(i).await }
+        }
+    };
 
     // Warm up the pool, the caches and the statement caches.
     let warm = (n / 10).clamp(100, 1000);
@@ -83,6 +96,15 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     .await?;
     drive::run("warm-up rmw", warm, concurrency, None, rmw(pool.clone())).await?;
     drive::run(
+        "warm-up kept",
+        warm,
+        concurrency,
+        None,
+        kept(kept_by_hand.clone()),
+    )
+    .await?;
+    kept_by_hand.release();
+    drive::run(
         "warm-up document",
         warm,
         concurrency,
@@ -94,6 +116,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     let (mut eda_runs, mut two_runs, mut rmw_runs) = (Vec::new(), Vec::new(), Vec::new());
     let (mut eda_cpu, mut two_cpu, mut rmw_cpu) = (Vec::new(), Vec::new(), Vec::new());
     let (mut document_runs, mut document_cpu) = (Vec::new(), Vec::new());
+    let (mut kept_runs, mut kept_cpu) = (Vec::new(), Vec::new());
     let mut eda_rss: f64 = 0.0;
     for round in 1..=rounds {
         let label = |what: &str| format!("{what} {round}/{rounds}");
@@ -113,6 +136,19 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             .await?,
         );
         rmw_cpu.push(cpu::sample().since(&before, n));
+        let before = cpu::sample();
+        kept_runs.push(
+            drive::run(
+                &label("baseline kept"),
+                n,
+                concurrency,
+                None,
+                kept(kept_by_hand.clone()),
+            )
+            .await?,
+        );
+        kept_cpu.push(cpu::sample().since(&before, n));
+        kept_by_hand.release();
         reset_peak_rss();
         let before = cpu::sample();
         eda_runs.push(drive::run(&label("eda"), n, concurrency, None, eda(bus.clone())).await?);
@@ -134,7 +170,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
 
     // The work was really done: every command's event is in an outbox, and
     // every command took its unit of stock.
-    let done = 3 * warm + 3 * rounds * n;
+    let done = 4 * warm + 4 * rounds * n;
     let eda_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM eda_outbox")
         .fetch_one(&pool)
         .await
@@ -146,7 +182,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     let taken = stock::units_taken(&pool).await?;
     let taken_from_documents = stock::document_units_taken(&pool).await?;
     if eda_rows as u64 != 2 * (warm + rounds * n)
-        || baseline_rows as u64 != 2 * (warm + rounds * n)
+        || baseline_rows as u64 != 3 * (warm + rounds * n)
         || taken as u64 != done
         || taken_from_documents as u64 != warm + rounds * n
     {
@@ -155,7 +191,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
              outbox rows (expected {}), {taken} units taken (expected {done}), \
              {taken_from_documents} from documents (expected {})",
             2 * (warm + rounds * n),
-            2 * (warm + rounds * n),
+            3 * (warm + rounds * n),
             warm + rounds * n
         ));
     }
@@ -208,6 +244,15 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             &rmw_runs,
             &rmw_cpu,
             "baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand (eda's work)",
+        ),
+        row(
+            "database/kept",
+            &eda_runs,
+            &eda_cpu,
+            &kept_runs,
+            &kept_cpu,
+            "baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand, on connections \
+             kept by hand between transactions (no ping of the pool's, as eda's adapter)",
         ),
         row(
             "database/document",

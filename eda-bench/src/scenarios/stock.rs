@@ -10,9 +10,12 @@
 //! Rows are spread over [`SKUS`] SKUs so that concurrent commands do not
 //! conflict.
 
+use std::sync::Mutex;
+
 use eda_core::adapters::sql::RowExt;
 use eda_core::prelude::*;
-use eda_core::sqlx::{self, PgConnection, PgPool};
+use eda_core::sqlx::pool::PoolConnection;
+use eda_core::sqlx::{self, Connection, PgConnection, PgPool, Postgres};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -267,8 +270,52 @@ pub(crate) async fn two_statements(pool: &PgPool, seq: u64) -> Result<Written, S
 
 /// What eda does, by hand: read, update with a version check, outbox.
 pub(crate) async fn read_modify_write(pool: &PgPool, seq: u64) -> Result<(), String> {
-    let sku = sku(seq);
     let mut tx = pool.begin().await.map_err(err)?;
+    read_modify_write_in(&mut tx, seq).await?;
+    tx.commit().await.map_err(err)
+}
+
+/// Connections kept by hand between transactions, as eda's Postgres adapter
+/// keeps them: sqlx pings a connection given back to its pool (one more
+/// round trip), so code that wants to skip that keeps its own.
+pub(crate) struct KeptByHand {
+    pool: PgPool,
+    idle: Mutex<Vec<PoolConnection<Postgres>>>,
+}
+
+impl KeptByHand {
+    pub(crate) fn new(pool: PgPool) -> Self {
+        KeptByHand {
+            pool,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// [`read_modify_write`], on a kept connection if there is one; the
+    /// connection is kept again if the transaction committed.
+    pub(crate) async fn read_modify_write(&self, seq: u64) -> Result<(), String> {
+        let kept = self.idle.lock().map_err(err)?.pop();
+        let mut conn = match kept {
+            Some(conn) => conn,
+            None => self.pool.acquire().await.map_err(err)?,
+        };
+        let mut tx = conn.begin().await.map_err(err)?;
+        read_modify_write_in(&mut tx, seq).await?;
+        tx.commit().await.map_err(err)?;
+        self.idle.lock().map_err(err)?.push(conn);
+        Ok(())
+    }
+
+    /// Gives the kept connections back to the pool (between runs, so that
+    /// the other variants have the whole pool).
+    pub(crate) fn release(&self) {
+        let kept = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(kept);
+    }
+}
+
+async fn read_modify_write_in(tx: &mut PgConnection, seq: u64) -> Result<(), String> {
+    let sku = sku(seq);
     let (qty, version): (i64, i64) =
         sqlx::query_as("SELECT qty, version FROM bench_stock WHERE sku = $1")
             .bind(&sku)
@@ -300,5 +347,5 @@ pub(crate) async fn read_modify_write(pool: &PgPool, seq: u64) -> Result<(), Str
         .execute(&mut *tx)
         .await
         .map_err(err)?;
-    tx.commit().await.map_err(err)
+    Ok(())
 }
