@@ -258,10 +258,10 @@ struct Service {
 }
 
 async fn service_with(retry: RetryPolicy) -> Option<Service> {
-    service_on(TestPostgres::start().await?, retry).await
+    Some(service_on(TestPostgres::start().await?, retry).await)
 }
 
-async fn service_on(pg: TestPostgres, retry: RetryPolicy) -> Option<Service> {
+async fn service_on(pg: TestPostgres, retry: RetryPolicy) -> Service {
     sqlx::query("CREATE TABLE counters (id TEXT PRIMARY KEY, value BIGINT NOT NULL, version BIGINT NOT NULL)")
         .execute(pg.pool())
         .await
@@ -276,7 +276,7 @@ async fn service_on(pg: TestPostgres, retry: RetryPolicy) -> Option<Service> {
         .command_retry(retry)
         .build()
         .expect("wiring");
-    Some(Service { pg, bus })
+    Service { pg, bus }
 }
 
 async fn service() -> Option<Service> {
@@ -505,7 +505,7 @@ async fn units_of_work_one_after_another_run_on_one_connection_without_leaking_a
     else {
         return;
     };
-    let s = service_on(pg, RetryPolicy::never()).await.unwrap();
+    let s = service_on(pg, RetryPolicy::never()).await;
     s.bus.handle(Create { id: "a".into() }).await.unwrap();
     let started = std::time::Instant::now();
     // The backend of each command that committed, and whether one that
@@ -564,19 +564,7 @@ async fn a_connection_kept_for_the_next_unit_of_work_goes_back_to_the_pool_when_
     else {
         return;
     };
-    sqlx::query("CREATE TABLE counters (id TEXT PRIMARY KEY, value BIGINT NOT NULL, version BIGINT NOT NULL)")
-        .execute(pg.pool())
-        .await
-        .unwrap();
-    let bus = MessageBus::builder()
-        .scope(module_path!())
-        .adapter(pg.db.clone())
-        .adapter(Race {
-            barrier: Barrier::new(2),
-            runs: Default::default(),
-        })
-        .build()
-        .expect("wiring");
+    let Service { pg, bus } = service_on(pg, RetryPolicy::never()).await;
     bus.handle(Create { id: "a".into() }).await.unwrap();
     bus.handle(AddOnBackend { id: "a".into() }).await.unwrap();
     // Code of the application's own takes every connection of the pool,

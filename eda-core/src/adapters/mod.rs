@@ -6,6 +6,8 @@
 use std::fmt;
 
 pub mod in_process;
+#[cfg(feature = "postgres")]
+mod kept;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

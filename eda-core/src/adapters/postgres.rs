@@ -27,19 +27,16 @@
 
 use std::any::{Any, TypeId};
 use std::fmt;
-use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{
-    PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgTransactionManager, Postgres,
-};
-use sqlx::{Row, TransactionManager};
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::RedactedUrl;
+use super::kept::{KEEP_IDLE, Kept, Lent};
 use super::sql::{
     PARKED_AT, Tables, adapter_error, connect_error, millis, quote_ident, scheduled_message, stored,
 };
@@ -463,7 +460,7 @@ struct Inner {
     /// Signalled when a transaction of this process committed outbox rows.
     committed: Arc<Notify>,
     /// Connections units of work ended on, kept for the next ones.
-    kept: Arc<Kept>,
+    kept: Arc<Kept<Postgres>>,
 }
 
 /// A Postgres database: the [`Database`] adapter units of work begin their
@@ -539,14 +536,11 @@ impl PostgresDatabase {
         let db = PostgresDatabase {
             inner: Arc::new(Inner {
                 statements: Statements::new(&tables),
+                kept: Kept::new(pool.clone(), keep_idle),
                 pool,
                 url: RedactedUrl(url.to_owned()),
                 tables,
                 committed: Arc::new(Notify::new()),
-                kept: Arc::new(Kept {
-                    idle_for: keep_idle,
-                    state: Mutex::default(),
-                }),
             }),
         };
         db.migrate().await.map_err(|e| connect_error(url, e))?;
@@ -831,18 +825,10 @@ impl Database for PostgresDatabase {
             // try the next, up to as many as the pool holds.
             let mut attempts = self.inner.pool.options().get_max_connections() + 1;
             loop {
-                let (mut conn, leased) = match self.inner.kept.take() {
-                    Some(kept) => kept,
-                    None => (
-                        self.inner.pool.acquire().await.map_err(adapter_error)?,
-                        Instant::now(),
-                    ),
-                };
-                match PgTransactionManager::begin(&mut conn, None).await {
-                    Ok(()) => {
+                match self.inner.kept.begin(None).await {
+                    Ok(conn) => {
                         return Ok(Box::new(PgTransaction {
-                            conn: Lent(Some(conn)),
-                            leased,
+                            conn,
                             db: self.inner.clone(),
                             wrote_outbox: false,
                         }) as Box<dyn DatabaseTransaction>);
@@ -963,179 +949,12 @@ fn is_dead_connection(e: &sqlx::Error) -> bool {
     }
 }
 
-/// How long a connection stays out of the pool, from when a unit of work
-/// took it there, before it goes back (so that the pool's checks, its
-/// connections' lifetime among them, still see it every second).
-const KEEP_LEASE: Duration = Duration::from_secs(1);
-
-/// How long a kept connection waits for the next unit of work before it
-/// goes back to the pool, by default ([`PostgresOptions::keep_idle_connections`]).
-const KEEP_IDLE: Duration = Duration::from_millis(20);
-
-/// Connections that units of work ended on cleanly, kept for the next ones.
-///
-/// sqlx gives a connection back to its pool through a task of its own that
-/// first pings the server: one more round trip per transaction, on both
-/// sides, about an eighth of a short unit of work's cost. A unit of work that
-/// begins while another's connection is kept here takes that connection
-/// instead, with no ping and no task. So that nothing else waits on a
-/// connection kept here, one is only kept while the pool could still serve
-/// another caller (it has an idle connection or room for a new one), for at
-/// most `idle_for` unused (a sweeper gives it back), and at most
-/// [`KEEP_LEASE`] in all.
-struct Kept {
-    idle_for: Duration,
-    state: Mutex<KeptState>,
-}
-
-#[derive(Default)]
-struct KeptState {
-    /// Most recently kept last: the next unit of work takes the warmest.
-    idle: Vec<KeptConnection>,
-    /// A sweeper task is running (it stops when nothing is kept).
-    sweeping: bool,
-}
-
-struct KeptConnection {
-    conn: PoolConnection<Postgres>,
-    /// When a unit of work took it from the pool.
-    leased: Instant,
-    /// When it was kept.
-    since: Instant,
-}
-
-impl Kept {
-    /// The most recently kept connection still within its lease, with when
-    /// it was taken from the pool. Older ones go back to the pool.
-    fn take(&self) -> Option<(PoolConnection<Postgres>, Instant)> {
-        let mut expired = Vec::new();
-        let found = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            loop {
-                match state.idle.pop() {
-                    None => break None,
-                    Some(kept) if kept.leased.elapsed() < KEEP_LEASE => break Some(kept),
-                    Some(kept) => expired.push(kept),
-                }
-            }
-        };
-        // Dropped outside the lock: each starts sqlx's return to the pool.
-        drop(expired);
-        found.map(|kept| (kept.conn, kept.leased))
-    }
-
-    /// Keeps a connection a unit of work ended on cleanly (not inside a
-    /// transaction, nothing pending), or gives it back to the pool.
-    fn keep(self: &Arc<Self>, conn: PoolConnection<Postgres>, leased: Instant, pool: &PgPool) {
-        let now = Instant::now();
-        let pool_can_serve_others =
-            pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections();
-        let runtime = tokio::runtime::Handle::try_current();
-        if self.idle_for.is_zero()
-            || pool.is_closed()
-            || now.duration_since(leased) >= KEEP_LEASE
-            || !pool_can_serve_others
-            || runtime.is_err()
-        {
-            return;
-        }
-        let start_sweeper = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.idle.push(KeptConnection {
-                conn,
-                leased,
-                since: now,
-            });
-            !std::mem::replace(&mut state.sweeping, true)
-        };
-        if let (true, Ok(runtime)) = (start_sweeper, runtime) {
-            runtime.spawn(Arc::clone(self).sweep());
-        }
-    }
-
-    /// Gives back to the pool what waited `idle_for` or outlived its
-    /// lease, every `idle_for` (every lease at most), until nothing is kept.
-    async fn sweep(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(self.idle_for.min(KEEP_LEASE)).await;
-            let now = Instant::now();
-            let (expired, done) = {
-                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                let (fresh, expired): (Vec<_>, Vec<_>) = state.idle.drain(..).partition(|kept| {
-                    now.duration_since(kept.since) < self.idle_for
-                        && now.duration_since(kept.leased) < KEEP_LEASE
-                });
-                state.idle = fresh;
-                state.sweeping = !state.idle.is_empty();
-                (expired, !state.sweeping)
-            };
-            drop(expired);
-            if done {
-                return;
-            }
-        }
-    }
-}
-
-/// The connection a transaction runs on, until the transaction ends.
-struct Lent(Option<PoolConnection<Postgres>>);
-
-impl Deref for Lent {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        self.0
-            .as_deref()
-            .expect("a transaction's connection is only taken when it ends")
-    }
-}
-
-impl DerefMut for Lent {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        self.0
-            .as_deref_mut()
-            .expect("a transaction's connection is only taken when it ends")
-    }
-}
-
 /// A unit of work's transaction, on a connection of the pool or one the
-/// previous unit of work ended on ([`Kept`]). sqlx's own `Transaction` is
-/// not used because it gives its connection back to the pool when it ends.
+/// previous unit of work ended on ([`Kept`]).
 struct PgTransaction {
-    conn: Lent,
-    /// When the connection was taken from the pool.
-    leased: Instant,
+    conn: Lent<Postgres>,
     db: Arc<Inner>,
     wrote_outbox: bool,
-}
-
-impl PgTransaction {
-    /// After a commit or a rollback: the connection is kept for the next
-    /// unit of work if it is outside any transaction (a savepoint a
-    /// repository left open keeps it inside: it is rolled back on drop).
-    fn ended(&mut self) {
-        if let Some(conn) = self
-            .conn
-            .0
-            .take_if(|conn| PgTransactionManager::get_transaction_depth(conn) == 0)
-        {
-            self.db.kept.keep(conn, self.leased, &self.db.pool);
-        }
-    }
-}
-
-impl Drop for PgTransaction {
-    /// A transaction dropped before it ended (the unit of work failed, or
-    /// its future was dropped) is rolled back, as sqlx's own does: the
-    /// `ROLLBACK` is queued, and sent before the connection's next use (the
-    /// pool's ping when it goes back there).
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.0.as_deref_mut()
-            && PgTransactionManager::get_transaction_depth(conn) > 0
-        {
-            PgTransactionManager::start_rollback(conn);
-        }
-    }
 }
 
 impl DatabaseTransaction for PgTransaction {
@@ -1313,10 +1132,10 @@ impl DatabaseTransaction for PgTransaction {
 
     fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         Box::pin(async move {
-            PgTransactionManager::commit(&mut self.conn)
+            self.conn
+                .commit(&self.db.kept)
                 .await
                 .map_err(adapter_error)?;
-            self.ended();
             if self.wrote_outbox {
                 // A permit, not a broadcast: a relay busy publishing when
                 // this fires still sees it on its next wait.
@@ -1328,11 +1147,10 @@ impl DatabaseTransaction for PgTransaction {
 
     fn rollback(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         Box::pin(async move {
-            PgTransactionManager::rollback(&mut self.conn)
+            self.conn
+                .rollback(&self.db.kept)
                 .await
-                .map_err(adapter_error)?;
-            self.ended();
-            Ok(())
+                .map_err(adapter_error)
         })
     }
 }
