@@ -203,6 +203,23 @@ pub struct AddEach {
     pub times: u32,
 }
 
+/// Adds one, and says which connection ran it: a TEMP table (each
+/// connection has its own) holds a name made up on the connection's first
+/// use.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "sqlitetest.add_on_connection", output = String)]
+pub struct AddOnConnection {
+    pub id: String,
+}
+
+/// Writes to the counter's row by hand, on the unit of work's connection,
+/// then fails without committing.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(name = "sqlitetest.write_then_fail")]
+pub struct WriteThenFail {
+    pub id: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "sqlitetest.added", external)]
 pub struct Added {
@@ -316,6 +333,49 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+#[command_handler]
+async fn add_on_connection(cmd: AddOnConnection, uow: &mut CounterUow) -> Handled<String> {
+    let counter = uow.counters().get(&cmd.id).await?.ok_or("no counter")?;
+    counter.value += 1;
+    let value = counter.value;
+    counter.events.raise(Added { id: cmd.id, value });
+    let conn = uow
+        .tx
+        .connection::<SqliteConnection>()
+        .expect("a SQLite transaction");
+    sqlx::query("CREATE TEMP TABLE IF NOT EXISTS whoami (name TEXT NOT NULL)")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query(
+        "INSERT INTO whoami SELECT lower(hex(randomblob(8))) \
+         WHERE NOT EXISTS (SELECT 1 FROM whoami)",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| e.to_string())?;
+    let name: String = sqlx::query_scalar("SELECT name FROM whoami")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    uow.commit().await?;
+    Ok(name)
+}
+
+#[command_handler]
+async fn write_then_fail(cmd: WriteThenFail, uow: &mut CounterUow) -> Handled<()> {
+    let conn = uow
+        .tx
+        .connection::<SqliteConnection>()
+        .expect("a SQLite transaction");
+    sqlx::query("UPDATE counters SET value = value + 100 WHERE id = ?1")
+        .bind(&cmd.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Err("refused after writing".into())
 }
 
 fn default_retry() -> RetryPolicy {
@@ -437,6 +497,90 @@ impl Service {
         }
         assert_eq!(ok, n);
     }
+}
+
+#[tokio::test]
+async fn units_of_work_one_after_another_run_on_one_connection_without_leaking_a_transaction() {
+    // Kept far longer than this test's pauses between commands, however
+    // loaded the machine: only the lease (a second) changes the connection.
+    let s = service_with(
+        RetryPolicy::never(),
+        SqliteOptions::default().keep_idle_connections(Duration::from_secs(10)),
+    )
+    .await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    let started = std::time::Instant::now();
+    // The connection of each command that committed, and whether one that
+    // failed ran just before it (its connection went back to the pool with
+    // its rollback: the next one may take any).
+    let mut connections = Vec::new();
+    let mut after_failure = false;
+    for i in 0..20 {
+        let connection = s
+            .bus
+            .handle(AddOnConnection { id: "a".into() })
+            .await
+            .unwrap();
+        connections.push((connection, after_failure));
+        after_failure = false;
+        if i % 5 == 0 {
+            let err = s
+                .bus
+                .handle(WriteThenFail { id: "a".into() })
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("refused after writing"), "{err}");
+            s.bus
+                .handle(Add {
+                    id: "a".into(),
+                    by: 1000,
+                    fail: true,
+                })
+                .await
+                .unwrap_err();
+            after_failure = true;
+        }
+    }
+    let changes = connections
+        .windows(2)
+        .filter(|w| !w[1].1 && w[0].0 != w[1].0)
+        .count();
+    let leases = started.elapsed().as_secs() as usize;
+    assert!(
+        changes <= leases,
+        "each unit of work took the connection the one before committed on, but for one \
+         change a second at most: {changes} changes in {leases} s: {connections:?}"
+    );
+    assert_eq!(s.counter("a").await, Some((20, 20)), "only the commits");
+    assert_eq!(s.outbox().await.len(), 20);
+}
+
+#[tokio::test]
+async fn a_connection_kept_for_the_next_unit_of_work_goes_back_to_the_pool_when_idle() {
+    let s = service_with(
+        default_retry(),
+        SqliteOptions::default()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    s.bus.handle(Create { id: "a".into() }).await.unwrap();
+    s.bus
+        .handle(AddOnConnection { id: "a".into() })
+        .await
+        .unwrap();
+    // Code of the application's own takes every connection of the pool,
+    // the one eda keeps for its next unit of work included.
+    let first = s.db.pool().acquire().await.expect("a first connection");
+    let second =
+        s.db.pool()
+            .acquire()
+            .await
+            .expect("the connection eda kept went back to the pool");
+    drop((first, second));
+    tokio::time::timeout(Duration::from_secs(2), s.db.pool().close())
+        .await
+        .expect("the pool closed");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 use std::fmt;
 
 pub mod in_process;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod kept;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]

@@ -86,6 +86,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::RedactedUrl;
+use super::kept::{KEEP_IDLE, Kept, Lent};
 use super::sql::{
     PARKED_AT, Tables, adapter_error, connect_error, is_sqlite_busy, millis, quote_ident,
     scheduled_message, stored,
@@ -114,18 +115,21 @@ pub struct SqliteOptions {
     max_connections: u32,
     busy_timeout: Duration,
     acquire_timeout: Duration,
+    keep_idle: Duration,
 }
 
 impl Default for SqliteOptions {
     /// Tables `eda_outbox`, `eda_inbox`, `eda_relay_lease`,
     /// `eda_migrations`; 5 connections (one for an in-memory database);
-    /// writers wait up to 5 s for each other; 10 s to acquire a connection.
+    /// writers wait up to 5 s for each other; 10 s to acquire a connection;
+    /// a connection kept 20 ms for the next unit of work.
     fn default() -> Self {
         SqliteOptions {
             tables: Tables::default(),
             max_connections: 5,
             busy_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(10),
+            keep_idle: KEEP_IDLE,
         }
     }
 }
@@ -154,6 +158,29 @@ impl SqliteOptions {
     /// How long to wait for a free connection of the pool before failing.
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// How long the connection a unit of work ended on waits for the next
+    /// unit of work before it goes back to the pool (20 ms by default).
+    ///
+    /// sqlx pings a connection when it goes back to its pool (for SQLite, a
+    /// round trip to the connection's thread). A unit of work that begins
+    /// within this time takes the connection the previous one ended on
+    /// instead. A connection is only kept while the pool could still serve
+    /// someone else (it has an idle connection or room for another: never
+    /// for an in-memory database, whose pool has one connection), and for
+    /// at most a second from when it left the pool. `Duration::ZERO` gives
+    /// every connection back at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use eda_core::adapters::sqlite::SqliteOptions;
+    ///
+    /// let options = SqliteOptions::default().keep_idle_connections(Duration::ZERO);
+    /// ```
+    pub fn keep_idle_connections(mut self, idle: Duration) -> Self {
+        self.keep_idle = idle;
         self
     }
 }
@@ -572,6 +599,8 @@ struct Inner {
     statements: Statements,
     /// Signalled when a transaction of this process committed outbox rows.
     committed: Arc<Notify>,
+    /// Connections units of work ended on, kept for the next ones.
+    kept: Arc<Kept<Sqlite>>,
 }
 
 /// A SQLite database: the [`Database`] adapter units of work begin their
@@ -625,7 +654,7 @@ impl SqliteDatabase {
                 .await
                 .map_err(|e| connect_error(url, e))?;
         }
-        Self::setup(pool, url, options.tables, in_memory).await
+        Self::setup(pool, url, options.tables, in_memory, options.keep_idle).await
     }
 
     /// Uses an existing pool as it is configured (journal, busy timeout:
@@ -633,8 +662,12 @@ impl SqliteDatabase {
     /// framework's tables. For an in-memory database, the pool must keep
     /// exactly one connection open. A schema in `tables` is the name of an
     /// attached database.
+    ///
+    /// The connection a unit of work ended on is kept for the next one for
+    /// up to 20 ms, and only while the pool could serve another caller, as
+    /// with [`SqliteOptions::keep_idle_connections`]'s default.
     pub async fn from_pool(pool: SqlitePool, tables: Tables) -> Result<Self, Error> {
-        Self::setup(pool, "sqlite (given pool)", tables, false).await
+        Self::setup(pool, "sqlite (given pool)", tables, false, KEEP_IDLE).await
     }
 
     async fn setup(
@@ -642,10 +675,12 @@ impl SqliteDatabase {
         url: &str,
         tables: Tables,
         in_memory: bool,
+        keep_idle: Duration,
     ) -> Result<Self, Error> {
         let db = SqliteDatabase {
             inner: Arc::new(Inner {
                 statements: Statements::new(&tables),
+                kept: Kept::new(pool.clone(), keep_idle),
                 pool,
                 url: RedactedUrl(url.to_owned()),
                 tables,
@@ -893,14 +928,14 @@ impl Database for SqliteDatabase {
         Box::pin(async move {
             // The write lock now, not at the first write: a transaction that
             // read an aggregate cannot then fail to upgrade.
-            let tx = self
+            let conn = self
                 .inner
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
+                .kept
+                .begin(Some("BEGIN IMMEDIATE"))
                 .await
                 .map_err(adapter_error)?;
             Ok(Box::new(SqliteTransaction {
-                tx,
+                conn,
                 db: self.inner.clone(),
                 wrote_outbox: false,
             }) as Box<dyn DatabaseTransaction>)
@@ -1000,15 +1035,17 @@ impl Database for SqliteDatabase {
     }
 }
 
+/// A unit of work's transaction, on a connection of the pool or one the
+/// previous unit of work ended on ([`Kept`]).
 struct SqliteTransaction {
-    tx: sqlx::Transaction<'static, Sqlite>,
+    conn: Lent<Sqlite>,
     db: Arc<Inner>,
     wrote_outbox: bool,
 }
 
 impl DatabaseTransaction for SqliteTransaction {
     fn connection(&mut self) -> &mut (dyn Any + Send) {
-        let conn: &mut SqliteConnection = &mut self.tx;
+        let conn: &mut SqliteConnection = &mut self.conn;
         conn
     }
 
@@ -1025,7 +1062,7 @@ impl DatabaseTransaction for SqliteTransaction {
             let rows = serde_json::to_string(&rows).map_err(Error::database)?;
             sqlx::query(&self.db.statements.write_outbox)
                 .bind(rows)
-                .execute(&mut *self.tx)
+                .execute(&mut *self.conn)
                 .await
                 .map_err(adapter_error)?;
             Ok(())
@@ -1052,7 +1089,7 @@ impl DatabaseTransaction for SqliteTransaction {
             let rows = serde_json::to_string(&rows).map_err(Error::database)?;
             sqlx::query(&self.db.statements.write_events)
                 .bind(rows)
-                .execute(&mut *self.tx)
+                .execute(&mut *self.conn)
                 .await
                 .map_err(adapter_error)?;
             Ok(())
@@ -1068,7 +1105,7 @@ impl DatabaseTransaction for SqliteTransaction {
             let done = sqlx::query(&self.db.statements.record_inbox)
                 .bind(id.as_uuid().hyphenated().to_string())
                 .bind(handler)
-                .execute(&mut *self.tx)
+                .execute(&mut *self.conn)
                 .await
                 .map_err(adapter_error)?;
             Ok(done.rows_affected() == 1)
@@ -1092,7 +1129,7 @@ impl DatabaseTransaction for SqliteTransaction {
             let rows = serde_json::to_string(&rows).map_err(Error::database)?;
             sqlx::query(&self.db.statements.schedule)
                 .bind(rows)
-                .execute(&mut *self.tx)
+                .execute(&mut *self.conn)
                 .await
                 .map_err(adapter_error)?;
             Ok(())
@@ -1103,7 +1140,7 @@ impl DatabaseTransaction for SqliteTransaction {
         Box::pin(async move {
             let done = sqlx::query(&self.db.statements.cancel_scheduled)
                 .bind(id.as_uuid().hyphenated().to_string())
-                .execute(&mut *self.tx)
+                .execute(&mut *self.conn)
                 .await
                 .map_err(adapter_error)?;
             Ok(done.rows_affected() == 1)
@@ -1119,7 +1156,7 @@ impl DatabaseTransaction for SqliteTransaction {
             let ids = serde_json::to_string(&ids).map_err(Error::database)?;
             let removed: Vec<(String,)> = sqlx::query_as(&self.db.statements.remove_scheduled)
                 .bind(ids)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(&mut *self.conn)
                 .await
                 .map_err(adapter_error)?;
             removed
@@ -1142,7 +1179,7 @@ impl DatabaseTransaction for SqliteTransaction {
             let row = sqlx::query(&self.db.statements.load_aggregate)
                 .bind(aggregate_type.name())
                 .bind(key)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(&mut *self.conn)
                 .await
                 .map_err(adapter_error)?;
             row.as_ref().map(stored).transpose()
@@ -1156,7 +1193,7 @@ impl DatabaseTransaction for SqliteTransaction {
         Box::pin(async move {
             let rows = sqlx::query(&self.db.statements.aggregates)
                 .bind(aggregate_type.name())
-                .fetch_all(&mut *self.tx)
+                .fetch_all(&mut *self.conn)
                 .await
                 .map_err(adapter_error)?;
             rows.iter().map(stored).collect()
@@ -1173,7 +1210,7 @@ impl DatabaseTransaction for SqliteTransaction {
                     .bind(save.key())
                     .bind(version)
                     .bind(body)
-                    .execute(&mut *self.tx)
+                    .execute(&mut *self.conn)
                     .await
                     .map_err(adapter_error)?,
                 Some(expected) => sqlx::query(&self.db.statements.update_aggregate)
@@ -1182,7 +1219,7 @@ impl DatabaseTransaction for SqliteTransaction {
                     .bind(version)
                     .bind(body)
                     .bind(i64::try_from(expected).map_err(Error::database)?)
-                    .execute(&mut *self.tx)
+                    .execute(&mut *self.conn)
                     .await
                     .map_err(adapter_error)?,
             };
@@ -1190,9 +1227,12 @@ impl DatabaseTransaction for SqliteTransaction {
         })
     }
 
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         Box::pin(async move {
-            self.tx.commit().await.map_err(adapter_error)?;
+            self.conn
+                .commit(&self.db.kept)
+                .await
+                .map_err(adapter_error)?;
             if self.wrote_outbox {
                 // A permit, not a broadcast: a relay busy publishing when
                 // this fires still sees it on its next wait.
@@ -1202,8 +1242,13 @@ impl DatabaseTransaction for SqliteTransaction {
         })
     }
 
-    fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin(async move { self.tx.rollback().await.map_err(adapter_error) })
+    fn rollback(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            self.conn
+                .rollback(&self.db.kept)
+                .await
+                .map_err(adapter_error)
+        })
     }
 }
 
