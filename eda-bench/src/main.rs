@@ -9,6 +9,8 @@
 //! Scenarios:
 //! - `dispatch`: the bus in memory, against a hand-written `TypeId` dispatcher;
 //! - `database`: allocate-like commands on Postgres (state + outbox);
+//! - `sqlite`: the same on SQLite (a file), the stock kept as a document by
+//!   eda's aggregate store, one command at a time;
 //! - `durable`: the same commands until the broker confirmed their events
 //!   (outbox relay to RabbitMQ), against commit-then-publish by hand, and
 //!   against the transactions alone; then paced at half eda's rate for the
@@ -54,14 +56,14 @@ pub(crate) struct Args {
     otel: bool,
 }
 
-const SCENARIOS: [&str; 7] = [
-    "dispatch", "database", "durable", "relay", "consume", "ordered", "schedule",
+const SCENARIOS: [&str; 8] = [
+    "dispatch", "database", "sqlite", "durable", "relay", "consume", "ordered", "schedule",
 ];
 
 const USAGE: &str =
     "usage: eda-bench <scenario> [--n N] [--concurrency C] [--rounds R] [--rate PER_SEC] [--json]
-scenarios: dispatch, database, durable, relay, consume, ordered, schedule, all (each in its
-           own process)
+scenarios: dispatch, database, sqlite, durable, relay, consume, ordered, schedule, all (each
+           in its own process)
   --n            operations per run (messages for consume and ordered; outbox rows per relay
                  run and commands due at once for schedule)
   --concurrency  workers (handlers at once for consume, and ordered's unordered side)
@@ -261,6 +263,7 @@ fn main() -> ExitCode {
             match args.scenario.as_str() {
                 "dispatch" => scenarios::dispatch::run(&args).await,
                 "database" => scenarios::database::run(&args).await,
+                "sqlite" => scenarios::sqlite::run(&args).await,
                 "durable" => scenarios::durable::run(&args).await,
                 "consume" => scenarios::consume::run(&args).await,
                 "ordered" => scenarios::ordered::run(&args).await,

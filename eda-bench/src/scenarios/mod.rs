@@ -7,4 +7,5 @@ pub(crate) mod durable;
 pub(crate) mod ordered;
 pub(crate) mod relay;
 pub(crate) mod schedule;
+pub(crate) mod sqlite;
 pub(crate) mod stock;
