@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::report::percentile_ms;
+use crate::cpu::{self, Usage};
+use crate::report::{Row, median, percentile_ms, process_peak_rss_mb};
 
 /// What one run did, operation by operation.
 #[derive(Debug, Clone)]
@@ -260,5 +261,81 @@ mod tests {
         })
         .await;
         assert_eq!(r.unwrap_err(), "test: five");
+    }
+}
+
+/// One variant's runs in a closed-loop scenario (eda, or one of its
+/// baselines), with the CPU each used per operation.
+#[derive(Default)]
+pub(crate) struct Variant {
+    pub(crate) runs: Vec<Run>,
+    pub(crate) cpu: Vec<Usage>,
+}
+
+impl Variant {
+    /// [`run`] without pacing, measuring the machine's CPU around it.
+    pub(crate) async fn run<F, Fut>(
+        &mut self,
+        label: &str,
+        n: u64,
+        concurrency: usize,
+        op: F,
+    ) -> Result<(), String>
+    where
+        F: Fn(u64) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
+        let before = cpu::sample();
+        self.runs.push(run(label, n, concurrency, None, op).await?);
+        self.cpu.push(cpu::sample().since(&before, n));
+        Ok(())
+    }
+
+    /// The median of the runs' rates.
+    pub(crate) fn per_sec(&self) -> f64 {
+        median(&self.runs.iter().map(Run::per_sec).collect::<Vec<_>>())
+    }
+
+    /// The median of the runs' `p` latency quantiles, in milliseconds.
+    pub(crate) fn latency_ms(&self, p: f64) -> f64 {
+        median(
+            &self
+                .runs
+                .iter()
+                .map(|r| r.percentile_ms(p))
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+/// A row of eda against one baseline, both closed-loop; the note is
+/// followed by the CPU each used per operation.
+pub(crate) fn row(
+    scenario: &str,
+    concurrency: usize,
+    eda: &Variant,
+    eda_rss: f64,
+    baseline: &Variant,
+    note: &str,
+) -> Row {
+    Row {
+        scenario: scenario.into(),
+        n: eda.runs.first().map_or(0, Run::n),
+        concurrency,
+        eda_per_sec: eda.per_sec(),
+        baseline_per_sec: baseline.per_sec(),
+        ratio_vs_baseline: eda.per_sec() / baseline.per_sec(),
+        p50_ms: Some(eda.latency_ms(0.50)),
+        p99_ms: Some(eda.latency_ms(0.99)),
+        baseline_p50_ms: Some(baseline.latency_ms(0.50)),
+        baseline_p99_ms: Some(baseline.latency_ms(0.99)),
+        peak_rss_mb: process_peak_rss_mb(),
+        eda_peak_rss_mb: Some(eda_rss),
+        note: format!(
+            "{note} CPU: baseline {}; eda {}",
+            Usage::mean(&baseline.cpu).brief(),
+            Usage::mean(&eda.cpu).brief()
+        ),
+        ..Row::default()
     }
 }

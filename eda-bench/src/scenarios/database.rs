@@ -25,11 +25,10 @@ use eda_core::prelude::*;
 use eda_core::sqlx::{self, PgPool};
 use eda_core::testing::TestPostgres;
 
-use super::stock::{self, err};
+use super::stock::{self, KeptByHand, err};
 use crate::Args;
-use crate::cpu::{self, Usage};
-use crate::drive;
-use crate::report::{Row, median, peak_rss_mb, process_peak_rss_mb, reset_peak_rss};
+use crate::drive::{self, Variant};
+use crate::report::{Row, peak_rss_mb, reset_peak_rss};
 
 pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     let n = args.n.unwrap_or(5000);
@@ -46,7 +45,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         .map_err(err)?;
     let pool = pg.pool().clone();
 
-    let eda = |bus: MessageBus| {
+    let eda_op = |bus: MessageBus| {
         move |i: u64| {
             let bus = bus.clone();
             async move { bus.handle(stock::command(i)).await.map(|_| ()).map_err(err) }
@@ -62,7 +61,7 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         move |i: u64| {
             let bus = bus.clone();
             async move {
-                bus.handle(stock::document_command(i))
+                bus.handle(stock::document::command(i))
                     .await
                     .map(|_| ())
                     .map_err(err)
@@ -75,17 +74,17 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             async move { stock::read_modify_write(&pool, i).await }
         }
     };
-    let kept_by_hand = Arc::new(stock::KeptByHand::new(pool.clone()));
-    let kept = |kept: Arc<stock::KeptByHand>| {
+    let kept_by_hand = Arc::new(KeptByHand::new(pool.clone()));
+    let kept = |kept: Arc<KeptByHand<_>>| {
         move |i| {
             let kept = kept.clone();
-            async move { kept.read_modify_write(i).await }
+            async move { stock::read_modify_write_kept(&kept, i).await }
         }
     };
 
     // Warm up the pool, the caches and the statement caches.
     let warm = (n / 10).clamp(100, 1000);
-    drive::run("warm-up eda", warm, concurrency, None, eda(bus.clone())).await?;
+    drive::run("warm-up eda", warm, concurrency, None, eda_op(bus.clone())).await?;
     drive::run(
         "warm-up baseline",
         warm,
@@ -113,59 +112,39 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     )
     .await?;
 
-    let (mut eda_runs, mut two_runs, mut rmw_runs) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut eda_cpu, mut two_cpu, mut rmw_cpu) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut document_runs, mut document_cpu) = (Vec::new(), Vec::new());
-    let (mut kept_runs, mut kept_cpu) = (Vec::new(), Vec::new());
+    let (mut eda, mut two_variant, mut rmw_variant) =
+        (Variant::default(), Variant::default(), Variant::default());
+    let (mut kept_variant, mut document_variant) = (Variant::default(), Variant::default());
     let mut eda_rss: f64 = 0.0;
     for round in 1..=rounds {
         let label = |what: &str| format!("{what} {round}/{rounds}");
-        let before = cpu::sample();
-        two_runs
-            .push(drive::run(&label("baseline"), n, concurrency, None, two(pool.clone())).await?);
-        two_cpu.push(cpu::sample().since(&before, n));
-        let before = cpu::sample();
-        rmw_runs.push(
-            drive::run(
-                &label("baseline rmw"),
-                n,
-                concurrency,
-                None,
-                rmw(pool.clone()),
-            )
-            .await?,
-        );
-        rmw_cpu.push(cpu::sample().since(&before, n));
-        let before = cpu::sample();
-        kept_runs.push(
-            drive::run(
+        two_variant
+            .run(&label("baseline"), n, concurrency, two(pool.clone()))
+            .await?;
+        rmw_variant
+            .run(&label("baseline rmw"), n, concurrency, rmw(pool.clone()))
+            .await?;
+        kept_variant
+            .run(
                 &label("baseline kept"),
                 n,
                 concurrency,
-                None,
                 kept(kept_by_hand.clone()),
             )
-            .await?,
-        );
-        kept_cpu.push(cpu::sample().since(&before, n));
+            .await?;
         kept_by_hand.release();
         reset_peak_rss();
-        let before = cpu::sample();
-        eda_runs.push(drive::run(&label("eda"), n, concurrency, None, eda(bus.clone())).await?);
-        eda_cpu.push(cpu::sample().since(&before, n));
+        eda.run(&label("eda"), n, concurrency, eda_op(bus.clone()))
+            .await?;
         eda_rss = eda_rss.max(peak_rss_mb());
-        let before = cpu::sample();
-        document_runs.push(
-            drive::run(
+        document_variant
+            .run(
                 &label("eda document"),
                 n,
                 concurrency,
-                None,
                 document(bus.clone()),
             )
-            .await?,
-        );
-        document_cpu.push(cpu::sample().since(&before, n));
+            .await?;
     }
 
     // The work was really done: every command's event is in an outbox, and
@@ -197,71 +176,49 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     }
     pg.drop_schema().await;
 
-    let per_sec =
-        |runs: &[drive::Run]| median(&runs.iter().map(|r| r.per_sec()).collect::<Vec<_>>());
-    let latencies = |runs: &[drive::Run], p: f64| {
-        median(&runs.iter().map(|r| r.percentile_ms(p)).collect::<Vec<_>>())
-    };
-    let row = |scenario: &str,
-               eda_runs: &[drive::Run],
-               eda_cpu: &[Usage],
-               baseline: &[drive::Run],
-               cpu: &[Usage],
-               note: &str| Row {
-        scenario: scenario.into(),
-        n,
-        concurrency,
-        eda_per_sec: per_sec(eda_runs),
-        baseline_per_sec: per_sec(baseline),
-        ratio_vs_baseline: per_sec(eda_runs) / per_sec(baseline),
-        p50_ms: Some(latencies(eda_runs, 0.50)),
-        p99_ms: Some(latencies(eda_runs, 0.99)),
-        baseline_p50_ms: Some(latencies(baseline, 0.50)),
-        baseline_p99_ms: Some(latencies(baseline, 0.99)),
-        peak_rss_mb: process_peak_rss_mb(),
-        eda_peak_rss_mb: Some(eda_rss),
-        note: format!(
-            "{note}; latency: bus.handle to commit; median of {rounds} interleaved rounds. \
-             CPU: baseline {}; eda {}",
-            Usage::mean(cpu).brief(),
-            Usage::mean(eda_cpu).brief()
-        ),
-        ..Row::default()
+    let note = |note: &str| {
+        format!("{note}; latency: bus.handle to commit; median of {rounds} interleaved rounds.")
     };
     Ok(vec![
-        row(
+        drive::row(
             "database",
-            &eda_runs,
-            &eda_cpu,
-            &two_runs,
-            &two_cpu,
-            "baseline: UPDATE … qty = qty - 1 + outbox INSERT in one sqlx transaction (no read)",
+            concurrency,
+            &eda,
+            eda_rss,
+            &two_variant,
+            &note(
+                "baseline: UPDATE … qty = qty - 1 + outbox INSERT in one sqlx transaction (no read)",
+            ),
         ),
-        row(
+        drive::row(
             "database/rmw",
-            &eda_runs,
-            &eda_cpu,
-            &rmw_runs,
-            &rmw_cpu,
-            "baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand (eda's work)",
+            concurrency,
+            &eda,
+            eda_rss,
+            &rmw_variant,
+            &note("baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand (eda's work)"),
         ),
-        row(
+        drive::row(
             "database/kept",
-            &eda_runs,
-            &eda_cpu,
-            &kept_runs,
-            &kept_cpu,
-            "baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand, on connections \
-             kept by hand between transactions (no ping of the pool's, as eda's adapter)",
+            concurrency,
+            &eda,
+            eda_rss,
+            &kept_variant,
+            &note(
+                "baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand, on connections \
+                 kept by hand between transactions (no ping of the pool's, as eda's adapter)",
+            ),
         ),
-        row(
+        drive::row(
             "database/document",
-            &document_runs,
-            &document_cpu,
-            &rmw_runs,
-            &rmw_cpu,
-            "eda: the stock as a document in eda's store (JSON + version, no repository); \
-             baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand",
+            concurrency,
+            &document_variant,
+            eda_rss,
+            &rmw_variant,
+            &note(
+                "eda: the stock as a document in eda's store (JSON + version, no repository); \
+                 baseline: SELECT, UPDATE … WHERE version, outbox INSERT by hand",
+            ),
         ),
     ])
 }

@@ -2,11 +2,11 @@
 //! examples' default), one command at a time unless `--concurrency` says
 //! otherwise (SQLite has one writer at a time).
 //!
-//! - eda: `bus.handle(Take { sku, seq })`; the handler loads the stock, kept
-//!   as a document by eda's aggregate store (no repository), takes one,
-//!   raises `Taken` (external), commits: the document is updated with a
-//!   version check and the outbox row written in the same `BEGIN IMMEDIATE`
-//!   transaction.
+//! - eda: the `database/document` command ([`super::stock::document`]):
+//!   the handler loads the stock, kept as a document by eda's aggregate
+//!   store (no repository), takes one, raises `Reserved` (external),
+//!   commits: the document is updated with a version check and the outbox
+//!   row written in the same `BEGIN IMMEDIATE` transaction.
 //! - baseline: the same by hand with sqlx, on `pool.begin_with("BEGIN
 //!   IMMEDIATE")`: read the document, decode it, take one, encode it,
 //!   `UPDATE … WHERE version = ?`, `INSERT` the outbox row, commit.
@@ -16,80 +16,24 @@
 //!
 //! The variants run in interleaved rounds; the median of each is kept.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use eda_core::adapters::sqlite::SqliteDatabase;
 use eda_core::prelude::*;
-use eda_core::sqlx::pool::PoolConnection;
 use eda_core::sqlx::{self, Connection, Sqlite, SqliteConnection, SqlitePool};
 use eda_core::testing::TestSqlite;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::stock::err;
+use super::stock::{self, KeptByHand, Reserved, document, err, sku};
 use crate::Args;
-use crate::cpu::{self, Usage};
-use crate::drive;
-use crate::report::{Row, median, peak_rss_mb, process_peak_rss_mb, reset_peak_rss};
-
-/// How many stock documents the commands are spread over.
-const SKUS: u64 = 100;
-
-/// The stock, kept as a document by eda's aggregate store.
-#[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
-#[aggregate(name = "BenchSqliteStock")]
-struct Stock {
-    #[aggregate(id)]
-    sku: String,
-    qty: i64,
-    version: u64,
-    events: Events,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Command)]
-#[command(name = "bench.sqlite.take", output = i64)]
-struct Take {
-    sku: String,
-    seq: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(name = "bench.sqlite.taken", external)]
-struct Taken {
-    sku: String,
-    qty: i64,
-    seq: u64,
-}
-
-#[derive(UnitOfWork)]
-struct StockUow {
-    tx: UowTransaction,
-    stock: IdentityMap<Stock>,
-}
-
-#[command_handler]
-async fn take(cmd: Take, uow: &mut StockUow) -> Result<i64, CommandError<BoxError>> {
-    let stock = uow.stock().get(&cmd.sku).await?.ok_or("no such sku")?;
-    stock.qty -= 1;
-    let qty = stock.qty;
-    stock.events.raise(Taken {
-        sku: cmd.sku,
-        qty,
-        seq: cmd.seq,
-    });
-    uow.commit().await?;
-    Ok(qty)
-}
+use crate::drive::{self, Variant};
+use crate::report::{Row, peak_rss_mb, reset_peak_rss};
 
 /// The baseline's document: what it reads, changes and writes back.
 #[derive(Serialize, Deserialize)]
 struct Document {
     sku: String,
     qty: i64,
-}
-
-fn sku(seq: u64) -> String {
-    format!("sku-{}", seq % SKUS)
 }
 
 /// The documents of both sides, and the baseline's outbox.
@@ -106,7 +50,7 @@ async fn setup(pool: &SqlitePool) -> Result<(), String> {
          INSERT INTO bench_documents SELECT 'sku-' || i, 0, \
          json_object('sku', 'sku-' || i, 'qty', 1000000000) FROM n",
     )
-    .bind(SKUS as i64)
+    .bind(stock::SKUS as i64)
     .execute(pool)
     .await
     .map_err(err)?;
@@ -114,10 +58,11 @@ async fn setup(pool: &SqlitePool) -> Result<(), String> {
     sqlx::query(
         "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1) \
          INSERT INTO eda_aggregates (aggregate, id, version, body) \
-         SELECT 'BenchSqliteStock', 'sku-' || i, 0, \
+         SELECT ?2, 'sku-' || i, 0, \
          json_object('sku', 'sku-' || i, 'qty', 1000000000, 'version', 0, 'events', NULL) FROM n",
     )
-    .bind(SKUS as i64)
+    .bind(stock::SKUS as i64)
+    .bind(document::AGGREGATE)
     .execute(pool)
     .await
     .map_err(err)?;
@@ -148,7 +93,7 @@ async fn take_by_hand(tx: &mut SqliteConnection, seq: u64) -> Result<(), String>
     if done.rows_affected() != 1 {
         return Err("conflict in the baseline".into());
     }
-    let payload = serde_json::to_string(&Taken {
+    let payload = serde_json::to_string(&Reserved {
         sku,
         qty: document.qty,
         seq,
@@ -157,7 +102,7 @@ async fn take_by_hand(tx: &mut SqliteConnection, seq: u64) -> Result<(), String>
     let id = Uuid::now_v7().to_string();
     sqlx::query(
         "INSERT INTO bench_outbox (message_id, name, payload, correlation_id, created_at) \
-         VALUES (?1, 'bench.sqlite.taken', ?2, ?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+         VALUES (?1, 'bench.reserved', ?2, ?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
     )
     .bind(id)
     .bind(payload)
@@ -167,31 +112,13 @@ async fn take_by_hand(tx: &mut SqliteConnection, seq: u64) -> Result<(), String>
     Ok(())
 }
 
-/// Connections kept by hand between the baseline's transactions.
-struct KeptByHand {
-    pool: SqlitePool,
-    idle: Mutex<Vec<PoolConnection<Sqlite>>>,
-}
-
-impl KeptByHand {
-    async fn take(&self, seq: u64) -> Result<(), String> {
-        let kept = self.idle.lock().map_err(err)?.pop();
-        let mut conn = match kept {
-            Some(conn) => conn,
-            None => self.pool.acquire().await.map_err(err)?,
-        };
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-        take_by_hand(&mut tx, seq).await?;
-        tx.commit().await.map_err(err)?;
-        self.idle.lock().map_err(err)?.push(conn);
-        Ok(())
-    }
-
-    /// Gives the kept connections back to the pool (between runs).
-    fn release(&self) {
-        let kept = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        drop(kept);
-    }
+/// [`take_by_hand`] on a connection kept by hand.
+async fn take_kept(kept: &KeptByHand<Sqlite>, seq: u64) -> Result<(), String> {
+    let mut conn = kept.take().await?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+    take_by_hand(&mut tx, seq).await?;
+    tx.commit().await.map_err(err)?;
+    kept.keep(conn)
 }
 
 pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
@@ -199,24 +126,20 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     let concurrency = args.concurrency.unwrap_or(1);
     let rounds = args.rounds.unwrap_or(5);
     let file = TestSqlite::start().await;
-    let db: SqliteDatabase = file.db.clone();
-    let pool = db.pool().clone();
+    let pool = file.pool().clone();
     setup(&pool).await?;
     let bus = MessageBus::builder()
-        .scope(module_path!())
-        .adapter(db)
+        .scope(document::SCOPE)
+        .adapter(file.db.clone())
         .build()
         .map_err(err)?;
-    let kept_by_hand = Arc::new(KeptByHand {
-        pool: pool.clone(),
-        idle: Mutex::new(Vec::new()),
-    });
+    let kept_by_hand = Arc::new(KeptByHand::new(pool.clone()));
 
-    let eda = |bus: MessageBus| {
+    let eda_op = |bus: MessageBus| {
         move |seq: u64| {
             let bus = bus.clone();
             async move {
-                bus.handle(Take { sku: sku(seq), seq })
+                bus.handle(document::command(seq))
                     .await
                     .map(|_| ())
                     .map_err(err)
@@ -233,15 +156,15 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
             }
         }
     };
-    let kept = |kept: Arc<KeptByHand>| {
+    let kept = |kept: Arc<KeptByHand<Sqlite>>| {
         move |seq: u64| {
             let kept = kept.clone();
-            async move { kept.take(seq).await }
+            async move { take_kept(&kept, seq).await }
         }
     };
 
     let warm = (n / 10).clamp(100, 1000);
-    drive::run("warm-up eda", warm, concurrency, None, eda(bus.clone())).await?;
+    drive::run("warm-up eda", warm, concurrency, None, eda_op(bus.clone())).await?;
     drive::run(
         "warm-up baseline",
         warm,
@@ -260,41 +183,25 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     .await?;
     kept_by_hand.release();
 
-    let (mut eda_runs, mut eda_cpu) = (Vec::new(), Vec::new());
-    let (mut hand_runs, mut hand_cpu) = (Vec::new(), Vec::new());
-    let (mut kept_runs, mut kept_cpu) = (Vec::new(), Vec::new());
+    let (mut eda, mut hand, mut kept_variant) =
+        (Variant::default(), Variant::default(), Variant::default());
     let mut eda_rss: f64 = 0.0;
     for round in 1..=rounds {
         let label = |what: &str| format!("{what} {round}/{rounds}");
-        let before = cpu::sample();
-        hand_runs.push(
-            drive::run(
-                &label("baseline"),
-                n,
-                concurrency,
-                None,
-                by_hand(pool.clone()),
-            )
-            .await?,
-        );
-        hand_cpu.push(cpu::sample().since(&before, n));
-        let before = cpu::sample();
-        kept_runs.push(
-            drive::run(
+        hand.run(&label("baseline"), n, concurrency, by_hand(pool.clone()))
+            .await?;
+        kept_variant
+            .run(
                 &label("baseline kept"),
                 n,
                 concurrency,
-                None,
                 kept(kept_by_hand.clone()),
             )
-            .await?,
-        );
-        kept_cpu.push(cpu::sample().since(&before, n));
+            .await?;
         kept_by_hand.release();
         reset_peak_rss();
-        let before = cpu::sample();
-        eda_runs.push(drive::run(&label("eda"), n, concurrency, None, eda(bus.clone())).await?);
-        eda_cpu.push(cpu::sample().since(&before, n));
+        eda.run(&label("eda"), n, concurrency, eda_op(bus.clone()))
+            .await?;
         eda_rss = eda_rss.max(peak_rss_mb());
     }
 
@@ -311,8 +218,9 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
         .map_err(err)?;
     let eda_taken: i64 = sqlx::query_scalar(
         "SELECT count(*) * 1000000000 - sum(json_extract(body, '$.qty')) FROM eda_aggregates \
-         WHERE aggregate = 'BenchSqliteStock'",
+         WHERE aggregate = ?1",
     )
+    .bind(document::AGGREGATE)
     .fetch_one(&pool)
     .await
     .map_err(err)?;
@@ -335,47 +243,34 @@ pub(crate) async fn run(args: &Args) -> Result<Vec<Row>, String> {
     }
     drop(file);
 
-    let per_sec =
-        |runs: &[drive::Run]| median(&runs.iter().map(|r| r.per_sec()).collect::<Vec<_>>());
-    let latencies = |runs: &[drive::Run], p: f64| {
-        median(&runs.iter().map(|r| r.percentile_ms(p)).collect::<Vec<_>>())
-    };
-    let row = |scenario: &str, baseline: &[drive::Run], cpu: &[Usage], note: &str| Row {
-        scenario: scenario.into(),
-        n,
-        concurrency,
-        eda_per_sec: per_sec(&eda_runs),
-        baseline_per_sec: per_sec(baseline),
-        ratio_vs_baseline: per_sec(&eda_runs) / per_sec(baseline),
-        p50_ms: Some(latencies(&eda_runs, 0.50)),
-        p99_ms: Some(latencies(&eda_runs, 0.99)),
-        baseline_p50_ms: Some(latencies(baseline, 0.50)),
-        baseline_p99_ms: Some(latencies(baseline, 0.99)),
-        peak_rss_mb: process_peak_rss_mb(),
-        eda_peak_rss_mb: Some(eda_rss),
-        note: format!(
+    let note = |note: &str| {
+        format!(
             "eda: the stock as a document in eda's aggregate store, an outbox row per command; \
-             {note}; latency: bus.handle to commit; median of {rounds} interleaved rounds. \
-             CPU: baseline {}; eda {}",
-            Usage::mean(cpu).brief(),
-            Usage::mean(&eda_cpu).brief()
-        ),
-        ..Row::default()
+             {note}; latency: bus.handle to commit; median of {rounds} interleaved rounds."
+        )
     };
     Ok(vec![
-        row(
+        drive::row(
             "sqlite",
-            &hand_runs,
-            &hand_cpu,
-            "baseline: the same by hand with sqlx (BEGIN IMMEDIATE, read, decode, encode, \
-             UPDATE … WHERE version, outbox INSERT, commit) on pool.begin_with",
+            concurrency,
+            &eda,
+            eda_rss,
+            &hand,
+            &note(
+                "baseline: the same by hand with sqlx (BEGIN IMMEDIATE, read, decode, encode, \
+                 UPDATE … WHERE version, outbox INSERT, commit) on pool.begin_with",
+            ),
         ),
-        row(
+        drive::row(
             "sqlite/kept",
-            &kept_runs,
-            &kept_cpu,
-            "baseline: the same, on connections kept by hand between transactions (no ping \
-             of the pool's, as eda's adapter)",
+            concurrency,
+            &eda,
+            eda_rss,
+            &kept_variant,
+            &note(
+                "baseline: the same, on connections kept by hand between transactions (no ping \
+                 of the pool's, as eda's adapter)",
+            ),
         ),
     ])
 }

@@ -22,8 +22,11 @@ use uuid::Uuid;
 /// How many stock rows the commands are spread over.
 pub(crate) const SKUS: u64 = 1000;
 
-/// The bus scope of this service.
+/// The bus scope of this service (its document variant, [`document`],
+/// included).
 pub(crate) const SCOPE: &str = module_path!();
+
+pub(crate) mod document;
 
 /// The name of the event, which is also its routing key.
 pub(crate) const RESERVED: &str = "bench.reserved";
@@ -60,49 +63,6 @@ pub(crate) struct StockUow {
 
 #[command_handler]
 async fn reserve(cmd: Reserve, uow: &mut StockUow) -> Result<i64, CommandError<BoxError>> {
-    let stock = uow.stock().get(&cmd.sku).await?.ok_or("no such sku")?;
-    stock.qty -= 1;
-    let qty = stock.qty;
-    stock.events.raise(Reserved {
-        sku: cmd.sku,
-        qty,
-        seq: cmd.seq,
-    });
-    uow.commit().await?;
-    Ok(qty)
-}
-
-/// The same stock kept as a document by eda's aggregate store: no
-/// repository, no table of its own (issue 13).
-#[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
-#[aggregate(name = "BenchStockDocument")]
-pub(crate) struct StockDocument {
-    #[aggregate(id)]
-    sku: String,
-    qty: i64,
-    version: u64,
-    events: Events,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Command)]
-#[command(name = "bench.reserve_document", output = i64)]
-pub(crate) struct ReserveDocument {
-    pub(crate) sku: String,
-    pub(crate) seq: u64,
-}
-
-#[derive(UnitOfWork)]
-pub(crate) struct DocumentUow {
-    tx: UowTransaction,
-    stock: IdentityMap<StockDocument>,
-}
-
-/// [`reserve`], on the document.
-#[command_handler]
-async fn reserve_document(
-    cmd: ReserveDocument,
-    uow: &mut DocumentUow,
-) -> Result<i64, CommandError<BoxError>> {
     let stock = uow.stock().get(&cmd.sku).await?.ok_or("no such sku")?;
     stock.qty -= 1;
     let qty = stock.qty;
@@ -169,11 +129,6 @@ impl Repository for PgStock {
 /// The SKU command `seq` works on.
 pub(crate) fn sku(seq: u64) -> String {
     format!("sku-{}", seq % SKUS)
-}
-
-/// The command with sequence number `seq`, on the stock kept as a document.
-pub(crate) fn document_command(seq: u64) -> ReserveDocument {
-    ReserveDocument { sku: sku(seq), seq }
 }
 
 /// The command with sequence number `seq`.
@@ -275,33 +230,46 @@ pub(crate) async fn read_modify_write(pool: &PgPool, seq: u64) -> Result<(), Str
     tx.commit().await.map_err(err)
 }
 
-/// Connections kept by hand between transactions, as eda's Postgres adapter
-/// keeps them: sqlx pings a connection given back to its pool (one more
-/// round trip), so code that wants to skip that keeps its own.
-pub(crate) struct KeptByHand {
-    pool: PgPool,
-    idle: Mutex<Vec<PoolConnection<Postgres>>>,
+/// [`read_modify_write`], on a connection kept by hand; the connection is
+/// kept again if the transaction committed.
+pub(crate) async fn read_modify_write_kept(
+    kept: &KeptByHand<Postgres>,
+    seq: u64,
+) -> Result<(), String> {
+    let mut conn = kept.take().await?;
+    let mut tx = conn.begin().await.map_err(err)?;
+    read_modify_write_in(&mut tx, seq).await?;
+    tx.commit().await.map_err(err)?;
+    kept.keep(conn)
 }
 
-impl KeptByHand {
-    pub(crate) fn new(pool: PgPool) -> Self {
+/// Connections kept by hand between transactions, as eda's adapters keep
+/// them: sqlx pings a connection given back to its pool (one more round
+/// trip), so code that wants to skip that keeps its own.
+pub(crate) struct KeptByHand<DB: sqlx::Database> {
+    pool: sqlx::Pool<DB>,
+    idle: Mutex<Vec<PoolConnection<DB>>>,
+}
+
+impl<DB: sqlx::Database> KeptByHand<DB> {
+    pub(crate) fn new(pool: sqlx::Pool<DB>) -> Self {
         KeptByHand {
             pool,
             idle: Mutex::new(Vec::new()),
         }
     }
 
-    /// [`read_modify_write`], on a kept connection if there is one; the
-    /// connection is kept again if the transaction committed.
-    pub(crate) async fn read_modify_write(&self, seq: u64) -> Result<(), String> {
+    /// A kept connection, or one of the pool if none is kept.
+    pub(crate) async fn take(&self) -> Result<PoolConnection<DB>, String> {
         let kept = self.idle.lock().map_err(err)?.pop();
-        let mut conn = match kept {
-            Some(conn) => conn,
-            None => self.pool.acquire().await.map_err(err)?,
-        };
-        let mut tx = conn.begin().await.map_err(err)?;
-        read_modify_write_in(&mut tx, seq).await?;
-        tx.commit().await.map_err(err)?;
+        match kept {
+            Some(conn) => Ok(conn),
+            None => self.pool.acquire().await.map_err(err),
+        }
+    }
+
+    /// Keeps a connection a transaction ended on.
+    pub(crate) fn keep(&self, conn: PoolConnection<DB>) -> Result<(), String> {
         self.idle.lock().map_err(err)?.push(conn);
         Ok(())
     }
