@@ -37,12 +37,14 @@ pub trait Database: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// The connection type its transactions lend to repositories.
     fn connection_type(&self) -> (TypeId, &'static str);
-    /// Begins a transaction.
-    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>>;
+    /// Begins a transaction. The transaction may borrow the database (the
+    /// in-memory one does): a unit of work keeps the database for as long
+    /// as its transaction, without a reference count of its own.
+    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction + '_>, Error>>;
     /// Begins a transaction without waiting, if this database can (one in
     /// memory): a unit of work then awaits no future. The default: `None`,
     /// and [`begin`](Self::begin) is awaited.
-    fn begin_now(&self) -> Option<Result<Box<dyn DatabaseTransaction>, Error>> {
+    fn begin_now(&self) -> Option<Result<Box<dyn DatabaseTransaction + '_>, Error>> {
         None
     }
     /// Which aggregates it keeps without a repository, through

@@ -171,13 +171,67 @@ impl<T: Adapter> UowField for Arc<T> {
     fn __discard(&mut self) {}
 }
 
-/// A database transaction begun for a unit of work (two words: handed to
-/// the unit of work's derive in registers).
+/// A database transaction begun for a unit of work, and the services whose
+/// database it was begun on: the transaction may borrow that database
+/// ([`Database::begin`](crate::backend::Database::begin)), and these
+/// services own it.
 #[doc(hidden)]
-pub struct Begun(Box<dyn DatabaseTransaction>);
+pub struct Begun {
+    // Declared first: dropped before what it borrows.
+    tx: OwnedTransaction,
+    services: Arc<Services>,
+}
+
+/// A transaction that may borrow the database of the [`Services`] kept
+/// beside it, with that borrow's lifetime erased. Its methods are reached
+/// through `&mut` (`Deref`), and it ends by value with [`commit`] or
+/// [`rollback`], whose futures are `'static` (they hold no borrow of it);
+/// the box itself is never handed out.
+///
+/// [`commit`]: OwnedTransaction::commit
+/// [`rollback`]: OwnedTransaction::rollback
+struct OwnedTransaction(Box<dyn DatabaseTransaction>);
+
+impl OwnedTransaction {
+    /// Safety: `tx` borrows at most the database of an `Arc<Services>`
+    /// that is kept beside what is returned, in the same struct, declared
+    /// after it (so dropped after it) and never replaced. (The database
+    /// lives in that `Arc`'s allocation, which does not move when the `Arc`
+    /// does, and `Services` is not changed after the bus is built.)
+    unsafe fn new<'a>(tx: Box<dyn DatabaseTransaction + 'a>) -> Self {
+        // SAFETY: the caller keeps what `tx` borrows alive for as long as
+        // the result, which is only used through `&mut` or consumed.
+        OwnedTransaction(unsafe {
+            std::mem::transmute::<Box<dyn DatabaseTransaction + 'a>, Box<dyn DatabaseTransaction>>(
+                tx,
+            )
+        })
+    }
+
+    fn commit(self) -> crate::future::BoxFuture<'static, Result<(), Error>> {
+        self.0.commit()
+    }
+
+    fn rollback(self) -> crate::future::BoxFuture<'static, Result<(), Error>> {
+        self.0.rollback()
+    }
+}
+
+impl std::ops::Deref for OwnedTransaction {
+    type Target = dyn DatabaseTransaction;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::ops::DerefMut for OwnedTransaction {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.0
+    }
+}
 
 enum Backend {
-    Database(Box<dyn DatabaseTransaction>),
+    Database(OwnedTransaction),
     Ended,
 }
 
@@ -195,8 +249,11 @@ enum State {
 /// writes the outbox. A handler can run its own queries in it through
 /// [`UowTransaction::connection`].
 pub struct UowTransaction {
+    /// Declared before `services`: dropped before the database it may
+    /// borrow (see `OwnedTransaction`).
     backend: Backend,
-    /// The bus's services: the repositories, what its events go to.
+    /// The bus's services: the repositories, what its events go to, and
+    /// the database the transaction was begun on.
     services: Arc<Services>,
     metadata: Metadata,
     events: Vec<Box<dyn AnyEvent>>,
@@ -226,14 +283,21 @@ impl UowTransaction {
     /// [`__begun`](Self::__begun) then builds around it.
     #[doc(hidden)]
     pub async fn __begin(ctx: &Context<'_>) -> Result<Begun, Error> {
+        // The services the transaction is begun on, kept beside it.
+        let services = ctx.services.clone();
         // Not `ok_or`: that makes the error (and drops it) on every begin.
-        let Some(db) = ctx.services.database() else {
+        let Some(db) = services.database() else {
             return Err(Error::NoDatabase);
         };
-        Ok(Begun(match db.begin_now() {
+        let tx = match db.begin_now() {
             Some(begun) => begun?,
             None => db.begin().await?,
-        }))
+        };
+        // SAFETY: `tx` borrows at most the database of `services`, which
+        // the `Begun` keeps beside it (then the `UowTransaction`), declared
+        // after it.
+        let tx = unsafe { OwnedTransaction::new(tx) };
+        Ok(Begun { tx, services })
     }
 
     /// The transaction of a unit of work, around the database's, built
@@ -244,9 +308,10 @@ impl UowTransaction {
     #[doc(hidden)]
     #[inline]
     pub fn __begun(begun: Begun, ctx: &Context<'_>) -> Self {
+        let Begun { tx, services } = begun;
         UowTransaction {
-            backend: Backend::Database(begun.0),
-            services: ctx.services.clone(),
+            backend: Backend::Database(tx),
+            services,
             metadata: *ctx.metadata,
             events: Vec::new(),
             scheduled: None,
@@ -564,9 +629,9 @@ impl UowTransaction {
     }
 
     /// The open transaction, or the error of a finished one.
-    fn open(&mut self) -> Result<&mut Box<dyn DatabaseTransaction>, Error> {
+    fn open(&mut self) -> Result<&mut dyn DatabaseTransaction, Error> {
         match &mut self.backend {
-            Backend::Database(tx) => Ok(tx),
+            Backend::Database(tx) => Ok(&mut **tx),
             Backend::Ended => Err(match self.state {
                 State::Committed => Error::TransactionFinished("committed"),
                 State::RolledBack => Error::TransactionFinished("rolled back"),

@@ -362,7 +362,7 @@ impl Database for MapDatabase {
         (std::any::TypeId::of::<()>(), "()")
     }
 
-    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
+    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction + '_>, Error>> {
         let tx: Box<dyn DatabaseTransaction> = Box::new(MapTransaction {
             db: self.clone(),
             documents: Vec::new(),

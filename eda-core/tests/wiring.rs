@@ -255,7 +255,7 @@ impl Database for FakeDatabase {
     }
     fn begin(
         &self,
-    ) -> eda_core::__private::BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
+    ) -> eda_core::__private::BoxFuture<'_, Result<Box<dyn DatabaseTransaction + '_>, Error>> {
         let conn = FakeConnection(self.0.clone());
         Box::pin(async move { Ok(Box::new(conn) as Box<dyn DatabaseTransaction>) })
     }

@@ -201,9 +201,9 @@ impl InMemoryDatabase {
 }
 
 impl InMemoryDatabase {
-    fn begin_transaction(&self) -> Box<dyn DatabaseTransaction> {
+    fn begin_transaction(&self) -> Box<dyn DatabaseTransaction + '_> {
         Box::new(MemoryTransaction {
-            db: self.clone(),
+            db: self,
             connection: NoConnection,
             changes: None,
         })
@@ -229,11 +229,11 @@ impl Database for InMemoryDatabase {
         (TypeId::of::<NoConnection>(), "the in-memory database")
     }
 
-    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
+    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction + '_>, Error>> {
         Box::pin(std::future::ready(Ok(self.begin_transaction())))
     }
 
-    fn begin_now(&self) -> Option<Result<Box<dyn DatabaseTransaction>, Error>> {
+    fn begin_now(&self) -> Option<Result<Box<dyn DatabaseTransaction + '_>, Error>> {
         Some(Ok(self.begin_transaction()))
     }
 
@@ -300,8 +300,10 @@ impl Database for InMemoryDatabase {
 /// A transaction on an [`InMemoryDatabase`]: reads see committed state,
 /// writes are staged and applied at once on commit, after every version check
 /// passed.
-struct MemoryTransaction {
-    db: InMemoryDatabase,
+struct MemoryTransaction<'a> {
+    /// Borrowed, not a clone: beginning and ending a transaction touches
+    /// no reference count.
+    db: &'a InMemoryDatabase,
     connection: NoConnection,
     /// What it writes; boxed, and made at its first write: a transaction
     /// that writes nothing is two words, and ends with nothing to drop.
@@ -359,7 +361,7 @@ impl ScheduleChanges {
     }
 }
 
-impl MemoryTransaction {
+impl MemoryTransaction<'_> {
     fn changes(&mut self) -> &mut Changes {
         self.changes.get_or_insert_with(Default::default)
     }
@@ -400,7 +402,7 @@ impl Staged {
     }
 }
 
-impl MemoryTransaction {
+impl MemoryTransaction<'_> {
     fn commit_now(self) -> Result<(), Error> {
         let Some(changes) = self.changes else {
             self.db.inner.commits.fetch_add(1, Ordering::SeqCst);
@@ -446,7 +448,7 @@ impl MemoryTransaction {
     }
 }
 
-impl DatabaseTransaction for MemoryTransaction {
+impl DatabaseTransaction for MemoryTransaction<'_> {
     fn connection(&mut self) -> &mut (dyn Any + Send) {
         &mut self.connection
     }

@@ -818,7 +818,7 @@ impl Database for PostgresDatabase {
         AggregateStorage::Documents
     }
 
-    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
+    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction + '_>, Error>> {
         Box::pin(async move {
             // Pooled connections that died while idle (the server restarted,
             // a proxy timed out) are found here: each failed BEGIN drops one;

@@ -924,7 +924,7 @@ impl Database for SqliteDatabase {
         AggregateStorage::Documents
     }
 
-    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
+    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction + '_>, Error>> {
         Box::pin(async move {
             // The write lock now, not at the first write: a transaction that
             // read an aggregate cannot then fail to upgrade.

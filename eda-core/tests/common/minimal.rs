@@ -24,7 +24,7 @@ impl Database for Minimal {
     fn connection_type(&self) -> (std::any::TypeId, &'static str) {
         (std::any::TypeId::of::<()>(), "()")
     }
-    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction>, Error>> {
+    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn DatabaseTransaction + '_>, Error>> {
         Box::pin(async { Ok(Box::new(MinimalTransaction) as Box<dyn DatabaseTransaction>) })
     }
 }
