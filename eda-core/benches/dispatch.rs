@@ -3,7 +3,14 @@
 //!
 //! - `command`: one command, one no-op handler that commits an in-memory unit
 //!   of work. Baseline: a `HashMap<TypeId, Box<dyn Fn>>` lookup, the call (a
-//!   boxed future), the (empty) event collection.
+//!   boxed future), the (empty) event collection. A second baseline,
+//!   `command/baseline_with_ids`, also does what eda must and the first
+//!   does not: it makes the command's metadata (a UUID v7 and a timestamp,
+//!   with eda's own `Metadata::new`) and commits a hand-written in-memory
+//!   unit of work (one atomic increment, as the in-memory database counts
+//!   its commits), as `eda-bench dispatch`'s baseline with ids does.
+//!   `event_fanout_3/baseline_with_ids` likewise puts each event in an
+//!   envelope with its metadata (`Envelope::new`), as eda's callers do.
 //! - `event_fanout_3`: one event, three no-op handlers. Baseline: the event
 //!   boxed, queued and popped, the handlers looked up by `TypeId` and called.
 //!
@@ -18,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -96,6 +103,7 @@ type Handler = Box<
 
 struct Baseline {
     handlers: HashMap<TypeId, Vec<Handler>>,
+    commits: AtomicU64,
 }
 
 impl Baseline {
@@ -115,16 +123,39 @@ impl Baseline {
             })
             .collect();
         handlers.insert(TypeId::of::<Happened>(), fanout);
-        Baseline { handlers }
+        Baseline {
+            handlers,
+            commits: AtomicU64::new(0),
+        }
     }
 
     async fn command(&self, cmd: Noop) -> u64 {
+        self.command_ref(&cmd).await
+    }
+
+    /// The command with its metadata, and a unit of work committed.
+    async fn command_with_ids(&self, cmd: Noop) -> u64 {
+        let envelope = Envelope {
+            metadata: black_box(eda_core::Metadata::new()),
+            message: cmd,
+        };
+        let out = self.command_ref(&envelope.message).await;
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        out
+    }
+
+    async fn command_ref(&self, cmd: &Noop) -> u64 {
         let mut events = Vec::new();
-        let out = (self.handlers[&TypeId::of::<Noop>()][0])(&cmd, &mut events).await;
+        let out = (self.handlers[&TypeId::of::<Noop>()][0])(cmd, &mut events).await;
         for event in events {
             self.event_boxed(event).await;
         }
         out
+    }
+
+    /// The event in an envelope with its metadata, as eda's callers make.
+    async fn event_with_ids(&self, event: Happened) {
+        self.event(black_box(Envelope::new(event)).message).await
     }
 
     async fn event(&self, event: Happened) {
@@ -238,6 +269,17 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    group.bench_function("command/baseline_with_ids", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for n in 0..iters {
+                    black_box(baseline.command_with_ids(Noop { n }).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
     group.bench_function("event_fanout_3/eda", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
@@ -255,6 +297,17 @@ fn bench(c: &mut Criterion) {
                 let start = Instant::now();
                 for n in 0..iters {
                     baseline.event(Happened { n }).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("event_fanout_3/baseline_with_ids", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for n in 0..iters {
+                    baseline.event_with_ids(Happened { n }).await;
                 }
                 start.elapsed()
             })
