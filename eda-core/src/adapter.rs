@@ -220,9 +220,10 @@ pub trait DatabaseTransaction: Send {
         let aggregate_type = save.aggregate_type();
         Box::pin(async move { Err(no_store(aggregate_type)) })
     }
-    /// Commits.
+    /// Commits. The future is `'static`: a transaction that borrows its
+    /// database does what needs the borrow before returning it.
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
-    /// Rolls back.
+    /// Rolls back (the future is `'static`, as [`commit`](Self::commit)'s).
     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
 }
 

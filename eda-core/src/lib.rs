@@ -122,7 +122,9 @@ pub mod backend {
     //!
     //! - A database: [`Database`] and its [`DatabaseTransaction`] (the
     //!   outbox and inbox rows of a commit, the dispatch journal, and the
-    //!   aggregate store below).
+    //!   aggregate store below). A transaction may borrow its database
+    //!   ([`Database::begin`] returns `Box<dyn DatabaseTransaction + '_>`):
+    //!   a unit of work keeps the database for as long as its transaction.
     //! - The aggregate store: how a database keeps the aggregates that have no
     //!   [`Repository`](crate::Repository). The SQL databases keep an aggregate
     //!   that derives serde's `Serialize` and `Deserialize` as a
