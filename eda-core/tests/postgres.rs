@@ -266,17 +266,22 @@ async fn service_on(pg: TestPostgres, retry: RetryPolicy) -> Service {
         .execute(pg.pool())
         .await
         .unwrap();
-    let bus = MessageBus::builder()
+    let bus = bus_on(pg.db.clone(), retry);
+    Service { pg, bus }
+}
+
+/// This test binary's handlers on `db`.
+fn bus_on(db: PostgresDatabase, retry: RetryPolicy) -> MessageBus {
+    MessageBus::builder()
         .scope(module_path!())
-        .adapter(pg.db.clone())
+        .adapter(db)
         .adapter(Race {
             barrier: Barrier::new(2),
             runs: Default::default(),
         })
         .command_retry(retry)
         .build()
-        .expect("wiring");
-    Service { pg, bus }
+        .expect("wiring")
 }
 
 async fn service() -> Option<Service> {
@@ -581,6 +586,72 @@ async fn a_connection_kept_for_the_next_unit_of_work_goes_back_to_the_pool_when_
     tokio::time::timeout(Duration::from_secs(2), pg.drop_schema())
         .await
         .expect("the pool closed");
+}
+
+#[tokio::test]
+async fn a_pool_given_with_options_keeps_connections_as_they_say_and_refuses_the_pool_s_own_settings()
+ {
+    let Some(pg) = TestPostgres::start().await else {
+        return;
+    };
+    let s = service_on(pg, RetryPolicy::never()).await;
+    // The application's own pool, on the test's schema.
+    let app_pool = || {
+        let schema = s.pg.schema.clone();
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .after_connect(move |conn, _| {
+                let sql = format!("SET search_path TO \"{schema}\"");
+                Box::pin(async move {
+                    sqlx::Executor::execute(conn, sql.as_str())
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect(&s.pg.url)
+    };
+    let options = || PostgresOptions::default().schema(&s.pg.schema);
+
+    let refused = PostgresDatabase::from_pool_with(
+        app_pool().await.unwrap(),
+        options()
+            .max_connections(5)
+            .acquire_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .expect_err("settings of the pool's own are refused, not ignored");
+    assert!(
+        refused
+            .to_string()
+            .contains("max_connections, acquire_timeout set on PostgresOptions"),
+        "{refused}"
+    );
+
+    // Kept connections are out of the pool until they are given back: a
+    // long keep holds one after a command; none kept gives it back at once.
+    for (keep, kept) in [(Duration::from_secs(10), 1), (Duration::ZERO, 0)] {
+        let pool = app_pool().await.unwrap();
+        let db =
+            PostgresDatabase::from_pool_with(pool.clone(), options().keep_idle_connections(keep))
+                .await
+                .expect("the given pool is used");
+        let bus = bus_on(db, RetryPolicy::never());
+        bus.handle(Create {
+            id: format!("kept-{kept}"),
+        })
+        .await
+        .unwrap();
+        // sqlx gives a connection back through a task of its own.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            pool.size() as usize - pool.num_idle(),
+            kept,
+            "connections out of the pool with keep_idle_connections({keep:?})"
+        );
+        drop(bus);
+        pool.close().await;
+    }
+    s.pg.drop_schema().await;
 }
 
 #[tokio::test]

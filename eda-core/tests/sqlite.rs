@@ -584,6 +584,61 @@ async fn a_connection_kept_for_the_next_unit_of_work_goes_back_to_the_pool_when_
 }
 
 #[tokio::test]
+async fn a_pool_given_with_options_keeps_connections_as_they_say_and_refuses_the_pool_s_own_settings()
+ {
+    let s = service().await;
+    let url = s.file.as_ref().expect("a file").url.clone();
+    // The application's own pool, on the test's file.
+    let app_pool = || {
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+    };
+
+    let refused = SqliteDatabase::from_pool_with(
+        app_pool().await.unwrap(),
+        SqliteOptions::default()
+            .busy_timeout(Duration::from_secs(1))
+            .max_connections(5),
+    )
+    .await
+    .expect_err("settings of the pool's own are refused, not ignored");
+    assert!(
+        refused
+            .to_string()
+            .contains("busy_timeout, max_connections set on SqliteOptions"),
+        "{refused}"
+    );
+
+    // Kept connections are out of the pool until they are given back: a
+    // long keep holds one after a command; none kept gives it back at once.
+    for (keep, kept) in [(Duration::from_secs(10), 1), (Duration::ZERO, 0)] {
+        let pool = app_pool().await.unwrap();
+        let db = SqliteDatabase::from_pool_with(
+            pool.clone(),
+            SqliteOptions::default().keep_idle_connections(keep),
+        )
+        .await
+        .expect("the given pool is used");
+        let bus = bus_for(&db, default_retry());
+        bus.handle(Create {
+            id: format!("kept-{kept}"),
+        })
+        .await
+        .unwrap();
+        // sqlx gives a connection back through a task of its own.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            pool.size() as usize - pool.num_idle(),
+            kept,
+            "connections out of the pool with keep_idle_connections({keep:?})"
+        );
+        drop((bus, db));
+        pool.close().await;
+    }
+}
+
+#[tokio::test]
 async fn a_unit_of_work_saves_in_one_transaction_with_its_outbox_row() {
     let s = service().await;
     s.bus.handle(Create { id: "a".into() }).await.unwrap();

@@ -50,6 +50,9 @@ use crate::schedule::ScheduledMessage;
 use crate::store::{AggregateStorage, AggregateType, Save, Stored};
 use crate::trace_context::TraceContext;
 
+/// What a given pool's errors name instead of a URL.
+const GIVEN_POOL: &str = "postgres (given pool)";
+
 /// How to connect and where to keep the framework's tables.
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
@@ -58,6 +61,9 @@ pub struct PostgresOptions {
     acquire_timeout: Duration,
     application_name: Option<String>,
     keep_idle: Duration,
+    /// The settings of the pool's own that were set (see
+    /// [`PostgresDatabase::from_pool_with`]).
+    pool_settings: Vec<&'static str>,
 }
 
 impl Default for PostgresOptions {
@@ -71,6 +77,7 @@ impl Default for PostgresOptions {
             acquire_timeout: Duration::from_secs(10),
             application_name: None,
             keep_idle: KEEP_IDLE,
+            pool_settings: Vec::new(),
         }
     }
 }
@@ -94,19 +101,26 @@ impl PostgresOptions {
     /// At most this many connections in the pool.
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
-        self
+        self.pool_setting("max_connections")
     }
 
     /// How long to wait for a connection before failing.
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
-        self
+        self.pool_setting("acquire_timeout")
     }
 
     /// The `application_name` of the connections: how they show in
     /// `pg_stat_activity` (the service's name, say).
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.application_name = Some(name.into());
+        self.pool_setting("application_name")
+    }
+
+    fn pool_setting(mut self, name: &'static str) -> Self {
+        if !self.pool_settings.contains(&name) {
+            self.pool_settings.push(name);
+        }
         self
     }
 
@@ -522,9 +536,46 @@ impl PostgresDatabase {
     ///
     /// The connection a unit of work ended on is kept for the next one for
     /// up to 20 ms, and only while the pool could serve another caller, as
-    /// with [`PostgresOptions::keep_idle_connections`]'s default.
+    /// with [`PostgresOptions::keep_idle_connections`]'s default; set it
+    /// with [`from_pool_with`](Self::from_pool_with).
     pub async fn from_pool(pool: PgPool, tables: Tables) -> Result<Self, Error> {
-        Self::setup(pool, "postgres (given pool)", tables, KEEP_IDLE).await
+        Self::setup(pool, GIVEN_POOL, tables, KEEP_IDLE).await
+    }
+
+    /// Uses an existing pool, with the tables (`schema`, `table_prefix`)
+    /// and the [`keep_idle_connections`](PostgresOptions::keep_idle_connections)
+    /// of `options`. The pool's own settings (`max_connections`,
+    /// `acquire_timeout`, `application_name`) are the pool's: set on
+    /// `options`, they are an error, not ignored.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use eda_core::adapters::postgres::{PostgresDatabase, PostgresOptions};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// // The application's pool, which its own queries share with eda: eda
+    /// // gives every connection back at once.
+    /// let pool = eda_core::sqlx::PgPool::connect("postgres://postgres@127.0.0.1/app").await?;
+    /// let db = PostgresDatabase::from_pool_with(
+    ///     pool,
+    ///     PostgresOptions::default().keep_idle_connections(Duration::ZERO),
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_pool_with(pool: PgPool, options: PostgresOptions) -> Result<Self, Error> {
+        if !options.pool_settings.is_empty() {
+            return Err(connect_error(
+                GIVEN_POOL,
+                format!(
+                    "{} set on PostgresOptions, for a pool given to from_pool_with: they are \
+                     the pool's own settings (set them where the pool is made: PgPoolOptions, \
+                     PgConnectOptions)",
+                    options.pool_settings.join(", ")
+                ),
+            ));
+        }
+        Self::setup(pool, GIVEN_POOL, options.tables, options.keep_idle).await
     }
 
     async fn setup(

@@ -108,6 +108,9 @@ use crate::trace_context::TraceContext;
 /// `strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')`.
 pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%fZ";
 
+/// What a given pool's errors name instead of a URL.
+const GIVEN_POOL: &str = "sqlite (given pool)";
+
 /// How to connect and what to call the framework's tables.
 #[derive(Clone, Debug)]
 pub struct SqliteOptions {
@@ -116,6 +119,9 @@ pub struct SqliteOptions {
     busy_timeout: Duration,
     acquire_timeout: Duration,
     keep_idle: Duration,
+    /// The settings of the pool's own that were set (see
+    /// [`SqliteDatabase::from_pool_with`]).
+    pool_settings: Vec<&'static str>,
 }
 
 impl Default for SqliteOptions {
@@ -130,6 +136,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(10),
             keep_idle: KEEP_IDLE,
+            pool_settings: Vec::new(),
         }
     }
 }
@@ -145,19 +152,26 @@ impl SqliteOptions {
     /// database, which has exactly one.
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
-        self
+        self.pool_setting("max_connections")
     }
 
     /// How long a writer waits for another to finish before SQLite gives up
     /// with "database is locked" (then a retryable conflict).
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
-        self
+        self.pool_setting("busy_timeout")
     }
 
     /// How long to wait for a free connection of the pool before failing.
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self.pool_setting("acquire_timeout")
+    }
+
+    fn pool_setting(mut self, name: &'static str) -> Self {
+        if !self.pool_settings.contains(&name) {
+            self.pool_settings.push(name);
+        }
         self
     }
 
@@ -665,9 +679,47 @@ impl SqliteDatabase {
     ///
     /// The connection a unit of work ended on is kept for the next one for
     /// up to 20 ms, and only while the pool could serve another caller, as
-    /// with [`SqliteOptions::keep_idle_connections`]'s default.
+    /// with [`SqliteOptions::keep_idle_connections`]'s default; set it with
+    /// [`from_pool_with`](Self::from_pool_with).
     pub async fn from_pool(pool: SqlitePool, tables: Tables) -> Result<Self, Error> {
-        Self::setup(pool, "sqlite (given pool)", tables, false, KEEP_IDLE).await
+        Self::setup(pool, GIVEN_POOL, tables, false, KEEP_IDLE).await
+    }
+
+    /// Uses an existing pool, as [`from_pool`](Self::from_pool) does, with
+    /// the tables (`table_prefix`) and the
+    /// [`keep_idle_connections`](SqliteOptions::keep_idle_connections) of
+    /// `options`. The pool's own settings (`max_connections`,
+    /// `busy_timeout`, `acquire_timeout`) are the pool's: set on `options`,
+    /// they are an error, not ignored.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use eda_core::adapters::sqlite::{SqliteDatabase, SqliteOptions};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// // The application's pool, which its own queries share with eda: eda
+    /// // gives every connection back at once.
+    /// let pool = eda_core::sqlx::SqlitePool::connect("sqlite:app.db?mode=rwc").await?;
+    /// let db = SqliteDatabase::from_pool_with(
+    ///     pool,
+    ///     SqliteOptions::default().keep_idle_connections(Duration::ZERO),
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_pool_with(pool: SqlitePool, options: SqliteOptions) -> Result<Self, Error> {
+        if !options.pool_settings.is_empty() {
+            return Err(connect_error(
+                GIVEN_POOL,
+                format!(
+                    "{} set on SqliteOptions, for a pool given to from_pool_with: they are the \
+                     pool's own settings (set them where the pool is made: SqlitePoolOptions, \
+                     SqliteConnectOptions)",
+                    options.pool_settings.join(", ")
+                ),
+            ));
+        }
+        Self::setup(pool, GIVEN_POOL, options.tables, false, options.keep_idle).await
     }
 
     async fn setup(
