@@ -302,7 +302,9 @@ impl<'a, S: ProcessState> Processes<'a, S> {
     /// before, running or ended, is not started again:
     /// [`Error::ProcessStarted`]. (Two started at once: the second commit
     /// fails, and the bus runs its handler again, which then finds the
-    /// first.)
+    /// first. Or the first commits before the second looks: the second gets
+    /// `ProcessStarted` here, though what its handler read before may not
+    /// show the first yet; each read sees what has committed when it runs.)
     pub async fn start(self, key: S::Key, state: S) -> Result<&'a mut Process<S>, Error> {
         let mut aggregates = self.aggregates;
         if let Some(i) = aggregates.track_id(&key).await? {

@@ -16,7 +16,9 @@ use crate::service_layer::unit_of_work::OrdersUow;
 /// one with this id was placed before, and starts its fulfilment, with an
 /// `ExpireOrder` scheduled for the timeout, in the same transaction. Two
 /// placed at once with one id: the second insert fails, the bus runs it
-/// again, and it finds the first.
+/// again, and it finds the first. Or the first commits between the
+/// second's read of the order and its start of the fulfilment (each read
+/// sees what has committed): the fulfilment is there, so the order is too.
 #[command_handler]
 async fn place_order(
     cmd: PlaceOrder,
@@ -35,9 +37,16 @@ async fn place_order(
         },
         timeout.0,
     )?;
-    uow.fulfilments()
-        .start(orderid, Fulfilment { timeout: expire })
-        .await?;
+    match uow
+        .fulfilments()
+        .start(orderid.clone(), Fulfilment { timeout: expire })
+        .await
+    {
+        Ok(_) => {}
+        // Started with the order, in one transaction: placed meanwhile.
+        Err(Error::ProcessStarted { .. }) => return Err(OrderError::AlreadyPlaced(orderid).into()),
+        Err(e) => return Err(e.into()),
+    }
     uow.commit().await?;
     Ok(())
 }
