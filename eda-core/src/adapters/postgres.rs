@@ -38,7 +38,8 @@ use uuid::Uuid;
 use super::RedactedUrl;
 use super::kept::{KEEP_IDLE, Kept, Lent};
 use super::sql::{
-    PARKED_AT, Tables, adapter_error, connect_error, millis, quote_ident, scheduled_message, stored,
+    PARKED_AT, PoolSettings, Tables, adapter_error, connect_error, millis, quote_ident,
+    scheduled_message, stored,
 };
 use crate::adapter::{Adapter, Database, DatabaseTransaction, ScheduledRows};
 use crate::error::Error;
@@ -63,7 +64,7 @@ pub struct PostgresOptions {
     keep_idle: Duration,
     /// The settings of the pool's own that were set (see
     /// [`PostgresDatabase::from_pool_with`]).
-    pool_settings: Vec<&'static str>,
+    pool_settings: PoolSettings,
 }
 
 impl Default for PostgresOptions {
@@ -77,7 +78,7 @@ impl Default for PostgresOptions {
             acquire_timeout: Duration::from_secs(10),
             application_name: None,
             keep_idle: KEEP_IDLE,
-            pool_settings: Vec::new(),
+            pool_settings: PoolSettings::default(),
         }
     }
 }
@@ -118,9 +119,7 @@ impl PostgresOptions {
     }
 
     fn pool_setting(mut self, name: &'static str) -> Self {
-        if !self.pool_settings.contains(&name) {
-            self.pool_settings.push(name);
-        }
+        self.pool_settings.set(name);
         self
     }
 
@@ -564,17 +563,11 @@ impl PostgresDatabase {
     /// # Ok(()) }
     /// ```
     pub async fn from_pool_with(pool: PgPool, options: PostgresOptions) -> Result<Self, Error> {
-        if !options.pool_settings.is_empty() {
-            return Err(connect_error(
-                GIVEN_POOL,
-                format!(
-                    "{} set on PostgresOptions, for a pool given to from_pool_with: they are \
-                     the pool's own settings (set them where the pool is made: PgPoolOptions, \
-                     PgConnectOptions)",
-                    options.pool_settings.join(", ")
-                ),
-            ));
-        }
+        options.pool_settings.refuse(
+            GIVEN_POOL,
+            "PostgresOptions",
+            "PgPoolOptions, PgConnectOptions",
+        )?;
         Self::setup(pool, GIVEN_POOL, options.tables, options.keep_idle).await
     }
 

@@ -140,6 +140,37 @@ pub(crate) fn connect_error(url: &str, e: impl Into<BoxError>) -> Error {
     }
 }
 
+/// The settings of a pool's own (its size, its timeouts) set on a
+/// database's options: a pool given to `from_pool_with` has its own, so
+/// they are refused there, not ignored.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PoolSettings(Vec<&'static str>);
+
+impl PoolSettings {
+    /// Records that `name` was set.
+    pub(crate) fn set(&mut self, name: &'static str) {
+        if !self.0.contains(&name) {
+            self.0.push(name);
+        }
+    }
+
+    /// An error naming the settings set on `options` (the options type's
+    /// name), for the pool of `db`, made with `made_with`; none if none was.
+    pub(crate) fn refuse(&self, db: &str, options: &str, made_with: &str) -> Result<(), Error> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        Err(connect_error(
+            db,
+            format!(
+                "{} set on {options}, for a pool given to from_pool_with: they are the pool's \
+                 own settings (set them where the pool is made: {made_with})",
+                self.0.join(", ")
+            ),
+        ))
+    }
+}
+
 /// Where the framework keeps its tables: a schema (Postgres) and a prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tables {

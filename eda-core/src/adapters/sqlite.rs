@@ -88,8 +88,8 @@ use uuid::Uuid;
 use super::RedactedUrl;
 use super::kept::{KEEP_IDLE, Kept, Lent};
 use super::sql::{
-    PARKED_AT, Tables, adapter_error, connect_error, is_sqlite_busy, millis, quote_ident,
-    scheduled_message, stored,
+    PARKED_AT, PoolSettings, Tables, adapter_error, connect_error, is_sqlite_busy, millis,
+    quote_ident, scheduled_message, stored,
 };
 use crate::adapter::{Adapter, Database, DatabaseTransaction, ScheduledRows};
 use crate::error::Error;
@@ -121,7 +121,7 @@ pub struct SqliteOptions {
     keep_idle: Duration,
     /// The settings of the pool's own that were set (see
     /// [`SqliteDatabase::from_pool_with`]).
-    pool_settings: Vec<&'static str>,
+    pool_settings: PoolSettings,
 }
 
 impl Default for SqliteOptions {
@@ -136,7 +136,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(10),
             keep_idle: KEEP_IDLE,
-            pool_settings: Vec::new(),
+            pool_settings: PoolSettings::default(),
         }
     }
 }
@@ -169,9 +169,7 @@ impl SqliteOptions {
     }
 
     fn pool_setting(mut self, name: &'static str) -> Self {
-        if !self.pool_settings.contains(&name) {
-            self.pool_settings.push(name);
-        }
+        self.pool_settings.set(name);
         self
     }
 
@@ -708,17 +706,11 @@ impl SqliteDatabase {
     /// # Ok(()) }
     /// ```
     pub async fn from_pool_with(pool: SqlitePool, options: SqliteOptions) -> Result<Self, Error> {
-        if !options.pool_settings.is_empty() {
-            return Err(connect_error(
-                GIVEN_POOL,
-                format!(
-                    "{} set on SqliteOptions, for a pool given to from_pool_with: they are the \
-                     pool's own settings (set them where the pool is made: SqlitePoolOptions, \
-                     SqliteConnectOptions)",
-                    options.pool_settings.join(", ")
-                ),
-            ));
-        }
+        options.pool_settings.refuse(
+            GIVEN_POOL,
+            "SqliteOptions",
+            "SqlitePoolOptions, SqliteConnectOptions",
+        )?;
         Self::setup(pool, GIVEN_POOL, options.tables, false, options.keep_idle).await
     }
 
